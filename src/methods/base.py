@@ -1,0 +1,119 @@
+"""The interface every intervention implements, and the helpers methods share.
+
+A method overrides only the hooks it needs; the trainer calls each hook on every stacked method
+in order and skips hooks nobody overrides, so a method costs nothing where it does nothing.
+
+Hooks (all receive the trainer's `RunContext`):
+    setup(ctx)                once, after model, data and optimizer exist, before training
+                              (pruning masks, parametrizations, reference snapshots)
+    on_phase_start(ctx)       before each phase (task change, round, chunk); ctx.phase_index > 0
+                              means the data just changed
+    loss_term(ctx) -> Tensor  added to the batch loss (penalties)
+    before_step(ctx)          after backward, before optimizer.step (gradient masks)
+    after_step(ctx)           after optimizer.step (rescaling, re-applying masks)
+    on_epoch_end(ctx) -> dict extra per-epoch metrics (written to metrics.csv)
+    on_phase_end(ctx) -> dict extra per-phase metrics (written to result.json)
+
+Each method states which parameters it touches through a `params` option (see `select`) and,
+where it rewrites weights, whether it resets the optimizer state (`reset_optimizer`).
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterator, List, Tuple
+
+import torch
+from torch import nn
+
+HOOKS = ("setup", "on_phase_start", "loss_term", "before_step", "after_step",
+         "on_epoch_end", "on_phase_end")
+
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+PARAM_KINDS = ("weights", "biases", "norm", "all")
+
+
+class Method:
+    """Base class: every hook is a no-op. Subclasses override what they need."""
+
+    name = "method"
+
+    def setup(self, ctx) -> None:
+        pass
+
+    def on_phase_start(self, ctx) -> None:
+        pass
+
+    def loss_term(self, ctx) -> torch.Tensor | None:
+        return None
+
+    def before_step(self, ctx) -> None:
+        pass
+
+    def after_step(self, ctx) -> None:
+        pass
+
+    def on_epoch_end(self, ctx) -> Dict[str, float]:
+        return {}
+
+    def on_phase_end(self, ctx) -> Dict[str, float]:
+        return {}
+
+    def overrides(self, hook: str) -> bool:
+        return getattr(type(self), hook) is not getattr(Method, hook)
+
+
+class MethodStack:
+    """Several methods applied in order; each hook lists only the methods that override it."""
+
+    def __init__(self, methods: List[Method]):
+        self.methods = list(methods)
+        self.by_hook = {h: [m for m in self.methods if m.overrides(h)] for h in HOOKS}
+
+    def call(self, hook: str, ctx) -> None:
+        for m in self.by_hook[hook]:
+            getattr(m, hook)(ctx)
+
+    def loss_term(self, ctx):
+        terms = [t for m in self.by_hook["loss_term"] if (t := m.loss_term(ctx)) is not None]
+        return sum(terms) if terms else None
+
+    def collect(self, hook: str, ctx) -> Dict[str, float]:
+        out: Dict[str, float] = {}
+        for m in self.by_hook[hook]:
+            out.update(getattr(m, hook)(ctx))
+        return out
+
+
+def kind_of(module: nn.Module, param_name: str) -> str:
+    """'norm' for normalization-layer parameters, else 'biases' or 'weights' by dimension."""
+    if isinstance(module, NORM_TYPES):
+        return "norm"
+    return "biases" if param_name.endswith("bias") else "weights"
+
+
+def named_params(model: nn.Module) -> Iterator[Tuple[str, nn.Module, str, nn.Parameter]]:
+    """(full name, owning module, local name, parameter) in registration order.
+
+    Parametrized weights (masks, bases) report their original tensor under the plain name.
+    """
+    for mod_name, module in model.named_modules():
+        for local, p in module.named_parameters(recurse=False):
+            yield (f"{mod_name}.{local}" if mod_name else local), module, local, p
+        if hasattr(module, "parametrizations"):
+            for local, plist in module.parametrizations.items():
+                yield (f"{mod_name}.{local}" if mod_name else local), module, local, plist.original
+
+
+def select(model: nn.Module, params: str | List[str] = "all") -> List[Tuple[str, nn.Parameter]]:
+    """The parameters of the given kinds: 'weights', 'biases', 'norm' or 'all' (or a list)."""
+    kinds = {params} if isinstance(params, str) else set(params)
+    unknown = kinds - set(PARAM_KINDS)
+    if unknown:
+        raise ValueError(f"unknown parameter kind(s) {sorted(unknown)}; valid: {PARAM_KINDS}")
+    out, seen = [], set()
+    for full, module, local, p in named_params(model):
+        if id(p) in seen:
+            continue
+        if "all" in kinds or kind_of(module, local) in kinds:
+            seen.add(id(p))
+            out.append((full, p))
+    return out

@@ -1,0 +1,24 @@
+"""Weight initialization schemes, selectable per model config."""
+from torch import nn
+
+SCHEMES = ("default", "he_normal", "he_uniform", "glorot_normal", "glorot_uniform")
+
+
+def initialize(model: nn.Module, scheme: str = "default", zero_bias: bool = False) -> nn.Module:
+    """Re-initialize conv and linear weights with `scheme` ('default' keeps torch's own)."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown init {scheme!r}; valid: {', '.join(SCHEMES)}")
+    for m in model.modules():
+        if not isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            continue
+        if scheme == "he_normal":
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+        elif scheme == "he_uniform":
+            nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
+        elif scheme == "glorot_normal":
+            nn.init.xavier_normal_(m.weight)
+        elif scheme == "glorot_uniform":
+            nn.init.xavier_uniform_(m.weight)
+        if zero_bias and m.bias is not None:
+            nn.init.zeros_(m.bias)
+    return model

@@ -1,0 +1,86 @@
+"""Optimizer with per-parameter-group weight decay, and the per-epoch learning-rate schedule."""
+from __future__ import annotations
+
+import math
+from typing import List, Optional
+
+import torch
+from torch import nn
+
+from methods.base import kind_of, named_params
+from runner.config import OptimConfig, ScheduleConfig
+from runner.errors import RunnerError
+
+
+def group_decay(kind: str, cfg: OptimConfig, weight_decay: float) -> float:
+    """The weight decay of a group: biases and norm parameters may have their own."""
+    own = {"biases": cfg.weight_decay_bias, "norm": cfg.weight_decay_norm}.get(kind)
+    return weight_decay if own is None else own
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig, weight_decay: float) -> List[dict]:
+    """Weights, biases and normalization parameters as groups with their own weight decay."""
+    groups = {"weights": [], "biases": [], "norm": []}
+    seen = set()
+    for _, module, local, p in named_params(model):
+        if id(p) in seen or not p.requires_grad:
+            continue
+        seen.add(id(p))
+        groups[kind_of(module, local)].append(p)
+    return [{"params": ps, "weight_decay": group_decay(k, cfg, weight_decay), "kind": k}
+            for k, ps in groups.items() if ps]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float, weight_decay: float):
+    groups = param_groups(model, cfg, weight_decay)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    if cfg.name == "adam":
+        return torch.optim.Adam(groups, lr=lr, betas=tuple(cfg.betas))
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas))
+    raise RunnerError(f"optim.name={cfg.name!r} is unknown; valid: sgd, adam, adamw")
+
+
+def set_hyper(optimizer, cfg: OptimConfig, lr: float, weight_decay: float) -> None:
+    """Set the learning rate and weight decay of every group in place (a phase's overrides)."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+        g["weight_decay"] = group_decay(g["kind"], cfg, weight_decay)
+
+
+class Schedule:
+    """lr of epoch e of a phase: constant, exponential (gamma^e), step (gamma at milestones),
+    or plateau (gamma after `patience` epochs without a better validation loss)."""
+
+    def __init__(self, cfg: ScheduleConfig, base_lr: float, gamma: Optional[float] = None,
+                 milestones: Optional[List[int]] = None):
+        if cfg.name not in ("constant", "exponential", "step", "plateau"):
+            raise RunnerError(f"schedule.name={cfg.name!r} is unknown; "
+                              "valid: constant, exponential, step, plateau")
+        self.cfg, self.base_lr = cfg, base_lr
+        self.gamma = cfg.gamma if gamma is None else gamma
+        self.milestones = list(cfg.milestones if milestones is None else milestones)
+        self.factor, self.best, self.bad = 1.0, math.inf, 0
+
+    def lr(self, epoch: int) -> float:
+        name = self.cfg.name
+        if name == "exponential":
+            f = self.gamma ** epoch
+        elif name == "step":
+            f = self.gamma ** sum(epoch >= m for m in self.milestones)
+        elif name == "plateau":
+            f = self.factor
+        else:
+            f = 1.0
+        return max(self.base_lr * f, self.cfg.min_lr)
+
+    def observe(self, val_loss: float) -> None:
+        """Plateau bookkeeping after each epoch."""
+        if val_loss < self.best:
+            self.best, self.bad = val_loss, 0
+        else:
+            self.bad += 1
+            if self.cfg.name == "plateau" and self.bad >= self.cfg.patience:
+                self.factor *= self.gamma
+                self.bad = 0

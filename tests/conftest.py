@@ -1,0 +1,38 @@
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from runner.app import compose_and_run, conf_dir
+
+os.environ.setdefault("RUNNER_DATA", str(Path(__file__).parent / "_no_data"))
+CONF = conf_dir()
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+needs_fashion_mnist = pytest.mark.skipif(not FASHION_MNIST.exists(),
+                                         reason="Debian package dataset-fashion-mnist not installed")
+
+
+@pytest.fixture
+def compose_cfg():
+    """Compose the root config with overrides (Hydra's compose API, cleared afterwards)."""
+    def _compose(overrides=(), hydra=False):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def run_cfg(tmp_path):
+    """Run a composed config in a temporary directory; returns the result dict."""
+    counter = iter(range(10**6))
+
+    def _run(overrides=()):
+        GlobalHydra.instance().clear()
+        return compose_and_run(list(overrides), tmp_path / f"run{next(counter)}")
+    yield _run
+    GlobalHydra.instance().clear()
