@@ -33,6 +33,7 @@ def run_cfg(tmp_path):
 
     def _run(overrides=()):
         GlobalHydra.instance().clear()
-        return compose_and_run(list(overrides), tmp_path / f"run{next(counter)}")
+        out = tmp_path / f"run{next(counter)}"
+        return {**compose_and_run(list(overrides), out), "_dir": str(out)}
     yield _run
     GlobalHydra.instance().clear()

@@ -22,7 +22,9 @@ class TrainConfig:
     val_seed: Optional[int] = None  # seed of the train/val split; None: the run's seed
     eval_test: bool = True  # evaluate the test set with validation (needed for test@best-val)
     eval_every: int = 1  # evaluate every k epochs (and at a phase's last); full-batch runs use >1
-    loss: str = "cross_entropy"
+    loss: str = "cross_entropy"  # cross_entropy | mse (on one-hot targets)
+    cache_mb: int = 4096  # keep the deterministic part of the input pipeline precomputed when
+    # the float copy of a phase's train+val+test images fits in this many MB (0: never)
 
 
 @dataclass

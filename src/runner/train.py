@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import math
 import random
@@ -12,7 +13,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
+from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
@@ -49,16 +50,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_method(cfg) -> Any:
-    """Instantiate a method config; the config key `lambda` arrives as `lam` (a Python keyword)."""
-    kwargs = OmegaConf.to_container(cfg, resolve=True)
-    if "lambda" in kwargs:
+def call(node, where: str) -> Any:
+    """Call the `_target_` of a config node with its other keys (nested `_target_`s are built
+    first). Errors inside the target propagate unchanged; a bad target or argument names `where`.
+    """
+    kwargs = OmegaConf.to_container(node, resolve=True) if not isinstance(node, dict) else dict(node)
+    target = kwargs.pop("_target_", None)
+    if target is None:
+        raise RunnerError(f"{where} has no _target_ (keys: {sorted(kwargs)})")
+    try:
+        fn = get_method(target) if "." in target else None
+    except Exception as e:
+        raise RunnerError(f"{where}._target_={target!r} cannot be imported ({e})") from None
+    if fn is None:
+        raise RunnerError(f"{where}._target_={target!r} is not a dotted path to a callable")
+    if "lambda" in kwargs:  # Python reserves the word; constructors take `lam`
         kwargs["lam"] = kwargs.pop("lambda")
-    return instantiate(kwargs)
+    kwargs = {k: call(v, f"{where}.{k}") if isinstance(v, dict) and "_target_" in v else v
+              for k, v in kwargs.items()}
+    try:
+        inspect.signature(fn).bind(**kwargs)
+    except TypeError as e:
+        raise RunnerError(f"{where}: {e} (calling {target})") from None
+    return fn(**kwargs)
 
 
 def build_model(cfg) -> torch.nn.Module:
-    return instantiate(cfg.model)
+    return call(cfg.model, "model")
 
 
 def expand_stages(cfg) -> List[Stage]:
@@ -85,6 +103,7 @@ class RunContext:
         self.step = 0
         self.lr = cfg.optim.lr
         self.weight_decay = cfg.optim.weight_decay
+        self.gamma: Optional[float] = None  # the phase's schedule factor (None: the schedule's)
         self.gen = torch.Generator().manual_seed(cfg.seed)  # methods' own randomness (masks, eta)
 
     @property
@@ -116,8 +135,8 @@ class Trainer:
         seed_everything(cfg.seed)
         self.device = resolve_device(cfg.device)
         model = build_model(cfg).to(self.device)
-        methods = [build_method(cfg.method)] if cfg.method is not None else []
-        methods += [build_method(m) for m in cfg.extra_methods]
+        methods = [call(cfg.method, "method")] if cfg.method is not None else []
+        methods += [call(m, f"extra_methods[{i}]") for i, m in enumerate(cfg.extra_methods)]
         self.methods = MethodStack(methods)
         self.ctx = RunContext(cfg, self.device, model, self.methods)
         self.stages = expand_stages(cfg)
@@ -141,7 +160,7 @@ class Trainer:
                                dtype=ds.get("dtype", "uint8"))
         key = OmegaConf.to_yaml(ds.reader)
         if key not in _ARRAYS_CACHE:
-            _ARRAYS_CACHE[key] = instantiate(ds.reader)
+            _ARRAYS_CACHE[key] = call(ds.reader, "dataset.reader")
         return _ARRAYS_CACHE[key]
 
     def load_stage_data(self, stage: Stage) -> None:
@@ -155,10 +174,20 @@ class Trainer:
         if idx is not None:
             splits.train = splits.train.take(idx.to(self.device))
         augment = stage.cfg.augment if stage.cfg.augment is not None else ds.get("augment", [])
+        pipe = Pipeline(ds.get("mean", [0.0]), ds.get("std", [1.0]),
+                        [call(t, f"{stage.name}.transform") for t in stage.cfg.transform],
+                        [call(t, f"{stage.name}.augment") for t in augment], self.device)
+        self.ctx.pipeline = pipe
+        if self.float_bytes(splits, pipe) <= tr.cache_mb * 2**20:
+            splits = Splits(*(pipe.prepare(s) for s in (splits.train, splits.val, splits.test)))
+            self.ctx.pipeline = lambda x, train, gen: pipe.random(x, train, gen)
         self.ctx.data = splits
-        self.ctx.pipeline = Pipeline(ds.get("mean", [0.0]), ds.get("std", [1.0]),
-                                     [instantiate(t) for t in stage.cfg.transform],
-                                     [instantiate(t) for t in augment], self.device)
+
+    def float_bytes(self, splits: Splits, pipe: Pipeline) -> int:
+        """Size of the splits as float32 after the deterministic transforms."""
+        probe = pipe.deterministic(splits.train.x[:1])
+        n = len(splits.train) + len(splits.val) + len(splits.test)
+        return 4 * n * probe[0].numel()
 
     # -- loops --------------------------------------------------------------------------------
     def loss(self, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -231,11 +260,12 @@ class Trainer:
         ctx.stage, ctx.epoch = stage, 0
         ctx.lr = cfg.optim.lr if ph.lr is None else ph.lr
         ctx.weight_decay = cfg.optim.weight_decay if ph.weight_decay is None else ph.weight_decay
+        ctx.gamma = ph.gamma
         if ph.reset_optimizer:
             ctx.reset_optimizer()
+        self.methods.call("on_phase_start", ctx)  # may change ctx.lr, ctx.gamma, ctx.weight_decay
         set_hyper(ctx.optimizer, cfg.optim, ctx.lr, ctx.weight_decay)
-        schedule = Schedule(cfg.schedule, ctx.lr, ph.gamma, ph.milestones)
-        self.methods.call("on_phase_start", ctx)
+        schedule = Schedule(cfg.schedule, ctx.lr, ctx.gamma, ph.milestones)
 
         epochs = cfg.train.epochs if ph.epochs is None else ph.epochs
         patience = cfg.train.patience if ph.patience is None else ph.patience
@@ -299,7 +329,7 @@ class Trainer:
 
 def paper_value(cfg, choices: Dict[str, str]) -> Any:
     """The paper's value for this run's cell (`paper.values` indexed by `paper.by`), or None."""
-    node: Any = cfg.paper.values
+    node: Any = cfg.paper["values"]
     for key in cfg.paper.by:
         k = choices.get(key, OmegaConf.select(cfg, key, default=None))
         if node is None or k is None:

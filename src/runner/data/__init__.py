@@ -1,0 +1,1 @@
+"""Data: readers, synthetic sets, device-resident splits and batched transforms."""

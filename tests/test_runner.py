@@ -1,0 +1,190 @@
+"""The runner's contract: results on disk, statuses, reproducibility, phases, tables, errors."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import needs_fashion_mnist
+from runner.config import ScheduleConfig
+from runner.data.tensors import subset_indices
+from runner.optim import Schedule, param_groups
+from runner.report import format_table, main as report_main, table_from_results
+from runner.results import load_results
+from runner.train import paper_value
+
+SMOKE = ["ci=smoke", "device=cpu"]
+
+
+def run_cli(*args, cwd):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_result_files_and_status(run_cfg, tmp_path):
+    result = run_cfg(SMOKE)
+    run_dir = Path(load_results([tmp_path])[0]["_dir"])
+    on_disk = json.loads((run_dir / "result.json").read_text())
+    assert on_disk["status"] == "completed" == result["status"]
+    assert on_disk["config"]["optim"]["lr"] == 0.001  # the resolved config is recorded
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("phase,phase_name,epoch,step,lr,train_loss,train_acc,val_loss")
+    assert len(rows) == 2  # header + one epoch under ci=smoke
+    assert not list(run_dir.glob(".*.tmp"))  # no half-written leftovers
+
+
+def test_same_seed_same_result_bitwise(run_cfg):
+    a = run_cfg(SMOKE + ["seed=3", "ci.max_batches=4"])
+    b = run_cfg(SMOKE + ["seed=3", "ci.max_batches=4"])
+    c = run_cfg(SMOKE + ["seed=4", "ci.max_batches=4"])
+    assert a["phases"] == b["phases"]
+    assert a["phases"] != c["phases"]
+
+
+@needs_fashion_mnist
+def test_same_seed_same_result_on_real_data(run_cfg):
+    args = ["device=cpu", "train.epochs=2", "phases.0.subset.n=3000", "seed=1"]
+    a, b = run_cfg(args), run_cfg(args)
+    assert a["status"] == "completed"
+    assert a["phases"] == b["phases"]
+    assert a["phases"][0]["end"]["test_acc"] > 0.6  # it learns
+
+
+def test_divergence_is_a_status_not_a_crash(run_cfg):
+    result = run_cfg(SMOKE + ["optim=sgd", "optim.lr=1e30", "ci.max_batches=3"])
+    assert result["status"] == "diverged"
+    assert "loss became" in result["error"]
+
+
+def test_failure_is_recorded_then_raised(run_cfg, tmp_path):
+    with pytest.raises(Exception):
+        run_cfg(SMOKE + ["model.activation=nope"])
+    [result] = load_results([tmp_path])
+    assert result["status"] == "failed" and "nope" in result["error"]
+
+
+def test_warm_start_subset_is_nested_and_chunks_partition():
+    half = subset_indices(100, seed=0, fraction=0.5)
+    assert len(half) == 50
+    limited = [subset_indices(100, 0, chunks=4, chunk=k, access="limited") for k in range(4)]
+    assert torch.cat(limited).sort().values.tolist() == list(range(100))
+    full = [subset_indices(100, 0, chunks=4, chunk=k, access="full") for k in range(4)]
+    assert [len(f) for f in full] == [25, 50, 75, 100]
+    assert set(full[1].tolist()) == set(limited[0].tolist()) | set(limited[1].tolist())
+
+
+def test_phases_override_lr_epochs_and_repeat(run_cfg):
+    result = run_cfg(SMOKE + [
+        "+phases=[{name: a, epochs: 1, lr: 0.5}, {name: b, repeat: 2, lr: 0.25}]",
+        "ci.max_repeat=5"])
+    names = [p["name"] for p in result["phases"]]
+    assert names == ["a", "b1", "b2"]
+    lrs = [row["lr"] for row in _metrics(result)]
+    assert lrs == [0.5, 0.25, 0.25]
+
+
+def _metrics(result):
+    import csv
+    with open(Path(result["_dir"]) / "metrics.csv") as f:
+        return [{k: float(v) if k == "lr" else v for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def test_schedules():
+    step = Schedule(ScheduleConfig(name="step", gamma=0.1, milestones=[2, 4]), 1.0)
+    assert [round(step.lr(e), 6) for e in range(6)] == [1, 1, 0.1, 0.1, 0.01, 0.01]
+    exp = Schedule(ScheduleConfig(name="exponential"), 1.0, gamma=0.5)
+    assert exp.lr(3) == 0.125
+    plateau = Schedule(ScheduleConfig(name="plateau", gamma=0.5, patience=2), 1.0)
+    for v in [1.0, 0.9, 0.95, 0.95]:
+        plateau.observe(v)
+    assert plateau.lr(0) == 0.5
+
+
+def test_per_group_weight_decay():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    cfg = OmegaConf.create({"weight_decay_bias": 0.0, "weight_decay_norm": None})
+    groups = {g["kind"]: g for g in param_groups(model, cfg, 5e-4)}
+    assert groups["weights"]["weight_decay"] == 5e-4 and len(groups["weights"]["params"]) == 2
+    assert groups["biases"]["weight_decay"] == 0.0 and len(groups["biases"]["params"]) == 2
+    assert groups["norm"]["weight_decay"] == 5e-4 and len(groups["norm"]["params"]) == 2
+
+
+def test_paper_value_lookup():
+    cfg = OmegaConf.create({"paper": {"by": ["method", "train.epochs"],
+                                      "values": {"l2": {"200": 0.97}}},
+                            "train": {"epochs": 200}})
+    assert paper_value(cfg, {"method": "l2"}) == 0.97
+    assert paper_value(cfg, {"method": "swr"}) is None
+
+
+def test_table_mean_std_and_paper():
+    results = [{"choices": {"experiment": "e", "method": "m"}, "overrides": [f"seed={s}", "x=1"],
+                "status": "completed", "summary": {"test_acc": v}, "paper_value": 0.5}
+               for s, v in enumerate([0.1, 0.2, 0.3])]
+    results.append({**results[0], "status": "diverged", "summary": {}})
+    df = table_from_results(results)
+    assert len(df) == 1
+    row = df.iloc[0]
+    assert row["n"] == 3 and math.isclose(row["mean"], 0.2) and math.isclose(row["std"], 0.1)
+    assert row["diverged"] == 1 and row["paper"] == 0.5
+    assert "0.2000 ± 0.1000" in format_table(df)
+
+
+def test_l2_penalty_gradient_is_lambda_theta():
+    from methods.l2 import L2
+
+    model = torch.nn.Linear(3, 2)
+    m = L2(lam=0.1)
+    m.setup(type("Ctx", (), {"model": model})())
+    m.loss_term(None).backward()
+    assert torch.allclose(model.weight.grad, 0.1 * model.weight)
+    assert torch.allclose(model.bias.grad, 0.1 * model.bias)
+
+
+def test_cli_multirun_aggregates_seeds_and_survives_divergence(tmp_path):
+    out = run_cli("-m", "ci=smoke", "seed=0,1,2", "optim=sgd", "optim.lr=0.01,1e30",
+                  "ci.max_batches=3", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = (tmp_path / "sweep" / "table.md").read_text()
+    lines = [line for line in table.splitlines() if "0.01" in line or "1e+30" in line]
+    assert len(lines) == 2
+    assert "| 3 |" in lines[0].replace("   ", " ").replace("  ", " ")
+    assert " 3 |" in lines[1]  # three diverged runs, counted, not crashing the sweep
+    assert report_main([str(tmp_path / "sweep"), "--out", str(tmp_path / "rebuilt")]) == 0
+    assert (tmp_path / "rebuilt.md").read_text() == table
+
+
+@pytest.mark.parametrize("override,expect", [
+    ("experiment=doesnotexist", "fmnist_mlp"),
+    ("method=nope", "vanilla"),
+    ("optim.lr=abc", "optim.lr"),
+    ("optim.lrr=0.1", "did you mean optim.lr"),
+])
+def test_bad_config_gives_short_message(tmp_path, override, expect):
+    out = run_cli(override, cwd=tmp_path)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert expect in text
+    assert "Traceback" not in text
+    assert not (tmp_path / "outputs").exists()  # nothing ran
+
+
+def test_missing_dataset_is_one_clear_line(tmp_path):
+    out = run_cli("dataset=mnist", f"data_root={tmp_path}/nowhere", cwd=tmp_path)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: dataset MNIST not found") and "download=true" in last
+
+
+@needs_fashion_mnist
+def test_default_command_prints_a_table(tmp_path):
+    out = run_cli("train.epochs=1", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| fmnist_mlp" in out.stdout and "test_acc" in out.stdout
