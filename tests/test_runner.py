@@ -188,3 +188,13 @@ def test_default_command_prints_a_table(tmp_path):
     out = run_cli("train.epochs=1", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "| fmnist_mlp" in out.stdout and "test_acc" in out.stdout
+
+
+def test_every_package_ships_in_the_wheel():
+    tomllib = pytest.importorskip("tomllib")
+
+    root = Path(__file__).parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root / "src").parts)
+             for p in (root / "src").rglob("__init__.py")}
+    assert found <= listed, f"add to pyproject's packages: {sorted(found - listed)}"
