@@ -82,11 +82,11 @@ class CIConfig:
     """Caps that turn any experiment into a seconds-long run on synthetic data."""
 
     enabled: bool = False
-    n_train: int = 64
-    n_test: int = 32
+    n_train: int = 32
+    n_test: int = 16
     max_epochs: int = 1
     max_batches: int = 2
-    batch_size: int = 16
+    batch_size: int = 8
     max_repeat: int = 2
 
 

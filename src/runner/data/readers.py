@@ -7,7 +7,9 @@ the paths it looked at and how to provide the data.
 from __future__ import annotations
 
 import gzip
+import pickle
 import struct
+from functools import partial
 from pathlib import Path
 from typing import Iterable, List
 
@@ -54,12 +56,32 @@ def idx_dataset(name: str, dirs: List[Path], prefixes=("train", "t10k"), how: st
     return Arrays(xtr.unsqueeze(1), ytr.long(), xte.unsqueeze(1), yte.long())
 
 
-def torchvision_download(cls_name: str, root: Path) -> None:
+def how_to_provide(what: str, root: Path, download: bool = True) -> str:
+    """The fix a `DatasetMissing` message suggests: where to put the files, which keys to set."""
+    how = (f"put {what} into {root} (set dataset.reader.root=DIR, or data_root=DIR / "
+           f"RUNNER_DATA for all datasets)")
+    return how + (", or pass dataset.reader.download=true to fetch it with torchvision"
+                  if download else "")
+
+
+def torchvision_download(cls_name: str, root: Path, splits=({"train": True}, {"train": False}),
+                         **kwargs) -> None:
     import torchvision
 
     cls = getattr(torchvision.datasets, cls_name)
-    for train in (True, False):
-        cls(str(root), train=train, download=True)
+    for split in splits:
+        cls(str(root), download=True, **split, **kwargs)
+
+
+def with_download(read, download: bool, fetch):
+    """`read()`; if the data are missing and `download`, `fetch()` and read again."""
+    try:
+        return read()
+    except DatasetMissing:
+        if not download:
+            raise
+    fetch()
+    return read()
 
 
 def mnist_family(name: str, tv_class: str, root: str, download: bool = False,
@@ -67,15 +89,9 @@ def mnist_family(name: str, tv_class: str, root: str, download: bool = False,
     """MNIST-like IDX data in `root`, torchvision's `root/<Class>/raw`, or `extra_dirs`."""
     r = Path(root)
     dirs = [r, r / tv_class / "raw", *map(Path, extra_dirs)]
-    how = (f"pass dataset.reader.download=true to fetch it with torchvision, or put the four "
-           f"IDX files into {r}")
-    try:
-        return idx_dataset(name, dirs, how=how)
-    except DatasetMissing:
-        if not download:
-            raise
-    torchvision_download(tv_class, r)
-    return idx_dataset(name, dirs, how=how)
+    how = how_to_provide("the four IDX files {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz", r)
+    return with_download(lambda: idx_dataset(name, dirs, how=how), download,
+                         lambda: torchvision_download(tv_class, r))
 
 
 def fashion_mnist(root: str, download: bool = False) -> Arrays:
@@ -86,3 +102,102 @@ def fashion_mnist(root: str, download: bool = False) -> Arrays:
 
 def mnist(root: str, download: bool = False) -> Arrays:
     return mnist_family("MNIST", "MNIST", root, download)
+
+
+def kmnist(root: str, download: bool = False) -> Arrays:
+    """Kuzushiji-MNIST (Clanuwat et al. 2018): MNIST's file names and layout."""
+    return mnist_family("KMNIST", "KMNIST", root, download)
+
+
+def emnist_letters(root: str, download: bool = False) -> Arrays:
+    """EMNIST letters (Cohen et al. 2017): `emnist-letters-*` IDX files in `root` or torchvision's
+    `root/EMNIST/raw`. The files store images transposed (they are transposed back here) and
+    labels 1..26 (shifted to 0..25, so the dataset has 26 classes)."""
+    r = Path(root)
+    dirs = [r, r / "EMNIST" / "raw"]
+    how = how_to_provide("emnist-letters-{train,test}-{images-idx3,labels-idx1}-ubyte.gz", r)
+    read = partial(idx_dataset, "EMNIST letters", dirs,
+                   ("emnist-letters-train", "emnist-letters-test"), how)
+    a = with_download(read, download, partial(torchvision_download, "EMNIST", r, split="letters"))
+    return Arrays(a.x_train.transpose(2, 3).contiguous(), a.y_train - 1,
+                  a.x_test.transpose(2, 3).contiguous(), a.y_test - 1)
+
+
+def _cifar_batches(files: List[Path], label_key: bytes):
+    xs, ys = [], []
+    for f in files:
+        with open(f, "rb") as fh:
+            d = pickle.load(fh, encoding="bytes")
+        xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(d[label_key], dtype=np.int64))
+    return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+
+def _cifar(name: str, tv_class: str, folder: str, train: List[str], test: List[str],
+           label_key: bytes, root: str, download: bool) -> Arrays:
+    r = Path(root)
+    dirs = [r / folder, r]
+
+    def read():
+        for d in dirs:
+            if all((d / f).exists() for f in train + test):
+                return Arrays(*_cifar_batches([d / f for f in train], label_key),
+                              *_cifar_batches([d / f for f in test], label_key))
+        raise DatasetMissing(name, dirs, how_to_provide(f"the python-version batches "
+                                                        f"{folder}/ ({', '.join(train + test)})", r))
+    return with_download(read, download, partial(torchvision_download, tv_class, r))
+
+
+def cifar10(root: str, download: bool = False) -> Arrays:
+    """CIFAR-10 (Krizhevsky 2009): the pickled batches of `cifar-10-batches-py/`."""
+    return _cifar("CIFAR-10", "CIFAR10", "cifar-10-batches-py",
+                  [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels",
+                  root, download)
+
+
+def cifar100(root: str, download: bool = False) -> Arrays:
+    """CIFAR-100 with its 100 fine labels: the pickles `cifar-100-python/{train,test}`."""
+    return _cifar("CIFAR-100", "CIFAR100", "cifar-100-python", ["train"], ["test"],
+                  b"fine_labels", root, download)
+
+
+def svhn(root: str, download: bool = False, extra: bool = False) -> Arrays:
+    """SVHN cropped digits (Netzer et al. 2011): `{train,test[,extra]}_32x32.mat` in `root` (or
+    torchvision's `root/svhn`). Label 10 stands for the digit 0 and becomes 0."""
+    from scipy.io import loadmat
+
+    r = Path(root)
+    dirs = [r, r / "svhn"]
+    parts = ["train", "test"] + (["extra"] if extra else [])
+
+    def load(part):
+        f = _find(dirs, f"{part}_32x32.mat")
+        if f is None:
+            raise DatasetMissing("SVHN", dirs, how_to_provide(
+                ", ".join(f"{p}_32x32.mat" for p in parts), r))
+        m = loadmat(f)
+        x = torch.from_numpy(np.ascontiguousarray(m["X"].transpose(3, 2, 0, 1)))
+        return x, torch.from_numpy(m["y"].astype(np.int64).reshape(-1) % 10)
+
+    def read():
+        (xtr, ytr), (xte, yte), *more = [load(p) for p in parts]
+        if more:
+            xtr, ytr = torch.cat([xtr, more[0][0]]), torch.cat([ytr, more[0][1]])
+        return Arrays(xtr, ytr, xte, yte)
+
+    splits = [{"split": p} for p in parts]
+    return with_download(read, download, partial(torchvision_download, "SVHN", r / "svhn", splits))
+
+
+def digits(test_fraction: float = 0.2, seed: int = 0) -> Arrays:
+    """scikit-learn's 8x8 digits (1,797 images, values 0..16 scaled to 0..255), split into train
+    and test by a seeded permutation (the set has no official split)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy(np.rint(d.images * (255 / 16)).astype(np.uint8)).unsqueeze(1)
+    y = torch.from_numpy(d.target.astype(np.int64))
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    n_test = int(round(test_fraction * len(y)))
+    te, tr = perm[:n_test], perm[n_test:]
+    return Arrays(x[tr], y[tr], x[te], y[te])

@@ -6,6 +6,7 @@ repeats the same augmentation.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -62,19 +63,23 @@ class Blur:
 
 
 class RandomCrop:
-    """Pad by `padding` (constant `fill` or reflect) and crop a random window of the input size."""
+    """Pad by `padding` (constant `fill` or reflect) and crop a random window of the input size,
+    or of `size`x`size` (e.g. `Resize(248)` then `RandomCrop(padding=0, size=224)`)."""
 
-    def __init__(self, padding: int = 4, fill: float = 0.0, mode: str = "constant"):
-        self.padding, self.fill, self.mode = padding, fill, mode
+    def __init__(self, padding: int = 4, fill: float = 0.0, mode: str = "constant",
+                 size: Optional[int] = None):
+        self.padding, self.fill, self.mode, self.size = padding, fill, mode, size
 
     def __call__(self, x, gen=None):
         p = self.padding
         b, _, h, w = x.shape
+        ch, cw = (h, w) if self.size is None else (self.size, self.size)
         kw = {"value": self.fill} if self.mode == "constant" else {}
-        xp = F.pad(x, (p, p, p, p), mode=self.mode, **kw)
-        top = (_rand(b, gen, x.device) * (2 * p + 1)).long().clamp_(max=2 * p)
-        left = (_rand(b, gen, x.device) * (2 * p + 1)).long().clamp_(max=2 * p)
-        return _gather_window(xp, top, left, h, w)
+        xp = F.pad(x, (p, p, p, p), mode=self.mode, **kw) if p else x
+        dh, dw = h + 2 * p - ch, w + 2 * p - cw
+        top = (_rand(b, gen, x.device) * (dh + 1)).long().clamp_(max=dh)
+        left = (_rand(b, gen, x.device) * (dw + 1)).long().clamp_(max=dw)
+        return _gather_window(xp, top, left, ch, cw)
 
 
 class HFlip:
@@ -86,3 +91,158 @@ class HFlip:
     def __call__(self, x, gen=None):
         flip = (_rand(x.shape[0], gen, x.device) < self.p).view(-1, 1, 1, 1)
         return torch.where(flip, x.flip(-1), x)
+
+
+class VFlip:
+    """Flip each image vertically with probability `p`."""
+
+    def __init__(self, p: float = 0.5):
+        self.p = p
+
+    def __call__(self, x, gen=None):
+        flip = (_rand(x.shape[0], gen, x.device) < self.p).view(-1, 1, 1, 1)
+        return torch.where(flip, x.flip(-2), x)
+
+
+def _uniform(n: int, bound: float, gen, device) -> torch.Tensor:
+    """n values uniform in [-bound, bound]."""
+    return (_rand(n, gen, device) * 2 - 1) * bound
+
+
+class RandomAffine:
+    """A random affine map per image, sampled bilinearly (outside: `fill`).
+
+    rotation and shear in degrees (uniform in [-a, a]; `shear` skews along x, `shear_y` along y),
+    `scale` a magnitude (zoom factor uniform in [1 - s, 1 + s]), `translate` a fraction of the
+    side (shift uniform in [-t, t] times width / height, per axis). The map is about the centre.
+    """
+
+    def __init__(self, rotation: float = 0.0, shear: float = 0.0, shear_y: float = 0.0,
+                 scale: float = 0.0, translate: float = 0.0, fill: float = 0.0):
+        self.rotation, self.shear, self.shear_y = rotation, shear, shear_y
+        self.scale, self.translate, self.fill = scale, translate, fill
+
+    def matrices(self, b: int, gen, device) -> torch.Tensor:
+        """(b, 2, 3) maps from output to input coordinates in [-1, 1] (affine_grid's convention)."""
+        rad = math.pi / 180
+        rot = _uniform(b, self.rotation * rad, gen, device)
+        shx = torch.tan(_uniform(b, self.shear * rad, gen, device))
+        shy = torch.tan(_uniform(b, self.shear_y * rad, gen, device))
+        zoom = 1 + _uniform(b, self.scale, gen, device)
+        tx = _uniform(b, self.translate, gen, device) * 2  # a side is 2 units long
+        ty = _uniform(b, self.translate, gen, device) * 2
+        cos, sin = torch.cos(rot), torch.sin(rot)
+        fwd = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+        shear = torch.stack([torch.stack([torch.ones_like(shx), shx], -1),
+                             torch.stack([shy, torch.ones_like(shy)], -1)], -2)
+        fwd = fwd @ shear * zoom.view(b, 1, 1)  # image -> output: rotate . shear . zoom
+        inv = torch.linalg.inv(fwd)
+        t = -(inv @ torch.stack([tx, ty], -1).unsqueeze(-1))
+        return torch.cat([inv, t], -1)
+
+    def __call__(self, x, gen=None):
+        theta = self.matrices(x.shape[0], gen, x.device).to(x.dtype)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        out = F.grid_sample(x - self.fill, grid, mode="bilinear", padding_mode="zeros",
+                            align_corners=False)
+        return out + self.fill
+
+
+class RandomShift(RandomAffine):
+    """Shift each image by up to `fraction` of its side, per axis (Zilly et al.: up to 100 %);
+    content moved out of view is lost and the uncovered area is `fill` (0: black, as
+    torchvision's RandomAffine fills)."""
+
+    def __init__(self, fraction: float = 0.5, fill: float = 0.0):
+        super().__init__(translate=fraction, fill=fill)
+
+
+class RandomBlur:
+    """Blur each image by down-sampling to a random fraction of its size in [`min_scale`, 1]
+    (area) and up-sampling back (bilinear); Zilly et al.'s "random blurring by downsizing down
+    to 30 %". The fraction is drawn from `levels` evenly spaced values, one interpolation per
+    level used in the batch."""
+
+    def __init__(self, min_scale: float = 0.3, levels: int = 8):
+        self.scales = torch.linspace(min_scale, 1.0, levels).tolist()
+
+    def __call__(self, x, gen=None):
+        h, w = x.shape[-2:]
+        pick = (_rand(x.shape[0], gen, x.device) * len(self.scales)).long().clamp_(
+            max=len(self.scales) - 1)
+        out = x.clone()
+        for i, s in enumerate(self.scales[:-1]):  # the last level (1.0) leaves images unchanged
+            sel = (pick == i).nonzero().view(-1)
+            if len(sel):
+                size = (max(1, round(h * s)), max(1, round(w * s)))
+                small = F.interpolate(x[sel], size=size, mode="area")
+                out[sel] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+        return out
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """Luma (ITU-R 601) of RGB images, or the image itself when it has one channel."""
+    if x.shape[1] == 1:
+        return x
+    w = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * w).sum(1, keepdim=True)
+
+
+def _factors(b: int, magnitude: float, gen, device) -> torch.Tensor:
+    return (1 + _uniform(b, magnitude, gen, device)).clamp_(min=0).view(b, 1, 1, 1)
+
+
+class RandomContrast:
+    """Scale each image's deviation from its mean grey level by a factor in [1 - m, 1 + m]."""
+
+    def __init__(self, magnitude: float = 0.4):
+        self.magnitude = magnitude
+
+    def __call__(self, x, gen=None):
+        f = _factors(x.shape[0], self.magnitude, gen, x.device)
+        mean = _gray(x).mean((1, 2, 3), keepdim=True)
+        return ((x - mean) * f + mean).clamp_(0, 1)
+
+
+def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(1)
+    mx, mn = x.max(1).values, x.min(1).values
+    d = mx - mn
+    safe = torch.where(d > 0, d, torch.ones_like(d))
+    h = torch.where(mx == r, (g - b) / safe % 6,
+                    torch.where(mx == g, (b - r) / safe + 2, (r - g) / safe + 4))
+    h = torch.where(d > 0, h / 6, torch.zeros_like(h))
+    s = torch.where(mx > 0, d / torch.where(mx > 0, mx, torch.ones_like(mx)), torch.zeros_like(mx))
+    return torch.stack([h, s, mx], 1)
+
+
+def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    h, s, v = x.unbind(1)
+    k = torch.stack([(5 + h * 6) % 6, (3 + h * 6) % 6, (1 + h * 6) % 6], 1)
+    return v.unsqueeze(1) - (v * s).unsqueeze(1) * (torch.minimum(k, 4 - k).clamp(0, 1))
+
+
+class ColorJitter:
+    """Per-image random brightness, contrast, saturation (factors in [1 - m, 1 + m]) and hue
+    (shift in [-m, m] of a full turn), applied in that order (torchvision draws a random order)."""
+
+    def __init__(self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0,
+                 hue: float = 0.0):
+        self.brightness, self.contrast = brightness, contrast
+        self.saturation, self.hue = saturation, hue
+
+    def __call__(self, x, gen=None):
+        b, dev = x.shape[0], x.device
+        if self.brightness:
+            x = (x * _factors(b, self.brightness, gen, dev)).clamp(0, 1)
+        if self.contrast:
+            x = RandomContrast(self.contrast)(x, gen)
+        if self.saturation and x.shape[1] == 3:
+            f = _factors(b, self.saturation, gen, dev)
+            x = ((x - _gray(x)) * f + _gray(x)).clamp(0, 1)
+        if self.hue and x.shape[1] == 3:
+            hsv = _rgb_to_hsv(x)
+            shift = _uniform(b, self.hue, gen, dev).view(b, 1, 1)
+            hsv = torch.stack([(hsv[:, 0] + shift) % 1.0, hsv[:, 1], hsv[:, 2]], 1)
+            x = _hsv_to_rgb(hsv)
+        return x
