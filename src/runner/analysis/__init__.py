@@ -1,0 +1,1 @@
+"""Analyses of trained networks and the figures built from run directories."""

@@ -1,0 +1,220 @@
+"""SWR, L2 Init, Shrink & Perturb and head reset against hand computations and invariants."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from methods.head_reset import HeadReset
+from methods.l2_init import L2Init
+from methods.shrink_perturb import ShrinkPerturb
+from methods.swr import SWR
+from runner.models.base import Network
+from runner.models.mlp import mlp
+
+
+def context(model, lr=1e-3, seed=0, builder=None):
+    """The parts of the trainer's RunContext these methods use."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+
+    def build_model():  # as RunContext.build_model: torch's RNG seeded from the method generator
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+        return builder()
+
+    return SimpleNamespace(model=model, optimizer=opt, phase_index=0, device=torch.device("cpu"),
+                           build_model=build_model)
+
+
+def make_mlp(seed=0, norm=None):
+    if seed is not None:
+        torch.manual_seed(seed)
+    return mlp([1, 4, 4], 5, hidden=[8, 6], norm=norm)
+
+
+def make_cnn_bn(seed=0):
+    """conv (bias) -> BN -> ReLU -> pool, conv (bias) -> ReLU -> conv -> BN -> ReLU, FC, head."""
+    torch.manual_seed(seed)
+    blocks = [nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2)),
+              nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                            nn.Conv2d(4, 5, 3, padding=1), nn.BatchNorm2d(5), nn.ReLU(), nn.Flatten()),
+              nn.Sequential(nn.Linear(5 * 4 * 4, 7), nn.ReLU())]
+    return Network(blocks, nn.Linear(7, 3))
+
+
+def grow(model, gen_seed=1, scale=3.0):
+    """Move every parameter far from its initialization (as long training does)."""
+    g = torch.Generator().manual_seed(gen_seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(scale).add_(torch.randn(p.shape, generator=g))
+
+
+def layer_weights(model):
+    return [m.weight for m in model.modules()
+            if isinstance(m, (nn.Linear, nn.Conv2d, nn.BatchNorm2d, nn.BatchNorm1d))]
+
+
+@pytest.mark.parametrize("builder,shape", [(make_mlp, (1, 4, 4)),
+                                           (lambda: make_mlp(norm="batch"), (1, 4, 4)),
+                                           (make_cnn_bn, (3, 8, 8))],
+                         ids=["mlp_bias", "mlp_bias_bn", "cnn_bias_bn"])
+def test_swr_keeps_network_proportional_and_pulls_norms_to_init(builder, shape):
+    model = builder()
+    ctx = context(model)
+    swr = SWR(lam=0.3)
+    swr.setup(ctx)
+    n_init = [w.detach().norm().item() for w in layer_weights(model)]
+    grow(model)
+    n_before = [w.detach().norm().item() for w in layer_weights(model)]
+    x = torch.randn(32, *shape, generator=torch.Generator().manual_seed(2))
+    model.train()  # batch statistics: normalization layers are scale invariant
+    with torch.no_grad():
+        before = model(x).double()
+    swr.after_step(ctx)
+    with torch.no_grad():
+        after = model(x).double()
+    ratio = after / before
+    k = ratio.median()
+    assert k > 0
+    assert torch.allclose(ratio, k.expand_as(ratio), rtol=1e-3), "logits not a common multiple"
+    assert torch.equal(after.argmax(1), before.argmax(1))
+    for n0, nb, w in zip(n_init, n_before, layer_weights(model)):
+        # Eq. 5: ||W|| - ||W^c|| = lam (||W|| - ||W0||), so the norm moves 30 % toward ||W0||
+        assert w.norm().item() == pytest.approx(0.3 * n0 + 0.7 * nb, rel=1e-5)
+
+
+def test_swr_hand_computed_single_layer():
+    model = Network([], nn.Linear(2, 1))
+    with torch.no_grad():
+        model.head.weight.copy_(torch.tensor([[3.0, 4.0]]))  # norm 5
+        model.head.bias.fill_(2.0)
+    ctx = context(model)
+    swr = SWR(lam=0.5)
+    swr.setup(ctx)
+    with torch.no_grad():
+        model.head.weight.mul_(3.0)  # norm 15
+    swr.after_step(ctx)
+    c = (0.5 * 5 + 0.5 * 15) / 15  # = 2/3
+    assert torch.allclose(model.head.weight, torch.tensor([[9.0, 12.0]]) * c)
+    assert model.head.bias.item() == pytest.approx(2.0 * c)
+
+
+def test_swr_lambda_c_is_the_classifier_and_lambda_f_the_features():
+    """The public code swaps the two for CNNs; here lambda_c acts on the head (MLP scope)."""
+    model = make_mlp()
+    ctx = context(model)
+    swr = SWR(lam=0.5, lambda_f=0.0, lambda_c=1.0, classifier="head")
+    swr.setup(ctx)
+    head0 = model.head.weight.norm().item()
+    grow(model)
+    feats = [w.norm().item() for w in layer_weights(model.blocks)]
+    swr.after_step(ctx)
+    assert model.head.weight.norm().item() == pytest.approx(head0, rel=1e-5)
+    assert [w.norm().item() for w in layer_weights(model.blocks)] == pytest.approx(feats, rel=1e-6)
+
+
+def test_swr_reinit_resets_reference_norms_when_lr_decays():
+    model = make_mlp()
+    ctx = context(model, lr=1e-3)
+    plain, reinit = SWR(lam=0.5), SWR(lam=0.5, reinit=True)
+    for m in (plain, reinit):
+        m.setup(ctx)
+    grow(model)
+    reinit.after_step(ctx)  # lr 1e-3: a normal step toward the initial norms
+    norms = [w.norm().item() for w in layer_weights(model)]
+    for g in ctx.optimizer.param_groups:
+        g["lr"] = 1e-4
+    reinit.after_step(ctx)  # decay: n_init <- current norms, so c = 1
+    assert [w.norm().item() for w in layer_weights(model)] == pytest.approx(norms, rel=1e-6)
+    grow(model, scale=1.0)
+    now = [w.norm().item() for w in layer_weights(model)]
+    reinit.after_step(ctx)  # later steps pull toward the norms at the decay, not the init
+    expected = [0.5 * a + 0.5 * b for a, b in zip(norms, now)]
+    assert [w.norm().item() for w in layer_weights(model)] == pytest.approx(expected, rel=1e-5)
+    assert not torch.allclose(plain.n_init, reinit.n_init)
+
+
+def test_l2_init_gradient_matches_hand_computation():
+    model = Network([], nn.Linear(2, 1))
+    with torch.no_grad():
+        model.head.weight.copy_(torch.tensor([[1.0, -2.0]]))
+        model.head.bias.fill_(0.5)
+    ctx = context(model)
+    method = L2Init(lam=0.1)
+    method.setup(ctx)
+    with torch.no_grad():
+        model.head.weight.copy_(torch.tensor([[3.0, 0.0]]))  # theta - theta0 = (2, 2)
+        model.head.bias.fill_(-0.5)  # theta - theta0 = -1
+    loss = method.loss_term(ctx)
+    assert loss.item() == pytest.approx(0.05 * (4 + 4 + 1))
+    loss.backward()
+    assert torch.allclose(model.head.weight.grad, torch.tensor([[0.2, 0.2]]))
+    assert model.head.bias.grad.item() == pytest.approx(-0.1)
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.25])
+def test_shrink_perturb_interpolates_toward_init(lam):
+    model = make_mlp(norm="batch")
+    ctx = context(model)
+    method = ShrinkPerturb(lam=lam)
+    method.setup(ctx)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    grow(model)
+    model.blocks[0][2].running_mean.fill_(7.0)  # buffers are not touched
+    grown = {k: v.clone() for k, v in model.state_dict().items()}
+    method.on_phase_start(ctx)  # phase 0: no data change yet, nothing happens
+    assert all(torch.equal(v, grown[k]) for k, v in model.state_dict().items())
+    ctx.phase_index = 1
+    method.on_phase_start(ctx)
+    params = dict(model.named_parameters())
+    for k, v in model.state_dict().items():
+        if k in params:
+            assert torch.allclose(v, (1 - lam) * grown[k] + lam * init[k], atol=1e-6), k
+        else:
+            assert torch.equal(v, grown[k]), k
+
+
+def test_shrink_perturb_fresh_variant_adds_a_new_initialization():
+    model = make_mlp()
+    ctx = context(model, seed=5, builder=lambda: make_mlp(seed=None))
+    method = ShrinkPerturb(lam=0.6, variant="fresh", perturb=0.1)
+    method.setup(ctx)
+    before = [p.detach().clone() for p in model.parameters()]
+    ctx.phase_index = 1
+    method.on_phase_start(ctx)
+    fresh = context(make_mlp(), seed=5, builder=lambda: make_mlp(seed=None)).build_model()
+    for p, p_old, p_new in zip(model.parameters(), before, fresh.parameters()):
+        assert torch.allclose(p, 0.4 * p_old + 0.1 * p_new, atol=1e-6)
+
+
+@pytest.mark.parametrize("layers,reset", [("head", ["head"]), ("linear", ["head", "blocks.0.1", "blocks.1.0"])])
+def test_head_reset_restores_only_the_classifier(layers, reset):
+    model = make_mlp()
+    ctx = context(model)
+    method = HeadReset(layers=layers)
+    method.setup(ctx)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    grow(model)
+    grown = {k: v.clone() for k, v in model.state_dict().items()}
+    ctx.phase_index = 1
+    method.on_phase_start(ctx)
+    for k, v in model.state_dict().items():
+        expected = init if k.rsplit(".", 1)[0] in reset else grown
+        assert torch.equal(v, expected[k]), k
+
+
+def test_swr_bounds_weight_norm_under_steady_growth():
+    """Theorem 2: with a bounded growth per step the norm stays below sqrt(B)/lam + ||W0||."""
+    model = Network([], nn.Linear(10, 1, bias=False))
+    ctx = context(model)
+    swr = SWR(lam=0.1)
+    swr.setup(ctx)
+    n0 = model.head.weight.norm().item()
+    for _ in range(500):
+        with torch.no_grad():  # each step adds 0.05 to the norm (an aligned gradient step)
+            w = model.head.weight
+            w.mul_(1 + 0.05 / w.norm())
+        swr.after_step(ctx)
+    # fixed point: n = 0.9 (n + 0.05) + 0.1 n0  =>  n = n0 + 0.45
+    assert model.head.weight.norm().item() == pytest.approx(n0 + 0.45, rel=1e-3)
