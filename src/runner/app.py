@@ -32,6 +32,8 @@ def conf_dir() -> Path:
 
 schema.register()
 OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:6], use_cache=True, replace=True)
+# ${if:COND,A,B}: e.g. pretrained weights except under ci=smoke: ${if:${ci.enabled},null,IMAGENET1K_V1}
+OmegaConf.register_new_resolver("if", lambda cond, a, b: a if cond else b, replace=True)
 
 
 def job_choices(choices) -> Dict[str, str]:

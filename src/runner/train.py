@@ -158,7 +158,7 @@ class Trainer:
         if ci.enabled:
             return shapes_only(ds.shape, ds.num_classes, ci.n_train, ci.n_test, seed=self.cfg.seed,
                                dtype=ds.get("dtype", "uint8"))
-        key = OmegaConf.to_yaml(ds.reader)
+        key = OmegaConf.to_yaml(ds.reader, resolve=True)  # interpolated options (seed) count
         if key not in _ARRAYS_CACHE:
             _ARRAYS_CACHE[key] = call(ds.reader, "dataset.reader")
         return _ARRAYS_CACHE[key]
@@ -169,7 +169,8 @@ class Trainer:
         val_seed = self.cfg.seed if tr.val_seed is None else tr.val_seed
         splits = split_train_val(self.arrays(ds), tr.val_fraction, val_seed, self.device)
         sub = stage.cfg.subset
-        idx = subset_indices(len(splits.train), self.cfg.seed, sub.fraction, sub.n, sub.chunks,
+        n = sub.n if sub.n is None or not self.cfg.ci.enabled else min(sub.n, len(splits.train))
+        idx = subset_indices(len(splits.train), self.cfg.seed, sub.fraction, n, sub.chunks,
                              stage.repeat, sub.access)
         if idx is not None:
             splits.train = splits.train.take(idx.to(self.device))
