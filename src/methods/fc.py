@@ -1,0 +1,27 @@
+"""FC: reinitialize the classifier head (and optionally the last `blocks` blocks) at each round.
+
+Alabdulmohsin et al. 2021, Sec. 1: "Only the last fully-connected layers are reinitialized"
+(Li et al. 2020; Zhao et al. 2018 reset the classifier head only). In the zoo's models the
+dense layers before the classifier belong to `model.head`.
+"""
+import torch
+
+from methods.base import select
+from methods.reinit_common import MaskedReinit
+
+
+class FC(MaskedReinit):
+    name = "fc"
+
+    def __init__(self, blocks: int = 0, **kwargs):
+        super().__init__(fraction=1.0, **kwargs)
+        self.blocks = int(blocks)
+
+    def candidates(self, ctx):
+        model = ctx.model
+        top = [model.head] + (list(model.blocks[-self.blocks:]) if self.blocks else [])
+        ids = {id(p) for m in top for p in m.parameters()}
+        return [(n, p) for n, p in select(model, self.params) if id(p) in ids]
+
+    def masks(self, ctx, params):
+        return {n: torch.ones_like(p, dtype=torch.bool) for n, p in params}

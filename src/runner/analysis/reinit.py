@@ -1,0 +1,343 @@
+"""Statistics and figures of the reinitialization paper (Alabdulmohsin et al. 2021).
+
+    python -m runner.analysis.reinit table2 [DIR ...]            # Table 2 layout, paper beside ours
+    python -m runner.analysis.reinit table3 [DIR ... | --paper]  # binomial test + Holm (Table 3)
+    python -m runner.analysis.reinit tree [DIR ... | --paper] --out fig2.png    # Figure 2
+    python -m runner.analysis.reinit budget DIR --out fig3.png   # accuracy vs steps per round
+    python -m runner.analysis.reinit margins DIR --out fig4.png  # smallest training margins
+    python -m runner.analysis.reinit perturb DIR --out fig5.png  # loss under weight noise
+    python -m runner.analysis.reinit ratio DIR --out fig6.png    # weight size / baseline's
+    python -m runner.analysis.reinit grid DIR --out fig7.png     # BL vs LW (Appendix F)
+    python -m runner.analysis.reinit ablation DIR                # LW variants (Appendix E)
+
+Table 2 results are rows (setting, dataset, arch, method, acc, std) in percent; the paper's own
+are `data/reinit_table2.csv`. Figures 4-6 read what `methods.reinit_probe.ReinitProbe` stores.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from itertools import permutations
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from scipy.stats import binomtest  # noqa: E402
+
+from runner.results import load_results  # noqa: E402
+
+METHODS = ["bl", "welsr", "dsd", "wels", "fc", "lw"]
+LETTERS = dict(zip(METHODS, "BRDWFL"))
+ARCHS = {"scnn": "scnn", "vgg16_ln": "vgg16", "mobilenet_v1": "mobilenet", "resnet50": "resnet50"}
+SETTINGS = {"none": (0, 0.0), "aug": (1, 0.0), "aug_dropout": (1, 0.25)}  # augmentation, dropout
+DATASETS = {  # Table 4: training examples, classes
+    "oxford_pets": (3680, 37), "stanford_dogs": (12000, 120), "cars196": (8144, 196),
+    "caltech101": (3060, 101), "cassava": (5656, 4), "cub200_2010": (3000, 200)}
+PAPER_TABLE2 = Path(__file__).parent / "data" / "reinit_table2.csv"
+
+
+# -- Table 2 ------------------------------------------------------------------------------------
+def paper_table2() -> pd.DataFrame:
+    return pd.read_csv(PAPER_TABLE2, comment="#")
+
+
+def _get(node, path: str):
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def results_table2(dirs: Iterable) -> pd.DataFrame:
+    """Our Table 2 rows from run directories: mean and std [%] over seeds of each cell."""
+    rows = []
+    for r in load_results(dirs):
+        if r.get("status") != "completed":
+            continue
+        cfg = r["config"]
+        rows.append({"setting": _get(cfg, "tuned.setting") or "none",
+                     "dataset": _get(cfg, "dataset.name"),
+                     "arch": ARCHS.get(r["choices"].get("model"), r["choices"].get("model")),
+                     "method": r["choices"].get("method"),
+                     "acc": 100 * r["summary"]["test_acc"]})
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    g = df.groupby(["setting", "dataset", "arch", "method"], sort=False)["acc"]
+    return g.agg(acc="mean", std="std").reset_index()
+
+
+def format_table2(ours: pd.DataFrame, paper: Optional[pd.DataFrame] = None) -> str:
+    """Markdown: one row per (setting, dataset, arch), `ours (paper)` per method."""
+    paper = paper_table2() if paper is None else paper
+    key = ["setting", "dataset", "arch"]
+    merged = ours.merge(paper, on=key + ["method"], how="left", suffixes=("", "_paper"))
+    lines = ["| setting | dataset | arch | " + " | ".join(METHODS) + " |",
+             "|---|---|---|" + "---|" * len(METHODS)]
+    for cell, g in merged.groupby(key, sort=False):
+        by = g.set_index("method")
+        vals = []
+        for m in METHODS:
+            if m not in by.index:
+                vals.append("")
+                continue
+            row = by.loc[m]
+            std = "" if pd.isna(row["std"]) else f" ± {row['std']:.1f}"
+            ref = "" if pd.isna(row["acc_paper"]) else f" ({row['acc_paper']:.1f})"
+            vals.append(f"{row['acc']:.1f}{std}{ref}")
+        lines.append("| " + " | ".join(map(str, cell)) + " | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+# -- Table 3: exact binomial (sign) test with Holm's step-down correction -----------------------
+def sign_test(row: np.ndarray, col: np.ndarray) -> float:
+    """One-sided exact binomial test that `col` beats `row` in matched experiments (ties dropped)."""
+    wins, losses = int(np.sum(col > row)), int(np.sum(col < row))
+    if wins + losses == 0:
+        return 1.0
+    return binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue
+
+
+def holm(pvalues: List[float], alpha: float = 0.05) -> List[bool]:
+    """Holm's step-down procedure: which hypotheses are rejected at family-wise level alpha."""
+    order = np.argsort(pvalues, kind="stable")
+    m, reject = len(pvalues), [False] * len(pvalues)
+    for i, j in enumerate(order):
+        if pvalues[j] > alpha / (m - i):
+            break
+        reject[j] = True
+    return reject
+
+
+def table3(df: pd.DataFrame, alpha: float = 0.05, family: str = "arch") -> pd.DataFrame:
+    """p-values and marks of "column method beats row method", per architecture.
+
+    Matched experiments are (setting, dataset) pairs. Mark '*' for p < alpha (the paper's star),
+    'o' where the test survives Holm's correction (the paper's circle) over the ordered pairs
+    of one architecture (`family='arch'`) or of all architectures (`'all'`).
+    """
+    wide = df.pivot_table(index=["arch", "setting", "dataset"], columns="method", values="acc")
+    rows = []
+    present = wide.index.get_level_values(0).unique()
+    for arch in [a for a in ARCHS.values() if a in present] + [a for a in present
+                                                                 if a not in ARCHS.values()]:
+        w = wide.loc[arch]
+        for r, c in permutations([m for m in METHODS if m in w.columns], 2):
+            ok = w[[r, c]].dropna()
+            rows.append({"arch": arch, "row": r, "col": c, "n": len(ok),
+                         "p": sign_test(ok[r].to_numpy(), ok[c].to_numpy())})
+    out = pd.DataFrame(rows)
+    groups = out.groupby("arch").groups if family == "arch" else {"all": out.index}
+    out["holm"] = False
+    for idx in groups.values():
+        out.loc[idx, "holm"] = holm(out.loc[idx, "p"].tolist(), alpha)
+    out["mark"] = np.where(out["holm"], "o", np.where(out["p"] < alpha, "*", ""))
+    return out
+
+
+def format_table3(t3: pd.DataFrame) -> str:
+    archs = list(dict.fromkeys(t3["arch"]))
+    head = "| | " + " | ".join(f"{a} {LETTERS[m]}" for a in archs for m in METHODS) + " |"
+    lines = [head, "|---|" + "---|" * (len(archs) * len(METHODS))]
+    marks = {(a, r, c): k for a, r, c, k in t3[["arch", "row", "col", "mark"]].itertuples(False)}
+    for r in METHODS:
+        cells = [marks.get((a, r, c), "") for a in archs for c in METHODS]
+        lines.append(f"| {LETTERS[r]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# -- Figure 2: which method wins, as a decision tree ----------------------------------------------
+def best_methods(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (setting, dataset, arch) with its design features and best method."""
+    idx = df.groupby(["setting", "dataset", "arch"], sort=False)["acc"].idxmax()
+    best = df.loc[idx, ["setting", "dataset", "arch", "method"]].reset_index(drop=True)
+    best["train_size"] = [DATASETS[d][0] for d in best["dataset"]]
+    best["classes"] = [DATASETS[d][1] for d in best["dataset"]]
+    best["augmentation"] = [SETTINGS[s][0] for s in best["setting"]]
+    best["dropout"] = [SETTINGS[s][1] for s in best["setting"]]
+    return best
+
+
+def decision_tree(df: pd.DataFrame, max_depth: int = 4, min_leaf: int = 7, seed: int = 0):
+    """The paper's tree (Sec. 3.2): features -> best method; returns (tree, feature names)."""
+    from sklearn.tree import DecisionTreeClassifier
+
+    best = best_methods(df)
+    x = pd.concat([best[["train_size", "classes", "augmentation", "dropout"]],
+                   pd.get_dummies(best["arch"], prefix="arch", dtype=float)], axis=1)
+    tree = DecisionTreeClassifier(max_depth=max_depth, min_samples_leaf=min_leaf, random_state=seed)
+    return tree.fit(x.to_numpy(dtype=float), best["method"]), list(x.columns)
+
+
+def plot_tree(df: pd.DataFrame, out: str) -> None:
+    from sklearn.tree import plot_tree as sk_plot
+
+    tree, names = decision_tree(df)
+    fig, ax = plt.subplots(figsize=(16, 8))
+    sk_plot(tree, feature_names=names, class_names=list(tree.classes_), filled=True, ax=ax,
+            impurity=False, fontsize=8)
+    _save(fig, out)
+
+
+# -- Figures 3-7 and the ablations ----------------------------------------------------------------
+def _save(fig, out: str) -> None:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    print(f"figure written to {out}")
+
+
+def _runs(dirs) -> List[dict]:
+    return [r for r in load_results(dirs) if r.get("status") == "completed"]
+
+
+def _probe(r: dict, key: str):
+    return r["phases"][-1].get(key)
+
+
+def plot_budget(dirs, out: str, x: str = "train.epochs") -> None:
+    """Figure 3: final test accuracy against the steps (epochs) per round, one line per method."""
+    rows = [{"method": r["choices"].get("method"), "x": _get(r["config"], x),
+             "acc": 100 * r["summary"]["test_acc"]} for r in _runs(dirs)]
+    df = pd.DataFrame(rows).groupby(["method", "x"])["acc"].agg(["mean", "std"]).reset_index()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for m, g in df.groupby("method"):
+        ax.errorbar(g["x"], g["mean"], yerr=g["std"].fillna(0), label=m, marker="o", capsize=2)
+    ax.set(xscale="log", xlabel=f"{x} (per round)", ylabel="test accuracy [%]")
+    ax.legend()
+    _save(fig, out)
+
+
+def plot_margins(dirs, out: str) -> None:
+    """Figure 4: the smallest training margins (softmax), mean over seeds, per method."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    by: Dict[str, List] = {}
+    for r in _runs(dirs):
+        by.setdefault(r["choices"].get("method"), []).append(_probe(r, "margins"))
+    for m, curves in sorted(by.items()):
+        n = min(len(c) for c in curves)
+        ax.plot(np.mean([c[:n] for c in curves], axis=0), label=m)
+    ax.set(yscale="log", xlabel="rank", ylabel="softmax margin")
+    ax.legend()
+    _save(fig, out)
+
+
+def plot_perturb(dirs, out: str, key: str = "loss") -> None:
+    """Figure 5: training loss (or accuracy) under Gaussian weight noise of std sigma."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    rows = [{"method": r["choices"].get("method"), "sigma": float(s), "v": v[key]}
+            for r in _runs(dirs) for s, v in (_probe(r, "perturb") or {}).items()]
+    df = pd.DataFrame(rows).groupby(["method", "sigma"])["v"].mean().reset_index()
+    for m, g in df.groupby("method"):
+        ax.plot(g["sigma"], g["v"], marker="o", label=m)
+    ax.set(xlabel="noise std sigma", ylabel=f"training {key}")
+    ax.legend()
+    _save(fig, out)
+
+
+def weight_ratios(dirs) -> pd.DataFrame:
+    """Appendix D: each run's weight size over the baseline's with the same seed and cell."""
+    rows = []
+    for r in _runs(dirs):
+        cell = tuple(sorted((k, v) for k, v in r["choices"].items() if k != "method"))
+        rows.append({"cell": cell, "seed": r["seed"], "method": r["choices"].get("method"),
+                     "size": _probe(r, "weight_size")})
+    df = pd.DataFrame(rows)
+    base = df[df.method == "bl"].set_index(["cell", "seed"])["size"]
+    df = df[df.method != "bl"].join(base.rename("bl_size"), on=["cell", "seed"])
+    return df.assign(ratio=df["size"] / df["bl_size"]).dropna(subset=["ratio"])
+
+
+def plot_ratio(dirs, out: str) -> None:
+    """Figure 6: Gaussian approximation of the density of the weight-size ratio to BL."""
+    df = weight_ratios(dirs)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    grid = np.linspace(0, max(2.0, df["ratio"].max() * 1.2), 400)
+    for m, g in df.groupby("method"):
+        mu, sd = g["ratio"].mean(), max(g["ratio"].std(ddof=0), 1e-3)
+        ax.plot(grid, np.exp(-0.5 * ((grid - mu) / sd) ** 2) / (sd * math.sqrt(2 * math.pi)), label=m)
+    ax.axvline(1.0, color="k", lw=0.5)
+    ax.set(xlabel="weight size / baseline's", ylabel="density")
+    ax.legend()
+    _save(fig, out)
+
+
+def paired(dirs, a: str = "bl", b: str = "lw") -> pd.DataFrame:
+    """Runs of methods a and b matched on everything but the method (mean over seeds)."""
+    rows = []
+    for r in _runs(dirs):
+        pairs = [o for o in r.get("overrides", []) if not o.startswith(("method=", "seed="))]
+        rows.append({"cell": " ".join(sorted(pairs)), "method": r["choices"].get("method"),
+                     "acc": 100 * r["summary"]["test_acc"]})
+    df = pd.DataFrame(rows).groupby(["cell", "method"])["acc"].mean().unstack()
+    return df[[a, b]].dropna()
+
+
+def plot_grid(dirs, out: str) -> None:
+    """Figure 7: test accuracy of BL (x) against LW (y) over a hyperparameter grid."""
+    df = paired(dirs)
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(df["bl"], df["lw"])
+    lim = [min(df.min()) - 1, max(df.max()) + 1]
+    ax.plot(lim, lim, "k--", lw=0.7)
+    ax.set(xlim=lim, ylim=lim, xlabel="BL test accuracy [%]", ylabel="LW test accuracy [%]")
+    _save(fig, out)
+
+
+def ablation(dirs, base: str = "method.rescale") -> pd.DataFrame:
+    """Appendix E: share of cells in which full LW beats each ablated variant."""
+    rows = []
+    for r in _runs(dirs):
+        over = dict(o.split("=", 1) for o in r.get("overrides", []) if "=" in o)
+        variant = " ".join(f"{k}={v}" for k, v in sorted(over.items())
+                           if k.startswith("method.")) or "lw"
+        cell = " ".join(f"{k}={v}" for k, v in sorted(over.items())
+                        if not k.startswith(("method", "seed")))
+        rows.append({"cell": cell, "variant": variant, "acc": r["summary"]["test_acc"]})
+    wide = pd.DataFrame(rows).groupby(["cell", "variant"])["acc"].mean().unstack()
+    return pd.DataFrame([{"variant": v, "cells": int(wide[["lw", v]].dropna().shape[0]),
+                          "P(LW better)": float((wide["lw"] > wide[v]).mean())}
+                         for v in wide.columns if v != "lw"])
+
+
+# -- command line ---------------------------------------------------------------------------------
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m runner.analysis.reinit",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("what", choices=["table2", "table3", "tree", "budget", "margins", "perturb",
+                                    "ratio", "grid", "ablation"])
+    p.add_argument("dirs", nargs="*", help="run or sweep directories")
+    p.add_argument("--paper", action="store_true", help="use the paper's Table 2 numbers")
+    p.add_argument("--out", default=None, help="figure file (PNG)")
+    args = p.parse_args(argv)
+    if not args.dirs and not args.paper:
+        p.error("give run directories or --paper")
+    if args.what in ("table2", "table3", "tree"):
+        df = paper_table2() if args.paper else results_table2(args.dirs)
+        if df.empty:
+            print("error: no completed Table 2 runs found", file=sys.stderr)
+            return 2
+        if args.what == "table2":
+            print(format_table2(df))
+        elif args.what == "table3":
+            print(format_table3(table3(df)))
+        else:
+            plot_tree(df, args.out or "fig2_tree.png")
+        return 0
+    if args.what == "ablation":
+        print(ablation(args.dirs).to_markdown(index=False))
+        return 0
+    plot = {"budget": plot_budget, "margins": plot_margins, "perturb": plot_perturb,
+            "ratio": plot_ratio, "grid": plot_grid}[args.what]
+    plot(args.dirs, args.out or f"{args.what}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

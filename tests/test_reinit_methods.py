@@ -1,0 +1,212 @@
+"""The reinitialization methods' masks and LW's rescaling / normalization, on a small MLP."""
+import copy
+
+import pytest
+import torch
+
+from methods.base import select
+from methods.dsd import DSD
+from methods.fc import FC
+from methods.lw import LW
+from methods.reinit_common import Standardize, random_masks, smallest_masks
+from methods.wels import WELS
+from methods.welsr import WELSR
+from runner.data.synthetic import reinit_task
+from runner.data.tensors import Split, Splits
+from runner.train import RunContext, Stage
+
+
+@pytest.fixture
+def make_ctx(compose_cfg):
+    def _make(hidden=(16, 12, 10)):
+        cfg = compose_cfg(["experiment=reinit_table1", f"model.hidden=[{','.join(map(str, hidden))}]",
+                           "seed=3"])
+        torch.manual_seed(0)
+        from runner.train import build_model
+        ctx = RunContext(cfg, torch.device("cpu"), build_model(cfg), None)
+        a = reinit_task(n_train=64, n_test=8, alpha=1.0, seed=0)
+        ctx.data = Splits(Split(a.x_train, a.y_train), Split(a.x_train[:0], a.y_train[:0]),
+                          Split(a.x_test, a.y_test))
+        ctx.pipeline = lambda x, train, gen: x
+        ctx.init_state = {k: v.clone() for k, v in ctx.model.state_dict().items()}
+        ctx.reset_optimizer()
+        return ctx
+    return _make
+
+
+def start_round(method, ctx, index):
+    ctx.stage = Stage(index, index, f"round{index + 1}", None)
+    method.on_phase_start(ctx)
+
+
+def fill(ctx, value=1.0):
+    with torch.no_grad():
+        for p in ctx.model.parameters():
+            p.fill_(value)
+
+
+def zero_pattern(ctx, params=("weights", "biases")):
+    return {n: (p == 0).clone() for n, p in select(ctx.model, list(params))}
+
+
+def test_random_masks_have_exact_size():
+    p = torch.nn.Parameter(torch.zeros(7, 9))
+    m = random_masks([("w", p)], 0.2, torch.Generator().manual_seed(0))["w"]
+    assert m.shape == p.shape and int(m.sum()) == round(0.2 * 63)
+
+
+def test_wels_reuses_one_mask(make_ctx):
+    ctx = make_ctx()
+    wels = WELS(fraction=0.2, params=["weights", "biases"], eta="zeros")
+    wels.setup(ctx)
+    patterns = []
+    for r in (1, 2, 3):
+        fill(ctx)
+        start_round(wels, ctx, r)
+        patterns.append(zero_pattern(ctx))
+    for name, s in patterns[0].items():
+        assert int(s.sum()) == round(0.2 * s.numel())
+        assert all(torch.equal(s, other[name]) for other in patterns[1:])
+
+
+def test_welsr_draws_a_new_mask_each_round(make_ctx):
+    ctx = make_ctx()
+    welsr = WELSR(fraction=0.2, params=["weights", "biases"], eta="zeros")
+    patterns = []
+    for r in (1, 2):
+        fill(ctx)
+        start_round(welsr, ctx, r)
+        patterns.append(zero_pattern(ctx))
+    for name, s in patterns[0].items():
+        assert int(s.sum()) == int(patterns[1][name].sum()) == round(0.2 * s.numel())
+    big = max(patterns[0], key=lambda n: patterns[0][n].numel())
+    assert not torch.equal(patterns[0][big], patterns[1][big])
+
+
+def test_first_round_is_left_alone(make_ctx):
+    ctx = make_ctx()
+    before = copy.deepcopy(ctx.model.state_dict())
+    start_round(WELSR(eta="zeros"), ctx, 0)
+    assert all(torch.equal(v, ctx.model.state_dict()[k]) for k, v in before.items())
+
+
+def test_dsd_picks_exactly_the_smallest_fifth(make_ctx):
+    ctx = make_ctx()
+    with torch.no_grad():
+        for p in ctx.model.parameters():  # distinct magnitudes with random signs
+            mags = torch.randperm(p.numel()).float() + 1
+            p.copy_((mags * torch.sign(torch.randn(p.numel()))).view(p.shape))
+    before = {n: p.detach().clone() for n, p in select(ctx.model, "weights")}
+    start_round(DSD(fraction=0.2, params="weights", eta="zeros"), ctx, 1)
+    for name, p in select(ctx.model, "weights"):
+        k = round(0.2 * p.numel())
+        expect = before[name].abs() <= k  # magnitudes are 1..n: the k smallest are 1..k
+        assert torch.equal(p == 0, expect)
+        assert torch.equal(p[~expect], before[name][~expect])
+
+
+def test_dsd_global_scope_ranks_across_tensors():
+    a = torch.nn.Parameter(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]))
+    b = torch.nn.Parameter(torch.tensor([-0.5, 10.0, 20.0, 30.0, 40.0]))
+    m = smallest_masks([("a", a), ("b", b)], 0.2, scope="global")
+    assert m["a"].tolist() == [True, False, False, False, False]
+    assert m["b"].tolist() == [True, False, False, False, False]
+
+
+def test_eta_is_a_fresh_draw_of_the_initializer(make_ctx):
+    ctx = make_ctx()
+    gen_state = ctx.gen.get_state()
+    welsr = WELSR(fraction=0.2, params="weights", eta="fresh")
+    twin = torch.Generator().set_state(gen_state)
+    before = {n: p.detach().clone() for n, p in select(ctx.model, "weights")}
+    start_round(welsr, ctx, 1)
+    # replay: the mask comes from ctx.gen first, then the fresh model's seed
+    masks = random_masks(list(select(ctx.model, "weights")), 0.2, twin)
+    ctx2 = copy.copy(ctx)
+    ctx2.gen = twin
+    fresh = dict(select(ctx2.build_model(), "weights"))
+    for name, p in select(ctx.model, "weights"):
+        s = masks[name]
+        assert torch.equal(p[s], fresh[name][s]) and torch.equal(p[~s], before[name][~s])
+        assert not torch.equal(p[s], before[name][s])
+
+
+def test_fc_reinitializes_the_head_only(make_ctx):
+    ctx = make_ctx()
+    with torch.no_grad():  # trained weights: biases away from their zero init
+        for p in ctx.model.parameters():
+            p.add_(0.1)
+    before = copy.deepcopy(ctx.model.state_dict())
+    start_round(FC(params="all", eta="fresh"), ctx, 1)
+    after = ctx.model.state_dict()
+    for k, v in before.items():
+        assert torch.equal(v, after[k]) != k.startswith("head.")
+
+
+def test_lw_round_schedule():
+    lw = LW(n=3)
+    lw.K = 3
+    assert [lw.block_of_round(r) for r in range(10)] == [1, 1, 1, 2, 2, 2, 3, 3, 3, 3]
+    lw = LW(schedule=[1, 1, 2, 2, 3])
+    assert [lw.block_of_round(r) for r in range(6)] == [1, 1, 2, 2, 3, 3]
+
+
+@pytest.mark.parametrize("k_round", [(1, 1), (2, 3), (3, 4)])
+def test_lw_rescales_normalizes_and_reinitializes(make_ctx, k_round):
+    k, r = k_round
+    ctx = make_ctx(hidden=(16, 12, 10))
+    lw = LW(n=2, calib_size=32)
+    lw.setup(ctx)
+    init = {n: p.detach().norm().item() for n, p in select(ctx.model, "weights")}
+    start_round(lw, ctx, 0)
+    with torch.no_grad():  # training moved the weights: scale them and shift them
+        for p in ctx.model.parameters():
+            p.mul_(2.5).add_(0.1)
+    units = list(lw.units)
+    kept = {id(p) for u in units[:k] for p in u.parameters()}
+    before = {id(p): p.detach().clone() for p in ctx.model.parameters()}
+    start_round(lw, ctx, r)
+    assert lw.k == k
+    for u in units[:k]:  # blocks 1..k: their weights at their initial norms
+        for name, p in select(u, "weights"):
+            assert p.norm().item() == pytest.approx(lw.init_norms[id(p)], rel=1e-5)
+    assert sorted(lw.init_norms.values()) == pytest.approx(sorted(
+        v for n, v in init.items() if not n.startswith("head")))
+    for u in units[k:]:  # everything above block k: a new draw
+        for p in u.parameters():
+            assert id(p) not in kept and not torch.allclose(p, before[id(p)])
+    # the normalization after block k: zero mean, unit std on its calibration batch
+    z = ctx.data.train.x[lw.calib_index]
+    with torch.no_grad():
+        for block in ctx.model.blocks[:k]:
+            z = block(z)
+    assert isinstance(ctx.model.blocks[k - 1][-1], Standardize)
+    assert z.mean().item() == pytest.approx(0.0, abs=1e-5)
+    assert z.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-5)
+    assert sum(isinstance(m, Standardize) for m in ctx.model.modules()) == len(lw.norms)
+    assert ctx.model(ctx.data.test.x).shape == (8, 8)
+
+
+def test_lw_head_as_block_rescales_everything_and_keeps_the_head(make_ctx):
+    ctx = make_ctx(hidden=(32, 32))
+    lw = LW(n=1, head_as_block=True)
+    lw.setup(ctx)
+    assert lw.K == 3
+    with torch.no_grad():
+        for p in ctx.model.parameters():
+            p.mul_(3.0)
+    head_bias = ctx.model.head.bias.detach().clone()
+    start_round(lw, ctx, 2)
+    for _, p in select(ctx.model, "weights"):
+        assert p.norm().item() == pytest.approx(lw.init_norms[id(p)], rel=1e-5)
+    assert torch.equal(ctx.model.head.bias, head_bias)  # nothing above the last block
+    assert not isinstance(ctx.model.head, torch.nn.Sequential)
+
+
+def test_lw_freeze_ablation_freezes_earlier_blocks(make_ctx):
+    ctx = make_ctx()
+    lw = LW(n=1, freeze=True)
+    lw.setup(ctx)
+    start_round(lw, ctx, 2)  # block 3
+    grads = [all(p.requires_grad for p in u.parameters()) for u in lw.units]
+    assert grads == [False, False, True, True]

@@ -1,0 +1,64 @@
+"""The synthetic task's encoding and the Sec. 4 probe (margins, weight size, noise)."""
+import torch
+from torch import nn
+
+from methods.reinit_probe import ReinitProbe
+from runner.data.synthetic import reinit_task
+from runner.data.tensors import Split, Splits
+from runner.models.base import Network
+
+
+def test_synthetic_task_encodes_the_label_in_binary():
+    a = reinit_task(n_train=400, n_test=50, alpha=0.5, dim=128, seed=1)
+    assert a.x_train.shape == (400, 128) and a.x_test.shape == (50, 128)
+    five = a.x_train[a.y_train == 5][0, :3]
+    assert five.tolist() == [0.5, -0.5, 0.5]  # "class 5 would have (1, -1, 1)", times alpha
+    zero = a.x_train[a.y_train == 0][0, :3]
+    assert zero.tolist() == [-0.5, -0.5, -0.5]
+    noise = a.x_train[:, 3:]
+    assert abs(noise.mean().item()) < 0.02 and abs(noise.std().item() - 1) < 0.02
+    assert set(a.y_train.tolist()) == set(range(8))
+
+
+class Ctx:
+    """The few RunContext fields the probe reads."""
+
+    def __init__(self, model, x, y):
+        self.model, self.cfg = model, type("C", (), {"seed": 0})()
+        self.data = Splits(Split(x, y), Split(x[:0], y[:0]), Split(x, y))
+        self.pipeline = lambda x, train, gen: x
+        self.stage = type("S", (), {"index": 0})()
+
+
+def test_probe_margins_and_weight_size_by_hand():
+    head = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(2))
+    model = Network([nn.Identity()], head)
+    x = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    y = torch.tensor([0, 1, 1])  # the third example is misclassified: negative margin
+    probe = ReinitProbe(margins=2, sigmas=[0.0], draws=1, batch=3)
+    probe.last = 0
+    out = probe.on_phase_end(Ctx(model, x, y))
+    p = torch.softmax(x, 1)
+    expect = sorted([(p[0, 0] - p[0, 1]).item(), (p[1, 1] - p[1, 0]).item(),
+                     (p[2, 1] - p[2, 0]).item()])[:2]
+    assert torch.allclose(torch.tensor(out["margins"]), torch.tensor(expect))
+    assert abs(out["weight_size"] - x.norm().item() * 2 ** 0.5) < 1e-5  # ||X||_F * ||I||_F
+    loss = nn.functional.cross_entropy(x, y).item()
+    assert abs(out["perturb"]["0.0"]["loss"] - loss) < 1e-6  # sigma 0: the unperturbed loss
+
+
+def test_sweep_jobs_get_their_own_synthetic_data(compose_cfg):
+    """The reader cache shared by a sweep's jobs keys on resolved options (alpha, seed)."""
+    from types import SimpleNamespace
+
+    from runner.train import Trainer
+
+    def data(*overrides):
+        cfg = compose_cfg(["experiment=reinit_table1", "dataset.reader.n_test=10", *overrides])
+        return Trainer.arrays(SimpleNamespace(cfg=cfg), cfg.dataset)
+
+    a, b, c = data("dataset.alpha=0.5"), data("dataset.alpha=2.0"), data("dataset.alpha=0.5", "seed=1")
+    assert a.x_train[:, :3].abs().max() == 0.5 and b.x_train[:, :3].abs().max() == 2.0
+    assert not torch.equal(a.x_train, c.x_train)
