@@ -112,6 +112,8 @@ class RunnerConfig:
     description: str = ""
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: Optional[int] = None  # torch CPU threads; None: torch's default (1 suits tiny models
+    # and parallel sweeps: hydra/launcher=joblib hydra.launcher.n_jobs=2)
     data_root: str = "data"
     progress: Optional[bool] = None  # tqdm bars; None: only on a terminal
     dataset: Any = None

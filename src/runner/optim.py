@@ -58,13 +58,14 @@ class Schedule:
         if cfg.name not in ("constant", "exponential", "step", "plateau"):
             raise RunnerError(f"schedule.name={cfg.name!r} is unknown; "
                               "valid: constant, exponential, step, plateau")
-        self.cfg, self.base_lr = cfg, base_lr
+        self.name, self.min_lr, self.patience = cfg.name, cfg.min_lr, cfg.patience  # plain values
+        self.base_lr = base_lr
         self.gamma = cfg.gamma if gamma is None else gamma
         self.milestones = list(cfg.milestones if milestones is None else milestones)
         self.factor, self.best, self.bad = 1.0, math.inf, 0
 
     def lr(self, epoch: int) -> float:
-        name = self.cfg.name
+        name = self.name
         if name == "exponential":
             f = self.gamma ** epoch
         elif name == "step":
@@ -73,7 +74,7 @@ class Schedule:
             f = self.factor
         else:
             f = 1.0
-        return max(self.base_lr * f, self.cfg.min_lr)
+        return max(self.base_lr * f, self.min_lr)
 
     def observe(self, val_loss: float) -> None:
         """Plateau bookkeeping after each epoch."""
@@ -81,6 +82,6 @@ class Schedule:
             self.best, self.bad = val_loss, 0
         else:
             self.bad += 1
-            if self.cfg.name == "plateau" and self.bad >= self.cfg.patience:
+            if self.name == "plateau" and self.bad >= self.patience:
                 self.factor *= self.gamma
                 self.bad = 0

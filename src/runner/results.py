@@ -78,11 +78,16 @@ class RunRecorder:
         return self.result
 
 
+def _natural(path: Path):
+    """Sort key: numeric path parts by value (sweep job 2 before job 10)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts]
+
+
 def load_results(paths) -> List[Dict[str, Any]]:
     """Every result.json below the given run or sweep directories (or given directly)."""
     found = []
     for p in map(Path, paths):
-        files = [p] if p.is_file() else sorted(p.rglob(RESULT_FILE))
+        files = [p] if p.is_file() else sorted(p.rglob(RESULT_FILE), key=_natural)
         for f in files:
             with open(f) as fh:
                 r = json.load(fh)

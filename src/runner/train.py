@@ -8,6 +8,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -26,6 +27,14 @@ from runner.results import RunRecorder
 
 log = logging.getLogger("runner")
 _ARRAYS_CACHE: Dict[str, Arrays] = {}  # readers' output, shared by the jobs of one sweep
+
+
+def mse_one_hot(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    err = (out - F.one_hot(y, out.shape[1]).to(out.dtype)).pow(2).sum(1)
+    return err.mean() if reduction == "mean" else err.sum()
+
+
+LOSSES = {"cross_entropy": F.cross_entropy, "mse": mse_one_hot}
 
 
 @dataclass
@@ -132,6 +141,8 @@ class RunContext:
 class Trainer:
     def __init__(self, cfg: DictConfig, recorder: RunRecorder):
         self.cfg, self.rec = cfg, recorder
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed)
         self.device = resolve_device(cfg.device)
         model = build_model(cfg).to(self.device)
@@ -143,6 +154,10 @@ class Trainer:
         self.order_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.aug_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 2)
         self.progress = cfg.progress
+        self.opts = SimpleNamespace(**OmegaConf.to_container(cfg.train, resolve=True))  # hot loop
+        if self.opts.loss not in LOSSES:
+            raise RunnerError(f"train.loss={self.opts.loss!r}; valid: {', '.join(LOSSES)}")
+        self.loss_fn = LOSSES[self.opts.loss]
 
     # -- data ---------------------------------------------------------------------------------
     def dataset_cfg(self, key: Optional[str]):
@@ -192,17 +207,13 @@ class Trainer:
 
     # -- loops --------------------------------------------------------------------------------
     def loss(self, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        if self.cfg.train.loss == "cross_entropy":
-            return F.cross_entropy(out, y, reduction=reduction)
-        if self.cfg.train.loss == "mse":
-            err = (out - F.one_hot(y, out.shape[1]).to(out.dtype)).pow(2).sum(1)
-            return err.mean() if reduction == "mean" else err.sum()
-        raise RunnerError(f"train.loss={self.cfg.train.loss!r}; valid: cross_entropy, mse")
+        return self.loss_fn(out, y, reduction=reduction)
 
     def train_epoch(self, batch_size, limit):
         ctx, model, pipe, m = self.ctx, self.ctx.model, self.ctx.pipeline, self.methods
         loss_terms, before, after = (m.by_hook[h] for h in ("loss_term", "before_step", "after_step"))
-        model.train()
+        if not model.training:  # evaluate() leaves it in train mode; methods' choices stay
+            model.train()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         n = 0
@@ -231,7 +242,7 @@ class Trainer:
         model, pipe = self.ctx.model, self.ctx.pipeline
         model.eval()
         loss_sum, correct, n = 0.0, 0, 0
-        for xb, yb in batches(split, self.cfg.train.eval_batch_size, None, shuffle=False, limit=limit):
+        for xb, yb in batches(split, self.opts.eval_batch_size, None, shuffle=False, limit=limit):
             out = model(pipe(xb, False, None))
             loss_sum += self.loss(out, yb, reduction="sum").item()
             correct += (out.argmax(1) == yb).sum().item()
@@ -239,9 +250,11 @@ class Trainer:
         model.train()
         return loss_sum / n, correct / n
 
+    @torch.no_grad()
     def weight_norm(self) -> float:
-        with torch.no_grad():
-            return math.sqrt(sum(p.detach().pow(2).sum().item() for p in self.ctx.model.parameters()))
+        """L2 norm of all parameters together (one device sync)."""
+        norms = [torch.linalg.vector_norm(p) for p in self.ctx.model.parameters()]
+        return torch.linalg.vector_norm(torch.stack(norms)).item()
 
     # -- the run ------------------------------------------------------------------------------
     def fit(self) -> None:
@@ -257,7 +270,8 @@ class Trainer:
             self.run_stage(stage)
 
     def run_stage(self, stage: Stage) -> None:
-        cfg, ctx, ph, ci = self.cfg, self.ctx, stage.cfg, self.cfg.ci
+        cfg, ctx, ci, opts = self.cfg, self.ctx, self.cfg.ci, self.opts
+        ph = SimpleNamespace(**OmegaConf.to_container(stage.cfg, resolve=True))
         ctx.stage, ctx.epoch = stage, 0
         ctx.lr = cfg.optim.lr if ph.lr is None else ph.lr
         ctx.weight_decay = cfg.optim.weight_decay if ph.weight_decay is None else ph.weight_decay
@@ -268,9 +282,9 @@ class Trainer:
         set_hyper(ctx.optimizer, cfg.optim, ctx.lr, ctx.weight_decay)
         schedule = Schedule(cfg.schedule, ctx.lr, ctx.gamma, ph.milestones)
 
-        epochs = cfg.train.epochs if ph.epochs is None else ph.epochs
-        patience = cfg.train.patience if ph.patience is None else ph.patience
-        batch_size, limit, eval_limit = cfg.train.batch_size, None, None
+        epochs = opts.epochs if ph.epochs is None else ph.epochs
+        patience = opts.patience if ph.patience is None else ph.patience
+        batch_size, limit, eval_limit = opts.batch_size, None, None
         if ci.enabled:
             epochs, limit, eval_limit = min(epochs, ci.max_epochs), ci.max_batches, ci.max_batches
             batch_size = None if batch_size is None else min(batch_size, ci.batch_size)
@@ -289,11 +303,11 @@ class Trainer:
                 raise Diverged(f"training loss became {train_loss} in phase {stage.name!r}, "
                                f"epoch {epoch + 1}")
             last = epoch + 1 == epochs
-            evaluate = last or (epoch + 1) % cfg.train.eval_every == 0
+            evaluate = last or (epoch + 1) % opts.eval_every == 0
             val_loss = val_acc = test_loss = test_acc = math.nan
             if evaluate:
                 val_loss, val_acc = self.evaluate(ctx.data.val, eval_limit)
-                if cfg.train.eval_test:
+                if opts.eval_test:
                     test_loss, test_acc = self.evaluate(ctx.data.test, eval_limit)
                 schedule.observe(val_loss if math.isfinite(val_loss) else train_loss)
             row = {"phase": stage.index, "phase_name": stage.name, "epoch": epoch + 1,
@@ -311,7 +325,7 @@ class Trainer:
             end = row
             if best is None or not (val_loss >= best["val_loss"]):  # NaN val: keep the latest
                 best, since_best = row, 0
-                if cfg.train.restore_best:
+                if opts.restore_best:
                     best_state = copy.deepcopy(ctx.model.state_dict())
             else:
                 since_best += 1

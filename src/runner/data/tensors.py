@@ -128,11 +128,12 @@ class Pipeline:
 def batches(split: Split, batch_size: Optional[int], gen: Optional[torch.Generator],
             shuffle: bool = True, limit: Optional[int] = None
             ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-    """Index-slice batches of a split (a fresh permutation from `gen` when shuffling)."""
+    """Index-slice batches of a split (a fresh permutation from `gen` when shuffling; a full
+    batch is used as it is, its order being irrelevant to the step)."""
     n = len(split)
     bs = n if batch_size is None else min(batch_size, n)
-    order = (torch.randperm(n, generator=gen, device="cpu").to(split.y.device) if shuffle
-             else None)
+    order = (torch.randperm(n, generator=gen, device="cpu").to(split.y.device)
+             if shuffle and bs < n else None)
     for b, start in enumerate(range(0, n, bs)):
         if limit is not None and b >= limit:
             return
