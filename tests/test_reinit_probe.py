@@ -1,4 +1,6 @@
 """The synthetic task's encoding and the Sec. 4 probe (margins, weight size, noise)."""
+from types import SimpleNamespace
+
 import torch
 from torch import nn
 
@@ -24,7 +26,8 @@ class Ctx:
     """The few RunContext fields the probe reads."""
 
     def __init__(self, model, x, y):
-        self.model, self.cfg = model, type("C", (), {"seed": 0})()
+        self.model = model
+        self.cfg = SimpleNamespace(seed=0, ci=SimpleNamespace(enabled=False))
         self.data = Splits(Split(x, y), Split(x[:0], y[:0]), Split(x, y))
         self.pipeline = lambda x, train, gen: x
         self.stage = type("S", (), {"index": 0})()
@@ -51,8 +54,6 @@ def test_probe_margins_and_weight_size_by_hand():
 
 def test_sweep_jobs_get_their_own_synthetic_data(compose_cfg):
     """The reader cache shared by a sweep's jobs keys on resolved options (alpha, seed)."""
-    from types import SimpleNamespace
-
     from runner.train import Trainer
 
     def data(*overrides):
