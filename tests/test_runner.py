@@ -136,6 +136,14 @@ def test_table_mean_std_and_paper():
     assert "0.2000 ± 0.1000" in format_table(df)
 
 
+def test_table_rows_keep_the_order_of_the_runs():
+    cells = [(m, a) for m in ("bl", "welsr", "dsd") for a in ("0.5", "1.0", "2.0")]
+    results = [{"choices": {"experiment": "e", "method": m}, "overrides": [f"a={a}", f"seed={s}"],
+                "status": "completed", "summary": {"test_acc": 0.1}} for m, a in cells for s in (0, 1)]
+    df = table_from_results(results)
+    assert list(zip(df["method"], df["a"])) == cells
+
+
 def test_l2_penalty_gradient_is_lambda_theta():
     from methods.l2 import L2
 
@@ -173,6 +181,14 @@ def test_bad_config_gives_short_message(tmp_path, override, expect):
     assert expect in text
     assert "Traceback" not in text
     assert not (tmp_path / "outputs").exists()  # nothing ran
+
+
+def test_sweep_key_that_only_a_swept_group_has_gets_a_hint(tmp_path):
+    out = run_cli("-m", "experiment=reinit_table1", "method=welsr,wels", "method.eta_init=default",
+                  cwd=tmp_path)
+    assert out.returncode != 0
+    assert "method.eta_init='choice(default)'" in out.stderr
+    assert not (tmp_path / "multirun").exists() and not (tmp_path / "outputs").exists()
 
 
 def test_missing_dataset_is_one_clear_line(tmp_path):

@@ -68,12 +68,18 @@ def explain_failed_overrides(args: List[str]) -> None:
         parsed = OverridesParser.create().parse_overrides([a for a in args if "=" in a])
     except Exception:
         return
-    groups = [f"{o.key_or_group}={o.value() if not o.is_sweep_override() else next(iter(o.sweep_iterator()))}"
-              for o in parsed if "." not in o.key_or_group and "/" not in o.key_or_group
+    groups = [o for o in parsed if "." not in o.key_or_group and "/" not in o.key_or_group
               and not o.is_add() and not o.is_delete()]
-    try:
+
+    def composed(with_sweeps: bool):
+        chosen = [f"{o.key_or_group}={next(iter(o.sweep_iterator())) if o.is_sweep_override() else o.value()}"
+                  for o in groups if with_sweeps or not o.is_sweep_override()]
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            cfg = compose("config", overrides=groups)
+            return compose("config", overrides=chosen)
+
+    try:
+        cfg = composed(with_sweeps=True)
+        base = composed(with_sweeps=False) if {"-m", "--multirun"} & set(args) else cfg
     except Exception:
         return
     for o in parsed:
@@ -82,11 +88,19 @@ def explain_failed_overrides(args: List[str]) -> None:
             continue
         parent, leaf = key.rsplit(".", 1)
         node = OmegaConf.select(cfg, parent, default=None)
-        if isinstance(node, DictConfig) and leaf not in node:
+        if not isinstance(node, DictConfig):
+            continue
+        if leaf not in node:
             near = difflib.get_close_matches(leaf, list(node.keys()), n=1)
             hint = f" (did you mean {parent}.{near[0]}?)" if near else ""
             print(f"error: unknown key '{key}'{hint}; valid keys of '{parent}': "
                   f"{', '.join(map(str, node.keys()))}", file=sys.stderr)
+            continue
+        base_node = OmegaConf.select(base, parent, default=None)
+        if not o.is_sweep_override() and (not isinstance(base_node, DictConfig) or leaf not in base_node):
+            print(f"error: in a sweep (-m), Hydra applies '{key}' to the config composed without the "
+                  f"swept groups, where it does not exist; sweep it as well: "
+                  f"{key}='choice({o.get_value_element_as_str()})'", file=sys.stderr)
 
 
 def compose_and_run(overrides: List[str], out_dir) -> dict:
