@@ -131,6 +131,31 @@ def test_eta_is_a_fresh_draw_of_the_initializer(make_ctx):
         assert not torch.equal(p[s], before[name][s])
 
 
+def test_eta_scale_multiplies_eta(make_ctx):
+    ctx = make_ctx()
+    with torch.no_grad():
+        for p in ctx.model.parameters():
+            p.add_(1.0)  # away from the initial weights
+    wels = WELS(fraction=0.3, params="weights", eta="init", eta_scale=0.5)
+    wels.setup(ctx)
+    before = {n: p.detach().clone() for n, p in select(ctx.model, "weights")}
+    start_round(wels, ctx, 1)
+    for name, p in select(ctx.model, "weights"):
+        s = wels.fixed[name]
+        assert torch.equal(p[s], 0.5 * ctx.init_state[name][s])
+        assert torch.equal(p[~s], before[name][~s])
+
+
+def test_torch_init_redraws_torch_default_bounds():
+    from runner.models.init import initialize
+
+    layer = torch.nn.Linear(128, 32)
+    torch.nn.init.constant_(layer.weight, 5.0)
+    initialize(layer, "torch")
+    bound = 1 / 128 ** 0.5  # kaiming_uniform(a=sqrt 5) on fan_in 128
+    assert layer.weight.abs().max() <= bound and layer.weight.std() > 0.5 * bound / 3 ** 0.5
+
+
 def test_fc_reinitializes_the_head_only(make_ctx):
     ctx = make_ctx()
     with torch.no_grad():  # trained weights: biases away from their zero init

@@ -4,7 +4,7 @@ A round applies w <- (1 - s) * w + s * eta to the selected parameters, at the st
 stage but the first (K x N rounds are one phase with `repeat`; the baseline is the same phase
 without a method). eta is a fresh draw of the configured initializer (`eta: fresh`, the paper's
 "random initialization of the model parameters"), the run's own initial weights (`init`), or
-zeros (`zeros`, DSD's original re-densification).
+zeros (`zeros`, DSD's original re-densification); `eta_scale` multiplies it.
 """
 from __future__ import annotations
 
@@ -54,10 +54,15 @@ def smallest_masks(params: List[Tuple[str, nn.Parameter]], fraction: float,
     return masks
 
 
-def eta_for(ctx, names: List[str], source: str, init: Optional[str] = None
+def eta_for(ctx, names: List[str], source: str, init: Optional[str] = None, scale: float = 1.0
             ) -> Optional[Dict[str, torch.Tensor]]:
-    """eta for the named parameters; None means zeros. `init` redraws a fresh model's weights
-    with another scheme of `runner.models.init` (default: the model's own initializer)."""
+    """eta for the named parameters, times `scale`; None means zeros. `init` redraws a fresh
+    model's weights with another scheme of `runner.models.init` (default: the model's own)."""
+    eta = _eta(ctx, names, source, init)
+    return eta if eta is None or scale == 1.0 else {n: scale * t for n, t in eta.items()}
+
+
+def _eta(ctx, names: List[str], source: str, init: Optional[str]) -> Optional[Dict[str, torch.Tensor]]:
     if source == "fresh":
         model = ctx.build_model()
         if init is not None:
@@ -86,10 +91,11 @@ class MaskedReinit(Method):
     """Base of WELSR, DSD, WELS and FC: at each round, reinitialize the parameters `masks` picks."""
 
     def __init__(self, fraction: float = 0.2, params="all", eta: str = "fresh",
-                 eta_init: Optional[str] = None, reset_optimizer: bool = True):
+                 eta_init: Optional[str] = None, eta_scale: float = 1.0, reset_optimizer: bool = True):
         if eta not in ETA_SOURCES:
             raise ValueError(f"eta={eta!r}; valid: {', '.join(ETA_SOURCES)}")
         self.fraction, self.params, self.eta, self.eta_init = float(fraction), params, eta, eta_init
+        self.eta_scale = float(eta_scale)
         self.reset_optimizer = reset_optimizer
         self.rounds = 0
 
@@ -105,7 +111,8 @@ class MaskedReinit(Method):
             return
         params = self.candidates(ctx)
         masks = self.masks(ctx, params)
-        reinitialize(params, masks, eta_for(ctx, [n for n, _ in params], self.eta, self.eta_init))
+        eta = eta_for(ctx, [n for n, _ in params], self.eta, self.eta_init, self.eta_scale)
+        reinitialize(params, masks, eta)
         self.rounds += 1
         if self.reset_optimizer:
             ctx.reset_optimizer()

@@ -1,17 +1,20 @@
 """Weight initialization schemes, selectable per model config."""
 from torch import nn
 
-SCHEMES = ("default", "he_normal", "he_uniform", "glorot_normal", "glorot_uniform")
+SCHEMES = ("default", "torch", "he_normal", "he_uniform", "glorot_normal", "glorot_uniform")
 
 
 def initialize(model: nn.Module, scheme: str = "default", zero_bias: bool = False) -> nn.Module:
-    """Re-initialize conv and linear weights with `scheme` ('default' keeps torch's own)."""
+    """Re-initialize conv and linear weights with `scheme` ('default' keeps what the constructor
+    drew; 'torch' redraws torch's own, kaiming_uniform(a=sqrt 5), biases included)."""
     if scheme not in SCHEMES:
         raise ValueError(f"unknown init {scheme!r}; valid: {', '.join(SCHEMES)}")
     for m in model.modules():
         if not isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
             continue
-        if scheme == "he_normal":
+        if scheme == "torch":
+            m.reset_parameters()
+        elif scheme == "he_normal":
             nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
         elif scheme == "he_uniform":
             nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
