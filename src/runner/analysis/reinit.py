@@ -1,17 +1,20 @@
 """Statistics and figures of the reinitialization paper (Alabdulmohsin et al. 2021).
 
-    python -m runner.analysis.reinit table2 [DIR ...]            # Table 2 layout, paper beside ours
-    python -m runner.analysis.reinit table3 [DIR ... | --paper]  # binomial test + Holm (Table 3)
-    python -m runner.analysis.reinit tree [DIR ... | --paper] --out fig2.png    # Figure 2
-    python -m runner.analysis.reinit budget DIR --out fig3.png   # accuracy vs steps per round
-    python -m runner.analysis.reinit margins DIR --out fig4.png  # smallest training margins
-    python -m runner.analysis.reinit perturb DIR --out fig5.png  # loss under weight noise
-    python -m runner.analysis.reinit ratio DIR --out fig6.png    # weight size / baseline's
-    python -m runner.analysis.reinit grid DIR --out fig7.png     # BL vs LW (Appendix F)
-    python -m runner.analysis.reinit ablation DIR                # LW variants (Appendix E)
+    python -m runner.analysis.reinit table2 DIR [DIR ...]  # Table 2 layout, paper beside ours
+    python -m runner.analysis.reinit table3 [DIR ...]      # binomial test + Holm (Table 3)
+    python -m runner.analysis.reinit tree [DIR ...]        # Figure 2: DIR/plots/reinit_tree.png
+    python -m runner.analysis.reinit budget DIR            # Fig. 3: accuracy vs steps per round
+    python -m runner.analysis.reinit margins DIR           # Fig. 4: smallest training margins
+    python -m runner.analysis.reinit perturb DIR           # Fig. 5: loss under weight noise
+    python -m runner.analysis.reinit ratio DIR             # Fig. 6: weight size / baseline's
+    python -m runner.analysis.reinit grid DIR              # Fig. 7: BL vs LW (Appendix F)
+    python -m runner.analysis.reinit ablation DIR          # LW variants (Appendix E)
 
-Table 2 results are rows (setting, dataset, arch, method, acc, std) in percent; the paper's own
-are `data/reinit_table2.csv`. Figures 4-6 read what `methods.reinit_probe.ReinitProbe` stores.
+table3 and tree without DIR (or with --paper) use the paper's own Table 2; the tree is then
+written to ./plots/reinit_tree_paper.png. Figures go to DIR/plots/reinit_<what>.png unless
+`--out FILE`. Table 2 results are rows (setting, dataset, arch, method, acc, std) in percent; the
+paper's own are `data/reinit_table2.csv`. Figures 4-6 read what `methods.reinit_probe.ReinitProbe`
+stores.
 """
 from __future__ import annotations
 
@@ -30,7 +33,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy.stats import binomtest  # noqa: E402
 
-from runner.results import load_results  # noqa: E402
+from runner.analysis.common import (AnalysisError, cli, completed, experiments,  # noqa: E402
+                                    figure_path, save, value)
 
 METHODS = ["bl", "welsr", "dsd", "wels", "fc", "lw"]
 LETTERS = dict(zip(METHODS, "BRDWFL"))
@@ -47,27 +51,19 @@ def paper_table2() -> pd.DataFrame:
     return pd.read_csv(PAPER_TABLE2, comment="#")
 
 
-def _get(node, path: str):
-    for part in path.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
-
-
 def results_table2(dirs: Iterable) -> pd.DataFrame:
     """Our Table 2 rows from run directories: mean and std [%] over seeds of each cell."""
-    rows = []
-    for r in load_results(dirs):
-        if r.get("status") != "completed":
-            continue
-        cfg = r["config"]
-        rows.append({"setting": _get(cfg, "tuned.setting") or "none",
-                     "dataset": _get(cfg, "dataset.name"),
-                     "arch": ARCHS.get(r["choices"].get("model"), r["choices"].get("model")),
-                     "method": r["choices"].get("method"),
-                     "acc": 100 * r["summary"]["test_acc"]})
-    df = pd.DataFrame(rows)
-    if df.empty:
-        return df
+    runs = completed(dirs, "runs of the reinit_table2_* experiments")
+    other = [r for r in runs if value(r, "dataset.name") not in DATASETS
+             or value(r, "model") not in ARCHS or value(r, "method") not in METHODS]
+    if other:
+        raise AnalysisError(f"Table 2 needs runs of the reinit_table2_* experiments (methods "
+                            f"{', '.join(METHODS)} on {', '.join(DATASETS)}); {other[0]['_dir']} "
+                            f"is a run of {experiments(other)}")
+    df = pd.DataFrame([{"setting": value(r, "tuned.setting") or "none",
+                        "dataset": value(r, "dataset.name"), "arch": ARCHS[value(r, "model")],
+                        "method": value(r, "method"), "acc": 100 * r["summary"]["test_acc"]}
+                       for r in runs])
     g = df.groupby(["setting", "dataset", "arch", "method"], sort=False)["acc"]
     return g.agg(acc="mean", std="std").reset_index()
 
@@ -137,17 +133,27 @@ def table3(df: pd.DataFrame, alpha: float = 0.05, family: str = "arch") -> pd.Da
     for idx in groups.values():
         out.loc[idx, "holm"] = holm(out.loc[idx, "p"].tolist(), alpha)
     out["mark"] = np.where(out["holm"], "o", np.where(out["p"] < alpha, "*", ""))
+    out.attrs.update(alpha=alpha, family=family)
     return out
 
 
-def format_table3(t3: pd.DataFrame) -> str:
+def format_table3(t3: pd.DataFrame, source: str = "the paper's Table 2") -> str:
+    """Markdown in the paper's layout, with a title and a legend of the marks and letters."""
+    alpha, family = t3.attrs.get("alpha", 0.05), t3.attrs.get("family", "arch")
     archs = list(dict.fromkeys(t3["arch"]))
     head = "| | " + " | ".join(f"{a} {LETTERS[m]}" for a in archs for m in METHODS) + " |"
-    lines = [head, "|---|" + "---|" * (len(archs) * len(METHODS))]
+    lines = [f"Table 3 (Alabdulmohsin et al. 2021): does the column method beat the row method? "
+             f"Sign test over the matched (setting, dataset) cells of {source}.", "",
+             head, "|---|" + "---|" * (len(archs) * len(METHODS))]
     marks = {(a, r, c): k for a, r, c, k in t3[["arch", "row", "col", "mark"]].itertuples(False)}
     for r in METHODS:
         cells = [marks.get((a, r, c), "") for a in archs for c in METHODS]
         lines.append(f"| {LETTERS[r]} | " + " | ".join(cells) + " |")
+    scope = "within each architecture" if family == "arch" else "over all architectures"
+    lines += ["", f"*: p < {alpha} (one-sided exact binomial test; ties dropped)",
+              f"o: also significant after Holm's step-down correction over the ordered pairs "
+              f"{scope} (family-wise level {alpha})",
+              "letters: " + ", ".join(f"{LETTERS[m]} = {m.upper()}" for m in METHODS)]
     return "\n".join(lines)
 
 
@@ -174,87 +180,107 @@ def decision_tree(df: pd.DataFrame, max_depth: int = 4, min_leaf: int = 7, seed:
     return tree.fit(x.to_numpy(dtype=float), best["method"]), list(x.columns)
 
 
-def plot_tree(df: pd.DataFrame, out: str) -> None:
+def node_labels(tree, names: List[str]) -> List[str]:
+    """Per node of a fitted tree: its split as a condition (true: left), or, at a leaf, the best
+    method and how many cells each method won there."""
+    t, labels = tree.tree_, []
+    for i in range(t.node_count):
+        counts = dict(zip(tree.classes_, t.value[i][0] * t.n_node_samples[i]))
+        won = sorted(((-int(round(n)), m) for m, n in counts.items() if round(n)))
+        tally = ", ".join(f"{m.upper()} {-n}" for n, m in won)
+        if t.children_left[i] == -1:  # the tree's prediction: the majority, ties to the first
+            labels.append(f"best: {tree.classes_[np.argmax(t.value[i][0])].upper()}\n({tally})")
+            continue
+        name, cut = names[t.feature[i]], t.threshold[i]
+        cond = f"arch \u2260 {name[5:]}" if name.startswith("arch_") else f"{name} \u2264 {cut:g}"
+        labels.append(f"{cond}?\n{t.n_node_samples[i]} cells: {tally}")
+    return labels
+
+
+def plot_tree(df: pd.DataFrame, out, source: str = "the paper's Table 2") -> Path:
+    """Figure 2: the decision tree, each leaf naming the methods that won its cells."""
     from sklearn.tree import plot_tree as sk_plot
 
     tree, names = decision_tree(df)
     fig, ax = plt.subplots(figsize=(16, 8))
-    sk_plot(tree, feature_names=names, class_names=list(tree.classes_), filled=True, ax=ax,
-            impurity=False, fontsize=8)
-    _save(fig, out)
+    labels = node_labels(tree, names)
+    for text in sk_plot(tree, feature_names=names, filled=True, ax=ax, impurity=False,
+                        node_ids=True, label="none", fontsize=8):
+        node = text.get_text().split("#")[1].split()[0] if "#" in text.get_text() else None
+        if node is not None:
+            text.set_text(labels[int(node)])
+    ax.set_title(f"Figure 2 (Alabdulmohsin et al. 2021): the best method per cell of {source}; "
+                 f"left branch: condition true", fontsize=10)
+    return save(fig, out)
 
 
 # -- Figures 3-7 and the ablations ----------------------------------------------------------------
-def _save(fig, out: str) -> None:
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    print(f"figure written to {out}")
+def _probe(r: dict, key: str, what: str):
+    """What the ReinitProbe stored in the run's last phase, or one line naming how to get it."""
+    if r["phases"][-1].get(key) is None:
+        raise AnalysisError(f"{what} needs the ReinitProbe's {key!r} in result.json (e.g. "
+                            f"experiment=reinit_sec4_synthetic); {r['_dir']} is a run of "
+                            f"{experiments([r])} without it")
+    return r["phases"][-1][key]
 
 
-def _runs(dirs) -> List[dict]:
-    return [r for r in load_results(dirs) if r.get("status") == "completed"]
-
-
-def _probe(r: dict, key: str):
-    return r["phases"][-1].get(key)
-
-
-def plot_budget(dirs, out: str, x: str = "train.epochs") -> None:
+def plot_budget(dirs, out, x: str = "train.epochs") -> Path:
     """Figure 3: final test accuracy against the steps (epochs) per round, one line per method."""
-    rows = [{"method": r["choices"].get("method"), "x": _get(r["config"], x),
-             "acc": 100 * r["summary"]["test_acc"]} for r in _runs(dirs)]
+    rows = [{"method": r["choices"].get("method"), "x": value(r, x),
+             "acc": 100 * r["summary"]["test_acc"]} for r in completed(dirs)]
     df = pd.DataFrame(rows).groupby(["method", "x"])["acc"].agg(["mean", "std"]).reset_index()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for m, g in df.groupby("method"):
         ax.errorbar(g["x"], g["mean"], yerr=g["std"].fillna(0), label=m, marker="o", capsize=2)
     ax.set(xscale="log", xlabel=f"{x} (per round)", ylabel="test accuracy [%]")
     ax.legend()
-    _save(fig, out)
+    return save(fig, out)
 
 
-def plot_margins(dirs, out: str) -> None:
+def plot_margins(dirs, out) -> Path:
     """Figure 4: the smallest training margins (softmax), mean over seeds, per method."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
     by: Dict[str, List] = {}
-    for r in _runs(dirs):
-        by.setdefault(r["choices"].get("method"), []).append(_probe(r, "margins"))
+    for r in completed(dirs):
+        by.setdefault(r["choices"].get("method"), []).append(_probe(r, "margins", "margins"))
     for m, curves in sorted(by.items()):
         n = min(len(c) for c in curves)
         ax.plot(np.mean([c[:n] for c in curves], axis=0), label=m)
     ax.set(yscale="log", xlabel="rank", ylabel="softmax margin")
     ax.legend()
-    _save(fig, out)
+    return save(fig, out)
 
 
-def plot_perturb(dirs, out: str, key: str = "loss") -> None:
+def plot_perturb(dirs, out, key: str = "loss") -> Path:
     """Figure 5: training loss (or accuracy) under Gaussian weight noise of std sigma."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
     rows = [{"method": r["choices"].get("method"), "sigma": float(s), "v": v[key]}
-            for r in _runs(dirs) for s, v in (_probe(r, "perturb") or {}).items()]
+            for r in completed(dirs) for s, v in _probe(r, "perturb", "perturb").items()]
     df = pd.DataFrame(rows).groupby(["method", "sigma"])["v"].mean().reset_index()
     for m, g in df.groupby("method"):
         ax.plot(g["sigma"], g["v"], marker="o", label=m)
     ax.set(xlabel="noise std sigma", ylabel=f"training {key}")
     ax.legend()
-    _save(fig, out)
+    return save(fig, out)
 
 
 def weight_ratios(dirs) -> pd.DataFrame:
     """Appendix D: each run's weight size over the baseline's with the same seed and cell."""
     rows = []
-    for r in _runs(dirs):
+    for r in completed(dirs):
         cell = tuple(sorted((k, v) for k, v in r["choices"].items() if k != "method"))
         rows.append({"cell": cell, "seed": r["seed"], "method": r["choices"].get("method"),
-                     "size": _probe(r, "weight_size")})
+                     "size": _probe(r, "weight_size", "ratio")})
     df = pd.DataFrame(rows)
+    if not (df.method == "bl").any() or (df.method == "bl").all():
+        raise AnalysisError("ratio needs runs of method=bl (the baseline) beside those of other "
+                            "methods, with the same seeds, e.g. method=bl,welsr,dsd,wels,fc,lw")
     base = df[df.method == "bl"].set_index(["cell", "seed"])["size"]
     df = df[df.method != "bl"].join(base.rename("bl_size"), on=["cell", "seed"])
     return df.assign(ratio=df["size"] / df["bl_size"]).dropna(subset=["ratio"])
 
 
-def plot_ratio(dirs, out: str) -> None:
+def plot_ratio(dirs, out) -> Path:
     """Figure 6: Gaussian approximation of the density of the weight-size ratio to BL."""
     df = weight_ratios(dirs)
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -265,21 +291,24 @@ def plot_ratio(dirs, out: str) -> None:
     ax.axvline(1.0, color="k", lw=0.5)
     ax.set(xlabel="weight size / baseline's", ylabel="density")
     ax.legend()
-    _save(fig, out)
+    return save(fig, out)
 
 
 def paired(dirs, a: str = "bl", b: str = "lw") -> pd.DataFrame:
     """Runs of methods a and b matched on everything but the method (mean over seeds)."""
     rows = []
-    for r in _runs(dirs):
+    for r in completed(dirs):
         pairs = [o for o in r.get("overrides", []) if not o.startswith(("method=", "seed="))]
         rows.append({"cell": " ".join(sorted(pairs)), "method": r["choices"].get("method"),
                      "acc": 100 * r["summary"]["test_acc"]})
     df = pd.DataFrame(rows).groupby(["cell", "method"])["acc"].mean().unstack()
+    if a not in df or b not in df:
+        raise AnalysisError(f"grid needs runs of method={a},{b} over the same grid "
+                            f"(experiment=reinit_appf_cifar); found methods {', '.join(df.columns)}")
     return df[[a, b]].dropna()
 
 
-def plot_grid(dirs, out: str) -> None:
+def plot_grid(dirs, out) -> Path:
     """Figure 7: test accuracy of BL (x) against LW (y) over a hyperparameter grid."""
     df = paired(dirs)
     fig, ax = plt.subplots(figsize=(4, 4))
@@ -287,13 +316,13 @@ def plot_grid(dirs, out: str) -> None:
     lim = [min(df.min()) - 1, max(df.max()) + 1]
     ax.plot(lim, lim, "k--", lw=0.7)
     ax.set(xlim=lim, ylim=lim, xlabel="BL test accuracy [%]", ylabel="LW test accuracy [%]")
-    _save(fig, out)
+    return save(fig, out)
 
 
 def ablation(dirs, base: str = "method.rescale") -> pd.DataFrame:
     """Appendix E: share of cells in which full LW beats each ablated variant."""
     rows = []
-    for r in _runs(dirs):
+    for r in completed(dirs):
         over = dict(o.split("=", 1) for o in r.get("overrides", []) if "=" in o)
         variant = " ".join(f"{k}={v}" for k, v in sorted(over.items())
                            if k.startswith("method.")) or "lw"
@@ -301,42 +330,54 @@ def ablation(dirs, base: str = "method.rescale") -> pd.DataFrame:
                         if not k.startswith(("method", "seed")))
         rows.append({"cell": cell, "variant": variant, "acc": r["summary"]["test_acc"]})
     wide = pd.DataFrame(rows).groupby(["cell", "variant"])["acc"].mean().unstack()
+    if "lw" not in wide:
+        raise AnalysisError("ablation needs runs of full LW (no method.* override) beside its "
+                            "variants (experiment=reinit_ablation)")
     return pd.DataFrame([{"variant": v, "cells": int(wide[["lw", v]].dropna().shape[0]),
                           "P(LW better)": float((wide["lw"] > wide[v]).mean())}
                          for v in wide.columns if v != "lw"])
 
 
 # -- command line ---------------------------------------------------------------------------------
+FIGURES = {"budget": plot_budget, "margins": plot_margins, "perturb": plot_perturb,
+           "ratio": plot_ratio, "grid": plot_grid}
+
+
+def command(a) -> None:
+    """One command of `main`; raises AnalysisError on input it cannot use."""
+    if a.what in ("table2", "table3", "tree"):
+        paper = a.paper or not a.dirs
+        if paper and a.what == "table2":
+            raise AnalysisError("table2 puts runs beside the paper's Table 2: give the sweep "
+                                "directories of the reinit_table2_* runs")
+        df = paper_table2() if paper else results_table2(a.dirs)
+        source = "the paper's Table 2" if paper else f"the runs under {', '.join(a.dirs)}"
+        if a.what == "table2":
+            print(format_table2(df))
+        elif a.what == "table3":
+            print(format_table3(table3(df), source))
+        else:
+            plot_tree(df, figure_path(a.out, a.dirs, "reinit_tree" + ("_paper" if paper else "")),
+                      source)
+        return
+    if not a.dirs:
+        raise AnalysisError(f"{a.what} needs run or sweep directories")
+    if a.what == "ablation":
+        print(ablation(a.dirs).to_markdown(index=False))
+        return
+    FIGURES[a.what](a.dirs, figure_path(a.out, a.dirs, f"reinit_{a.what}"))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m runner.analysis.reinit",
                                 description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=["table2", "table3", "tree", "budget", "margins", "perturb",
-                                    "ratio", "grid", "ablation"])
+    p.add_argument("what", choices=["table2", "table3", "tree", *FIGURES, "ablation"])
     p.add_argument("dirs", nargs="*", help="run or sweep directories")
-    p.add_argument("--paper", action="store_true", help="use the paper's Table 2 numbers")
-    p.add_argument("--out", default=None, help="figure file (PNG)")
-    args = p.parse_args(argv)
-    if not args.dirs and not args.paper:
-        p.error("give run directories or --paper")
-    if args.what in ("table2", "table3", "tree"):
-        df = paper_table2() if args.paper else results_table2(args.dirs)
-        if df.empty:
-            print("error: no completed Table 2 runs found", file=sys.stderr)
-            return 2
-        if args.what == "table2":
-            print(format_table2(df))
-        elif args.what == "table3":
-            print(format_table3(table3(df)))
-        else:
-            plot_tree(df, args.out or "fig2_tree.png")
-        return 0
-    if args.what == "ablation":
-        print(ablation(args.dirs).to_markdown(index=False))
-        return 0
-    plot = {"budget": plot_budget, "margins": plot_margins, "perturb": plot_perturb,
-            "ratio": plot_ratio, "grid": plot_grid}[args.what]
-    plot(args.dirs, args.out or f"{args.what}.png")
-    return 0
+    p.add_argument("--paper", action="store_true",
+                   help="table3 / tree: the paper's Table 2 numbers (the default without DIR)")
+    p.add_argument("--out", default=None, help="figure file (default: DIR/plots/reinit_<what>.png)")
+    a = p.parse_args(argv)
+    return cli(lambda: command(a))
 
 
 if __name__ == "__main__":

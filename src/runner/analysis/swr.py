@@ -1,18 +1,19 @@
 """Analyses and figures of the SWR paper (Oh et al. 2025): balancedness (Fig. 5), scaling with and
 without proportionality (Fig. 1), warm-start curves with reference lines (Fig. 2).
 
-    python -m runner.analysis.swr warm SWEEP_DIR --scratch SCRATCH_DIR --out fig2.png
-    python -m runner.analysis.swr balance SWEEP_DIR --out fig5.png
-    python -m runner.analysis.swr scaling SWEEP_DIR --out fig1.png
+    python -m runner.analysis.swr warm SWEEP_DIR --scratch SCRATCH_DIR   # SWEEP_DIR/plots/swr_warm.png
+    python -m runner.analysis.swr balance SWEEP_DIR                      # .../swr_balance.png
+    python -m runner.analysis.swr scaling SWEEP_DIR                      # .../swr_scaling.png
 
-Figures 3 and 4 (continual learning) are plain curves: `python -m runner.plots DIR --out fig3.png`.
+`--out FILE` writes elsewhere. Figures 3 and 4 (continual learning) are plain curves:
+`python -m runner.plots DIR`.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import matplotlib
 
@@ -24,8 +25,9 @@ from torch import nn  # noqa: E402
 
 from methods.base import Method  # noqa: E402
 from methods.swr import chain_starts, rescale_, rescale_layers  # noqa: E402
-from runner.plots import curves  # noqa: E402
-from runner.results import METRICS_FILE, load_results  # noqa: E402
+from runner.analysis.common import (AnalysisError, cli, completed, experiments,  # noqa: E402
+                                    figure_path, metrics, save, value)
+from runner.plots import draw  # noqa: E402
 
 
 # -- balancedness (Appendix C.1) ---------------------------------------------------------------
@@ -140,48 +142,62 @@ def test_accuracy(ctx) -> float:
 
 # -- figures -------------------------------------------------------------------------------------
 def _phase_metric(run: dict, phase: int, y: str = "test_acc") -> pd.Series:
-    m = pd.read_csv(Path(run["_dir"]) / METRICS_FILE)
+    m = metrics(run, y)
     return m.loc[m.phase == phase, y].dropna()
 
 
-def _completed(dirs) -> List[dict]:
-    runs = [r for r in load_results(dirs) if r.get("status") == "completed"]
-    if not runs:
-        raise ValueError("no completed runs under the given directories")
-    return runs
+def is_warm_start(run: dict) -> bool:
+    """Two or more phases, the first on a part of the training set."""
+    first = value(run, "phases.0.subset") or {}
+    return len(run["phases"]) > 1 and (first.get("fraction") is not None or first.get("n") is not None)
 
 
-def warm_start_figure(dirs, scratch_dirs, out: str, title: str = "") -> Path:
+def warm_start_figure(dirs, scratch_dirs=(), out: Optional[str] = None, title: str = "") -> Path:
     """Fig. 2: test accuracy per method, dashed lines at the final accuracy of vanilla with warm
     start and of vanilla trained from scratch on all data (runs of the generalization experiment
     with `train.epochs=100`)."""
-    runs = _completed(dirs)
+    runs = completed(dirs, "warm-start runs")
+    plain = [r for r in runs if not is_warm_start(r)]
+    if plain:
+        raise AnalysisError(f"swr warm needs warm-start runs (a first phase on part of the data, "
+                            f"e.g. experiment=swr_warm_mnist_mlp); {plain[0]['_dir']} is a run of "
+                            f"{experiments(plain)} with {len(plain[0]['phases'])} phase(s)")
+    scratch = completed(scratch_dirs, "from-scratch runs") if scratch_dirs else []
+    odd = [r for r in scratch if len(r["phases"]) > 1 or is_warm_start(r)]
+    if odd:
+        raise AnalysisError(f"--scratch needs runs trained from scratch in one phase on all the data "
+                            f"(e.g. experiment=swr_gen_mnist_mlp method=vanilla train.epochs=100); "
+                            f"{odd[0]['_dir']} has {len(odd[0]['phases'])} phases")
     refs = {"vanilla, warm start": [r["summary"]["test_acc"] for r in runs
                                     if r["choices"].get("method") == "vanilla"],
-            "vanilla, from scratch": [r["summary"]["test_acc"] for r in
-                                      (_completed(scratch_dirs) if scratch_dirs else [])]}
-    _, ax = plt.subplots(figsize=(6, 4))
-    curves(dirs, "test_acc", "method", out=out, title=title, ax=ax)
+            "vanilla, from scratch": [r["summary"]["test_acc"] for r in scratch]}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    draw(ax, runs, "test_acc", "method", title=title)
     for (label, values), color in zip(refs.items(), ("red", "black")):
         if values:
             ax.axhline(sum(values) / len(values), linestyle="--", color=color, linewidth=1,
                        label=f"{label} (final, n={len(values)})")
     ax.legend(fontsize=7)
-    return _save(ax.figure, out)
+    return save(fig, figure_path(out, list(dirs), "swr_warm"))
 
 
-def balance_figure(dirs, out: str, title: str = "") -> Path:
+def balance_figure(dirs, out: Optional[str] = None, title: str = "") -> Path:
     """Fig. 5: balancedness (left) and test accuracy (right) per method over epochs."""
+    runs = completed(dirs)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    curves(dirs, "balancedness", "method", out=out, title=title, ax=left)
-    curves(dirs, "test_acc", "method", out=out, title=title, ax=right)
-    return _save(fig, out)
+    draw(left, runs, "balancedness", "method", title=title)
+    draw(right, runs, "test_acc", "method", title=title)
+    return save(fig, figure_path(out, list(dirs), "swr_balance"))
 
 
 def scaling_table(dirs) -> pd.DataFrame:
     """Per run: factor, proportional, pre-training best, right after scaling, best afterwards."""
     rows = []
-    for r in _completed(dirs):
+    for r in completed(dirs, "runs of experiment=swr_fig1_cifar10_cnn"):
+        if len(r["phases"]) < 2 or "test_acc_after_scaling" not in r["phases"][1]:
+            raise AnalysisError(f"swr scaling needs runs of experiment=swr_fig1_cifar10_cnn (its "
+                                f"ScaleOnce method records test_acc_after_scaling); {r['_dir']} is "
+                                f"a run of {experiments([r])}")
         method = r["config"]["method"]
         rows.append({"factor": method["factor"], "proportional": method["proportional"],
                      "pretrained_best": _phase_metric(r, 0).max(),
@@ -190,7 +206,7 @@ def scaling_table(dirs) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def scaling_figure(dirs, out: str, title: str = "") -> Path:
+def scaling_figure(dirs, out: Optional[str] = None, title: str = "") -> Path:
     """Fig. 1: accuracy right after scaling (dashed) and best after further training (solid)
     against the scaling factor, without (left) and with (right) proportionality; black: the
     best accuracy before scaling."""
@@ -205,16 +221,7 @@ def scaling_figure(dirs, out: str, title: str = "") -> Path:
         ax.set_title(("proportional" if prop else "not proportional") + (f" — {title}" if title else ""))
         ax.legend(fontsize=7)
     axes[0].set_ylabel("test_acc")
-    return _save(fig, out)
-
-
-def _save(fig, out: str) -> Path:
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, figure_path(out, list(dirs), "swr_scaling"))
 
 
 def main(argv=None) -> int:
@@ -223,20 +230,12 @@ def main(argv=None) -> int:
     p.add_argument("dirs", nargs="+")
     p.add_argument("--scratch", nargs="*", default=[], help="warm: from-scratch run directories")
     p.add_argument("--title", default="")
-    p.add_argument("--out", default="fig.png")
+    p.add_argument("--out", default=None, help="figure file (default: DIR/plots/swr_<figure>.png)")
     a = p.parse_args(argv)
-    try:
-        if a.figure == "warm":
-            path = warm_start_figure(a.dirs, a.scratch, a.out, a.title)
-        elif a.figure == "balance":
-            path = balance_figure(a.dirs, a.out, a.title)
-        else:
-            path = scaling_figure(a.dirs, a.out, a.title)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+    if a.figure == "warm":
+        return cli(lambda: warm_start_figure(a.dirs, a.scratch, a.out, a.title))
+    figure = balance_figure if a.figure == "balance" else scaling_figure
+    return cli(lambda: figure(a.dirs, a.out, a.title))
 
 
 if __name__ == "__main__":

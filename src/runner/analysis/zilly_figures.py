@@ -1,9 +1,11 @@
 """The figures of Zilly et al. 2021 (appendix Figs. 3-7) from run directories, as PNG files.
 
-    python -m runner.analysis.zilly_figures boxplot DIR... --by optim.weight_decay --out fig5.png
-    python -m runner.analysis.zilly_figures pareto  DIR... --by experiment --out fig6.png
-    python -m runner.analysis.zilly_figures pairs   DIR... --by optim.weight_decay --out fig4.png
-    python -m runner.analysis.zilly_figures samples DIR... --x phases.0.subset.n --out fig7.png
+    python -m runner.analysis.zilly_figures boxplot DIR... --by optim.weight_decay
+    python -m runner.analysis.zilly_figures pareto  DIR... --by experiment
+    python -m runner.analysis.zilly_figures pairs   DIR... --by optim.weight_decay
+    python -m runner.analysis.zilly_figures samples DIR... --x phases.0.subset.n
+
+Each writes `DIR/plots/zilly_<kind>[_<metric>].png` (the first DIR), or `--out FILE`.
 
 - boxplot (Fig. 5): the final value of `--metric` per cell over seeds; a cell is a combination
   of the `--by` keys (config paths or group choices; default: the sweep's overrides).
@@ -14,7 +16,7 @@
   the epochs, one panel per cell (first seed).
 - samples (Fig. 7): the final `--metric` against the config value `--x`, one line per `--hue`.
 Fig. 3 (frozen filters per epoch across weight decay) is a line plot of metrics.csv:
-    python -m runner.plots DIR... --y frozen_filters --hue optim.weight_decay --out fig3.png
+    python -m runner.plots DIR... --y frozen_filters --hue optim.weight_decay
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import matplotlib
 
@@ -30,66 +32,33 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from runner.report import IGNORED  # noqa: E402
-from runner.results import METRICS_FILE, load_results  # noqa: E402
+from runner.analysis.common import (AnalysisError, cell, cell_pairs, cli, completed, figure_path,  # noqa: E402
+                                    final, how_to_record, metrics, save, value)
 
 
-def value(result: dict, key: str):
-    """A group choice (`method`) or a dotted config path (`phases.0.subset.n`) of a run."""
-    if key in result.get("choices", {}):
-        return result["choices"][key]
-    node = result.get("config", {})
-    for part in key.split("."):
-        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        elif isinstance(node, dict):
-            node = node.get(part)
-        else:
-            return None
-    return node
-
-
-def cell(result: dict, by: Optional[Sequence[str]]) -> str:
-    """The label of a run's cell: the `by` values, else its overrides other than the seed."""
-    if by:
-        return ", ".join(f"{k}={value(result, k)}" for k in by)
-    pairs = [o for o in result.get("overrides", []) if o.lstrip("+~").split("=")[0].split(".")[0]
-             not in IGNORED]
-    return ", ".join(pairs) or result.get("name", "run")
-
-
-def completed(run_dirs) -> List[dict]:
-    runs = [r for r in load_results(run_dirs) if r.get("status") == "completed" and r["phases"]]
-    if not runs:
-        raise ValueError("no completed runs under the given directories")
-    return runs
-
-
-def final(result: dict, metric: str) -> float:
-    v = result["phases"][-1]["end"].get(metric, result["phases"][-1].get(metric))
-    return float(v) if v is not None else math.nan
-
-
-def _save(fig, out) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
-
-
-def boxplot(run_dirs, by=None, metric="test_acc", out="fig5.png", title="") -> Path:
-    groups: Dict[str, List[float]] = {}
-    for r in completed(run_dirs):
-        groups.setdefault(cell(r, by), []).append(final(r, metric))
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(groups)), 4))
+def boxplot_figure(groups: Dict[Tuple[str, ...], List[float]], metric: str, title: str = ""):
+    """One box per cell. Tick labels name what differs between cells, one `key=value` a line;
+    what all cells share goes into the title."""
+    shared = set.intersection(*map(set, groups))
+    first = next(iter(groups))
+    labels = ["\n".join([p for p in k if p not in shared] or ["(all)"]) + f"\n(n={len(v)})"
+              for k, v in groups.items()]
+    width = sum(0.3 + 0.07 * max(map(len, label.split("\n"))) for label in labels)
+    fig, ax = plt.subplots(figsize=(max(4.0, width), 4))
     ax.boxplot(list(groups.values()))
-    ax.set_xticks(range(1, len(groups) + 1), [f"{k}\n(n={len(v)})" for k, v in groups.items()],
-                  rotation=30, ha="right", fontsize=7)
+    ax.set_xticks(range(1, len(groups) + 1), labels, fontsize=7)
     ax.set_ylabel(metric)
-    ax.set_title(title)
-    return _save(fig, out)
+    ax.set_title("\n".join(filter(None, [title, ", ".join(p for p in first if p in shared)])),
+                 fontsize=8)
+    return fig
+
+
+def boxplot(run_dirs, by=None, metric="test_acc", out=None, title="") -> Path:
+    groups: Dict[Tuple[str, ...], List[float]] = {}
+    for r in completed(run_dirs):
+        groups.setdefault(tuple(cell_pairs(r, by)), []).append(final(r, metric))
+    fig = boxplot_figure(groups, metric, title)
+    return save(fig, figure_path(out, run_dirs, f"zilly_boxplot_{metric}"))
 
 
 def front(xs: Sequence[float], ys: Sequence[float], larger_x: bool) -> List[int]:
@@ -104,11 +73,15 @@ def front(xs: Sequence[float], ys: Sequence[float], larger_x: bool) -> List[int]
     return sorted(keep, key=lambda i: xs[i])
 
 
-def pareto(run_dirs, by=None, out="fig6.png", title="") -> Path:
+def pareto(run_dirs, by=None, out=None, title="") -> Path:
     runs = completed(run_dirs)
     panels = [("frozen filters after the first task",
                lambda r: r["phases"][0].get("frozen_filters"), False),
               ("Fisher score (w = mu2 - mu1)", lambda r: r["phases"][-1].get("fisher"), True)]
+    if not any(get(r) is not None for _, get, _ in panels for r in runs):
+        raise AnalysisError(f"pareto needs frozen filters or Fisher scores in result.json, recorded "
+                            f"by the FrozenProbe: {how_to_record('frozen_filters', runs[0])}, or "
+                            f"set its fisher_samples (e.g. experiment=zilly_warm_start)")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, (label, get, larger) in zip(axes, panels):
         pts = [(get(r), final(r, "test_loss"), cell(r, by)) for r in runs if get(r) is not None]
@@ -125,19 +98,20 @@ def pareto(run_dirs, by=None, out="fig6.png", title="") -> Path:
         ax.set_ylabel("final test loss")
         ax.legend(fontsize=6)
     fig.suptitle(title)
-    return _save(fig, out)
+    return save(fig, figure_path(out, run_dirs, "zilly_pareto"))
 
 
-def pairs(run_dirs, by=None, out="fig4.png", title="") -> Path:
+def pairs(run_dirs, by=None, out=None, title="") -> Path:
     first: Dict[str, dict] = {}
     for r in completed(run_dirs):
         first.setdefault(cell(r, by), r)
     fig, axes = plt.subplots(1, len(first), figsize=(4 * len(first), 3.5), squeeze=False)
     for ax, (name, r) in zip(axes[0], first.items()):
-        m = pd.read_csv(Path(r["_dir"]) / METRICS_FILE)
+        m = metrics(r)
         cols = [c for c in m.columns if c.startswith("pair/")]
         if not cols:
-            raise ValueError(f"{r['_dir']} has no pair/ columns (set the probe's `pairs`)")
+            raise AnalysisError(f"{r['_dir']} has no pair/ columns in metrics.csv "
+                                f"({how_to_record('pair/', r)})")
         for c in cols:
             ax.plot(range(1, len(m) + 1), m[c], linewidth=0.7, alpha=0.7)
         ax.set_yscale("symlog", linthresh=1e-3)
@@ -145,14 +119,18 @@ def pairs(run_dirs, by=None, out="fig4.png", title="") -> Path:
         ax.set_ylabel("row norm + column norms")
         ax.set_title(name, fontsize=8)
     fig.suptitle(title)
-    return _save(fig, out)
+    return save(fig, figure_path(out, run_dirs, "zilly_pairs"))
 
 
-def samples(run_dirs, x="phases.0.subset.n", hue="method", metric="test_acc", out="fig7.png",
+def samples(run_dirs, x="phases.0.subset.n", hue="method", metric="test_acc", out=None,
             title="") -> Path:
     rows = [{"x": value(r, x), "hue": str(value(r, hue)), "y": final(r, metric)}
             for r in completed(run_dirs)]
     df = pd.DataFrame(rows).dropna(subset=["x"])
+    if df.empty:
+        raise AnalysisError(f"no run under {', '.join(map(str, run_dirs))} sets {x} (--x names the "
+                            f"config key on the x axis, e.g. experiment=zilly_sample_size's "
+                            f"phases.0.subset.n)")
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, (name, g) in enumerate(df.groupby("hue", sort=False)):
         s = g.groupby("x")["y"].agg(["mean", "std"]).fillna({"std": 0.0}).sort_index()
@@ -163,7 +141,7 @@ def samples(run_dirs, x="phases.0.subset.n", hue="method", metric="test_acc", ou
     ax.set_ylabel(metric)
     ax.set_title(title)
     ax.legend(fontsize=7)
-    return _save(fig, out)
+    return save(fig, figure_path(out, run_dirs, f"zilly_samples_{metric}"))
 
 
 def main(argv=None) -> int:
@@ -176,23 +154,15 @@ def main(argv=None) -> int:
     p.add_argument("--x", default="phases.0.subset.n", help="samples: the x-axis config key")
     p.add_argument("--hue", default="method", help="samples: the key separating lines")
     p.add_argument("--title", default="")
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None, help="figure file (default: DIR/plots/zilly_<kind>...png)")
     a = p.parse_args(argv)
-    out = a.out or f"{a.kind}.png"
-    try:
-        if a.kind == "boxplot":
-            path = boxplot(a.dirs, a.by, a.metric, out, a.title)
-        elif a.kind == "pareto":
-            path = pareto(a.dirs, a.by, out, a.title)
-        elif a.kind == "pairs":
-            path = pairs(a.dirs, a.by, out, a.title)
-        else:
-            path = samples(a.dirs, a.x, a.hue, a.metric, out, a.title)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+    if a.kind == "boxplot":
+        return cli(lambda: boxplot(a.dirs, a.by, a.metric, a.out, a.title))
+    if a.kind == "pareto":
+        return cli(lambda: pareto(a.dirs, a.by, a.out, a.title))
+    if a.kind == "pairs":
+        return cli(lambda: pairs(a.dirs, a.by, a.out, a.title))
+    return cli(lambda: samples(a.dirs, a.x, a.hue, a.metric, a.out, a.title))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,152 @@
+"""What every analysis command shares: completed runs, keys of a run, recorded metrics, figures.
+
+An analysis command (`runner.plots`, `runner.analysis.*`) reads run or sweep directories, checks
+that they hold the data it needs (else one line: what is missing, where, which option records
+it), and writes its figure to `DIR/plots/<command>.png` unless `--out` says otherwise.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Callable, Iterable, List, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from runner.report import IGNORED  # noqa: E402
+from runner.results import METRICS_FILE, load_results  # noqa: E402
+
+
+class AnalysisError(ValueError):
+    """Input an analysis cannot use; printed as one line `error: ...`."""
+
+
+def completed(dirs: Iterable, need: str = "") -> List[dict]:
+    """The completed runs (with at least one phase) below `dirs`; `need` says what for."""
+    dirs = [Path(d) for d in dirs]
+    missing = [str(d) for d in dirs if not d.exists()]
+    if missing:
+        raise AnalysisError(f"no such directory: {', '.join(missing)}")
+    runs = [r for r in load_results(dirs) if r.get("status") == "completed" and r.get("phases")]
+    if not runs:
+        raise AnalysisError(f"no completed runs under {', '.join(map(str, dirs))}"
+                            + (f" ({need})" if need else ""))
+    return runs
+
+
+def value(run: dict, key: str):
+    """A group choice (`method`) or a dotted config path (`phases.0.subset.n`) of a run."""
+    if key in run.get("choices", {}):
+        return run["choices"][key]
+    node = run.get("config", {})
+    for part in key.split("."):
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            node = node.get(part)
+        else:
+            return None
+    return node
+
+
+def cell_pairs(run: dict, by: Optional[Sequence[str]] = None) -> List[str]:
+    """A run's cell as `key=value` strings: its `by` keys, else its overrides other than the
+    seed and execution options."""
+    if by:
+        return [f"{k}={value(run, k)}" for k in by]
+    return [o for o in run.get("overrides", [])
+            if o.lstrip("+~").split("=")[0].split(".")[0] not in IGNORED]
+
+
+def cell(run: dict, by: Optional[Sequence[str]] = None) -> str:
+    """The label of a run's cell (see `cell_pairs`), else the run's name."""
+    return ", ".join(cell_pairs(run, by)) or run.get("name", "run")
+
+
+def final(run: dict, metric: str) -> float:
+    """`metric` at the end of the run's last phase (NaN where not recorded)."""
+    last = run["phases"][-1]
+    v = last["end"].get(metric, last.get(metric))
+    return float(v) if v is not None else float("nan")
+
+
+def experiments(runs: Sequence[dict]) -> str:
+    """The experiments of some runs, for messages."""
+    return ", ".join(sorted({str(r.get("choices", {}).get("experiment", r.get("name"))) for r in runs}))
+
+
+def _probe_index(run: dict, cls: str) -> Optional[int]:
+    for i, m in enumerate(value(run, "extra_methods") or []):
+        if isinstance(m, dict) and str(m.get("_target_", "")).endswith(cls):
+            return i
+    return None
+
+
+def how_to_record(metric: str, run: dict) -> str:
+    """The option that makes a run record `metric` per epoch."""
+    if metric.startswith(("frozen_", "pair/")):
+        i = _probe_index(run, "FrozenProbe")
+        option = "every_epoch=true" if metric.startswith("frozen_") else "pairs=8"
+        if i is not None:
+            return f"rerun with extra_methods.{i}.{option}"
+        return ("rerun with extra_methods=[{_target_:methods.frozen_probe.FrozenProbe,"
+                f"{option.replace('=', ':')}}}]")
+    if metric == "balancedness":
+        return ("rerun with extra_methods=[{_target_:runner.analysis.swr.BalancednessProbe}] "
+                "(as experiment=swr_fig5_cifar10_mlp does)")
+    if metric.startswith("val_"):
+        return "rerun with a validation split, e.g. train.val_fraction=0.1"
+    if metric.startswith("test_"):
+        return "rerun with train.eval_test=true"
+    return "metrics.csv holds the trainer's columns and those of the stacked methods"
+
+
+def metrics(run: dict, metric: Optional[str] = None) -> pd.DataFrame:
+    """A run's metrics.csv; with `metric`, fail with the recording option where it is absent."""
+    path = Path(run["_dir"]) / METRICS_FILE
+    if not path.exists():
+        raise AnalysisError(f"{path} is missing")
+    m = pd.read_csv(path)
+    if metric is not None and (metric not in m.columns or m[metric].isna().all()):
+        cols = ", ".join(c for c in m.columns if c not in ("phase", "phase_name", "epoch"))
+        raise AnalysisError(f"metric {metric!r} was not recorded in {path} ({how_to_record(metric, run)}); "
+                            f"recorded: {cols}")
+    return m
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
+def figure_path(out: Optional[str], dirs: Sequence, name: str) -> Path:
+    """`out`, else `<first DIR>/plots/<name>.png` (`./plots/` without a directory)."""
+    if out:
+        return Path(out)
+    base = Path(dirs[0]) if dirs else Path(".")
+    return base / "plots" / f"{slug(name)}.png"
+
+
+def save(fig, out) -> Path:
+    """Write a figure (nothing cut off at its edges) and say where; a replaced file is named so."""
+    path = Path(out)
+    existed = path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    print(f"figure written to {path}" + (" (replacing the previous one)" if existed else ""))
+    return path
+
+
+def cli(fn: Callable[[], object]) -> int:
+    """Run a command's body: 0, or 2 with one `error:` line for input it cannot use."""
+    try:
+        fn()
+    except AnalysisError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
