@@ -103,6 +103,17 @@ def explain_failed_overrides(args: List[str]) -> None:
                   f"{key}='choice({o.get_value_element_as_str()})'", file=sys.stderr)
 
 
+def cli() -> None:
+    """The command line of both entry points, `python -m runner` and the `runner` script: the
+    Hydra app, and after Hydra rejected the command line, the valid keys beside each unknown one."""
+    try:
+        main()
+    except SystemExit as exit_:
+        if exit_.code not in (0, None):
+            explain_failed_overrides(sys.argv[1:])
+        raise
+
+
 def compose_and_run(overrides: List[str], out_dir) -> dict:
     """Compose the config with `overrides` and run it in `out_dir` (tests, benchmarks)."""
     from hydra import compose, initialize_config_dir

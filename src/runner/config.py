@@ -132,8 +132,10 @@ class RunnerConfig:
 
 
 def register() -> None:
+    """Store the schemas outside every config group, so that they are no choice of one
+    (`optim=optim_schema`); group files extend them with `- /optim_schema@_here_`."""
     cs = ConfigStore.instance()
     cs.store(name="runner_schema", node=RunnerConfig)
-    cs.store(group="optim", name="optim_schema", node=OptimConfig)
-    cs.store(group="schedule", name="schedule_schema", node=ScheduleConfig)
-    cs.store(group="ci", name="ci_schema", node=CIConfig)
+    cs.store(name="optim_schema", node=OptimConfig)
+    cs.store(name="schedule_schema", node=ScheduleConfig)
+    cs.store(name="ci_schema", node=CIConfig)
