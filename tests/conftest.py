@@ -1,4 +1,6 @@
+import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,3 +39,29 @@ def run_cfg(tmp_path):
         return {**compose_and_run(list(overrides), out), "_dir": str(out)}
     yield _run
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def hydra_cli(monkeypatch):
+    """Run an entry point (default: `runner.app.cli`) in-process with a command line; returns its
+    exit code. Hydra's logging setup of the run is undone afterwards."""
+    from runner.app import cli
+
+    def _cli(*args, entry=cli):
+        monkeypatch.setattr(sys, "argv", ["runner", *args])
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level
+        GlobalHydra.instance().clear()
+        try:
+            entry()
+        except SystemExit as e:
+            return 0 if e.code is None else e.code
+        finally:
+            GlobalHydra.instance().clear()
+            for h in root.handlers[:]:
+                if h not in handlers:
+                    root.removeHandler(h)
+                    h.close()
+            root.handlers[:], root.level = handlers, level
+        return 0
+    return _cli

@@ -3,29 +3,13 @@ entry points (`python -m runner`, the `runner` script) behaving the same."""
 import importlib
 import re
 import runpy
-import sys
 from pathlib import Path
 
 import pytest
-from hydra.core.global_hydra import GlobalHydra
 
 from conftest import EXPERIMENTS
 
 ROOT = Path(__file__).parents[1]
-
-
-def run_entry(monkeypatch, call, *args):
-    """Run an entry point in-process with a command line; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["runner", *args])
-    GlobalHydra.instance().clear()
-    code = 0
-    try:
-        call()
-    except SystemExit as e:
-        code = e.code
-    finally:
-        GlobalHydra.instance().clear()
-    return code
 
 
 def console_script():
@@ -35,8 +19,8 @@ def console_script():
     return getattr(importlib.import_module(module), name)
 
 
-def test_help_describes_the_tool_its_groups_experiments_and_commands(monkeypatch, capsys):
-    assert run_entry(monkeypatch, console_script(), "--help") == 0
+def test_help_describes_the_tool_its_groups_experiments_and_commands(hydra_cli, capsys):
+    assert hydra_cli("--help", entry=console_script()) == 0
     out = capsys.readouterr().out
     assert out.startswith("plasticity-runner:")
     groups = dict(line.split(": ", 1) for line in out.splitlines()
@@ -53,9 +37,9 @@ def test_help_describes_the_tool_its_groups_experiments_and_commands(monkeypatch
 
 @pytest.mark.parametrize("override", ["optim=optim_schema", "schedule=schedule_schema",
                                       "ci=ci_schema"])
-def test_schemas_are_no_choice(monkeypatch, capsys, override, tmp_path):
+def test_schemas_are_no_choice(hydra_cli, monkeypatch, capsys, override, tmp_path):
     monkeypatch.chdir(tmp_path)
-    assert run_entry(monkeypatch, console_script(), override) == 1
+    assert hydra_cli(override, entry=console_script()) == 1
     err = capsys.readouterr().err
     group = override.split("=")[0]
     assert f"Could not find '{group}/{group}_schema'" in err
@@ -63,12 +47,12 @@ def test_schemas_are_no_choice(monkeypatch, capsys, override, tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
-def test_console_script_and_python_m_explain_the_same(monkeypatch, capsys, tmp_path):
+def test_console_script_and_python_m_explain_the_same(hydra_cli, monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
-    assert run_entry(monkeypatch, console_script(), "optim.lrr=0.1") == 1
+    assert hydra_cli("optim.lrr=0.1", entry=console_script()) == 1
     script = capsys.readouterr().err
-    assert run_entry(monkeypatch, lambda: runpy.run_module("runner", run_name="__main__"),
-                     "optim.lrr=0.1") == 1
+    assert hydra_cli("optim.lrr=0.1",
+                     entry=lambda: runpy.run_module("runner", run_name="__main__")) == 1
     module = capsys.readouterr().err
     assert "did you mean optim.lr?" in script
     assert script == module

@@ -34,6 +34,9 @@ schema.register()
 OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:6], use_cache=True, replace=True)
 # ${if:COND,A,B}: e.g. pretrained weights except under ci=smoke: ${if:${ci.enabled},null,IMAGENET1K_V1}
 OmegaConf.register_new_resolver("if", lambda cond, a, b: a if cond else b, replace=True)
+# ${job_tag:N}: "[job N]" in a sweep's log lines, nothing in a single run's (N null)
+OmegaConf.register_new_resolver("job_tag", lambda num: "" if num is None else f"[job {num}]",
+                                replace=True)
 
 
 def job_choices(choices) -> Dict[str, str]:

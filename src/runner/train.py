@@ -22,6 +22,7 @@ from methods.base import MethodStack
 from runner.data.synthetic import shapes_only
 from runner.data.tensors import Arrays, Pipeline, Split, Splits, batches, split_train_val, subset_indices
 from runner.errors import Diverged, RunnerError
+from runner.logs import batch_bar, environment, epoch_line, log_start
 from runner.optim import Schedule, build_optimizer, set_hyper
 from runner.results import RunRecorder
 
@@ -217,7 +218,9 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         n = 0
-        for xb, yb in batches(ctx.data.train, batch_size, self.order_gen, limit=limit):
+        epoch_batches = batches(ctx.data.train, batch_size, self.order_gen, limit=limit)
+        for xb, yb in batch_bar(epoch_batches, len(ctx.data.train), batch_size, limit,  # logs.py
+                                ctx.stage.name, self.progress):
             out = model(pipe(xb, True, self.aug_gen))
             loss = self.loss(out, yb)
             total = loss + m.loss_term(ctx) if loss_terms else loss
@@ -319,9 +322,7 @@ class Trainer:
             self.rec.epoch(row)
             if not evaluate:
                 continue
-            log.info("%s epoch %d/%d lr %.3g | train %.4f / %.4f | val %.4f / %.4f | test %.4f / %.4f",
-                     stage.name, epoch + 1, epochs, lr, train_loss, train_acc, val_loss, val_acc,
-                     test_loss, test_acc)
+            log.info("%s", epoch_line(stage.name, epoch + 1, epochs, row))
             end = row
             if best is None or not (val_loss >= best["val_loss"]):  # NaN val: keep the latest
                 best, since_best = row, 0
@@ -372,8 +373,10 @@ def run(cfg: DictConfig, out_dir, choices: Optional[Dict[str, str]] = None,
     t0 = time.time()
     base = {"name": cfg.name, "seed": cfg.seed, "choices": choices,
             "overrides": list(overrides or []), "paper_value": paper_value(cfg, choices),
-            "paper_source": cfg.paper.source, "config": OmegaConf.to_container(cfg, resolve=True)}
+            "paper_source": cfg.paper.source, "config": OmegaConf.to_container(cfg, resolve=True),
+            "environment": environment(resolve_device(cfg.device), out_dir)}  # logs.py
     rec = RunRecorder(out_dir, base)
+    log_start(cfg.name, cfg.seed, base["environment"])
     status, error = "completed", None
     try:
         Trainer(cfg, rec).fit()
