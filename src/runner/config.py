@@ -129,6 +129,7 @@ class RunnerConfig:
     ci: CIConfig = field(default_factory=CIConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     paper: PaperConfig = field(default_factory=PaperConfig)
+    logger: Any = None  # tracker (conf/logger/): csv (run files only), tensorboard, mlflow, wandb
 
 
 def register() -> None:

@@ -19,7 +19,7 @@ from hydra.experimental.callback import Callback
 from runner.results import load_results
 
 LEAD = ("experiment", "method")  # config-group choices shown first in every table
-IGNORED = {"seed", "device", "progress", "data_root", "threads"}  # swept keys that do not define a cell
+IGNORED = {"seed", "device", "progress", "data_root", "threads", "logger"}  # swept keys that do not define a cell
 
 
 def _override_pairs(overrides: List[str]) -> Dict[str, str]:

@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List
 
+from runner.loggers import open_tracker
+
 METRICS_FILE, RESULT_FILE = "metrics.csv", "result.json"
 COLUMNS = ["phase", "phase_name", "epoch", "step", "lr", "train_loss", "train_acc", "val_loss",
            "val_acc", "test_loss", "test_acc", "weight_norm", "seconds"]
@@ -46,7 +48,8 @@ def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
 
 
 class RunRecorder:
-    """Appends epoch rows to metrics.csv and keeps result.json up to date."""
+    """Appends epoch rows to metrics.csv and keeps result.json up to date; passes the config,
+    the rows and the final result to the tracker of `config.logger` (runner.loggers)."""
 
     def __init__(self, out_dir: str | Path, base: Dict[str, Any]):
         self.dir = Path(out_dir)
@@ -55,7 +58,11 @@ class RunRecorder:
         self.columns: List[str] = list(COLUMNS)
         self._csv = None
         self._writer = None
+        self.tracker = open_tracker((base.get("config") or {}).get("logger"), self.dir)
+        self.rows = 0
         write_json_atomic(self.dir / RESULT_FILE, self.result)
+        if self.tracker:
+            self.tracker.start(self.result)
 
     def epoch(self, row: Dict[str, Any]) -> None:
         if self._writer is None:
@@ -65,6 +72,9 @@ class RunRecorder:
             self._writer.writeheader()
         self._writer.writerow(row)
         self._csv.flush()
+        self.rows += 1
+        if self.tracker:
+            self.tracker.epoch(self.rows, row)
 
     def phase(self, summary: Dict[str, Any]) -> None:
         self.result["phases"].append(summary)
@@ -75,6 +85,8 @@ class RunRecorder:
         if self._csv is not None:
             self._csv.close()
         write_json_atomic(self.dir / RESULT_FILE, self.result)
+        if self.tracker:
+            self.tracker.finish(self.result)
         return self.result
 
 
