@@ -9,11 +9,21 @@ class RunnerError(Exception):
 
 class DatasetMissing(RunnerError):
     def __init__(self, name: str, paths: Iterable[Path], how: str = ""):
+        self.name, self.how = name, how
         looked = ", ".join(str(p) for p in paths)
         msg = f"dataset {name} not found (looked in: {looked})"
         if how:
             msg += f"; {how}"
         super().__init__(msg)
+
+
+class DownloadFailed(RunnerError):
+    """A requested download did not complete; nothing of it was kept."""
+
+    def __init__(self, name: str, cause: BaseException, how: str = ""):
+        reason = " ".join(f"{type(cause).__name__}: {cause}".split())  # one line
+        msg = f"downloading {name} failed ({reason}); nothing was kept"
+        super().__init__(msg + (f"; without a network, {how}" if how else ""))
 
 
 class Diverged(Exception):

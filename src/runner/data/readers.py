@@ -7,8 +7,11 @@ the paths it looked at and how to provide the data.
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
+import shutil
 import struct
+import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Iterable, List
@@ -17,7 +20,7 @@ import numpy as np
 import torch
 
 from runner.data.tensors import Arrays
-from runner.errors import DatasetMissing
+from runner.errors import DatasetMissing, DownloadFailed
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
@@ -56,31 +59,62 @@ def idx_dataset(name: str, dirs: List[Path], prefixes=("train", "t10k"), how: st
     return Arrays(xtr.unsqueeze(1), ytr.long(), xte.unsqueeze(1), yte.long())
 
 
+DOWNLOAD_HINT = ", or pass dataset.reader.download=true to fetch it with torchvision"
+
+
 def how_to_provide(what: str, root: Path, download: bool = True) -> str:
     """The fix a `DatasetMissing` message suggests: where to put the files, which keys to set."""
     how = (f"put {what} into {root} (set dataset.reader.root=DIR, or data_root=DIR / "
            f"RUNNER_DATA for all datasets)")
-    return how + (", or pass dataset.reader.download=true to fetch it with torchvision"
-                  if download else "")
+    return how + (DOWNLOAD_HINT if download else "")
 
 
 def torchvision_download(cls_name: str, root: Path, splits=({"train": True}, {"train": False}),
                          **kwargs) -> None:
+    """Fetch a torchvision dataset into `root`, all or nothing: the files arrive in a staging
+    folder beside `root` and move into it once every split is complete. On failure the staging
+    folder and any folder made for it are removed."""
     import torchvision
 
     cls = getattr(torchvision.datasets, cls_name)
-    for split in splits:
-        cls(str(root), download=True, **split, **kwargs)
+    root = Path(root).absolute()
+    made = next((p for p in reversed([root, *root.parents]) if not p.exists()), None)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.download-", dir=root.parent))
+    try:
+        for split in splits:
+            cls(str(staging), download=True, **split, **kwargs)
+        _move_into(staging, root)
+    except BaseException:
+        shutil.rmtree(made if made is not None and made != root else staging, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_into(src: Path, dst: Path) -> None:
+    """Move the tree `src` into `dst`, keeping files `dst` already has."""
+    dst.mkdir(exist_ok=True)
+    for item in src.iterdir():
+        target = dst / item.name
+        if item.is_dir() and target.is_dir():
+            _move_into(item, target)
+        elif not target.exists():
+            os.replace(item, target)
 
 
 def with_download(read, download: bool, fetch):
-    """`read()`; if the data are missing and `download`, `fetch()` and read again."""
+    """`read()`; if the data are missing and `download`, `fetch()` and read again. A failed
+    download is one line (`DownloadFailed`) and leaves nothing behind."""
     try:
         return read()
-    except DatasetMissing:
+    except DatasetMissing as missing:
         if not download:
             raise
-    fetch()
+        try:
+            fetch()
+        except Exception as e:
+            raise DownloadFailed(missing.name, e, missing.how.removesuffix(DOWNLOAD_HINT)) from None
     return read()
 
 

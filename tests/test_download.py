@@ -1,0 +1,76 @@
+"""`dataset.reader.download=true`: a failed download is one line and leaves nothing behind; a
+complete one lands where the reader looks."""
+import gzip
+import struct
+from pathlib import Path
+from urllib.error import URLError
+
+import pytest
+import torchvision
+
+from runner.data import readers
+from runner.errors import DownloadFailed
+
+
+def idx(path: Path, data: bytes, shape) -> None:
+    path.write_bytes(gzip.compress(struct.pack(">HBB", 0, 8, len(shape))
+                                   + struct.pack(f">{len(shape)}I", *shape) + data))
+
+
+class FakeMNIST:
+    """torchvision.datasets.MNIST's download: writes raw files into root/MNIST/raw; with
+    `fail`, only part of the first file, then the error of a machine without network."""
+
+    fail = True
+
+    def __init__(self, root, train=True, download=False):
+        raw = Path(root) / "MNIST" / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        prefix, n = ("train", 3) if train else ("t10k", 2)
+        if self.fail:
+            (raw / f"{prefix}-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b partial")
+            raise URLError("[Errno -3] Temporary failure in name resolution")
+        idx(raw / f"{prefix}-images-idx3-ubyte.gz", bytes(n * 28 * 28), (n, 28, 28))
+        idx(raw / f"{prefix}-labels-idx1-ubyte.gz", bytes(range(n)), (n,))
+
+
+def test_failed_download_is_one_line_and_leaves_no_directory(tmp_path, monkeypatch):
+    monkeypatch.setattr(torchvision.datasets, "MNIST", FakeMNIST)
+    root = tmp_path / "data" / "mnist"
+    with pytest.raises(DownloadFailed) as e:
+        readers.mnist(str(root), download=True)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith("downloading MNIST failed (URLError: <urlopen error [Errno -3]")
+    assert "nothing was kept; without a network, put the four IDX files" in msg
+    assert "download=true" not in msg
+    assert list(tmp_path.iterdir()) == []  # not even data/
+
+
+def test_failed_download_keeps_what_was_there(tmp_path, monkeypatch):
+    monkeypatch.setattr(torchvision.datasets, "MNIST", FakeMNIST)
+    (tmp_path / "mnist" / "notes.txt").parent.mkdir()
+    (tmp_path / "mnist" / "notes.txt").write_text("mine")
+    with pytest.raises(DownloadFailed):
+        readers.mnist(str(tmp_path / "mnist"), download=True)
+    assert [p.name for p in tmp_path.rglob("*")] == ["mnist", "notes.txt"]
+
+
+def test_complete_download_is_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(FakeMNIST, "fail", False)
+    monkeypatch.setattr(torchvision.datasets, "MNIST", FakeMNIST)
+    a = readers.mnist(str(tmp_path / "mnist"), download=True)
+    assert tuple(a.x_train.shape) == (3, 1, 28, 28) and a.y_test.tolist() == [0, 1]
+    assert sorted(p.name for p in (tmp_path / "mnist" / "MNIST" / "raw").iterdir())[0] == \
+        "t10k-images-idx3-ubyte.gz"
+    assert [p.name for p in tmp_path.iterdir()] == ["mnist"]  # no staging folder left
+
+
+def test_cli_prints_the_failed_download_as_one_error_line(tmp_path, monkeypatch, hydra_cli):
+    monkeypatch.setattr(torchvision.datasets, "MNIST", FakeMNIST)
+    monkeypatch.chdir(tmp_path)
+    code = hydra_cli("dataset=mnist", "dataset.reader.download=true", "threads=1",
+                     f"data_root={tmp_path}/data", f"hydra.run.dir={tmp_path}/run")
+    assert isinstance(code, str) and "\n" not in code
+    assert code.startswith("error: downloading MNIST failed (URLError")
+    assert not (tmp_path / "data").exists()
