@@ -1,0 +1,202 @@
+"""Every `python -m runner...` command of the README runs, in README order, in-process.
+
+A command is shortened, not rewritten: `ci=smoke` (and CPU, one thread, one joblib job), a seed
+or two; a sweep of more than MAX_JOBS jobs runs its first value of every list (still as a sweep)
+after every value of every list was checked to compose. Placeholders (PLACEHOLDERS): NAME is
+fmnist_mlp, my_method (the method a reader adds) is l2; an analysis command's DIR is the latest README sweep before it of the experiments it reads
+(SOURCES), SCRATCH_DIR the latest generalization sweep; `[DIR]` / `[DIR ...]` are left out.
+"""
+import importlib
+import json
+import math
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from conftest import CONF
+
+README = Path(__file__).parents[1] / "README.md"
+SMOKE = ["ci=smoke", "device=cpu", "threads=1"]
+MAX_JOBS = 4
+SOURCES = [  # (start of an analysis command, experiments its DIR holds), first match wins
+    ("runner.analysis.swr warm", "swr_warm_"), ("runner.analysis.swr scaling", "swr_fig1_"),
+    ("runner.analysis.swr balance", "swr_fig5_"), ("runner.analysis.reinit", "reinit_table2_"),
+    ("runner.plots DIR --y frozen_filters", "zilly_frozen_counts"),
+    ("runner.analysis.zilly_figures boxplot", "cifar_blur_to_sharp"),
+    ("runner.plots", "swr_cl_"), ("runner.report", "")]
+SCRATCH = "swr_gen_"
+SLOW = ("reinit_table2_",)  # 224x224 models: tens of seconds per smoke job on two CPU cores
+PLACEHOLDERS = {"=NAME": "=fmnist_mlp", "my_method": "l2"}
+TRACKERS = {"logger=tensorboard": "tensorboard", "logger=mlflow": "mlflow", "logger=wandb": "wandb"}
+
+
+def readme_commands():
+    """The README's `python -m runner...` commands, in order: code-block lines (without their
+    trailing `# comment`) and inline code elsewhere (tables, prose)."""
+    found = []
+    for i, part in enumerate(re.split(r"^```.*$", README.read_text(), flags=re.M)):
+        if i % 2:
+            found += [line.split("  #")[0].strip() for line in part.splitlines()
+                      if line.startswith("python -m runner")]
+        else:
+            found += re.findall(r"`(python -m runner[^`]*)`", part)
+    return list(dict.fromkeys(found))
+
+
+COMMANDS = readme_commands()
+
+
+def split(command):
+    """(module, arguments) of `python -m MODULE ARGS...`, placeholders filled in."""
+    for placeholder, value in PLACEHOLDERS.items():
+        command = command.replace(placeholder, value)
+    words = shlex.split(command)
+    assert words[:2] == ["python", "-m"], command
+    return words[2], words[3:]
+
+
+def sweep(arg):
+    """(key, values) of a sweep override (`a=1,2`, `range(3)`), else None."""
+    if "=" not in arg or arg.startswith("-"):
+        return None
+    o = OverridesParser.create().parse_overrides([arg])[0]
+    return (o.key_or_group, list(o.sweep_string_iterator())) if o.is_sweep_override() else None
+
+
+def experiments_of(command):
+    module, args = split(command)
+    if module != "runner":
+        return set()
+    sweeps = dict(filter(None, map(sweep, args)))
+    chosen = next((a.split("=", 1)[1] for a in args if a.startswith("experiment=")), "fmnist_mlp")
+    return set(sweeps.get("experiment", [chosen]))
+
+
+def source(command):
+    """The experiments (prefix) an analysis command's DIR must hold."""
+    text = " ".join(command.split()[2:])
+    return next(prefix for start, prefix in SOURCES if text.startswith(start))
+
+
+def shorten(args):
+    """The runner arguments to run, the number of jobs they make, and one composition per value
+    of every swept list (list i at position k % len)."""
+    plain, lists = [], {}
+    for a in args:
+        s = sweep(a)
+        if s:
+            lists[s[0]] = s[1]
+        elif a.startswith("hydra.launcher.n_jobs="):
+            plain.append("hydra.launcher.n_jobs=1")
+        else:
+            plain.append(a)
+    seeds = lists.pop("seed", ["0"])
+    config = [a for a in plain if "=" in a and not a.startswith(("-", "hydra"))]
+    checks = [config + [f"{k}={v[i % len(v)]}" for k, v in lists.items()]
+              for i in range(max(map(len, lists.values()), default=0))]
+    if math.prod(map(len, lists.values())) > MAX_JOBS:
+        lists = {k: v[:1] for k, v in lists.items()}
+    seeds = seeds[:2] if not lists else seeds[:1]
+    lists["seed"] = seeds
+    swept = [f"{k}=choice({','.join(v)})" for k, v in lists.items()]
+    jobs = math.prod(map(len, lists.values()))
+    return plain + (swept if "-m" in args else [f"seed={seeds[0]}"]), jobs, checks
+
+
+def marks(command):
+    if any(e.startswith(SLOW) for e in experiments_of(command)):
+        return [pytest.mark.slow]
+    return []
+
+
+@pytest.fixture(scope="module")
+def sweeps():
+    """(experiments, directory) of every README sweep run so far, in README order."""
+    return []
+
+
+def test_the_readme_shows_runner_commands():
+    modules = {split(c)[0] for c in COMMANDS}
+    assert {"runner", "runner.report", "runner.plots", "runner.analysis.swr",
+            "runner.analysis.reinit", "runner.analysis.zilly_figures"} <= modules
+    assert not any("method=vanilla,l2 method.lambda" in c for c in COMMANDS)  # issue 15's failing sweep
+
+
+def test_every_analysis_command_follows_the_sweep_it_reads():
+    for i, command in enumerate(COMMANDS):
+        if split(command)[0] == "runner" or "DIR" not in command.replace("[DIR]", ""):
+            continue
+        needs = [source(command)] + ([SCRATCH] if "SCRATCH_DIR" in command else [])
+        for prefix in needs:
+            assert any(all(e.startswith(prefix) for e in experiments_of(c)) and "-m" in c
+                       for c in COMMANDS[:i]), f"no README sweep of {prefix}* before: {command}"
+
+
+@pytest.mark.parametrize("command", [pytest.param(c, marks=marks(c)) for c in COMMANDS])
+def test_readme_command_runs(command, sweeps, hydra_cli, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    module, args = split(command)
+    for flag, package in TRACKERS.items():
+        if flag in args:
+            pytest.importorskip(package)
+    if module == "runner":
+        run_runner(args, sweeps, hydra_cli, tmp_path, capsys)
+    else:
+        run_analysis(module, command, sweeps, tmp_path, capsys)
+
+
+def run_runner(args, sweeps, hydra_cli, tmp_path, capsys):
+    argv, jobs, checks = shorten(args)
+    GlobalHydra.instance().clear()
+    for overrides in checks:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            compose("config", overrides=overrides + SMOKE)
+    GlobalHydra.instance().clear()
+    out = tmp_path / "out"
+    code = hydra_cli(*argv, *SMOKE, f"hydra.run.dir={out}", f"hydra.sweep.dir={out}")
+    assert code == 0, capsys.readouterr().err[-3000:]
+    if "--cfg" in args or "--help" in args:
+        printed = capsys.readouterr().out
+        assert ("optim:" if "--cfg" in args else "plasticity-runner:") in printed
+        assert not out.exists()
+        return
+    results = [json.loads(p.read_text()) for p in out.rglob("result.json")]
+    assert len(results) == jobs
+    assert all(r["status"] == "completed" for r in results), [r.get("error") for r in results]
+    assert all((p.parent / "metrics.csv").exists() for p in out.rglob("result.json"))
+    if "-m" in args:
+        assert (out / "table.md").exists() and (out / "table.csv").exists()
+        sweeps.append(({r["choices"]["experiment"] for r in results}, out))
+
+
+def latest(sweeps, prefix):
+    found = [d for exps, d in sweeps if all(e.startswith(prefix) for e in exps)]
+    if not found:
+        pytest.skip(f"the README sweep of {prefix}* did not run (deselected)")
+    return str(found[-1])
+
+
+def run_analysis(module, command, sweeps, tmp_path, capsys):
+    command = re.sub(r" \[DIR( \.\.\.)?\]", "", command)
+    _, args = split(command)
+    dirs = {}
+    if "DIR" in args or "outputs/multirun/DIR" in args:
+        dirs["DIR"] = latest(sweeps, source(command))
+    if "SCRATCH_DIR" in args:
+        dirs["SCRATCH_DIR"] = latest(sweeps, SCRATCH)
+    argv = [dirs.get("DIR" if a == "outputs/multirun/DIR" else a, a) for a in args]
+    assert importlib.import_module(module).main(argv) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    figures = [Path(p) for p in re.findall(r"^figure written to (\S+)", out, flags=re.M)]
+    if not figures:
+        assert "|" in out, out  # a table
+    for f in figures:
+        assert f.read_bytes()[:4] == b"\x89PNG"
+        base = Path(dirs["DIR"]) if "DIR" in dirs else tmp_path
+        assert f.resolve().parent == (base / "plots").resolve()
