@@ -59,15 +59,15 @@ def test_a_long_epoch_shows_a_bar_of_its_batches(run_cfg, capsys, monkeypatch):
     monkeypatch.setattr(logs, "BATCH_BAR_DELAY_S", 0.0)  # every epoch counts as long
     run_cfg(SMOKE + ["progress=true", "ci.max_batches=3"])
     err = capsys.readouterr().err
-    assert "train:   0%" in err and "| 0/3 [" in err and "batch/s]" in err
+    assert "batches:   0%" in err and "| 0/3 [" in err and "batch/s]" in err
     run_cfg(SMOKE + ["progress=false", "ci.max_batches=3"])
     assert "batch" not in capsys.readouterr().err
 
 
 def test_batch_bar_counts_the_batches_of_an_epoch():
-    bar = logs.batch_bar(iter(range(5)), 37, 8, None, "x", True)
+    bar = logs.batch_bar(iter(range(5)), 37, 8, None, True)
     assert bar.total == 5 and list(bar) == list(range(5))
-    assert logs.batch_bar(iter(range(2)), 37, 8, 2, "x", True).total == 2
-    assert logs.batch_bar(iter(range(1)), 37, None, None, "x", True).total == 1  # full batch
+    assert logs.batch_bar(iter(range(2)), 37, 8, 2, True).total == 2
+    assert logs.batch_bar(iter(range(1)), 37, None, None, True).total == 1  # full batch
     it = iter(range(3))
-    assert logs.batch_bar(it, 37, 8, None, "x", False) is it
+    assert logs.batch_bar(it, 37, 8, None, False) is it

@@ -66,12 +66,12 @@ def epoch_line(stage: str, epoch: int, epochs: int, row: Dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
-def batch_bar(it: Iterable, n: int, batch_size: Optional[int], limit: Optional[int], desc: str,
+def batch_bar(it: Iterable, n: int, batch_size: Optional[int], limit: Optional[int],
               progress: Optional[bool]) -> Iterable:
     """The batches of one epoch, behind a bar that shows once the epoch has run
     BATCH_BAR_DELAY_S seconds; `progress` as the run's option (None: only on a terminal)."""
     if progress is False or (progress is None and not sys.stderr.isatty()):
         return it
     total = math.ceil(n / (batch_size or n or 1))
-    return tqdm(it, total=total if limit is None else min(total, limit), desc=desc, unit="batch",
+    return tqdm(it, total=total if limit is None else min(total, limit), desc="batches", unit="batch",
                 leave=False, delay=BATCH_BAR_DELAY_S)

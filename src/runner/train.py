@@ -220,7 +220,7 @@ class Trainer:
         n = 0
         epoch_batches = batches(ctx.data.train, batch_size, self.order_gen, limit=limit)
         for xb, yb in batch_bar(epoch_batches, len(ctx.data.train), batch_size, limit,  # logs.py
-                                ctx.stage.name, self.progress):
+                                self.progress):
             out = model(pipe(xb, True, self.aug_gen))
             loss = self.loss(out, yb)
             total = loss + m.loss_term(ctx) if loss_terms else loss
