@@ -112,7 +112,8 @@ def metrics(run: dict, metric: Optional[str] = None) -> pd.DataFrame:
         raise AnalysisError(f"{path} is missing")
     m = pd.read_csv(path)
     if metric is not None and (metric not in m.columns or m[metric].isna().all()):
-        cols = ", ".join(c for c in m.columns if c not in ("phase", "phase_name", "epoch"))
+        cols = [c for c in m.columns if c not in ("phase", "phase_name", "epoch")]
+        cols = ", ".join(cols[:20]) + (f" and {len(cols) - 20} more" if len(cols) > 20 else "")
         raise AnalysisError(f"metric {metric!r} was not recorded in {path} ({how_to_record(metric, run)}); "
                             f"recorded: {cols}")
     return m
