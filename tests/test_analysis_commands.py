@@ -5,7 +5,6 @@ import math
 
 import matplotlib.pyplot as plt
 import pandas as pd
-import pytest
 
 from runner import plots
 from runner.analysis import reinit, swr, zilly_figures

@@ -80,7 +80,9 @@ def experiments_of(command):
 def source(command):
     """The experiments (prefix) an analysis command's DIR must hold."""
     text = " ".join(command.split()[2:])
-    return next(prefix for start, prefix in SOURCES if text.startswith(start))
+    found = [prefix for start, prefix in SOURCES if text.startswith(start)]
+    assert found, f"add the experiments that DIR holds for `{command}` to SOURCES in {__file__}"
+    return found[0]
 
 
 def shorten(args):
@@ -154,8 +156,8 @@ def test_readme_command_runs(command, sweeps, hydra_cli, tmp_path, monkeypatch, 
 def run_runner(args, sweeps, hydra_cli, tmp_path, capsys):
     argv, jobs, checks = shorten(args)
     GlobalHydra.instance().clear()
-    for overrides in checks:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for overrides in checks:
             compose("config", overrides=overrides + SMOKE)
     GlobalHydra.instance().clear()
     out = tmp_path / "out"
