@@ -3,7 +3,7 @@ import pytest
 
 from conftest import CONF, EXPERIMENTS
 
-GROUPS = ["dataset", "model", "method", "optim", "schedule", "ci"]
+GROUPS = ["dataset", "model", "method", "optim", "schedule", "ci", "logger"]
 
 
 @pytest.mark.parametrize("group,option", [(g, p.stem) for g in GROUPS
