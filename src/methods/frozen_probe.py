@@ -57,12 +57,9 @@ class FrozenProbe(Method):
             out["fisher"] = self.fisher(ctx)
         return out
 
-    @torch.no_grad()
     def fisher(self, ctx) -> float:
-        split, model = ctx.data.test, ctx.model
-        n, step = min(self.fisher_samples, len(split)), ctx.cfg.train.eval_batch_size
-        model.eval()
-        feats = torch.cat([penultimate(model, ctx.pipeline(split.x[i:i + step], False, None))
-                           for i in range(0, n, step)])
-        model.train()
+        """The class-pair Fisher score of the first `fisher_samples` test samples' features."""
+        split = ctx.data.test
+        n = min(self.fisher_samples, len(split))
+        feats = ctx.predict(split.x[:n], fn=penultimate)
         return class_fisher(feats.cpu(), split.y[:n].cpu(), self.fisher_classes)

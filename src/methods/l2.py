@@ -1,7 +1,8 @@
 """L2 penalty in the loss: loss + lam/2 * sum ||theta||^2 over the selected parameters."""
 import torch
 
-from methods.base import Method, select
+from methods.base import Method
+from runner.models.params import select
 
 
 class L2(Method):

@@ -6,7 +6,8 @@ touched: this is only a loss term.
 """
 import torch
 
-from methods.base import Method, select
+from methods.base import Method
+from runner.models.params import select
 
 
 class L2Init(Method):

@@ -29,7 +29,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from methods.base import NORM_TYPES
+from runner.models.params import NORM_TYPES
 
 CUTOFF = 1e-2
 WEIGHT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
