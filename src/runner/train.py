@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from methods.base import MethodStack
+from runner.checks import check_report, report_at
 from runner.data.synthetic import shapes_only
 from runner.data.tensors import Arrays, Pipeline, Split, Splits, batches, split_train_val, subset_indices
 from runner.errors import Diverged, RunnerError
@@ -358,7 +359,7 @@ def summarize(result: Dict[str, Any], cfg) -> Dict[str, Any]:
     if not result["phases"]:
         return {}
     last = result["phases"][-1]
-    at = last["best"] if cfg.report.at == "best" else last["end"]
+    at = last["best"] if report_at(cfg) == "best" else last["end"]
     out = {cfg.report.metric: at.get(cfg.report.metric, last.get(cfg.report.metric))}
     for key in cfg.report.extra:
         out[key] = at.get(key, last.get(key))
@@ -368,6 +369,7 @@ def summarize(result: Dict[str, Any], cfg) -> Dict[str, Any]:
 def run(cfg: DictConfig, out_dir, choices: Optional[Dict[str, str]] = None,
         overrides: Optional[List[str]] = None) -> Dict[str, Any]:
     """Train one configured run in `out_dir`; returns the content of its result.json."""
+    check_report(cfg)
     choices = dict(choices or {})
     t0 = time.time()
     base = {"name": cfg.name, "seed": cfg.seed, "choices": choices,
