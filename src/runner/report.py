@@ -251,72 +251,93 @@ def _positions(values: List[str], order: List[str]) -> Dict[str, int]:
     return {v: i for i, v in enumerate(ranked)}
 
 
+class _Table:
+    """A tidy table split into what varies (row and column keys) and what does not."""
+
+    def __init__(self, df: pd.DataFrame, metric: Optional[str], pm: str):
+        self.df, self.pm = df, pm
+        self.lay: Layout = df.attrs.get("layout") or Layout()
+        keys = [c for c in df.columns if c not in STATS]
+        self.metrics = list(dict.fromkeys(df["metric"]))
+        self.main = metric if metric in self.metrics else self.metrics[0]
+        self.cells = df[keys].drop_duplicates()
+        single = len(self.cells) == 1
+        self.constant = [k for k in keys if k not in self.lay.keys and self.cells[k].nunique() == 1
+                         and (not single or self.cells[k].iloc[0] == "")]
+        self.row_keys = [k for k in keys if k not in self.constant and k not in self.lay.keys] + \
+            [k for k in self.lay.rows if k in keys]
+        self.col_keys = [k for k in self.lay.cols if k in keys]
+        self.pos = {k: _positions(df[k].tolist(), self.lay.orders.get(k, []))
+                    for k in self.row_keys + self.col_keys}
+        main_rows = df[df.metric == self.main]
+        self.n_max = int(main_rows["n"].max())
+        self.has_paper = main_rows["paper"].notna().any()
+        self.what = self.main + (f" × {self.lay.scale:g}" if self.lay.scale != 1 else "")
+
+    def header(self) -> List[str]:
+        at = "best-validation" if self.lay.at == "best" else "last"
+        ours = "one run" if self.n_max == 1 else f"mean ± std over {self.n_max} seeds"
+        head = [self.lay.caption] if self.lay.caption else []
+        head.append(f"{self.what} at each run's {at} epoch; ours: {ours}"
+                    + ("; the paper's value in parentheses" if self.has_paper else "; no paper values"))
+        same = [f"{k}={self.cells[k].iloc[0]}" for k in self.constant if self.cells[k].iloc[0] != ""]
+        if same:
+            head.append("Same in every run: " + ", ".join(same))
+        return head
+
+    def ordered(self, keys: List[str]) -> List[Tuple[str, ...]]:
+        """The distinct values of `keys`: in the paper's order where a layout is declared."""
+        tuples = list(dict.fromkeys(self.df[keys].itertuples(index=False, name=None)))
+        if not self.lay.keys:
+            return tuples
+        return sorted(tuples, key=lambda t: [self.pos[k][v] for k, v in zip(keys, t)])
+
+    def text(self, row: pd.Series, metric: str) -> str:
+        return _cell_text(row, metric == self.main, self.lay, self.n_max, self.pm)
+
+    def cells_of(self, metric: str, fn) -> Dict[Tuple[Tuple[str, ...], Tuple[str, ...]], str]:
+        sub = self.df[self.df.metric == metric]
+        return {(tuple(r[k] for k in self.row_keys), tuple(r[k] for k in self.col_keys)): fn(r)
+                for _, r in sub.iterrows()}
+
+    def pivoted(self) -> List[Grid]:
+        """With `cols`: one grid per metric (and Δ), row keys down, column keys across."""
+        rows_t, cols_t = self.ordered(self.row_keys), self.ordered(self.col_keys)
+        blocks = [("", self.main, lambda r: self.text(r, self.main))]
+        if self.has_paper:
+            blocks.append((f"Δ = ours − paper ({self.what})", self.main,
+                           lambda r: _delta_text(r, self.lay)))
+        for m in (m for m in self.metrics if m != self.main):
+            total = self.df.loc[self.df.metric == m, "total"].notna().any()
+            blocks.append((m + (" (mean ± std / total)" if total else ""), m,
+                           lambda r, m=m: self.text(r, m)))
+        out = []
+        for title, m, fn in blocks:
+            cells = self.cells_of(m, fn)
+            frame = pd.DataFrame([list(rt) + [cells.get((rt, ct), "") for ct in cols_t] for rt in rows_t],
+                                 columns=self.row_keys + [" / ".join(t) for t in cols_t])
+            out.append(Grid(title, frame, self.row_keys))
+        return out
+
+    def long(self) -> Grid:
+        """Without `cols`: one row per cell, one column per metric (and Δ beside the main one)."""
+        columns: Dict[str, Dict] = {}
+        for m in self.metrics:
+            total = self.df.loc[self.df.metric == m, "total"].notna().any()
+            label = self.what if m == self.main else m + (" (of total)" if total else "")
+            columns[label] = self.cells_of(m, lambda r, m=m: self.text(r, m))
+            if m == self.main and self.has_paper:
+                columns["Δ"] = self.cells_of(m, lambda r: _delta_text(r, self.lay))
+        rows_t = self.ordered(self.row_keys)
+        frame = pd.DataFrame([list(rt) + [c.get((rt, ()), "") for c in columns.values()] for rt in rows_t],
+                             columns=self.row_keys + list(columns))
+        return Grid("", frame, self.row_keys)
+
+
 def grids(df: pd.DataFrame, metric: Optional[str] = None, pm: str = " ± ") -> Tuple[List[str], List[Grid]]:
     """The header lines and the grids of a table (see the module docstring)."""
-    lay: Layout = df.attrs.get("layout") or Layout()
-    key_cols = [c for c in df.columns if c not in STATS]
-    metrics = list(dict.fromkeys(df["metric"]))
-    main = metric if metric in metrics else metrics[0]
-    cells = df[key_cols].drop_duplicates()
-    constant = [k for k in key_cols if k not in lay.keys
-                and (cells[k].nunique() == 1 and (len(cells) > 1 or cells[k].iloc[0] == ""))]
-    varying = [k for k in key_cols if k not in constant and k not in lay.keys]
-    row_keys = varying + [k for k in lay.rows if k in key_cols]
-    col_keys = [k for k in lay.cols if k in key_cols]
-    pos = {k: _positions(df[k].tolist(), lay.orders.get(k, [])) for k in row_keys + col_keys}
-
-    def ordered(sub: pd.DataFrame, ks: List[str]) -> List[Tuple[str, ...]]:
-        tuples = list(dict.fromkeys(tuple(r) for r in sub[ks].itertuples(index=False)))
-        return sorted(tuples, key=lambda t: [pos[k][v] for k, v in zip(ks, t)]) if lay.keys else tuples
-
-    n_max = int(df.loc[df.metric == main, "n"].max())
-    what = f"{main}" + (f" × {lay.scale:g}" if lay.scale != 1 else "")
-    at = "best-validation" if lay.at == "best" else "last"
-    has_paper = df.loc[df.metric == main, "paper"].notna().any()
-    head = [lay.caption] if lay.caption else []
-    ours = "one run" if n_max == 1 else f"mean ± std over {n_max} seeds"
-    head.append(f"{what} at each run's {at} epoch; ours: {ours}"
-                + ("; the paper's value in parentheses" if has_paper else "; no paper values"))
-    same = [f"{k}={cells[k].iloc[0]}" for k in constant if cells[k].iloc[0] != ""]
-    if same:
-        head.append("Same in every run: " + ", ".join(same))
-
-    def text(row: pd.Series, m: str) -> str:
-        return _cell_text(row, m == main, lay, n_max, pm)
-
-    out: List[Grid] = []
-    if col_keys:
-        rows_t = ordered(df, row_keys)
-        cols_t = ordered(df, col_keys)
-        names = [" / ".join(t) for t in cols_t]
-        blocks = [(main, "", lambda r: text(r, main))]
-        if has_paper:
-            blocks.append((main, f"Δ = ours − paper ({what})", lambda r: _delta_text(r, lay)))
-        for m in metrics:
-            if m != main:
-                total = df.loc[df.metric == m, "total"].notna().any()
-                blocks.append((m, m + (" (mean ± std / total)" if total else ""),
-                               lambda r, m=m: text(r, m)))
-        for m, title, fn in blocks:
-            sub = df[df.metric == m]
-            lookup = {(tuple(r[k] for k in row_keys), tuple(r[k] for k in col_keys)): fn(r)
-                      for _, r in sub.iterrows()}
-            frame = pd.DataFrame([list(rt) + [lookup.get((rt, ct), "") for ct in cols_t]
-                                  for rt in rows_t], columns=row_keys + names)
-            out.append(Grid(title, frame, row_keys))
-        return head, out
-    rows_t = ordered(df, row_keys)
-    columns: Dict[str, Dict[Tuple[str, ...], str]] = {}
-    for m in metrics:
-        sub = df[df.metric == m]
-        total = sub["total"].notna().any()
-        label = what if m == main else m + (" (of total)" if total else "")
-        columns[label] = {tuple(r[k] for k in row_keys): text(r, m) for _, r in sub.iterrows()}
-        if m == main and has_paper:
-            columns["Δ"] = {tuple(r[k] for k in row_keys): _delta_text(r, lay) for _, r in sub.iterrows()}
-    frame = pd.DataFrame([list(rt) + [col.get(rt, "") for col in columns.values()] for rt in rows_t],
-                         columns=row_keys + list(columns))
-    return head, [Grid("", frame, row_keys)]
+    t = _Table(df, metric, pm)
+    return t.header(), (t.pivoted() if t.col_keys else [t.long()])
 
 
 def _footer(df: pd.DataFrame) -> List[str]:
