@@ -10,6 +10,7 @@ import pytest
 from conftest import run_cli
 from runner.report import format_latex, format_table, main as report_main, paper_order, \
     table_from_results
+from runner.results import load_results
 
 PAPER = {"source": "Someone et al. 2021, Table 1", "by": ["dataset.alpha", "method"],
          "values": {"0.5": {"bl": 0.2, "lw": 0.25}, "2.0": {"bl": 0.9, "lw": 0.99}}}
@@ -85,7 +86,7 @@ def test_extra_metrics_with_their_totals_beside_accuracy():
                          "summary": {"test_acc": 0.8, "frozen_filters": f},
                          "phases": [{}, {"totals": {"frozen_filters": 48}}]})
     rows = md_rows(format_table(table_from_results(runs)))
-    assert rows[0] == ["method", "test_acc", "frozen_filters (of total)"]
+    assert rows[0] == ["method", "test_acc", "frozen_filters (mean ± std / total)"]
     assert rows[1] == ["vanilla", "0.8000 ± 0.0000", "3 ± 1.414 / 48"]
     assert rows[2] == ["dirac_reset", "0.8000 ± 0.0000", "0 ± 0 / 48"]
 
@@ -119,3 +120,15 @@ def test_reinit_table1_sweep_prints_the_papers_layout(tmp_path):
     assert rows[1][1].endswith(" (20.3)") and " ± " in rows[1][1]
     assert rows[2][2].endswith(" (99.8)")
     assert {p.name for p in (tmp_path / "sweep").glob("table.*")} == {"table.md", "table.csv", "table.tex"}
+
+
+def test_blur_to_sharp_table_shows_frozen_filters_of_their_total(run_cfg, tmp_path):
+    """fmnist_blur_to_sharp's point is the frozen-filter count: it sits beside accuracy, per
+    method, out of the 132 units of the CNN-BN that can freeze (2 x 16 conv + 100 dense)."""
+    for method in ("vanilla", "dirac_reset"):
+        run_cfg(["experiment=fmnist_blur_to_sharp", f"method={method}", "ci=smoke", "device=cpu"])
+    rows = md_rows(format_table(table_from_results(load_results([tmp_path]))))
+    assert rows[0] == ["method", "test_acc", "start_frozen_filters (mean ± std / total)",
+                       "frozen_filters (mean ± std / total)"]
+    assert [r[0] for r in rows[1:]] == ["vanilla", "dirac_reset"]
+    assert all(r[2].endswith(" / 132") and r[3].endswith(" / 132") for r in rows[1:])

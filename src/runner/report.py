@@ -324,7 +324,7 @@ class _Table:
         columns: Dict[str, Dict] = {}
         for m in self.metrics:
             total = self.df.loc[self.df.metric == m, "total"].notna().any()
-            label = self.what if m == self.main else m + (" (of total)" if total else "")
+            label = self.what if m == self.main else m + (" (mean ± std / total)" if total else "")
             columns[label] = self.cells_of(m, lambda r, m=m: self.text(r, m))
             if m == self.main and self.has_paper:
                 columns["Δ"] = self.cells_of(m, lambda r: _delta_text(r, self.lay))
