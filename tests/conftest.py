@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,13 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 needs_fashion_mnist = pytest.mark.skipif(not FASHION_MNIST.exists(),
                                          reason="Debian package dataset-fashion-mnist not installed")
+
+
+def run_cli(*args, cwd, module="runner"):
+    """`python -m runner ARGS` (or another module) in `cwd`; returns the CompletedProcess."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture

@@ -111,8 +111,13 @@ class CIConfig:
 @dataclass
 class ReportConfig:
     metric: str = "test_acc"  # the summary metric in tables
-    at: str = "end"  # end | best: the phase's last epoch or its best-validation epoch
+    at: Optional[str] = None  # end | best (last or best-validation epoch); None: best exactly
+    # when train.restore_best (the weights kept are the best epoch's)
     extra: List[str] = field(default_factory=list)  # more summary columns
+    rows: List[str] = field(default_factory=list)  # table layout: keys down (config paths or
+    cols: List[str] = field(default_factory=list)  # group choices) and across, paper's order
+    scale: float = 1.0  # tables show metric x scale (100: percent)
+    digits: int = 4  # decimals in tables
 
 
 @dataclass

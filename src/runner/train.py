@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from methods.base import MethodStack
 from runner import ci
+from runner.checks import check_report, report_at
 from runner.context import RunContext, Stage
 from runner.data.synthetic import shapes_only
 from runner.data.tensors import Arrays, Pipeline, Splits, batches, split_train_val, subset_indices
@@ -422,7 +423,7 @@ def summarize(result: Dict[str, Any], cfg) -> Dict[str, Any]:
     if not result["phases"]:
         return {}
     last = result["phases"][-1]
-    at = last["best"] if cfg.report.at == "best" else last["end"]
+    at = last["best"] if report_at(cfg) == "best" else last["end"]
     out = {cfg.report.metric: at.get(cfg.report.metric, last.get(cfg.report.metric))}
     for key in cfg.report.extra:
         out[key] = at.get(key, last.get(key))
@@ -433,6 +434,7 @@ def run(cfg: DictConfig, out_dir, choices: Optional[Dict[str, str]] = None,
         overrides: Optional[List[str]] = None, job: int = 0) -> Dict[str, Any]:
     """Train one configured run in `out_dir` (sweep job number `job`); returns its result.json."""
     cfg = ci.apply(cfg)
+    check_report(cfg)
     choices = dict(choices or {})
     t0 = time.time()
     base = {"name": cfg.name, "seed": cfg.seed, "choices": choices,
