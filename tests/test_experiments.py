@@ -2,6 +2,7 @@
 import pytest
 
 from conftest import CONF, EXPERIMENTS
+from expectations import check_run, method_events  # noqa: F401 (a fixture)
 
 GROUPS = ["dataset", "model", "method", "optim", "schedule", "ci"]
 
@@ -14,8 +15,9 @@ def test_every_group_option_composes(compose_cfg, group, option):
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_experiment_runs_under_smoke(run_cfg, experiment):
+def test_experiment_runs_under_smoke(run_cfg, method_events, experiment):
     result = run_cfg([f"experiment={experiment}", "ci=smoke", "device=cpu"])
     assert result["status"] == "completed", result.get("error")
     assert result["phases"], "no phase ran"
     assert result["choices"]["experiment"] == experiment
+    check_run(result, method_events)  # stages, steps, report metric, paper value, methods fired
