@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import CONF, EXPERIMENTS
+from expectations import check_run, method_events  # noqa: F401 (a fixture)
 from runner.train import Trainer
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -49,11 +50,13 @@ def test_every_group_option_composes(compose_cfg, group, option):
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_experiment_runs_under_smoke_without_host_syncs(run_cfg, step_syncs, experiment):
+def test_experiment_runs_under_smoke_without_host_syncs(run_cfg, step_syncs, method_events,
+                                                        experiment):
     result = run_cfg([f"experiment={experiment}", "ci=smoke", "device=cpu"])
     assert result["status"] == "completed", result.get("error")
     assert result["phases"], "no phase ran"
     assert result["choices"]["experiment"] == experiment
+    check_run(result, method_events)  # stages, steps, report metric, paper value, methods fired
     steps = result["phases"][-1]["steps"]
     assert steps >= 2 and not step_syncs, f"{len(step_syncs)} syncs in {steps} steps: {step_syncs[:5]}"
 
