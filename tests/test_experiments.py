@@ -61,8 +61,12 @@ def test_experiment_runs_under_smoke_without_host_syncs(run_cfg, step_syncs, met
     assert steps >= 2 and not step_syncs, f"{len(step_syncs)} syncs in {steps} steps: {step_syncs[:5]}"
 
 
-@pytest.mark.sizes
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+FLAGSHIP = ("cifar_blur_to_sharp", "zilly_warm_start", "zilly_allcnn_blur_to_sharp")
+
+
+@pytest.mark.parametrize("experiment", [
+    pytest.param(e, marks=pytest.mark.sizes if e in FLAGSHIP else pytest.mark.slow)
+    for e in EXPERIMENTS])
 def test_experiment_runs_at_realistic_sizes(run_cfg, experiment):
     result = run_cfg([f"experiment={experiment}", "ci=sizes", "device=cpu"])
     assert result["status"] == "completed", result.get("error")

@@ -179,7 +179,7 @@ def test_every_method_on_masked_models(tmp_path, method, model, opt):
     check_masked_run(tmp_path, method, model, opt)
 
 
-@pytest.mark.sizes
+@pytest.mark.slow
 @pytest.mark.parametrize("method,model,opt", [c for c in MATRIX if c not in EVERYDAY])
 def test_every_method_on_masked_models_full_matrix(tmp_path, method, model, opt):
     check_masked_run(tmp_path, method, model, opt)

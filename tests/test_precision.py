@@ -8,7 +8,7 @@ MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("model", [pytest.param(m, marks=[] if m in ("mlp", "swr_cnn_bn")
-                                                else [pytest.mark.sizes]) for m in MODELS])
+                                                else [pytest.mark.slow]) for m in MODELS])
 def test_bf16_channels_last_forward_and_backward(run_cfg, model):
     result = run_cfg(["experiment=fmnist_mlp", "dataset=cifar10", f"model={model}", "ci=smoke",
                       "device=cpu", "train.precision=bf16", "train.channels_last=true",
