@@ -1,5 +1,6 @@
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +16,13 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 needs_fashion_mnist = pytest.mark.skipif(not FASHION_MNIST.exists(),
                                          reason="Debian package dataset-fashion-mnist not installed")
+
+
+def run_cli(*args, cwd, module="runner"):
+    """`python -m runner ARGS` (or another module) in `cwd`; returns the CompletedProcess."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture
@@ -65,3 +73,23 @@ def hydra_cli(monkeypatch):
             root.handlers[:], root.level = handlers, level
         return 0
     return _cli
+
+
+def context(model, data=None, seed=0, eval_batch_size=1024, num_stages=1, **fields):
+    """A real RunContext around `model` (CPU, cross-entropy, identity pipeline) for method tests."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    from runner.context import RunContext, Stage
+
+    ctx = RunContext(device=torch.device("cpu"), model=model, seed=seed, loss_fn=F.cross_entropy,
+                     num_stages=num_stages, eval_batch_size=eval_batch_size,
+                     build_model=lambda: copy.deepcopy(model),
+                     make_optimizer=lambda m, lr, wd: torch.optim.SGD(m.parameters(), lr=lr))
+    ctx.data, ctx.pipeline = data, (lambda x, train, gen: x)
+    ctx.stage = Stage(0, 0, "train", None)
+    for k, v in fields.items():
+        setattr(ctx, k, v)
+    return ctx

@@ -69,27 +69,29 @@ def test_fashion_mnist_from_the_debian_package(compose_cfg, tmp_path):
 def test_idx_datasets(compose_cfg, tmp_path, name, sub, prefix):
     d = tmp_path / name / sub
     d.mkdir(parents=True)
-    x, y = images(5, 1, 28, 28)[:, 0], np.arange(5)
-    for p in ("train", prefix):
-        write_idx(d / f"{p}-images-idx3-ubyte.gz", x)
-        write_idx(d / f"{p}-labels-idx1-ubyte.gz", y)
+    x, xt = images(5, 1, 28, 28)[:, 0], images(3, 1, 28, 28, seed=1)[:, 0]
+    for p, xs, ys in (("train", x, [0, 1, 2, 3, 4]), (prefix, xt, [9, 8, 7])):
+        write_idx(d / f"{p}-images-idx3-ubyte.gz", xs)
+        write_idx(d / f"{p}-labels-idx1-ubyte.gz", ys)
     ds, read = reader(compose_cfg, name, tmp_path)
     a = read()
-    assert torch.equal(a.x_train[:, 0], torch.from_numpy(x)) and a.y_test.tolist() == [0, 1, 2, 3, 4]
+    assert torch.equal(a.x_train[:, 0], torch.from_numpy(x)) and a.y_train.tolist() == [0, 1, 2, 3, 4]
+    assert torch.equal(a.x_test[:, 0], torch.from_numpy(xt)) and a.y_test.tolist() == [9, 8, 7]
     assert a.x_train.shape[1:] == tuple(ds.shape)
 
 
 def test_emnist_letters_transposes_and_shifts_labels(compose_cfg, tmp_path):
     d = tmp_path / "emnist" / "EMNIST" / "raw"
     d.mkdir(parents=True)
-    x = images(3, 1, 28, 28)[:, 0]
-    for p in ("train", "test"):
-        write_idx(d / f"emnist-letters-{p}-images-idx3-ubyte.gz", x)
-        write_idx(d / f"emnist-letters-{p}-labels-idx1-ubyte.gz", [1, 2, 26])
+    x, xt = images(3, 1, 28, 28)[:, 0], images(2, 1, 28, 28, seed=1)[:, 0]
+    for p, xs, ys in (("train", x, [1, 2, 26]), ("test", xt, [26, 5])):
+        write_idx(d / f"emnist-letters-{p}-images-idx3-ubyte.gz", xs)
+        write_idx(d / f"emnist-letters-{p}-labels-idx1-ubyte.gz", ys)
     ds, read = reader(compose_cfg, "emnist_letters", tmp_path)
     a = read()
     assert torch.equal(a.x_train[:, 0], torch.from_numpy(x).transpose(1, 2))
-    assert a.y_train.tolist() == [0, 1, 25] and ds.num_classes == 26
+    assert torch.equal(a.x_test[:, 0], torch.from_numpy(xt).transpose(1, 2))
+    assert a.y_train.tolist() == [0, 1, 25] and a.y_test.tolist() == [25, 4] and ds.num_classes == 26
 
 
 def write_pickle(path, data, labels, key):
@@ -113,13 +115,14 @@ def test_cifar10_pickled_batches(compose_cfg, tmp_path):
 def test_cifar100_fine_labels(compose_cfg, tmp_path):
     d = tmp_path / "cifar100" / "cifar-100-python"
     d.mkdir(parents=True)
-    for part, n in (("train", 4), ("test", 2)):
+    for part, n, fine in (("train", 4, [99, 0, 42, 7]), ("test", 2, [3, 98])):
         with open(d / part, "wb") as f:
-            pickle.dump({b"data": images(n, 3, 32, 32).reshape(n, -1),
-                         b"fine_labels": [99] * n, b"coarse_labels": [1] * n}, f)
+            pickle.dump({b"data": images(n, 3, 32, 32, n).reshape(n, -1),
+                         b"fine_labels": fine, b"coarse_labels": [1] * n}, f)
     _, read = reader(compose_cfg, "cifar100", tmp_path)
     a = read()
-    assert a.y_train.tolist() == [99] * 4 and a.x_test.shape == (2, 3, 32, 32)
+    assert a.y_train.tolist() == [99, 0, 42, 7] and a.y_test.tolist() == [3, 98]
+    assert torch.equal(a.x_test, torch.from_numpy(images(2, 3, 32, 32, 2)))
 
 
 def test_svhn_mat_files(compose_cfg, tmp_path):
@@ -127,12 +130,14 @@ def test_svhn_mat_files(compose_cfg, tmp_path):
 
     d = tmp_path / "svhn"
     d.mkdir()
-    x = images(3, 3, 32, 32)
-    for part in ("train", "test"):  # .mat layout: X is (32, 32, 3, N), y is (N, 1), 10 = digit 0
-        savemat(d / f"{part}_32x32.mat", {"X": x.transpose(2, 3, 1, 0), "y": [[10], [1], [9]]})
+    x, xt = images(3, 3, 32, 32), images(2, 3, 32, 32, seed=1)
+    # .mat layout: X is (32, 32, 3, N), y is (N, 1), 10 = digit 0
+    savemat(d / "train_32x32.mat", {"X": x.transpose(2, 3, 1, 0), "y": [[10], [1], [9]]})
+    savemat(d / "test_32x32.mat", {"X": xt.transpose(2, 3, 1, 0), "y": [[3], [10]]})
     _, read = reader(compose_cfg, "svhn", tmp_path)
     a = read()
-    assert torch.equal(a.x_train, torch.from_numpy(x)) and a.y_test.tolist() == [0, 1, 9]
+    assert torch.equal(a.x_train, torch.from_numpy(x)) and a.y_train.tolist() == [0, 1, 9]
+    assert torch.equal(a.x_test, torch.from_numpy(xt)) and a.y_test.tolist() == [3, 0]
 
 
 def test_digits_from_scikit_learn(compose_cfg, tmp_path):
@@ -140,6 +145,25 @@ def test_digits_from_scikit_learn(compose_cfg, tmp_path):
     a = read()
     assert len(a.y_train) + len(a.y_test) == 1797 and a.x_train.shape[1:] == tuple(ds.shape)
     assert a.x_train.max() == 255 and len(a.y_test) == 359
+    from collections import Counter
+
+    from sklearn.datasets import load_digits
+
+    d = load_digits()  # every (image, label) pair once, in train or test
+    pairs = Counter((bytes(np.rint(img * 255 / 16).astype(np.uint8)), int(y))
+                    for img, y in zip(d.images, d.target))
+    ours = Counter((bytes(x[0].numpy()), int(y)) for part in ((a.x_train, a.y_train),
+                                                               (a.x_test, a.y_test))
+                   for x, y in zip(*part))
+    assert ours == pairs and set(a.y_test.tolist()) == set(range(10))
+
+
+@pytest.mark.parametrize("name", ["digits", pytest.param("fashion_mnist", marks=needs_fashion_mnist)])
+def test_configured_mean_and_std_are_the_training_sets(compose_cfg, tmp_path, name):
+    ds, read = reader(compose_cfg, name, tmp_path)
+    x = read().x_train.float() / 255
+    assert ds.mean[0] == pytest.approx(x.mean().item(), abs=1e-3)
+    assert ds.std[0] == pytest.approx(x.std().item(), abs=1e-3)
 
 
 def test_synthetic_shapes(compose_cfg, tmp_path):

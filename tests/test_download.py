@@ -69,7 +69,7 @@ def test_complete_download_is_read(tmp_path, monkeypatch):
 def test_cli_prints_the_failed_download_as_one_error_line(tmp_path, monkeypatch, hydra_cli):
     monkeypatch.setattr(torchvision.datasets, "MNIST", FakeMNIST)
     monkeypatch.chdir(tmp_path)
-    code = hydra_cli("dataset=mnist", "dataset.reader.download=true", "threads=1",
+    code = hydra_cli("experiment=fmnist_mlp", "dataset=mnist", "dataset.reader.download=true", "threads=1",
                      f"data_root={tmp_path}/data", f"hydra.run.dir={tmp_path}/run")
     assert isinstance(code, str) and "\n" not in code
     assert code.startswith("error: downloading MNIST failed (URLError")

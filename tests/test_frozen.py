@@ -23,7 +23,9 @@ def test_linear_double_and_triple():
     head.weight[:, 1] = 0  # column 1 of the layer after: the triple adds its 2 weights
     c = count_frozen(net)
     assert (c["units"], c["double"], c["triple"]) == (1, 7, 9)
-    assert c["layers"]["head"] == {"weights": 6, "double": 0, "triple": 2, "units": 0, "filters": 0}
+    assert c["layers"]["head"] == {"weights": 6, "countable_units": 0, "double": 0, "triple": 2,
+                                   "units": 0, "filters": 0}  # the output's units never count
+    assert (c["weights"], c["countable_units"]) == (12 + 9 + 6, 3 + 3)  # the denominators
     # unit 1 of layer 2 is now double-frozen as well only once its row is zero (shares l2[1, 1])
     l2.weight[1] = 0
     c = count_frozen(net)

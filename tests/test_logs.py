@@ -8,7 +8,7 @@ import torch
 
 from runner import logs
 
-SMOKE = ["ci=smoke", "device=cpu", "threads=1"]
+SMOKE = ["experiment=fmnist_mlp", "ci=smoke", "device=cpu", "threads=1"]
 ROOT = Path(__file__).parents[1]
 
 

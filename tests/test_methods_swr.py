@@ -135,22 +135,27 @@ def test_swr_reinit_resets_reference_norms_when_lr_decays():
     assert not torch.allclose(plain.n_init, reinit.n_init)
 
 
-def test_l2_init_gradient_matches_hand_computation():
+@pytest.mark.parametrize("convention,factor", [("code", 1.0), ("text", 0.5)])
+def test_l2_init_gradient_matches_hand_computation(convention, factor):
     model = Network([], nn.Linear(2, 1))
     with torch.no_grad():
         model.head.weight.copy_(torch.tensor([[1.0, -2.0]]))
         model.head.bias.fill_(0.5)
     ctx = context(model)
-    method = L2Init(lam=0.1)
+    method = L2Init(lam=0.1, convention=convention)
     method.setup(ctx)
+    loss = method.loss_term(ctx)
+    loss.backward()  # at theta_0: no penalty, no gradient (and no NaN from the norm at zero)
+    assert loss.item() == 0 and not model.head.weight.grad.any()
+    model.zero_grad(set_to_none=True)
     with torch.no_grad():
         model.head.weight.copy_(torch.tensor([[3.0, 0.0]]))  # theta - theta0 = (2, 2)
         model.head.bias.fill_(-0.5)  # theta - theta0 = -1
     loss = method.loss_term(ctx)
-    assert loss.item() == pytest.approx(0.05 * (4 + 4 + 1))
-    loss.backward()
-    assert torch.allclose(model.head.weight.grad, torch.tensor([[0.2, 0.2]]))
-    assert model.head.bias.grad.item() == pytest.approx(-0.1)
+    assert loss.item() == pytest.approx(factor * 0.1 * (4 + 4 + 1))
+    loss.backward()  # gradient 2 * factor * lam * (theta - theta0)
+    assert torch.allclose(model.head.weight.grad, torch.tensor([[0.4, 0.4]]) * factor)
+    assert model.head.bias.grad.item() == pytest.approx(-0.2 * factor)
 
 
 @pytest.mark.parametrize("lam", [1.0, 0.25])

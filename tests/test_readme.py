@@ -30,7 +30,9 @@ SOURCES = [  # (start of an analysis command, experiments its DIR holds), first 
     ("runner.analysis.zilly_figures boxplot", "cifar_blur_to_sharp"),
     ("runner.plots", "swr_cl_"), ("runner.report", "")]
 SCRATCH = "swr_gen_"
-SLOW = ("reinit_table2_",)  # 224x224 models: tens of seconds per smoke job on two CPU cores
+# 224x224 models, about 30 s a smoke job on two CPU cores: their sweep and the analyses of its
+# directory run in CI's second stage (`pytest -m sizes`, part of the README's test command)
+HEAVY = ("reinit_table2_",)
 PLACEHOLDERS = {"=NAME": "=fmnist_mlp", "my_method": "l2"}
 TRACKERS = {"logger=tensorboard": "tensorboard", "logger=mlflow": "mlflow", "logger=wandb": "wandb"}
 
@@ -111,9 +113,10 @@ def shorten(args):
 
 
 def marks(command):
-    if any(e.startswith(SLOW) for e in experiments_of(command)):
-        return [pytest.mark.slow]
-    return []
+    module = split(command)[0]
+    heavy = (any(e.startswith(HEAVY) for e in experiments_of(command)) if module == "runner"
+             else "DIR" in command.replace("[DIR]", "") and source(command).startswith(HEAVY))
+    return [pytest.mark.sizes] if heavy else []
 
 
 @pytest.fixture(scope="module")
@@ -187,17 +190,18 @@ def latest(sweeps, prefix):
 def run_analysis(module, command, sweeps, tmp_path, capsys):
     command = re.sub(r" \[DIR( \.\.\.)?\]", "", command)
     _, args = split(command)
+    args = ["DIR" if re.fullmatch(r"(outputs/multirun/)?DIR(\.\.\.)?", a) else a for a in args]
     dirs = {}
-    if "DIR" in args or "outputs/multirun/DIR" in args:
+    if "DIR" in args:
         dirs["DIR"] = latest(sweeps, source(command))
     if "SCRATCH_DIR" in args:
         dirs["SCRATCH_DIR"] = latest(sweeps, SCRATCH)
-    argv = [dirs.get("DIR" if a == "outputs/multirun/DIR" else a, a) for a in args]
+    argv = [dirs.get(a, a) for a in args]
     assert importlib.import_module(module).main(argv) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     figures = [Path(p) for p in re.findall(r"^figure written to (\S+)", out, flags=re.M)]
     if not figures:
-        assert "|" in out, out  # a table
+        assert "|" in out or "\\begin{tabular}" in out, out  # a table (markdown or LaTeX)
     for f in figures:
         assert f.read_bytes()[:4] == b"\x89PNG"
         base = Path(dirs["DIR"]) if "DIR" in dirs else tmp_path

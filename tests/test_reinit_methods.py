@@ -4,7 +4,6 @@ import copy
 import pytest
 import torch
 
-from methods.base import select
 from methods.dsd import DSD
 from methods.fc import FC
 from methods.lw import LW
@@ -13,22 +12,23 @@ from methods.wels import WELS
 from methods.welsr import WELSR
 from runner.data.synthetic import reinit_task
 from runner.data.tensors import Split, Splits
-from runner.train import RunContext, Stage
+from runner.context import Stage
+from runner.models.params import select, snapshot
+from runner.results import RunRecorder
+from runner.train import Trainer
 
 
 @pytest.fixture
-def make_ctx(compose_cfg):
+def make_ctx(compose_cfg, tmp_path):
     def _make(hidden=(16, 12, 10)):
         cfg = compose_cfg(["experiment=reinit_table1", f"model.hidden=[{','.join(map(str, hidden))}]",
-                           "seed=3"])
-        torch.manual_seed(0)
-        from runner.train import build_model
-        ctx = RunContext(cfg, torch.device("cpu"), build_model(cfg), None)
+                           "seed=3", "device=cpu"])
+        ctx = Trainer(cfg, RunRecorder(tmp_path, {})).ctx
         a = reinit_task(n_train=64, n_test=8, alpha=1.0, seed=0)
         ctx.data = Splits(Split(a.x_train, a.y_train), Split(a.x_train[:0], a.y_train[:0]),
                           Split(a.x_test, a.y_test))
         ctx.pipeline = lambda x, train, gen: x
-        ctx.init_state = {k: v.clone() for k, v in ctx.model.state_dict().items()}
+        ctx.init_state = snapshot(ctx.model)
         ctx.reset_optimizer()
         return ctx
     return _make
@@ -194,8 +194,8 @@ def test_lw_rescales_normalizes_and_reinitializes(make_ctx, k_round):
     assert lw.k == k
     for u in units[:k]:  # blocks 1..k: their weights at their initial norms
         for name, p in select(u, "weights"):
-            assert p.norm().item() == pytest.approx(lw.init_norms[id(p)], rel=1e-5)
-    assert sorted(lw.init_norms.values()) == pytest.approx(sorted(
+            assert p.norm().item() == pytest.approx(float(lw.init_norms[id(p)]), rel=1e-5)
+    assert sorted(map(float, lw.init_norms.values())) == pytest.approx(sorted(
         v for n, v in init.items() if not n.startswith("head")))
     for u in units[k:]:  # everything above block k: a new draw
         for p in u.parameters():
@@ -223,7 +223,7 @@ def test_lw_head_as_block_rescales_everything_and_keeps_the_head(make_ctx):
     head_bias = ctx.model.head.bias.detach().clone()
     start_round(lw, ctx, 2)
     for _, p in select(ctx.model, "weights"):
-        assert p.norm().item() == pytest.approx(lw.init_norms[id(p)], rel=1e-5)
+        assert p.norm().item() == pytest.approx(float(lw.init_norms[id(p)]), rel=1e-5)
     assert torch.equal(ctx.model.head.bias, head_bias)  # nothing above the last block
     assert not isinstance(ctx.model.head, torch.nn.Sequential)
 

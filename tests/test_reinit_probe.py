@@ -4,6 +4,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
+from conftest import context
 from methods.reinit_probe import ReinitProbe
 from runner.data.synthetic import reinit_task
 from runner.data.tensors import Split, Splits
@@ -22,15 +23,8 @@ def test_synthetic_task_encodes_the_label_in_binary():
     assert set(a.y_train.tolist()) == set(range(8))
 
 
-class Ctx:
-    """The few RunContext fields the probe reads."""
-
-    def __init__(self, model, x, y):
-        self.model = model
-        self.cfg = SimpleNamespace(seed=0, ci=SimpleNamespace(enabled=False))
-        self.data = Splits(Split(x, y), Split(x[:0], y[:0]), Split(x, y))
-        self.pipeline = lambda x, train, gen: x
-        self.stage = type("S", (), {"index": 0})()
+def Ctx(model, x, y):
+    return context(model, Splits(Split(x, y), Split(x[:0], y[:0]), Split(x, y)))
 
 
 def test_probe_margins_and_weight_size_by_hand():
@@ -41,7 +35,6 @@ def test_probe_margins_and_weight_size_by_hand():
     x = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
     y = torch.tensor([0, 1, 1])  # the third example is misclassified: negative margin
     probe = ReinitProbe(margins=2, sigmas=[0.0], draws=1, batch=3)
-    probe.last = 0
     out = probe.on_phase_end(Ctx(model, x, y))
     p = torch.softmax(x, 1)
     expect = sorted([(p[0, 0] - p[0, 1]).item(), (p[1, 1] - p[1, 0]).item(),

@@ -1,16 +1,13 @@
 """The runner's contract: results on disk, statuses, reproducibility, phases, tables, errors."""
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import needs_fashion_mnist
+from conftest import needs_fashion_mnist, run_cli
 from runner.config import ScheduleConfig
 from runner.data.tensors import subset_indices
 from runner.optim import Schedule, param_groups
@@ -18,13 +15,7 @@ from runner.report import format_table, main as report_main, table_from_results
 from runner.results import load_results
 from runner.train import paper_value
 
-SMOKE = ["ci=smoke", "device=cpu"]
-
-
-def run_cli(*args, cwd):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+SMOKE = ["experiment=fmnist_mlp", "ci=smoke", "device=cpu"]
 
 
 def test_result_files_and_status(run_cfg, tmp_path):
@@ -49,7 +40,7 @@ def test_same_seed_same_result_bitwise(run_cfg):
 
 @needs_fashion_mnist
 def test_same_seed_same_result_on_real_data(run_cfg):
-    args = ["device=cpu", "train.epochs=2", "phases.0.subset.n=3000", "seed=1"]
+    args = ["experiment=fmnist_mlp", "device=cpu", "train.epochs=2", "phases.0.subset.n=3000", "seed=1"]
     a, b = run_cfg(args), run_cfg(args)
     assert a["status"] == "completed"
     assert a["phases"] == b["phases"]
@@ -127,13 +118,13 @@ def test_table_mean_std_and_paper():
     results = [{"choices": {"experiment": "e", "method": "m"}, "overrides": [f"seed={s}", "x=1"],
                 "status": "completed", "summary": {"test_acc": v}, "paper_value": 0.5}
                for s, v in enumerate([0.1, 0.2, 0.3])]
-    results.append({**results[0], "status": "diverged", "summary": {}})
+    results.append({**results[0], "overrides": ["seed=3", "x=1"], "status": "diverged", "summary": {}})
     df = table_from_results(results)
     assert len(df) == 1
     row = df.iloc[0]
     assert row["n"] == 3 and math.isclose(row["mean"], 0.2) and math.isclose(row["std"], 0.1)
-    assert row["diverged"] == 1 and row["paper"] == 0.5
-    assert "0.2000 ± 0.1000" in format_table(df)
+    assert row["diverged"] == 1 and row["paper"] == 0.5 and math.isclose(row["delta"], -0.3)
+    assert "0.2000 ± 0.1000 (0.5000) [1 diverged]" in format_table(df)
 
 
 def test_table_rows_keep_the_order_of_the_runs():
@@ -144,28 +135,36 @@ def test_table_rows_keep_the_order_of_the_runs():
     assert list(zip(df["method"], df["a"])) == cells
 
 
-def test_l2_penalty_gradient_is_lambda_theta():
+@pytest.mark.parametrize("convention,factor", [("code", 2.0), ("text", 1.0)])
+def test_l2_penalty_gradient(convention, factor):
+    """code: lam * ||theta||^2 (gradient 2 lam theta); text: lam/2 * ||theta||^2 (lam theta)."""
     from methods.l2 import L2
 
     model = torch.nn.Linear(3, 2)
-    m = L2(lam=0.1)
+    m = L2(lam=0.1, convention=convention)
     m.setup(type("Ctx", (), {"model": model})())
-    m.loss_term(None).backward()
-    assert torch.allclose(model.weight.grad, 0.1 * model.weight)
-    assert torch.allclose(model.bias.grad, 0.1 * model.bias)
+    loss = m.loss_term(None)
+    squares = model.weight.detach().square().sum() + model.bias.detach().square().sum()
+    assert loss.item() == pytest.approx(factor / 2 * 0.1 * squares.item(), rel=1e-6)
+    loss.backward()
+    assert torch.allclose(model.weight.grad, factor * 0.1 * model.weight)
+    assert torch.allclose(model.bias.grad, factor * 0.1 * model.bias)
 
 
 def test_cli_multirun_aggregates_seeds_and_survives_divergence(tmp_path):
-    out = run_cli("-m", "ci=smoke", "seed=0,1,2", "optim=sgd", "optim.lr=0.01,1e30",
-                  "ci.max_batches=3", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    out = run_cli("-m", "experiment=fmnist_mlp", "ci=smoke", "seed=0,1,2", "optim=sgd",
+                  "optim.lr=0.01,1e30", "ci.max_batches=3", f"hydra.sweep.dir={tmp_path}/sweep",
+                  cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     table = (tmp_path / "sweep" / "table.md").read_text()
-    lines = [line for line in table.splitlines() if "0.01" in line or "1e+30" in line]
-    assert len(lines) == 2
-    assert "| 3 |" in lines[0].replace("   ", " ").replace("  ", " ")
-    assert " 3 |" in lines[1]  # three diverged runs, counted, not crashing the sweep
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    assert set(rows) == {"optim.lr", "0.01", "1e+30"}  # the constant keys are no columns
+    assert " ± " in rows["0.01"] and "[" not in rows["0.01"]  # three seeds, none lost
+    assert "[3 diverged]" in rows["1e+30"]  # counted, not crashing the sweep
+    assert "Same in every run: experiment=fmnist_mlp" in table
     assert report_main([str(tmp_path / "sweep"), "--out", str(tmp_path / "rebuilt")]) == 0
     assert (tmp_path / "rebuilt.md").read_text() == table
+    assert (tmp_path / "sweep" / "table.tex").read_text().startswith("\\begin{table}")
 
 
 @pytest.mark.parametrize("override,expect", [
@@ -199,11 +198,15 @@ def test_missing_dataset_is_one_clear_line(tmp_path):
     assert last.startswith("error: dataset MNIST not found") and "download=true" in last
 
 
-@needs_fashion_mnist
 def test_default_command_prints_a_table(tmp_path):
-    out = run_cli("train.epochs=1", cwd=tmp_path)
+    """The README's `python -m runner`: offline, on data the install generates (the synthetic
+    task), a table with the paper's value beside ours."""
+    out = run_cli(cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "| fmnist_mlp" in out.stdout and "test_acc" in out.stdout
+    assert "Alabdulmohsin et al. 2021, Table 1" in out.stdout
+    row = next(line for line in out.stdout.splitlines() if line.startswith("| reinit_table1"))
+    assert [c.strip() for c in row.split("|")][2] == "1.0"  # alpha 1, method LW, seed 0
+    assert row.rstrip().endswith("(72.3) |")  # ours (the paper's)
 
 
 def test_every_package_ships_in_the_wheel():

@@ -4,6 +4,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+
+from conftest import context
+from runner.context import Stage
+from runner.data.tensors import Splits
 from torch import nn
 
 from runner.analysis import swr as analysis
@@ -52,10 +56,8 @@ def test_scale_once_with_and_without_proportionality(proportional):
     x = torch.randn(64, 4)
     with torch.no_grad():
         before = model(x)
-    ctx = SimpleNamespace(model=model, phase_index=1, device=torch.device("cpu"),
-                          data=SimpleNamespace(test=Split(x, before.argmax(1))),
-                          pipeline=lambda xb, train, gen: xb,
-                          cfg=SimpleNamespace(train=SimpleNamespace(eval_batch_size=16)))
+    ctx = context(model, Splits(Split(x[:0], x[:0]), Split(x[:0], x[:0]), Split(x, before.argmax(1))),
+                  eval_batch_size=16, stage=Stage(1, 0, "second", None))
     probe = analysis.ScaleOnce(factor=0.5, proportional=proportional)
     probe.on_phase_start(ctx)
     with torch.no_grad():

@@ -154,6 +154,12 @@ def test_probe_and_intervention_in_a_run(run_cfg, tmp_path):
                 "start_frozen_filters", "fisher", "frozen_layers"):
         assert key in second
     assert second["start_frozen_filters"] == 0  # alpha = 0.2 lifts every norm weight past 1e-2
+    # denominators: the units of CNN-BN's two convs (16 each) and of its dense layer (100) can
+    # freeze, not the head's; double / triple frozen weights are out of all layers' weights
+    assert second["totals"]["frozen_filters"] == second["totals"]["start_frozen_filters"] == 132
+    assert second["totals"]["frozen_double"] == sum(
+        v["weights"] for v in second["frozen_layers"].values())
+    assert "frozen_weights" not in second  # it held the total, not a count of frozen weights
     run_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
     metrics = pd.read_csv(run_dir / "metrics.csv")
     lrs = metrics[metrics.phase == 1]["lr"].tolist()

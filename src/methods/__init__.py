@@ -1,4 +1,4 @@
 """Interventions: one module per method, all behind `methods.base.Method`."""
-from methods.base import Method, MethodStack, select
+from methods.base import Method, MethodStack
 
-__all__ = ["Method", "MethodStack", "select"]
+__all__ = ["Method", "MethodStack"]

@@ -3,32 +3,32 @@
 A method overrides only the hooks it needs; the trainer calls each hook on every stacked method
 in order and skips hooks nobody overrides, so a method costs nothing where it does nothing.
 
-Hooks (all receive the trainer's `RunContext`):
+Hooks (all receive the run's context, `runner.context.RunContext`; a method reads weights and
+masks only through `runner.models.params` and `ctx.masks`, and never the config):
     setup(ctx)                once, after model, data and optimizer exist, before training
                               (pruning masks, parametrizations, reference snapshots)
     on_phase_start(ctx)       before each phase (task change, round, chunk); ctx.phase_index > 0
                               means the data just changed
     loss_term(ctx) -> Tensor  added to the batch loss (penalties)
-    before_step(ctx)          after backward, before optimizer.step (gradient masks)
-    after_step(ctx)           after optimizer.step (rescaling, re-applying masks)
+    before_step(ctx)          after backward, before optimizer.step (gradient changes)
+    after_step(ctx)           after optimizer.step (rescaling); ctx.batch / ctx.outputs hold
+                              the step's inputs and outputs
     on_epoch_end(ctx) -> dict extra per-epoch metrics (written to metrics.csv)
     on_phase_end(ctx) -> dict extra per-phase metrics (written to result.json)
 
-Each method states which parameters it touches through a `params` option (see `select`) and,
+Each method states which parameters it touches through a `params` option (see
+`runner.models.params.select`) and,
 where it rewrites weights, whether it resets the optimizer state (`reset_optimizer`).
 """
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, List
 
 import torch
-from torch import nn
 
 HOOKS = ("setup", "on_phase_start", "loss_term", "before_step", "after_step",
          "on_epoch_end", "on_phase_end")
 
-NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
-PARAM_KINDS = ("weights", "biases", "norm", "all")
 
 
 class Method:
@@ -81,39 +81,3 @@ class MethodStack:
         for m in self.by_hook[hook]:
             out.update(getattr(m, hook)(ctx))
         return out
-
-
-def kind_of(module: nn.Module, param_name: str) -> str:
-    """'norm' for normalization-layer parameters, else 'biases' or 'weights' by dimension."""
-    if isinstance(module, NORM_TYPES):
-        return "norm"
-    return "biases" if param_name.endswith("bias") else "weights"
-
-
-def named_params(model: nn.Module) -> Iterator[Tuple[str, nn.Module, str, nn.Parameter]]:
-    """(full name, owning module, local name, parameter) in registration order.
-
-    Parametrized weights (masks, bases) report their original tensor under the plain name.
-    """
-    for mod_name, module in model.named_modules():
-        for local, p in module.named_parameters(recurse=False):
-            yield (f"{mod_name}.{local}" if mod_name else local), module, local, p
-        if hasattr(module, "parametrizations"):
-            for local, plist in module.parametrizations.items():
-                yield (f"{mod_name}.{local}" if mod_name else local), module, local, plist.original
-
-
-def select(model: nn.Module, params: str | List[str] = "all") -> List[Tuple[str, nn.Parameter]]:
-    """The parameters of the given kinds: 'weights', 'biases', 'norm' or 'all' (or a list)."""
-    kinds = {params} if isinstance(params, str) else set(params)
-    unknown = kinds - set(PARAM_KINDS)
-    if unknown:
-        raise ValueError(f"unknown parameter kind(s) {sorted(unknown)}; valid: {PARAM_KINDS}")
-    out, seen = [], set()
-    for full, module, local, p in named_params(model):
-        if id(p) in seen:
-            continue
-        if "all" in kinds or kind_of(module, local) in kinds:
-            seen.add(id(p))
-            out.append((full, p))
-    return out

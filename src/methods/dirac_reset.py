@@ -16,7 +16,8 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from methods.base import Method, named_params, select
+from methods.base import Method
+from runner.models.params import slots
 
 
 def identity_like(weight: torch.Tensor, module: nn.Module) -> torch.Tensor:
@@ -29,18 +30,15 @@ def identity_like(weight: torch.Tensor, module: nn.Module) -> torch.Tensor:
 @torch.no_grad()
 def add_identity(model: nn.Module, alpha: float, one_d: str = "add", value: float = 1.0,
                  params: str | List[str] = "all") -> None:
-    """weights += alpha * identity; 1-D tensors += alpha (`add`) or = value (`set`)."""
-    chosen = {id(p) for _, p in select(model, params)}
-    for _, module, _, p in named_params(model):
-        if id(p) not in chosen:
-            continue
-        chosen.discard(id(p))  # shared tensors once
-        if p.dim() >= 2:
-            p.add_(identity_like(p, module), alpha=alpha)
+    """Effective weights += alpha * identity; 1-D tensors += alpha (`add`) or = value (`set`)."""
+    for slot in slots(model, params):
+        w = slot.value()
+        if w.dim() >= 2:
+            slot.assign(w + alpha * identity_like(w, slot.module))
         elif one_d == "add":
-            p.add_(alpha)
+            slot.assign(w + alpha)
         else:
-            p.fill_(value)
+            slot.assign(torch.full_like(w, value))
 
 
 class DiracReset(Method):

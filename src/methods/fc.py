@@ -6,7 +6,7 @@ dense layers before the classifier belong to `model.head`.
 """
 import torch
 
-from methods.base import select
+from runner.models.params import select
 from methods.reinit_common import MaskedReinit
 
 

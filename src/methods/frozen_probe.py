@@ -3,8 +3,10 @@ simplified Fisher score (runner.analysis.fisher), written to result.json and met
 
 Stack it after the method (`extra_methods`) so it measures what the method left. Per phase it
 records, in result.json, the counts at the end (`frozen_filters`, `frozen_units`,
-`frozen_double`, `frozen_triple`, `frozen_weights`) and at the start, after the methods before
-it acted (`start_frozen_...`: phase 1's start is the first task's end plus any intervention);
+`frozen_double`, `frozen_triple`) and at the start, after the methods before it acted
+(`start_frozen_...`: phase 1's start is the first task's end plus any intervention), and in
+`totals` the denominator of each count (filters and units: the units that can freeze; double
+and triple: all weights of the conv and linear layers), which the report prints beside them;
 with `per_layer`, the counts of every layer; with `fisher_samples > 0`, the class-pair Fisher
 score of the penultimate features of that many test samples (`fisher`, Fig. 6). Per epoch, in
 metrics.csv: the counts with `every_epoch` (Fig. 3) and, with `pairs: k`, the pair norm sums of
@@ -20,7 +22,8 @@ from methods.base import Method
 from runner.analysis.fisher import class_fisher, penultimate
 from runner.analysis.frozen import CUTOFF, count_frozen, pair_norms, trace_layers
 
-KEYS = ("filters", "units", "double", "triple", "weights")
+KEYS = {"filters": "countable_units", "units": "countable_units", "double": "weights",
+        "triple": "weights"}  # count -> its denominator in count_frozen
 
 
 class FrozenProbe(Method):
@@ -33,6 +36,8 @@ class FrozenProbe(Method):
 
     def setup(self, ctx) -> None:
         self.layers = trace_layers(ctx.model)
+        c = count_frozen(self.layers, self.cutoff)  # the denominators depend on the layers only
+        self.totals = {f"{p}frozen_{k}": c[total] for k, total in KEYS.items() for p in ("", "start_")}
 
     def counts(self, prefix: str = "", per_layer: bool = False) -> Dict:
         c = count_frozen(self.layers, self.cutoff)
@@ -52,17 +57,14 @@ class FrozenProbe(Method):
         return row
 
     def on_phase_end(self, ctx) -> Dict:
-        out = {**self.counts(per_layer=self.per_layer), **self.start}
+        out = {**self.counts(per_layer=self.per_layer), **self.start, "totals": self.totals}
         if self.fisher_samples:
             out["fisher"] = self.fisher(ctx)
         return out
 
-    @torch.no_grad()
     def fisher(self, ctx) -> float:
-        split, model = ctx.data.test, ctx.model
-        n, step = min(self.fisher_samples, len(split)), ctx.cfg.train.eval_batch_size
-        model.eval()
-        feats = torch.cat([penultimate(model, ctx.pipeline(split.x[i:i + step], False, None))
-                           for i in range(0, n, step)])
-        model.train()
+        """The class-pair Fisher score of the first `fisher_samples` test samples' features."""
+        split = ctx.data.test
+        n = min(self.fisher_samples, len(split))
+        feats = ctx.predict(split.x[:n], fn=penultimate)
         return class_fisher(feats.cpu(), split.y[:n].cpu(), self.fisher_classes)

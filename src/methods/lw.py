@@ -20,8 +20,9 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from methods.base import Method, select
+from methods.base import Method
 from methods.reinit_common import Standardize
+from runner.models import params
 
 
 class LW(Method):
@@ -47,9 +48,10 @@ class LW(Method):
         if not 1 <= self.K <= len(self.units) - self.stem:
             raise ValueError(f"LW: {self.K} blocks after a stem of {self.stem} requested; the "
                              f"model has {len(model.blocks)} blocks")
-        self.init_norms = {id(p): p.detach().norm().item()
-                           for u in self.units[:self.stem + self.K]
-                           for _, p in select(u, self.rescale_params)}
+        self.init_norms = {}
+        for u in self.units[:self.stem + self.K]:
+            chosen = params.slots(u, self.rescale_params)
+            self.init_norms.update(zip((id(s.stored()[0]) for s in chosen), params.norms(chosen)))
 
     def block_of_round(self, r: int) -> int:
         if self.schedule:
@@ -59,10 +61,11 @@ class LW(Method):
     @torch.no_grad()
     def rescale_(self, kept: int) -> None:
         for unit in self.units[:kept]:
-            for _, p in select(unit, self.rescale_params):
-                norm = p.norm()
-                if norm > 0:
-                    p.mul_(self.init_norms[id(p)] / norm)
+            chosen = params.slots(unit, self.rescale_params)
+            if chosen:
+                now = params.norms(chosen)
+                init = torch.stack([self.init_norms[id(s.stored()[0])] for s in chosen])
+                params.scale_(chosen, torch.where(now > 0, init / now.clamp_min(1e-30), 1.0))
 
     @torch.no_grad()
     def calibrate(self, ctx, kept: int) -> None:

@@ -13,7 +13,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from methods.base import Method, select
+from methods.base import Method
+from runner.models.params import select
 from runner.models.init import initialize
 
 ETA_SOURCES = ("fresh", "init", "zeros")

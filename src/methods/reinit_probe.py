@@ -17,26 +17,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods.base import Method
+from runner.models import params
 
 
 class ReinitProbe(Method):
     name = "reinit_probe"
 
     def __init__(self, margins: int = 400, sigmas: List[float] = (0.01, 0.02, 0.05, 0.1),
-                 draws: int = 5, batch: int = 256, eval_batch: int = 1024):
+                 draws: int = 5, batch: int = 256):
         self.n_margins, self.sigmas, self.draws = int(margins), list(sigmas), int(draws)
-        self.batch, self.eval_batch = int(batch), int(eval_batch)
+        self.batch = int(batch)
 
-    def setup(self, ctx) -> None:
-        from runner.train import expand_stages
-        self.last = len(expand_stages(ctx.cfg)) - 1
-
-    @torch.no_grad()
     def outputs(self, ctx, model: nn.Module):
-        train = ctx.data.train
-        out = [model(ctx.pipeline(train.x[i:i + self.eval_batch], False, None))
-               for i in range(0, len(train), self.eval_batch)]
-        return torch.cat(out), train.y
+        return ctx.predict(ctx.data.train.x, model=model), ctx.data.train.y
 
     @torch.no_grad()
     def weight_size(self, ctx) -> float:
@@ -44,24 +37,23 @@ class ReinitProbe(Method):
         last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
         seen = {}
         hook = last.register_forward_pre_hook(lambda m, args: seen.update(x=args[0]))
-        gen = torch.Generator().manual_seed(int(ctx.cfg.seed))
+        gen = torch.Generator().manual_seed(ctx.seed)
         idx = torch.randperm(len(train), generator=gen)[:self.batch].to(train.y.device)
         model(ctx.pipeline(train.x[idx], False, None))
         hook.remove()
-        return (seen["x"].norm() * last.weight.norm()).item()
+        return (seen["x"].norm() * last.weight.detach().norm()).item()
 
     @torch.no_grad()
     def perturb(self, ctx) -> Dict[str, Dict[str, float]]:
-        gen = torch.Generator().manual_seed(int(ctx.cfg.seed) + 1)
-        # under ci=smoke one draw of one sigma exercises the path; the numbers are not the point
-        sigmas, draws = (self.sigmas[:1], 1) if ctx.cfg.ci.enabled else (self.sigmas, self.draws)
+        gen = torch.Generator().manual_seed(ctx.seed + 1)
         out = {}
-        for sigma in sigmas:
+        for sigma in self.sigmas:
             losses, accs = [], []
-            for _ in range(draws):
+            for _ in range(self.draws):
                 noisy = copy.deepcopy(ctx.model)
-                for p in noisy.parameters():
-                    p.add_(sigma * torch.randn(p.shape, generator=gen).to(p.device))
+                for slot in params.slots(noisy):
+                    w = slot.value()
+                    slot.assign(w + sigma * torch.randn(w.shape, generator=gen).to(w.device))
                 logits, y = self.outputs(ctx, noisy)
                 losses.append(F.cross_entropy(logits, y).item())
                 accs.append((logits.argmax(1) == y).float().mean().item())
@@ -69,7 +61,7 @@ class ReinitProbe(Method):
         return out
 
     def on_phase_end(self, ctx) -> Dict:
-        if ctx.stage.index != self.last:
+        if ctx.stage.index != ctx.num_stages - 1:
             return {}
         was_training = ctx.model.training
         ctx.model.eval()

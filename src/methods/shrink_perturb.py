@@ -11,7 +11,8 @@ Ash & Adams build a new optimizer every round).
 """
 import torch
 
-from methods.base import Method, select
+from methods.base import Method
+from runner.models.params import select
 
 
 class ShrinkPerturb(Method):

@@ -22,6 +22,7 @@ import torch
 from methods.base import Method
 from methods.dirac_reset import add_identity
 from runner.analysis.frozen import column, trace_layers
+from runner.models.params import slots
 
 KINDS = ("mutual", "double", "mono")
 
@@ -44,6 +45,9 @@ class SparseInit(Method):
     @torch.no_grad()
     def setup(self, ctx) -> None:
         layers = trace_layers(ctx.model)
+        # edited copies of the effective tensors, written back through their slots at the end
+        self.slots = {(id(s.module), s.local): s for s in slots(ctx.model)}
+        self.edited = {}
         if self.kind == "mutual":
             units = [(layer, self.choose(layer.channels, ctx.gen))
                      for layer in layers.values() if layer.countable]
@@ -52,21 +56,33 @@ class SparseInit(Method):
                     self.silence(layer, i, ctx.gen)
         else:
             for layer in layers.values():
-                w = layer.weight
+                w = self.tensor(layer.module, "weight")
                 keep = torch.rand(w.shape, generator=ctx.gen) >= self.p
                 w.mul_(keep.to(w.device, w.dtype))
-            if self.kind == "mono":
-                add_identity(ctx.model, 1.0, "add")
-        ws = [layer.weight for layer in layers.values()]
+        for key, value in self.edited.items():
+            self.slots[key].assign(value)
+        if self.kind == "mono":
+            add_identity(ctx.model, 1.0, "add")
+        ws = [layer.weight.detach() for layer in layers.values()]
         self.sparsity = sum(int((w == 0).sum()) for w in ws) / sum(w.numel() for w in ws)
+
+    def tensor(self, module, local: str):
+        """The editable copy of `module.<local>` (None where the module has no such tensor)."""
+        key = (id(module), local)
+        if key not in self.slots:
+            return None
+        if key not in self.edited:
+            self.edited[key] = self.slots[key].value().clone()
+        return self.edited[key]
 
     def silence(self, layer, i: int, gen: torch.Generator) -> None:
         """Unit i of `layer`: row, bias, normalization weight and bias, and columns -> ~0."""
-        ones = [layer.module.bias]
+        ones = [self.tensor(layer.module, "bias")]
         if layer.norm is not None:
-            ones += [getattr(layer.norm, "weight", None), getattr(layer.norm, "bias", None)]
-        tensors = [layer.weight[i]] + [t[i:i + 1] for t in ones if t is not None]
-        tensors += [column(q.weight, q.module, i, layer.channels) for q in layer.consumers]
+            ones += [self.tensor(layer.norm, "weight"), self.tensor(layer.norm, "bias")]
+        tensors = [self.tensor(layer.module, "weight")[i]] + [t[i:i + 1] for t in ones if t is not None]
+        tensors += [column(self.tensor(q.module, "weight"), q.module, i, layer.channels)
+                    for q in layer.consumers]
         for t in tensors:
             if self.noise_std:
                 t.copy_(torch.randn(t.shape, generator=gen).mul_(self.noise_std))

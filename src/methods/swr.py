@@ -24,6 +24,8 @@ import torch
 from torch import nn
 
 from methods.base import Method
+from runner.models import params
+from runner.models.params import Slot
 
 AFFINE = (nn.Linear, nn.modules.conv._ConvNd)
 SCALE_FREE = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)  # g(cx) = g(x), c > 0
@@ -35,7 +37,7 @@ def classifier_modules(model: nn.Module, scope: str) -> List[nn.Module]:
     if scope == "linear":
         return [m for m in model.modules() if isinstance(m, nn.Linear)]
     if scope == "head":
-        return [m for m in model.head.modules() if next(m.parameters(False), None) is not None]
+        return list({id(s.module): s.module for s in params.slots(model.head)}.values())
     raise ValueError(f"classifier scope {scope!r}; valid: linear, head")
 
 
@@ -44,8 +46,15 @@ def rescale_layers(model: nn.Module) -> List[Tuple[nn.Module, bool]]:
 
     Registration order is the forward order for the sequential networks SWR is defined on.
     """
-    return [(m, isinstance(m, SCALE_FREE)) for m in model.modules()
-            if isinstance(m, AFFINE + SCALE_FREE)]
+    return [(m, isinstance(m, SCALE_FREE)) for n, m in model.named_modules()
+            if isinstance(m, AFFINE + SCALE_FREE) and "parametrizations" not in n.split(".")]
+
+
+def layer_slots(model: nn.Module, layers) -> Tuple[List[Optional[Slot]], List[Optional[Slot]]]:
+    """The weight and bias slot of each layer (None where it has none)."""
+    found = {(id(s.module), s.local): s for s in params.slots(model)}
+    return ([found.get((id(m), "weight")) for m, _ in layers],
+            [found.get((id(m), "bias")) for m, _ in layers])
 
 
 def chain_starts(is_norm: List[bool]) -> torch.Tensor:
@@ -58,20 +67,20 @@ def chain_starts(is_norm: List[bool]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def rescale_(weights: List[torch.Tensor], biases: List[Optional[torch.Tensor]], c: torch.Tensor,
+def rescale_(weights: List[Optional[Slot]], biases: List[Optional[Slot]], c: torch.Tensor,
              starts: torch.Tensor, proportional: bool = True) -> None:
-    """W_l *= c_l, and b_l *= C_l (the chain product from `starts[l]`) or c_l (not proportional)."""
+    """W_l *= c_l, and b_l *= C_l (the chain product from `starts[l]`) or c_l (not proportional),
+    as two foreach multiplications (no host sync)."""
     if proportional:
         cp = torch.cumprod(c, 0)
         before = torch.cat([c.new_ones(1), cp[:-1]])
         big_c = cp / before[starts]
     else:
         big_c = c
-    for i, (w, b) in enumerate(zip(weights, biases)):
-        if w is not None:
-            w.mul_(c[i])
-        if b is not None:
-            b.mul_(big_c[i])
+    for slots, factors in ((weights, c.unbind()), (biases, big_c.unbind())):
+        have = [i for i, s in enumerate(slots) if s is not None]
+        if have:
+            params.scale_([slots[i] for i in have], [factors[i] for i in have])
 
 
 class SWR(Method):
@@ -87,23 +96,25 @@ class SWR(Method):
     def setup(self, ctx) -> None:
         layers = rescale_layers(ctx.model)
         head = {id(m) for m in classifier_modules(ctx.model, self.classifier)}
-        self.weights = [getattr(m, "weight", None) for m, _ in layers]
-        self.biases = [getattr(m, "bias", None) for m, _ in layers]
+        self.weights, self.biases = layer_slots(ctx.model, layers)
+        self.has_weight = [i for i, w in enumerate(self.weights) if w is not None]
         is_norm = [norm for _, norm in layers]
         lam = [self.lam_c if id(m) in head else self.lam_f for m, _ in layers]
         # layers left alone (norm layers without rescale_norm) get lam = 0, i.e. c = 1
         lam = [0.0 if norm and not self.rescale_norm else v for v, norm in zip(lam, is_norm)]
-        dev = next(ctx.model.parameters()).device
+        dev = ctx.device
         self.lam = torch.tensor(lam, device=dev)
         self.starts = chain_starts(is_norm).to(dev)
-        self.zero = torch.zeros((), device=dev)
+        self.index = torch.tensor(self.has_weight, device=dev, dtype=torch.long)
         self.n_init = self.norms()
         self.last_lr = None
 
     def norms(self) -> torch.Tensor:
         """Frobenius norm of every layer's weight (0 for a norm layer without affine scale)."""
-        return torch.stack([self.zero if w is None else torch.linalg.vector_norm(w.detach())
-                            for w in self.weights])
+        out = torch.zeros(len(self.weights), device=self.lam.device)
+        if self.has_weight:
+            out[self.index] = params.norms([self.weights[i] for i in self.has_weight])
+        return out
 
     def after_step(self, ctx) -> None:
         lr = ctx.optimizer.param_groups[0]["lr"]

@@ -3,7 +3,7 @@
 Alabdulmohsin et al. 2021, Sec. 1: "A subset is chosen at random prior to training and is fixed
 afterwards." The mask is drawn in `setup` and reused at every round.
 """
-from methods.base import select
+from runner.models.params import select
 from methods.reinit_common import MaskedReinit, random_masks
 
 

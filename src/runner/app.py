@@ -32,8 +32,6 @@ def conf_dir() -> Path:
 
 schema.register()
 OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:6], use_cache=True, replace=True)
-# ${if:COND,A,B}: e.g. pretrained weights except under ci=smoke: ${if:${ci.enabled},null,IMAGENET1K_V1}
-OmegaConf.register_new_resolver("if", lambda cond, a, b: a if cond else b, replace=True)
 # ${job_tag:N}: "[job N]" in a sweep's log lines, nothing in a single run's (N null)
 OmegaConf.register_new_resolver("job_tag", lambda num: "" if num is None else f"[job {num}]",
                                 replace=True)
@@ -50,7 +48,7 @@ def main(cfg: DictConfig) -> Optional[float]:
     single = hc.mode == RunMode.RUN
     try:
         result = run(cfg, hc.runtime.output_dir, choices=job_choices(hc.runtime.choices),
-                     overrides=list(hc.overrides.task))
+                     overrides=list(hc.overrides.task), job=0 if single else int(hc.job.num))
     except RunnerError as e:
         log.error("%s", e)
         if single:

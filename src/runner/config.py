@@ -24,7 +24,14 @@ class TrainConfig:
     eval_every: int = 1  # evaluate every k epochs (and at a phase's last); full-batch runs use >1
     loss: str = "cross_entropy"  # cross_entropy | mse (on one-hot targets)
     cache_mb: int = 4096  # keep the deterministic part of the input pipeline precomputed when
-    # the float copy of a phase's train+val+test images fits in this many MB (0: never)
+    # the float copy of a phase's train+val+test images fits in this many MB (0: never); on a GPU
+    # at most half of the free device memory
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + gradient scaler, GPU)
+    channels_last: bool = False  # NHWC memory format for convolutional models (GPU tensor cores)
+    compile: bool = False  # torch.compile the model
+    deterministic: bool = False  # true: deterministic kernels, no cudnn.benchmark, no TF32
+    # (GPU runs repeat bitwise); false: cudnn.benchmark and TF32 matmuls on a GPU. CPU runs are
+    # bitwise reproducible either way.
 
 
 @dataclass
@@ -37,6 +44,7 @@ class OptimConfig:
     weight_decay: float = 0.0  # coupled L2 (optimizer's weight_decay) on weights
     weight_decay_bias: Optional[float] = None  # None: same as weight_decay
     weight_decay_norm: Optional[float] = None  # normalization layers; None: same as weight_decay
+    fused: Optional[bool] = None  # fused optimizer kernels; None: on a GPU only
 
 
 @dataclass
@@ -79,22 +87,37 @@ class PhaseConfig:
 
 @dataclass
 class CIConfig:
-    """Caps that turn any experiment into a seconds-long run on synthetic data."""
+    """Test levels that shrink any experiment (applied by `runner.ci`; `none` runs it as written).
 
-    enabled: bool = False
-    n_train: int = 32
-    n_test: int = 16
+    smoke: synthetic data of the real shapes, tiny and fast; sizes: synthetic data larger than
+    every sample count the config uses (eval batches, Fisher samples, subsets), real batch sizes,
+    few steps. An experiment lists its own changes for test levels in `overrides` (every level)
+    and `sizes_overrides` (sizes only), as dotted keys; science code never asks for the level.
+    """
+
+    level: str = "none"  # none | smoke | sizes
+    n_train: Optional[int] = 32  # None: larger than every sample count in the config (sizes)
+    n_test: Optional[int] = 16
     max_epochs: int = 1
-    max_batches: int = 2
-    batch_size: int = 8
+    max_batches: int = 2  # training steps per epoch
+    eval_batches: Optional[int] = 2  # evaluation batches per split; None: the whole split
+    batch_size: Optional[int] = 8  # cap on train.batch_size; None: the experiment's own
     max_repeat: int = 2
+    width: float = 1.0  # multiplies the model's layer widths (`widths`, `layers`, `width`, ...)
+    overrides: Dict[str, Any] = field(default_factory=dict)
+    sizes_overrides: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class ReportConfig:
     metric: str = "test_acc"  # the summary metric in tables
-    at: str = "end"  # end | best: the phase's last epoch or its best-validation epoch
+    at: Optional[str] = None  # end | best (last or best-validation epoch); None: best exactly
+    # when train.restore_best (the weights kept are the best epoch's)
     extra: List[str] = field(default_factory=list)  # more summary columns
+    rows: List[str] = field(default_factory=list)  # table layout: keys down (config paths or
+    cols: List[str] = field(default_factory=list)  # group choices) and across, paper's order
+    scale: float = 1.0  # tables show metric x scale (100: percent)
+    digits: int = 4  # decimals in tables
 
 
 @dataclass
@@ -119,6 +142,8 @@ class RunnerConfig:
     dataset: Any = None
     datasets: Dict[str, Any] = field(default_factory=dict)  # further datasets phases can name
     model: Any = None
+    model_transforms: List[Any] = field(default_factory=list)  # applied to every model built
+    # (`_target_` callables taking the model): masks, filter bases, frozen parts
     method: Any = None
     extra_methods: List[Any] = field(default_factory=list)  # stacked after `method`
     tuned: Dict[str, Any] = field(default_factory=dict)  # the paper's best hyperparameters

@@ -7,9 +7,9 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from methods.base import kind_of, named_params
 from runner.config import OptimConfig, ScheduleConfig
 from runner.errors import RunnerError
+from runner.models.params import parameters
 
 
 def group_decay(kind: str, cfg: OptimConfig, weight_decay: float) -> float:
@@ -21,24 +21,23 @@ def group_decay(kind: str, cfg: OptimConfig, weight_decay: float) -> float:
 def param_groups(model: nn.Module, cfg: OptimConfig, weight_decay: float) -> List[dict]:
     """Weights, biases and normalization parameters as groups with their own weight decay."""
     groups = {"weights": [], "biases": [], "norm": []}
-    seen = set()
-    for _, module, local, p in named_params(model):
-        if id(p) in seen or not p.requires_grad:
-            continue
-        seen.add(id(p))
-        groups[kind_of(module, local)].append(p)
+    for _, p, kind in parameters(model):
+        if p.requires_grad:
+            groups[kind].append(p)
     return [{"params": ps, "weight_decay": group_decay(k, cfg, weight_decay), "kind": k}
             for k, ps in groups.items() if ps]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float, weight_decay: float):
     groups = param_groups(model, cfg, weight_decay)
+    on_gpu = any(p.is_cuda for g in groups for p in g["params"])
+    fused = {"fused": True} if (on_gpu if cfg.fused is None else cfg.fused) else {}
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **fused)
     if cfg.name == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=tuple(cfg.betas))
+        return torch.optim.Adam(groups, lr=lr, betas=tuple(cfg.betas), **fused)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas))
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), **fused)
     raise RunnerError(f"optim.name={cfg.name!r} is unknown; valid: sgd, adam, adamw")
 
 

@@ -1,17 +1,33 @@
-"""Result tables: mean ± std over seeds, grouped by what a sweep varied, with the paper's value.
+"""Result tables in the paper's layout: ours (mean ± std over seeds) beside the paper's value.
 
-    python -m runner.report DIR [DIR ...] [--metric test_acc] [--out PREFIX]
+    python -m runner.report DIR [DIR ...] [--metric test_acc] [--format markdown|csv|latex]
+                            [--out PREFIX]
 
 rebuilds the table of any set of run or sweep directories; at the end of every multirun the same
-table is printed and written as `table.md` and `table.csv` in the sweep directory.
+table is printed and written as `table.md`, `table.csv` and `table.tex` in the sweep directory.
+
+An experiment declares its layout under `report:`: `rows` and `cols` are config keys or group
+choices (Reinitialization Table 1: rows [dataset.alpha], cols [method]). Their values come in the
+order of `paper.values` where the key indexes it, else in the order of the runs. Each cell reads
+`ours ± std (paper)`, and a grid of Δ = ours − paper follows. Keys outside the layout that vary
+between runs become further rows; keys with the same value in every run are named once above
+the table instead of filling a column. Without `cols` the table has one row per cell and one
+column per metric (`report.metric`, then `report.extra`); an extra metric shows its denominator
+where the run recorded one (`totals` of its last phase: frozen filters out of the filters that
+can freeze).
+
+Each (config, seed) counts once: a second run of the same config and seed, as when two sweeps
+share a directory tree, is skipped, and the table says how many were.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import pandas as pd
 from hydra.experimental.callback import Callback
@@ -20,6 +36,9 @@ from runner.results import load_results
 
 LEAD = ("experiment", "method")  # config-group choices shown first in every table
 IGNORED = {"seed", "device", "progress", "data_root", "threads", "logger"}  # swept keys that do not define a cell
+STATS = ["metric", "n", "mean", "std", "paper", "delta", "total", "diverged", "failed", "unfinished"]
+COUNTS = ["n", "diverged", "failed", "unfinished"]
+FORMATS = ("markdown", "csv", "latex")
 
 
 def _override_pairs(overrides: List[str]) -> Dict[str, str]:
@@ -31,60 +50,349 @@ def _override_pairs(overrides: List[str]) -> Dict[str, str]:
     return pairs
 
 
+def _select(node: Any, key: str) -> Any:
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def key_value(result: Dict[str, Any], key: str) -> str:
+    """A run's value of a layout key: its group choice, else its resolved config value, else the
+    value its command line gave."""
+    if key in result.get("choices", {}):
+        return str(result["choices"][key])
+    value = _select(result.get("config") or {}, key)
+    if value is not None:
+        return str(value)
+    return _override_pairs(result.get("overrides", [])).get(key, "")
+
+
+def paper_order(paper: Dict[str, Any], key: str) -> List[str]:
+    """The values of `key` in the order the paper's table lists them (`paper.values` nests by
+    `paper.by`); empty when the paper is not indexed by `key`."""
+    by = list(paper.get("by") or [])
+    if key not in by:
+        return []
+    level = [paper.get("values") or {}]
+    for _ in range(by.index(key)):
+        level = [v for node in level if isinstance(node, dict) for v in node.values()]
+    order: List[str] = []
+    for node in level:
+        for k in node if isinstance(node, dict) else ():
+            if str(k) not in order:
+                order.append(str(k))
+    return order
+
+
+@dataclass
+class Layout:
+    """How a set of runs is tabulated: read from the `report` and `paper` nodes of their configs."""
+
+    rows: List[str] = field(default_factory=list)
+    cols: List[str] = field(default_factory=list)
+    scale: float = 1.0
+    digits: int = 4
+    at: str = "end"
+    caption: str = ""
+    orders: Dict[str, List[str]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, results: List[Dict[str, Any]]) -> "Layout":
+        configs = [r["config"] for r in results if r.get("config")]
+        if not configs:
+            return cls()
+        cfg = configs[0]
+        report, paper = cfg.get("report") or {}, cfg.get("paper") or {}
+        rows, cols = list(report.get("rows") or []), list(report.get("cols") or [])
+        at = report.get("at") or ("best" if (cfg.get("train") or {}).get("restore_best") else "end")
+        sources = list(dict.fromkeys(c.get("paper", {}).get("source", "") for c in configs))
+        return cls(rows, cols, float(report.get("scale", 1.0)), int(report.get("digits", 4)), at,
+                   "; ".join(s for s in sources if s),
+                   {k: paper_order(paper, k) for k in rows + cols})
+
+    @property
+    def keys(self) -> List[str]:
+        return self.rows + self.cols
+
+
+def _identity(result: Dict[str, Any]) -> str:
+    """What makes two runs the same run: the group choices and the resolved config (seed
+    included) without the execution settings, or, without a config, the command line."""
+    cfg = result.get("config")
+    if cfg:
+        return json.dumps([result.get("choices", {}),
+                           {k: v for k, v in cfg.items() if k not in IGNORED - {"seed"}}],
+                          sort_keys=True, default=str)
+    overrides = sorted(o for o in result.get("overrides", [])
+                       if o.lstrip("+~").split("=")[0].split(".")[0] not in IGNORED - {"seed"})
+    return json.dumps([result.get("choices", {}), overrides, result.get("seed")], default=str)
+
+
+def deduplicate(results: List[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], int]:
+    """One result per (config, seed): a completed run over any other, else the later one."""
+    chosen: Dict[str, Dict[str, Any]] = {}
+    for r in results:
+        key = _identity(r)
+        old = chosen.get(key)
+        if old is None or not (old.get("status") == "completed" and r.get("status") != "completed"):
+            chosen[key] = r
+    return list(chosen.values()), len(results) - len(chosen)
+
+
+def metric_value(result: Dict[str, Any], metric: str) -> Optional[float]:
+    """The run's summary value of `metric`, else its last phase's at the report position."""
+    summary = result.get("summary") or {}
+    if metric in summary:
+        return summary[metric]
+    phases = result.get("phases") or []
+    if not phases:
+        return None
+    report = (result.get("config") or {}).get("report") or {}
+    restore = ((result.get("config") or {}).get("train") or {}).get("restore_best")
+    at = report.get("at") or ("best" if restore else "end")
+    last = phases[-1]
+    return (last.get(at) or {}).get(metric, last.get(metric))
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def table_from_results(results: List[Dict[str, Any]], metric: Optional[str] = None) -> pd.DataFrame:
-    """One row per cell (runs that differ only in seed): n, mean, std, paper, statuses."""
+    """One row per cell (runs that differ only in seed) and metric: n, mean, std, paper, Δ,
+    the metric's total where known, and counts of diverged / failed runs. `df.attrs` holds the
+    layout and the number of duplicate runs skipped."""
+    results, skipped = deduplicate(results)
+    layout = Layout.of(results)
     rows = []
     for r in results:
         summary = r.get("summary") or {}
-        m = metric or next(iter(summary), "test_acc")
-        row = {k: r.get("choices", {}).get(k, "") for k in LEAD}
-        row.update(_override_pairs(r.get("overrides", [])))
-        row.update(status=r.get("status"), value=summary.get(m), paper=r.get("paper_value"),
-                   metric=m)
-        rows.append(row)
+        report = (r.get("config") or {}).get("report") or {}
+        main = metric or report.get("metric") or next(iter(summary), "test_acc")
+        metrics = [main] + [m for m in summary if m != main]
+        keys = {k: r.get("choices", {}).get(k, "") for k in LEAD}
+        keys.update(_override_pairs(r.get("overrides", [])))
+        keys.update({k: key_value(r, k) for k in layout.keys})
+        totals = ((r.get("phases") or [{}])[-1] or {}).get("totals") or {}
+        own = report.get("metric") or next(iter(summary), None)
+        for m in metrics:
+            rows.append({**keys, "metric": m, "status": r.get("status"),
+                         "value": metric_value(r, m), "total": totals.get(m),
+                         "paper": r.get("paper_value") if m == (own or m) else None})
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    keys = [c for c in df.columns if c not in ("status", "value", "paper", "metric")]
-    df[keys] = df[keys].fillna("")
+    keys = [c for c in df.columns if c not in ("metric", "status", "value", "paper", "total")]
+    df[keys] = df[keys].fillna("").astype(str)
 
     def cell(g: pd.DataFrame) -> pd.Series:
-        done = g[g.status == "completed"]["value"].astype(float)
-        paper = g["paper"].dropna()
+        done = g[g.status == "completed"]["value"].map(_number).dropna()
+        paper = g["paper"].map(_number).dropna()
+        total = g["total"].map(_number).dropna().unique()
+        mean = done.mean() if len(done) else math.nan
+        p = float(paper.iloc[0]) if len(paper) else math.nan
         return pd.Series({
-            "metric": g["metric"].iloc[0],
-            "n": int(done.notna().sum()),
-            "mean": done.mean() if len(done) else math.nan,
+            "n": int(len(done)), "mean": mean,
             "std": done.std(ddof=1) if len(done) > 1 else math.nan,
-            "paper": float(paper.iloc[0]) if len(paper) else math.nan,
+            "paper": p, "delta": mean - p, "total": total[0] if len(total) == 1 else math.nan,
             "diverged": int((g.status == "diverged").sum()),
-            "failed": int((g.status.isin(["failed", "running"])).sum()),
+            "failed": int((g.status == "failed").sum()),
+            "unfinished": int((g.status == "running").sum()),  # still running, or killed
         })
 
-    return df.groupby(keys, sort=False, dropna=False).apply(cell, include_groups=False).reset_index()
+    out = df.groupby(keys + ["metric"], sort=False, dropna=False).apply(
+        cell, include_groups=False).reset_index()
+    out[COUNTS] = out[COUNTS].astype(int)
+    out.attrs.update(layout=layout, duplicates=skipped)
+    return out
+
+
+# -- formatting ---------------------------------------------------------------------------------
+def _fmt(x: float, main: bool, lay: Layout) -> str:
+    return f"{x * lay.scale:.{lay.digits}f}" if main else f"{x:.4g}"
+
+
+def _cell_text(row: pd.Series, main: bool, lay: Layout, n_max: int, pm: str) -> str:
+    if math.isnan(row["mean"]):
+        text = "—"
+    else:
+        text = _fmt(row["mean"], main, lay)
+        if not math.isnan(row["std"]):
+            text += pm + _fmt(row["std"], main, lay)
+    if not math.isnan(row["total"]):
+        text += f" / {row['total']:g}"
+    if main and not math.isnan(row["paper"]):
+        text += f" ({_fmt(row['paper'], True, lay)})"
+    if 0 < row["n"] < n_max:
+        text += f" [n={row['n']}]"
+    for what in ("diverged", "failed", "unfinished"):
+        if row[what]:
+            text += f" [{row[what]} {what}]"
+    return text
+
+
+def _delta_text(row: pd.Series, lay: Layout) -> str:
+    d = row["delta"]
+    return "" if math.isnan(d) else f"{d * lay.scale:+.{lay.digits}f}"
+
+
+@dataclass
+class Grid:
+    title: str
+    frame: pd.DataFrame  # row-key columns, then one column per cell column (strings)
+    keys: List[str]  # the row-key columns
+
+
+def _positions(values: List[str], order: List[str]) -> Dict[str, int]:
+    ranked = list(order) + [v for v in dict.fromkeys(values) if v not in order]
+    return {v: i for i, v in enumerate(ranked)}
+
+
+class _Table:
+    """A tidy table split into what varies (row and column keys) and what does not."""
+
+    def __init__(self, df: pd.DataFrame, metric: Optional[str], pm: str):
+        self.df, self.pm = df, pm
+        self.lay: Layout = df.attrs.get("layout") or Layout()
+        keys = [c for c in df.columns if c not in STATS]
+        self.metrics = list(dict.fromkeys(df["metric"]))
+        self.main = metric if metric in self.metrics else self.metrics[0]
+        self.cells = df[keys].drop_duplicates()
+        single = len(self.cells) == 1
+        self.constant = [k for k in keys if k not in self.lay.keys and self.cells[k].nunique() == 1
+                         and (not single or self.cells[k].iloc[0] == "")]
+        self.row_keys = [k for k in keys if k not in self.constant and k not in self.lay.keys] + \
+            [k for k in self.lay.rows if k in keys]
+        self.col_keys = [k for k in self.lay.cols if k in keys]
+        self.pos = {k: _positions(df[k].tolist(), self.lay.orders.get(k, []))
+                    for k in self.row_keys + self.col_keys}
+        main_rows = df[df.metric == self.main]
+        self.n_max = int(main_rows["n"].max())
+        self.has_paper = main_rows["paper"].notna().any()
+        self.what = self.main + (f" × {self.lay.scale:g}" if self.lay.scale != 1 else "")
+
+    def header(self) -> List[str]:
+        at = "best-validation" if self.lay.at == "best" else "last"
+        ours = "one run" if self.n_max == 1 else f"mean ± std over {self.n_max} seeds"
+        head = [self.lay.caption] if self.lay.caption else []
+        head.append(f"{self.what} at each run's {at} epoch; ours: {ours}"
+                    + ("; the paper's value in parentheses" if self.has_paper else "; no paper values"))
+        same = [f"{k}={self.cells[k].iloc[0]}" for k in self.constant if self.cells[k].iloc[0] != ""]
+        if same:
+            head.append("Same in every run: " + ", ".join(same))
+        return head
+
+    def ordered(self, keys: List[str]) -> List[Tuple[str, ...]]:
+        """The distinct values of `keys`: in the paper's order where a layout is declared."""
+        tuples = list(dict.fromkeys(self.df[keys].itertuples(index=False, name=None)))
+        if not self.lay.keys:
+            return tuples
+        return sorted(tuples, key=lambda t: [self.pos[k][v] for k, v in zip(keys, t)])
+
+    def text(self, row: pd.Series, metric: str) -> str:
+        return _cell_text(row, metric == self.main, self.lay, self.n_max, self.pm)
+
+    def cells_of(self, metric: str, fn) -> Dict[Tuple[Tuple[str, ...], Tuple[str, ...]], str]:
+        sub = self.df[self.df.metric == metric]
+        return {(tuple(r[k] for k in self.row_keys), tuple(r[k] for k in self.col_keys)): fn(r)
+                for _, r in sub.iterrows()}
+
+    def pivoted(self) -> List[Grid]:
+        """With `cols`: one grid per metric (and Δ), row keys down, column keys across."""
+        rows_t, cols_t = self.ordered(self.row_keys), self.ordered(self.col_keys)
+        blocks = [("", self.main, lambda r: self.text(r, self.main))]
+        if self.has_paper:
+            blocks.append((f"Δ = ours − paper ({self.what})", self.main,
+                           lambda r: _delta_text(r, self.lay)))
+        for m in (m for m in self.metrics if m != self.main):
+            total = self.df.loc[self.df.metric == m, "total"].notna().any()
+            blocks.append((m + (" (mean ± std / total)" if total else ""), m,
+                           lambda r, m=m: self.text(r, m)))
+        out = []
+        for title, m, fn in blocks:
+            cells = self.cells_of(m, fn)
+            frame = pd.DataFrame([list(rt) + [cells.get((rt, ct), "") for ct in cols_t] for rt in rows_t],
+                                 columns=self.row_keys + [" / ".join(t) for t in cols_t])
+            out.append(Grid(title, frame, self.row_keys))
+        return out
+
+    def long(self) -> Grid:
+        """Without `cols`: one row per cell, one column per metric (and Δ beside the main one)."""
+        columns: Dict[str, Dict] = {}
+        for m in self.metrics:
+            total = self.df.loc[self.df.metric == m, "total"].notna().any()
+            label = self.what if m == self.main else m + (" (mean ± std / total)" if total else "")
+            columns[label] = self.cells_of(m, lambda r, m=m: self.text(r, m))
+            if m == self.main and self.has_paper:
+                columns["Δ"] = self.cells_of(m, lambda r: _delta_text(r, self.lay))
+        rows_t = self.ordered(self.row_keys)
+        frame = pd.DataFrame([list(rt) + [c.get((rt, ()), "") for c in columns.values()] for rt in rows_t],
+                             columns=self.row_keys + list(columns))
+        return Grid("", frame, self.row_keys)
+
+
+def grids(df: pd.DataFrame, metric: Optional[str] = None, pm: str = " ± ") -> Tuple[List[str], List[Grid]]:
+    """The header lines and the grids of a table (see the module docstring)."""
+    t = _Table(df, metric, pm)
+    return t.header(), (t.pivoted() if t.col_keys else [t.long()])
+
+
+def _footer(df: pd.DataFrame) -> List[str]:
+    k = df.attrs.get("duplicates", 0)
+    return [f"{k} duplicate run(s) of the same config and seed skipped"] if k else []
 
 
 def format_table(df: pd.DataFrame, metric: Optional[str] = None) -> str:
-    """Markdown: `mean ± std` per cell, the paper's value beside it where known."""
+    """Markdown: the header lines, then each grid with its title."""
     if df.empty:
         return "(no results)"
-    out = df.drop(columns=["mean", "std", "paper", "metric"]).copy()
-    name = metric or df["metric"].iloc[0]
-    out.insert(len(out.columns) - 3, name, [
-        "—" if math.isnan(m) else (f"{m:.4f}" if math.isnan(s) else f"{m:.4f} ± {s:.4f}")
-        for m, s in zip(df["mean"], df["std"])])
-    out.insert(len(out.columns) - 2, "paper", ["" if math.isnan(p) else f"{p:.4f}" for p in df["paper"]])
-    for col in ("diverged", "failed"):
-        if not out[col].any():
-            out = out.drop(columns=col)
-    return out.to_markdown(index=False)
+    head, gs = grids(df, metric)
+    parts = ["\n".join(head)]
+    for g in gs:
+        parts.append((g.title + ":\n\n" if g.title else "")
+                     + g.frame.to_markdown(index=False, disable_numparse=True))
+    return "\n\n".join(parts + _footer(df))
+
+
+def _tex_escape(s: str) -> str:
+    table = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+             "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}",
+             "×": r"$\times$", "±": r"$\pm$", "Δ": r"$\Delta$", "−": r"$-$"}
+    return "".join(table.get(c, c) for c in s)
+
+
+def format_latex(df: pd.DataFrame, metric: Optional[str] = None) -> str:
+    """LaTeX (pandas Styler): one table per grid, the first captioned with the source."""
+    if df.empty:
+        return "% no results\n"
+    head, gs = grids(df, metric, pm=r" $\pm$ ")
+    out = []
+    for i, g in enumerate(gs):
+        caption = ". ".join(head) + "." if i == 0 else g.title
+        st = g.frame.style.hide(axis="index").format_index(escape="latex", axis=1)
+        if g.keys:
+            st = st.format(escape="latex", subset=g.keys)
+        out.append(st.to_latex(caption=_tex_escape(caption), hrules=True, position_float="centering",
+                               column_format="l" * len(g.keys) + "r" * (g.frame.shape[1] - len(g.keys))))
+    return "\n".join(out)
+
+
+def format_as(df: pd.DataFrame, fmt: str, metric: Optional[str] = None) -> str:
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    return format_latex(df, metric) if fmt == "latex" else format_table(df, metric)
 
 
 def write_tables(df: pd.DataFrame, prefix: Path, metric: Optional[str] = None) -> str:
+    """PREFIX.md, PREFIX.csv (every number, unscaled) and PREFIX.tex; returns the markdown."""
     text = format_table(df, metric)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{prefix}.md").write_text(text + "\n")
-    df.to_csv(f"{prefix}.csv", index=False)
+    Path(f"{prefix}.csv").write_text(format_as(df, "csv"))
+    Path(f"{prefix}.tex").write_text(format_latex(df, metric))
     return text
 
 
@@ -93,17 +401,17 @@ class AggregateOnMultirunEnd(Callback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
-        results = load_results([sweep])
-        df = table_from_results(results)
+        df = table_from_results(load_results([sweep]))
         print(write_tables(df, sweep / "table"))
-        print(f"table written to {sweep / 'table.md'} and {sweep / 'table.csv'}")
+        print(f"table written to {sweep}/table.md, table.csv and table.tex")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m runner.report", description=__doc__.split("\n")[0])
     p.add_argument("dirs", nargs="+", help="run or sweep directories (searched recursively)")
     p.add_argument("--metric", default=None, help="summary metric (default: each run's own)")
-    p.add_argument("--out", default=None, help="write PREFIX.md and PREFIX.csv")
+    p.add_argument("--format", default="markdown", choices=FORMATS, help="what to print")
+    p.add_argument("--out", default=None, help="also write PREFIX.md, PREFIX.csv and PREFIX.tex")
     args = p.parse_args(argv)
     missing = [d for d in args.dirs if not Path(d).exists()]
     if missing:
@@ -114,7 +422,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: no result.json under {', '.join(args.dirs)}", file=sys.stderr)
         return 2
     df = table_from_results(results, args.metric)
-    print(write_tables(df, Path(args.out), args.metric) if args.out else format_table(df, args.metric))
+    if args.out:
+        write_tables(df, Path(args.out), args.metric)
+    print(format_as(df, args.format, args.metric))
     return 0
 
 

@@ -1,13 +1,16 @@
 """One run: seed, build everything from the config, train phase by phase, record results."""
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
 import inspect
 import logging
 import math
+import os
 import random
 import time
-from dataclasses import dataclass
+import traceback
 from types import SimpleNamespace
 from typing import Any, Dict, List, Optional
 
@@ -19,15 +22,20 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from methods.base import MethodStack
+from runner import ci
+from runner.checks import check_report, report_at
+from runner.context import RunContext, Stage
 from runner.data.synthetic import shapes_only
-from runner.data.tensors import Arrays, Pipeline, Split, Splits, batches, split_train_val, subset_indices
+from runner.data.tensors import Arrays, Pipeline, Splits, batches, split_train_val, subset_indices
 from runner.errors import Diverged, RunnerError
 from runner.logs import batch_bar, environment, epoch_line, log_start
+from runner.models import params
 from runner.optim import Schedule, build_optimizer, set_hyper
 from runner.results import RunRecorder
 
 log = logging.getLogger("runner")
 _ARRAYS_CACHE: Dict[str, Arrays] = {}  # readers' output, shared by the jobs of one sweep
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def mse_one_hot(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -38,26 +46,36 @@ def mse_one_hot(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> 
 LOSSES = {"cross_entropy": F.cross_entropy, "mse": mse_one_hot}
 
 
-@dataclass
-class Stage:
-    """One executed phase: a phase config, its repeat index and its position in the run."""
-
-    index: int
-    repeat: int
-    name: str
-    cfg: Any  # the PhaseConfig node
-
-
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, job: int = 0) -> torch.device:
+    """`auto`: GPU number `job` modulo the visible GPUs (one GPU per sweep job), else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        n = torch.cuda.device_count()
+        return torch.device(f"cuda:{job % n}" if n else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and (not torch.cuda.is_available()
+                               or (dev.index or 0) >= torch.cuda.device_count()):
+        raise RunnerError(f"device={name!r} is not available here ({torch.cuda.device_count()} GPUs "
+                          "visible); use device=cpu or device=auto")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise RunnerError(f"device={name!r} is not available here; use device=cpu or device=auto")
+    return dev
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def set_determinism(deterministic: bool, device: torch.device) -> None:
+    """Deterministic kernels (GPU runs repeat bitwise), or cudnn.benchmark and TF32 (faster)."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+    torch.backends.cuda.matmul.allow_tf32 = not deterministic
+    torch.backends.cudnn.allow_tf32 = not deterministic
 
 
 def call(node, where: str) -> Any:
@@ -86,79 +104,66 @@ def call(node, where: str) -> Any:
 
 
 def build_model(cfg) -> torch.nn.Module:
-    return call(cfg.model, "model")
+    """The configured model with its `model_transforms` applied (masks' structure, bases, ...)."""
+    model = call(cfg.model, "model")
+    for i, t in enumerate(cfg.get("model_transforms") or []):
+        model = call(t, f"model_transforms[{i}]")(model) or model
+    return model
 
 
 def expand_stages(cfg) -> List[Stage]:
-    stages, ci = [], cfg.ci
+    stages = []
     for phase in cfg.phases:
-        n = min(phase.repeat, ci.max_repeat) if ci.enabled else phase.repeat
+        n = min(phase.repeat, cfg.ci.max_repeat) if ci.active(cfg) else phase.repeat
         for r in range(n):
             name = phase.name if phase.repeat == 1 else f"{phase.name}{r + 1}"
             stages.append(Stage(len(stages), r, name, phase))
     return stages
 
 
-class RunContext:
-    """What methods see and may change: model, optimizer, data, position in the run."""
-
-    def __init__(self, cfg, device, model, methods):
-        self.cfg, self.device, self.model, self.methods = cfg, device, model, methods
-        self.optimizer = None
-        self.init_state: Dict[str, torch.Tensor] = {}
-        self.stage: Optional[Stage] = None
-        self.data: Optional[Splits] = None
-        self.pipeline: Optional[Pipeline] = None
-        self.epoch = 0
-        self.step = 0
-        self.lr = cfg.optim.lr
-        self.weight_decay = cfg.optim.weight_decay
-        self.gamma: Optional[float] = None  # the phase's schedule factor (None: the schedule's)
-        self.gen = torch.Generator().manual_seed(cfg.seed)  # methods' own randomness (masks, eta)
-
-    @property
-    def phase_index(self) -> int:
-        return self.stage.index if self.stage else -1
-
-    def reset_optimizer(self) -> None:
-        """A fresh optimizer (no momentum / Adam moments) over the model's current parameters."""
-        self.optimizer = build_optimizer(self.model, self.cfg.optim, self.lr, self.weight_decay)
-
-    def build_model(self) -> torch.nn.Module:
-        """A freshly initialized model of the configured architecture, drawn from `self.gen`."""
-        state = torch.random.get_rng_state()
-        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=self.gen)))
-        try:
-            return build_model(self.cfg).to(self.device)
-        finally:
-            torch.random.set_rng_state(state)
-
-    def calibration_batch(self, n: int = 256):
-        """The first n training samples of the current phase, through the eval pipeline."""
-        x, y = self.data.train.x[:n], self.data.train.y[:n]
-        return self.pipeline(x, False, None), y
-
-
 class Trainer:
-    def __init__(self, cfg: DictConfig, recorder: RunRecorder):
+    def __init__(self, cfg: DictConfig, recorder: RunRecorder, job: int = 0):
         self.cfg, self.rec = cfg, recorder
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        seed_everything(cfg.seed)
-        self.device = resolve_device(cfg.device)
-        model = build_model(cfg).to(self.device)
-        methods = [call(cfg.method, "method")] if cfg.method is not None else []
-        methods += [call(m, f"extra_methods[{i}]") for i, m in enumerate(cfg.extra_methods)]
-        self.methods = MethodStack(methods)
-        self.ctx = RunContext(cfg, self.device, model, self.methods)
-        self.stages = expand_stages(cfg)
-        self.order_gen = torch.Generator().manual_seed(cfg.seed + 1)
-        self.aug_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 2)
-        self.progress = cfg.progress
         self.opts = SimpleNamespace(**OmegaConf.to_container(cfg.train, resolve=True))  # hot loop
         if self.opts.loss not in LOSSES:
             raise RunnerError(f"train.loss={self.opts.loss!r}; valid: {', '.join(LOSSES)}")
+        if self.opts.precision not in PRECISIONS:
+            raise RunnerError(f"train.precision={self.opts.precision!r}; valid: {', '.join(PRECISIONS)}")
+        self.device = resolve_device(cfg.device, job)
+        set_determinism(self.opts.deterministic, self.device)
+        seed_everything(cfg.seed)
+        self.amp = PRECISIONS[self.opts.precision]
+        self.scaler = (torch.amp.GradScaler(self.device.type)
+                       if self.amp is torch.float16 and self.device.type == "cuda" else None)
+        model = self.prepare_model(build_model(cfg))
+        methods = [call(cfg.method, "method")] if cfg.method is not None else []
+        methods += [call(m, f"extra_methods[{i}]") for i, m in enumerate(cfg.extra_methods)]
+        self.methods = MethodStack(methods)
+        self.stages = expand_stages(cfg)
         self.loss_fn = LOSSES[self.opts.loss]
+        self.ctx = RunContext(
+            device=self.device, model=model, seed=cfg.seed, loss_fn=self.loss_fn,
+            num_stages=len(self.stages), eval_batch_size=self.opts.eval_batch_size,
+            build_model=lambda: self.prepare_model(build_model(cfg)),
+            make_optimizer=lambda m, lr, wd: build_optimizer(m, cfg.optim, lr, wd),
+            autocast=self.autocast, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.order_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.aug_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 2)
+        self.progress = cfg.progress
+        self._device_data = None  # (dataset config key, splits on the device) for reuse
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        model = model.to(self.device)
+        if self.opts.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def autocast(self):
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
 
     # -- data ---------------------------------------------------------------------------------
     def dataset_cfg(self, key: Optional[str]):
@@ -170,22 +175,40 @@ class Trainer:
         return self.cfg.datasets[key]
 
     def arrays(self, ds) -> Arrays:
-        ci = self.cfg.ci
-        if ci.enabled:
-            return shapes_only(ds.shape, ds.num_classes, ci.n_train, ci.n_test, seed=self.cfg.seed,
-                               dtype=ds.get("dtype", "uint8"))
+        caps = self.cfg.ci
+        if ci.active(self.cfg):
+            return shapes_only(ds.shape, ds.num_classes, caps.n_train, caps.n_test,
+                               seed=self.cfg.seed, dtype=ds.get("dtype", "uint8"))
         key = OmegaConf.to_yaml(ds.reader, resolve=True)  # interpolated options (seed) count
         if key not in _ARRAYS_CACHE:
             _ARRAYS_CACHE[key] = call(ds.reader, "dataset.reader")
         return _ARRAYS_CACHE[key]
 
-    def load_stage_data(self, stage: Stage) -> None:
-        ds = self.dataset_cfg(stage.cfg.dataset)
+    def device_splits(self, ds) -> Splits:
+        """Train / val / test of a dataset on the device; reused while phases keep the dataset."""
         tr = self.cfg.train
+        key = OmegaConf.to_yaml(ds, resolve=True)
+        if self._device_data is not None and self._device_data[0] == key:
+            return self._device_data[1]
+        self._device_data = None  # free the previous dataset before building the next
+        self.free_device_memory()
         val_seed = self.cfg.seed if tr.val_seed is None else tr.val_seed
         splits = split_train_val(self.arrays(ds), tr.val_fraction, val_seed, self.device)
+        self._device_data = (key, splits)
+        return splits
+
+    def free_device_memory(self) -> None:
+        if self.device.type == "cuda":
+            gc.collect()
+            torch.cuda.empty_cache()
+
+    def load_stage_data(self, stage: Stage) -> None:
+        ds = self.dataset_cfg(stage.cfg.dataset)
+        self.ctx.data = self.ctx.pipeline = None
+        base = self.device_splits(ds)
+        splits = Splits(base.train, base.val, base.test)
         sub = stage.cfg.subset
-        n = sub.n if sub.n is None or not self.cfg.ci.enabled else min(sub.n, len(splits.train))
+        n = sub.n if sub.n is None or not ci.active(self.cfg) else min(sub.n, len(splits.train))
         idx = subset_indices(len(splits.train), self.cfg.seed, sub.fraction, n, sub.chunks,
                              stage.repeat, sub.access)
         if idx is not None:
@@ -194,11 +217,25 @@ class Trainer:
         pipe = Pipeline(ds.get("mean", [0.0]), ds.get("std", [1.0]),
                         [call(t, f"{stage.name}.transform") for t in stage.cfg.transform],
                         [call(t, f"{stage.name}.augment") for t in augment], self.device)
-        self.ctx.pipeline = pipe
-        if self.float_bytes(splits, pipe) <= tr.cache_mb * 2**20:
+        self.ctx.pipeline = self.with_layout(pipe)
+        if self.float_bytes(splits, pipe) <= self.cache_bytes():
             splits = Splits(*(pipe.prepare(s) for s in (splits.train, splits.val, splits.test)))
-            self.ctx.pipeline = lambda x, train, gen: pipe.random(x, train, gen)
+            self.ctx.pipeline = self.with_layout(lambda x, train, gen: pipe.random(x, train, gen))
         self.ctx.data = splits
+
+    def with_layout(self, pipe):
+        """The pipeline, giving channels-last batches when the model is channels-last."""
+        if not self.opts.channels_last:
+            return pipe
+        return lambda x, train, gen: (lambda y: y.contiguous(memory_format=torch.channels_last)
+                                      if y.dim() == 4 else y)(pipe(x, train, gen))
+
+    def cache_bytes(self) -> int:
+        limit = self.opts.cache_mb * 2**20
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            limit = min(limit, free // 2)
+        return limit
 
     def float_bytes(self, splits: Splits, pipe: Pipeline) -> int:
         """Size of the splits as float32 after the deterministic transforms."""
@@ -207,73 +244,94 @@ class Trainer:
         return 4 * n * probe[0].numel()
 
     # -- loops --------------------------------------------------------------------------------
-    def loss(self, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        return self.loss_fn(out, y, reduction=reduction)
-
-    def train_epoch(self, batch_size, limit):
-        ctx, model, pipe, m = self.ctx, self.ctx.model, self.ctx.pipeline, self.methods
-        loss_terms, before, after = (m.by_hook[h] for h in ("loss_term", "before_step", "after_step"))
-        if not model.training:  # evaluate() leaves it in train mode; methods' choices stay
-            model.train()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        n = 0
+    def train_epoch(self, batch_size, limit) -> torch.Tensor:
+        """One epoch; returns the device tensor [loss sum, correct, samples] (no host sync)."""
+        ctx = self.ctx
+        if not ctx.model.training:  # evaluate() leaves it in train mode; methods' choices stay
+            ctx.model.train()
+        stats = torch.zeros(3, device=self.device)
         epoch_batches = batches(ctx.data.train, batch_size, self.order_gen, limit=limit)
         for xb, yb in batch_bar(epoch_batches, len(ctx.data.train), batch_size, limit,  # logs.py
                                 self.progress):
-            out = model(pipe(xb, True, self.aug_gen))
-            loss = self.loss(out, yb)
-            total = loss + m.loss_term(ctx) if loss_terms else loss
-            opt = ctx.optimizer
-            opt.zero_grad(set_to_none=True)
+            self.train_step(xb, yb, stats)
+        return stats
+
+    def train_step(self, xb: torch.Tensor, yb: torch.Tensor, stats: torch.Tensor) -> None:
+        ctx, m, masks = self.ctx, self.methods, self.ctx.masks
+        x = ctx.pipeline(xb, True, self.aug_gen)
+        ctx.batch = (x, yb)
+        with self.autocast():
+            out = ctx.model(x)
+            loss = self.loss_fn(out, yb)
+        ctx.outputs = out
+        total = loss + m.loss_term(ctx) if m.by_hook["loss_term"] else loss
+        opt = ctx.optimizer
+        opt.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.unscale_(opt)
+        else:
             total.backward()
-            if before:
-                m.call("before_step", ctx)
+        if len(masks):
+            masks.mask_grads()
+        if m.by_hook["before_step"]:
+            m.call("before_step", ctx)
+        if self.scaler is not None:
+            self.scaler.step(opt)
+            self.scaler.update()
+        else:
             opt.step()
-            if after:
-                m.call("after_step", ctx)
-            ctx.step += 1
-            loss_sum += loss.detach() * len(yb)
-            correct += (out.argmax(1) == yb).sum()
-            n += len(yb)
-        return loss_sum.item() / max(n, 1), correct.item() / max(n, 1)
+        if len(masks):
+            masks.project()
+        if m.by_hook["after_step"]:
+            m.call("after_step", ctx)
+            if len(masks):
+                masks.project()
+        ctx.step += 1
+        n = len(yb)
+        stats += torch.stack([loss.detach().float() * n, (out.argmax(1) == yb).sum().float(),
+                              torch.tensor(float(n), device=stats.device)])
 
     @torch.no_grad()
-    def evaluate(self, split: Split, limit=None):
-        if len(split) == 0:
-            return math.nan, math.nan
-        model, pipe = self.ctx.model, self.ctx.pipeline
-        model.eval()
-        loss_sum, correct, n = 0.0, 0, 0
-        for xb, yb in batches(split, self.opts.eval_batch_size, None, shuffle=False, limit=limit):
-            out = model(pipe(xb, False, None))
-            loss_sum += self.loss(out, yb, reduction="sum").item()
-            correct += (out.argmax(1) == yb).sum().item()
-            n += len(yb)
-        model.train()
-        return loss_sum / n, correct / n
+    def weight_stats(self) -> torch.Tensor:
+        """[total norm of effective parameters, non-zero weights, trained weights] (device)."""
+        model, masks = self.ctx.model, self.ctx.masks
+        weights = params.slots(model, "weights")
+        nonzero = sum(s.value().count_nonzero() for s in weights)
+        trained = 0
+        for name, p, kind in params.parameters(model):
+            if kind == "weights" and p.requires_grad:
+                trained = trained + (masks[name].keep.sum() if name in masks else p.numel())
+        return torch.stack([params.total_norm(model).float(),
+                            torch.as_tensor(nonzero, device=self.device).float(),
+                            torch.as_tensor(trained, device=self.device).float()])
 
-    @torch.no_grad()
-    def weight_norm(self) -> float:
-        """L2 norm of all parameters together (one device sync)."""
-        norms = [torch.linalg.vector_norm(p) for p in self.ctx.model.parameters()]
-        return torch.linalg.vector_norm(torch.stack(norms)).item()
+    def call_hook(self, hook: str) -> None:
+        """A method hook, then the masks again (a method's write never beats a mask)."""
+        self.methods.call(hook, self.ctx)
+        if len(self.ctx.masks):
+            self.ctx.masks.project()
 
     # -- the run ------------------------------------------------------------------------------
     def fit(self) -> None:
         ctx = self.ctx
         self.load_stage_data(self.stages[0])
-        ctx.init_state = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
+        ctx.init_state = params.snapshot(ctx.model)
         ctx.stage = self.stages[0]
-        self.methods.call("setup", ctx)
+        self.call_hook("setup")
         ctx.reset_optimizer()
+        if self.opts.compile:
+            ctx.model = torch.compile(ctx.model)
         for stage in self.stages:
             if stage.index > 0:
                 self.load_stage_data(stage)
             self.run_stage(stage)
+        self._device_data = None
+        self.ctx.data = None
 
     def run_stage(self, stage: Stage) -> None:
-        cfg, ctx, ci, opts = self.cfg, self.ctx, self.cfg.ci, self.opts
+        cfg, ctx, opts = self.cfg, self.ctx, self.opts
+        caps = cfg.ci if ci.active(cfg) else None
         ph = SimpleNamespace(**OmegaConf.to_container(stage.cfg, resolve=True))
         ctx.stage, ctx.epoch = stage, 0
         ctx.lr = cfg.optim.lr if ph.lr is None else ph.lr
@@ -281,16 +339,19 @@ class Trainer:
         ctx.gamma = ph.gamma
         if ph.reset_optimizer:
             ctx.reset_optimizer()
-        self.methods.call("on_phase_start", ctx)  # may change ctx.lr, ctx.gamma, ctx.weight_decay
-        set_hyper(ctx.optimizer, cfg.optim, ctx.lr, ctx.weight_decay)
-        schedule = Schedule(cfg.schedule, ctx.lr, ctx.gamma, ph.milestones)
-
         epochs = opts.epochs if ph.epochs is None else ph.epochs
         patience = opts.patience if ph.patience is None else ph.patience
         batch_size, limit, eval_limit = opts.batch_size, None, None
-        if ci.enabled:
-            epochs, limit, eval_limit = min(epochs, ci.max_epochs), ci.max_batches, ci.max_batches
-            batch_size = None if batch_size is None else min(batch_size, ci.batch_size)
+        if caps is not None:
+            epochs, limit, eval_limit = min(epochs, caps.max_epochs), caps.max_batches, caps.eval_batches
+            batch_size = ci.cap(batch_size, caps.batch_size)
+        n_train = len(ctx.data.train)
+        bs = n_train if batch_size is None else max(1, min(batch_size, n_train))
+        ctx.steps_per_epoch = -(-n_train // bs) if limit is None else min(-(-n_train // bs), limit)
+        ctx.total_steps = ctx.steps_per_epoch * epochs
+        self.call_hook("on_phase_start")  # may change ctx.lr, ctx.gamma, ctx.weight_decay
+        set_hyper(ctx.optimizer, cfg.optim, ctx.lr, ctx.weight_decay)
+        schedule = Schedule(cfg.schedule, ctx.lr, ctx.gamma, ph.milestones)
 
         best, best_state, since_best, end = None, None, 0, None
         bar = tqdm(range(epochs), desc=f"{stage.name}", leave=False,
@@ -301,28 +362,32 @@ class Trainer:
             for g in ctx.optimizer.param_groups:
                 g["lr"] = lr
             t0 = time.perf_counter()
-            train_loss, train_acc = self.train_epoch(batch_size, limit)
+            stats = self.train_epoch(batch_size, limit)
+            last = epoch + 1 == epochs
+            evaluate = last or (epoch + 1) % opts.eval_every == 0
+            nan = torch.full((2,), math.nan, device=self.device)
+            val = torch.stack(ctx.evaluate(ctx.data.val, eval_limit)) if evaluate else nan
+            test = (torch.stack(ctx.evaluate(ctx.data.test, eval_limit))
+                    if evaluate and opts.eval_test else nan)
+            # the epoch's one host sync: every number of the row at once
+            (loss_sum, correct, n, val_loss, val_acc, test_loss, test_acc, norm, nonzero,
+             trained) = torch.cat([stats, val.float(), test.float(), self.weight_stats()]).tolist()
+            train_loss, train_acc = loss_sum / max(n, 1), correct / max(n, 1)
             if not math.isfinite(train_loss):
                 raise Diverged(f"training loss became {train_loss} in phase {stage.name!r}, "
                                f"epoch {epoch + 1}")
-            last = epoch + 1 == epochs
-            evaluate = last or (epoch + 1) % opts.eval_every == 0
-            val_loss = val_acc = test_loss = test_acc = math.nan
             if evaluate:
-                val_loss, val_acc = self.evaluate(ctx.data.val, eval_limit)
-                if opts.eval_test:
-                    test_loss, test_acc = self.evaluate(ctx.data.test, eval_limit)
                 schedule.observe(val_loss if math.isfinite(val_loss) else train_loss)
             row = {"phase": stage.index, "phase_name": stage.name, "epoch": epoch + 1,
                    "step": ctx.step, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
                    "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss,
-                   "test_acc": test_acc, "weight_norm": self.weight_norm(),
-                   "seconds": time.perf_counter() - t0}
+                   "test_acc": test_acc, "weight_norm": norm, "nonzero_weights": int(nonzero),
+                   "trained_weights": int(trained), "seconds": time.perf_counter() - t0}
             row.update(self.methods.collect("on_epoch_end", ctx))
             self.rec.epoch(row)
             if not evaluate:
                 continue
-            log.info("%s", epoch_line(stage.name, epoch + 1, epochs, row))
+            log.info("%s", epoch_line(stage.name, epoch + 1, epochs, row))  # logs.py
             end = row
             if best is None or not (val_loss >= best["val_loss"]):  # NaN val: keep the latest
                 best, since_best = row, 0
@@ -359,7 +424,7 @@ def summarize(result: Dict[str, Any], cfg) -> Dict[str, Any]:
     if not result["phases"]:
         return {}
     last = result["phases"][-1]
-    at = last["best"] if cfg.report.at == "best" else last["end"]
+    at = last["best"] if report_at(cfg) == "best" else last["end"]
     out = {cfg.report.metric: at.get(cfg.report.metric, last.get(cfg.report.metric))}
     for key in cfg.report.extra:
         out[key] = at.get(key, last.get(key))
@@ -367,25 +432,34 @@ def summarize(result: Dict[str, Any], cfg) -> Dict[str, Any]:
 
 
 def run(cfg: DictConfig, out_dir, choices: Optional[Dict[str, str]] = None,
-        overrides: Optional[List[str]] = None) -> Dict[str, Any]:
-    """Train one configured run in `out_dir`; returns the content of its result.json."""
+        overrides: Optional[List[str]] = None, job: int = 0) -> Dict[str, Any]:
+    """Train one configured run in `out_dir` (sweep job number `job`); returns its result.json."""
+    cfg = ci.apply(cfg)
+    check_report(cfg)
     choices = dict(choices or {})
     t0 = time.time()
     base = {"name": cfg.name, "seed": cfg.seed, "choices": choices,
             "overrides": list(overrides or []), "paper_value": paper_value(cfg, choices),
-            "paper_source": cfg.paper.source, "config": OmegaConf.to_container(cfg, resolve=True),
-            "environment": environment(resolve_device(cfg.device), out_dir)}  # logs.py
+            "paper_source": cfg.paper.source, "config": OmegaConf.to_container(cfg, resolve=True)}
     rec = RunRecorder(out_dir, base)
-    log_start(cfg.name, cfg.seed, base["environment"])
     status, error = "completed", None
     try:
-        Trainer(cfg, rec).fit()
+        trainer = Trainer(cfg, rec, job)
+        rec.result.update(device=str(trainer.device), deterministic=cfg.train.deterministic,
+                          precision=cfg.train.precision,
+                          environment=environment(trainer.device, out_dir))  # logs.py
+        log_start(cfg.name, cfg.seed, rec.result["environment"])
+        trainer.fit()
     except Diverged as e:
         status, error = "diverged", str(e)
         log.warning("diverged: %s", e)
     except BaseException as e:
         rec.finish("failed", error=f"{type(e).__name__}: {e}", wall_time_s=time.time() - t0,
                    summary=summarize(rec.result, cfg))
+        traceback.clear_frames(e.__traceback__)  # a sweep's next job gets the memory back
+        if torch.cuda.is_available():
+            gc.collect()
+            torch.cuda.empty_cache()
         raise
     return rec.finish(status, error=error, wall_time_s=time.time() - t0,
                       summary=summarize(rec.result, cfg))

@@ -29,7 +29,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from methods.base import NORM_TYPES
+from runner.models.params import NORM_TYPES
 
 CUTOFF = 1e-2
 WEIGHT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
@@ -148,7 +148,9 @@ def _small_columns(layer: Layer, c: int, cutoff: float) -> torch.Tensor:
 @torch.no_grad()
 def count_frozen(model: nn.Module | Dict[str, Layer], cutoff: float = CUTOFF) -> Dict:
     """Double- and triple-frozen weights, double-frozen units and frozen filters of a model (or
-    of its `trace_layers`), per layer (`layers`: name -> counts) and in total."""
+    of its `trace_layers`), per layer (`layers`: name -> counts) and in total, with their
+    denominators: `weights` (all weights of the conv and linear layers) and `countable_units`
+    (the units that can freeze: output channels of layers some traced layer reads)."""
     layers = model if isinstance(model, dict) else trace_layers(model)
     double: Dict[str, torch.Tensor] = {}  # masks of frozen weights, made where needed
     triple: Dict[str, torch.Tensor] = {}
@@ -181,11 +183,12 @@ def count_frozen(model: nn.Module | Dict[str, Layer], cutoff: float = CUTOFF) ->
     def n_set(masks, name):
         return int(masks[name].count_nonzero()) if name in masks else 0
 
-    per = {n: {"weights": l.weight.numel(), "double": n_set(double, n),
-               "triple": n_set(triple, n), "units": units[n], "filters": filters[n]}
+    per = {n: {"weights": l.weight.numel(), "countable_units": l.channels if l.countable else 0,
+               "double": n_set(double, n), "triple": n_set(triple, n), "units": units[n],
+               "filters": filters[n]}
            for n, l in layers.items()}
     total = {k: sum(v[k] for v in per.values())
-             for k in ("weights", "double", "triple", "units", "filters")}
+             for k in ("weights", "countable_units", "double", "triple", "units", "filters")}
     return {**total, "layers": per}
 
 

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from methods.base import Method  # noqa: E402
-from methods.swr import chain_starts, rescale_, rescale_layers  # noqa: E402
+from methods.swr import chain_starts, layer_slots, rescale_, rescale_layers  # noqa: E402
 from runner.analysis.common import (AnalysisError, cli, completed, experiments,  # noqa: E402
                                     figure_path, metrics, save, value)
 from runner.plots import draw  # noqa: E402
@@ -119,8 +119,7 @@ class ScaleOnce(Method):
         layers = rescale_layers(ctx.model)
         c = torch.full((len(layers),), self.factor, device=ctx.device)
         starts = chain_starts([norm for _, norm in layers]).to(ctx.device)
-        rescale_([getattr(m, "weight", None) for m, _ in layers],
-                 [getattr(m, "bias", None) for m, _ in layers], c, starts, self.proportional)
+        rescale_(*layer_slots(ctx.model, layers), c, starts, self.proportional)
         self.after = test_accuracy(ctx)
 
     def on_phase_end(self, ctx) -> Dict[str, float]:
@@ -129,15 +128,7 @@ class ScaleOnce(Method):
 
 @torch.no_grad()
 def test_accuracy(ctx) -> float:
-    model, test = ctx.model, ctx.data.test
-    was_training = model.training
-    model.eval()
-    correct, bs = 0, ctx.cfg.train.eval_batch_size
-    for i in range(0, len(test), bs):
-        out = model(ctx.pipeline(test.x[i:i + bs], False, None))
-        correct += (out.argmax(1) == test.y[i:i + bs]).sum().item()
-    model.train(was_training)
-    return correct / max(len(test), 1)
+    return float(ctx.evaluate(ctx.data.test)[1])
 
 
 # -- figures -------------------------------------------------------------------------------------

@@ -136,7 +136,9 @@ class RandomAffine:
         shear = torch.stack([torch.stack([torch.ones_like(shx), shx], -1),
                              torch.stack([shy, torch.ones_like(shy)], -1)], -2)
         fwd = fwd @ shear * zoom.view(b, 1, 1)  # image -> output: rotate . shear . zoom
-        inv = torch.linalg.inv(fwd)
+        a, b_, c, d = fwd[:, 0, 0], fwd[:, 0, 1], fwd[:, 1, 0], fwd[:, 1, 1]
+        inv = torch.stack([torch.stack([d, -b_], -1), torch.stack([-c, a], -1)], -2) \
+            / (a * d - b_ * c).view(b, 1, 1)  # the 2x2 inverse in closed form: no host sync
         t = -(inv @ torch.stack([tx, ty], -1).unsqueeze(-1))
         return torch.cat([inv, t], -1)
 
@@ -160,8 +162,8 @@ class RandomShift(RandomAffine):
 class RandomBlur:
     """Blur each image by down-sampling to a random fraction of its size in [`min_scale`, 1]
     (area) and up-sampling back (bilinear); Zilly et al.'s "random blurring by downsizing down
-    to 30 %". The fraction is drawn from `levels` evenly spaced values, one interpolation per
-    level used in the batch."""
+    to 30 %". The fraction is drawn from `levels` evenly spaced values; every level is computed
+    for the whole batch and each image takes its own (no host sync, no data-dependent shapes)."""
 
     def __init__(self, min_scale: float = 0.3, levels: int = 8):
         self.scales = torch.linspace(min_scale, 1.0, levels).tolist()
@@ -170,13 +172,12 @@ class RandomBlur:
         h, w = x.shape[-2:]
         pick = (_rand(x.shape[0], gen, x.device) * len(self.scales)).long().clamp_(
             max=len(self.scales) - 1)
-        out = x.clone()
+        out = x
         for i, s in enumerate(self.scales[:-1]):  # the last level (1.0) leaves images unchanged
-            sel = (pick == i).nonzero().view(-1)
-            if len(sel):
-                size = (max(1, round(h * s)), max(1, round(w * s)))
-                small = F.interpolate(x[sel], size=size, mode="area")
-                out[sel] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+            size = (max(1, round(h * s)), max(1, round(w * s)))
+            small = F.interpolate(x, size=size, mode="area")
+            blurred = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+            out = torch.where((pick == i).view(-1, 1, 1, 1), blurred, out)
         return out
 
 

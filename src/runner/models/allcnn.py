@@ -17,15 +17,18 @@ ALLCNN_C = ((96, 3, 1, 1), (96, 3, 1, 1), (96, 3, 2, 1), (192, 3, 1, 1), (192, 3
 
 
 def allcnn(in_shape: Sequence[int], num_classes: int, norm: Optional[str] = "batch",
-           dropout: float = 0.0, init: str = "default", zero_bias: bool = False) -> Network:
+           dropout: float = 0.0, init: str = "default", zero_bias: bool = False,
+           width: float = 1.0) -> Network:
     """Each conv is a block (conv -> norm -> ReLU); `dropout` follows each stride-2 block (the
-    original uses 0.5 there and 0.2 on the input; Zilly et al. state no dropout)."""
+    original uses 0.5 there and 0.2 on the input; Zilly et al. state no dropout); `width`
+    multiplies every layer's channels (1.0: the original)."""
     blocks, c = [], in_shape[0]
-    for width, k, s, p in ALLCNN_C:
-        block = conv_block(c, width, k, s, p, norm)
+    for channels, k, s, p in ALLCNN_C:
+        width_ = max(1, round(channels * width))
+        block = conv_block(c, width_, k, s, p, norm)
         if s == 2 and dropout:
             block.append(nn.Dropout(dropout))
         blocks.append(block)
-        c = width
+        c = width_
     head = nn.Sequential(nn.Conv2d(c, num_classes, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     return initialize(Network(blocks, head), init, zero_bias)

@@ -1,0 +1,189 @@
+"""What a run's resolved config implies about its result, checked after the fact.
+
+`check_run(result, events)` asserts, from `result["config"]` alone:
+- the stages: one per phase repeat (capped by `ci.max_repeat` under ci), named as the trainer
+  names them, in order;
+- the epochs and steps of each stage: never more epochs than configured (capped by
+  `ci.max_epochs`), exactly that many without patience, and, when the training-set size is known
+  (synthetic data under ci), steps = epochs x batches per epoch, from the val split, the phase's
+  subset, the batch size and `ci.max_batches`;
+- the report metric is in `summary` (a finite number) and in `result.json` on disk;
+- the paper's value is the one `paper.values` declares for this cell, and `paper.by` names only
+  keys that exist;
+- the methods fired: `events` (from the `method_events` fixture) records, for every method's
+  `setup` and `on_phase_start`, whether the model's weights changed. Interventions must change
+  them when they say they act (`INTERVENTIONS`); every other method must leave them alone there.
+  Probes must have written their metrics (`PROBES`).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from methods.base import MethodStack
+
+WATCHED = ("setup", "on_phase_start")
+
+
+@dataclass
+class Event:
+    hook: str
+    stage: int
+    method: object
+    changed: bool
+
+
+# class name -> at which stage index its on_phase_start must change the weights ("setup": in setup)
+INTERVENTIONS: Dict[str, Callable[[object, int], bool]] = {
+    **{name: lambda m, i: i > 0 for name in ("WELSR", "DSD", "WELS", "FC", "LW", "ShrinkPerturb",
+                                             "HeadReset")},
+    "DiracReset": lambda m, i: m.acts(i),
+    "ScaleOnce": lambda m, i: i == m.at_phase,
+    "SparseInit": lambda m, i: False,  # acts in setup
+}
+SETUP_INTERVENTIONS = {"SparseInit"}
+# class name -> (keys every phase summary has, keys the last phase has)
+PROBES = {
+    "FrozenProbe": (["frozen_filters", "frozen_units", "start_frozen_filters"], []),
+    "ReinitProbe": ([], ["margins", "weight_size", "perturb"]),
+    "WELSR": (["reinit_rounds"], []), "DSD": (["reinit_rounds"], []),
+    "WELS": (["reinit_rounds"], []), "FC": (["reinit_rounds"], []),
+    "LW": (["lw_block"], []), "SparseInit": (["init_sparsity"], []),
+}
+
+
+@torch.no_grad()
+def _state(model) -> Dict[str, tuple]:
+    """Per tensor of the state: sum and sum of magnitudes (cheap for big models, and changed by
+    any reinitialization, rescaling or reset in practice)."""
+    return {k: (v.sum().item(), v.abs().sum().item()) if v.is_floating_point() else v.sum().item()
+            for k, v in model.state_dict().items()}
+
+
+def _changed(before: Dict[str, tuple], model) -> bool:
+    return before != _state(model)
+
+
+@pytest.fixture
+def method_events(monkeypatch) -> List[Event]:
+    """Record, per method, whether `setup` / `on_phase_start` changed the model's weights."""
+    events: List[Event] = []
+    call = MethodStack.call
+
+    def watched(stack, hook, ctx):
+        if hook not in WATCHED:
+            return call(stack, hook, ctx)
+        for m in stack.by_hook[hook]:
+            before = _state(ctx.model)
+            getattr(m, hook)(ctx)
+            events.append(Event(hook, ctx.phase_index, m, _changed(before, ctx.model)))
+
+    monkeypatch.setattr(MethodStack, "call", watched)
+    return events
+
+
+def expected_stages(cfg) -> List[tuple]:
+    """(name, phase config, repeat index) of every stage the config runs."""
+    out = []
+    for phase in cfg.phases:
+        n = min(phase.repeat, cfg.ci.max_repeat) if (cfg.ci.level != "none") else phase.repeat
+        out += [(phase.name if phase.repeat == 1 else f"{phase.name}{r + 1}", phase, r)
+                for r in range(n)]
+    return out
+
+
+def train_size(cfg, phase, repeat: int, n_train: int) -> int:
+    """Training samples a stage sees: the set minus validation, then the phase's subset."""
+    n = n_train - int(round(cfg.train.val_fraction * n_train))
+    sub = phase.subset
+    if sub.fraction is not None:
+        return int(round(sub.fraction * n))
+    if sub.n is not None:
+        return min(sub.n, n)
+    if sub.chunks is not None:
+        size = n // sub.chunks
+        return (repeat + 1) * size if sub.access == "full" else size
+    return n
+
+
+def batches_per_epoch(cfg, n: int) -> int:
+    bs = cfg.train.batch_size
+    if (cfg.ci.level != "none") and bs is not None and cfg.ci.batch_size is not None:
+        bs = min(bs, cfg.ci.batch_size)
+    per_epoch = 1 if bs is None else math.ceil(n / bs)
+    return min(per_epoch, cfg.ci.max_batches) if (cfg.ci.level != "none") else per_epoch
+
+
+def declared_paper_value(cfg, choices):
+    node = cfg.paper["values"]
+    for key in cfg.paper.by:
+        k = choices.get(key, OmegaConf.select(cfg, key, default=None))
+        node = node.get(str(k)) if hasattr(node, "get") and k is not None else None
+    return node if isinstance(node, (int, float)) else None
+
+
+def check_run(result: dict, events: Optional[List[Event]] = None, n_train: Optional[int] = None):
+    """Assert what the run's config implies (see the module's docstring)."""
+    cfg = OmegaConf.create(result["config"])
+    if n_train is None and (cfg.ci.level != "none"):
+        n_train = cfg.ci.n_train
+    phases = result["phases"]
+
+    stages = expected_stages(cfg)
+    assert [p["name"] for p in phases] == [name for name, *_ in stages], "stages"
+    assert [p["index"] for p in phases] == list(range(len(stages)))
+    steps = 0
+    for p, (name, phase, repeat) in zip(phases, stages):
+        cap = cfg.train.epochs if phase.epochs is None else phase.epochs
+        cap = min(cap, cfg.ci.max_epochs) if (cfg.ci.level != "none") else cap
+        patience = cfg.train.patience if phase.patience is None else phase.patience
+        assert 1 <= p["epochs"] <= cap and (patience is not None or p["epochs"] == cap), \
+            f"{name}: {p['epochs']} epochs, configured {cap} (patience {patience})"
+        assert 1 <= p["best_epoch"] <= p["epochs"], f"{name}: best epoch {p['best_epoch']}"
+        if n_train is not None:
+            steps += p["epochs"] * batches_per_epoch(cfg, train_size(cfg, phase, repeat, n_train))
+            assert p["steps"] == steps, f"{name}: {p['steps']} steps, expected {steps}"
+
+    metric = cfg.report.metric
+    value = result["summary"].get(metric)
+    assert isinstance(value, (int, float)) and math.isfinite(value), f"summary {metric}={value!r}"
+    on_disk = json.loads((Path(result["_dir"]) / "result.json").read_text())
+    assert on_disk["summary"].get(metric) == value
+
+    for key in cfg.paper.by:
+        assert key in result["choices"] or OmegaConf.select(cfg, key, default=None) is not None, \
+            f"paper.by names {key!r}, neither a group choice nor a config key"
+    assert result["paper_value"] == declared_paper_value(cfg, result["choices"])
+    if cfg.paper["values"]:
+        assert cfg.paper.source, "paper values without a source"
+
+    if events is None:
+        return
+    methods = {id(e.method): e.method for e in events}
+    for m in methods.values():
+        kind = type(m).__name__
+        mine = [e for e in events if e.method is m]
+        if kind in SETUP_INTERVENTIONS:
+            assert any(e.changed for e in mine if e.hook == "setup"), f"{kind}.setup changed nothing"
+        if kind in INTERVENTIONS:
+            for e in mine:
+                if e.hook == "on_phase_start" and INTERVENTIONS[kind](m, e.stage):
+                    assert e.changed, f"{kind} did not change the weights at stage {e.stage}"
+        else:
+            assert not any(e.changed for e in mine), \
+                f"{kind} changed the weights in {[e.hook for e in mine if e.changed]} " \
+                f"(an intervention? list it in tests/expectations.py INTERVENTIONS)"
+        if kind in ("WELSR", "DSD", "WELS", "FC"):  # one round per stage after the first
+            assert [p["reinit_rounds"] for p in phases] == list(range(len(phases)))
+        every, last = PROBES.get(kind, ([], []))
+        for p in phases:
+            missing = [k for k in every if k not in p]
+            assert not missing, f"{kind} wrote no {missing} in phase {p['name']}"
+        assert all(k in phases[-1] for k in last), f"{kind} wrote no {last} in the last phase"
