@@ -3,8 +3,10 @@
 A command is shortened, not rewritten: `ci=smoke` (and CPU, one thread, one joblib job), a seed
 or two; a sweep of more than MAX_JOBS jobs runs its first value of every list (still as a sweep)
 after every value of every list was checked to compose. Placeholders (PLACEHOLDERS): NAME is
-fmnist_mlp, my_method (the method a reader adds) is l2; an analysis command's DIR is the latest README sweep before it of the experiments it reads
-(SOURCES), SCRATCH_DIR the latest generalization sweep; `[DIR]` / `[DIR ...]` are left out.
+fmnist_mlp, my_method (the method a reader adds) is l2; an analysis command's DIR is the latest
+README sweep before it of the experiments it reads (SOURCES), SCRATCH_DIR the latest
+generalization sweep; `[DIR]` / `[DIR ...]` are left out. The heavy Table 2 sweep and its analysis
+run in the `sizes` stage (HEAVY).
 """
 import importlib
 import json
