@@ -191,7 +191,7 @@ def test_sweep_key_that_only_a_swept_group_has_gets_a_hint(tmp_path):
 
 
 def test_missing_dataset_is_one_clear_line(tmp_path):
-    out = run_cli("dataset=mnist", f"data_root={tmp_path}/nowhere", cwd=tmp_path)
+    out = run_cli("experiment=fmnist_mlp", "dataset=mnist", f"data_root={tmp_path}/nowhere", cwd=tmp_path)
     assert out.returncode == 1
     assert "Traceback" not in out.stderr
     last = out.stderr.strip().splitlines()[-1]
