@@ -239,3 +239,15 @@ def test_methods_never_read_the_config_and_only_the_core_knows_the_test_level():
                and re.search(r"ci\.(enabled|level)", p.read_text())]
     assert not outside, outside
     assert not list(re.finditer(r"\$\{if:", "\n".join(p.read_text() for p in CONF.rglob("*.yaml"))))
+
+
+def test_random_mask_keeps_exactly_its_density_of_every_weight_tensor():
+    from methods.random_mask import RandomMask
+    torch.manual_seed(0)
+    model = mlp([1, 4, 4], 5, hidden=[8, 6])
+    ctx = context(model)
+    RandomMask(density=0.25, kind="frozen").setup(ctx)
+    for name, p in params.select(model, "weights"):
+        assert int(ctx.masks[name].keep.sum()) == round(0.25 * p.numel()), name
+        assert ctx.masks[name].kind == "frozen"
+    assert not any(n in ctx.masks for n, _ in params.select(model, "biases"))
