@@ -115,8 +115,8 @@ def train_size(cfg, phase, repeat: int, n_train: int) -> int:
 
 def batches_per_epoch(cfg, n: int) -> int:
     bs = cfg.train.batch_size
-    if (cfg.ci.level != "none") and bs is not None and cfg.ci.batch_size is not None:
-        bs = min(bs, cfg.ci.batch_size)
+    if (cfg.ci.level != "none") and cfg.ci.batch_size is not None:  # full batch (None) is capped too
+        bs = cfg.ci.batch_size if bs is None else min(bs, cfg.ci.batch_size)
     per_epoch = 1 if bs is None else math.ceil(n / bs)
     return min(per_epoch, cfg.ci.max_batches) if (cfg.ci.level != "none") else per_epoch
 
