@@ -19,9 +19,11 @@ VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512
 def vgg(in_shape: Sequence[int], num_classes: int, layers: Sequence[Union[int, str]] = VGG16,
         norm: Optional[str] = "batch", bias: bool = True, classifier: Sequence[int] = (512, 512),
         fc_norm: Optional[str] = None, fc_order: str = "norm_act", dropout: float = 0.0,
-        avgpool: Optional[int] = None, init: str = "default", zero_bias: bool = False) -> Network:
-    """VGG features of `layers`, optionally an adaptive average pool to `avgpool`x`avgpool`,
-    hidden Linear blocks of the `classifier` widths (with `fc_norm`, `dropout`), a Linear head."""
+        avgpool: Optional[int] = None, init: str = "default", zero_bias: bool = False,
+        width: float = 1.0) -> Network:
+    """VGG features of `layers` (conv widths times `width`), optionally an adaptive average pool
+    to `avgpool`x`avgpool`, hidden Linear blocks of the `classifier` widths (with `fc_norm`,
+    `dropout`), a Linear head."""
     pools = sum(1 for v in layers if v == "M")
     if min(in_shape[1:]) < 2 ** pools:
         raise ValueError(f"vgg with {pools} max-pools needs inputs of at least {2 ** pools}x"
@@ -32,8 +34,9 @@ def vgg(in_shape: Sequence[int], num_classes: int, layers: Sequence[Union[int, s
         if v == "M":
             convs[-1].append(nn.MaxPool2d(2))
         else:
-            convs.append(conv_block(c, int(v), 3, 1, 1, norm, bias))
-            c = int(v)
+            w = max(1, round(int(v) * width))
+            convs.append(conv_block(c, w, 3, 1, 1, norm, bias))
+            c = w
     convs[-1] = with_flatten(convs[-1], nn.AdaptiveAvgPool2d(avgpool) if avgpool else None)
     width = flat_size(nn.Sequential(*convs), in_shape)
     blocks = list(convs)
