@@ -126,7 +126,8 @@ def test_blur_to_sharp_table_shows_frozen_filters_of_their_total(run_cfg, tmp_pa
     """fmnist_blur_to_sharp's point is the frozen-filter count: it sits beside accuracy, per
     method, out of the 132 units of the CNN-BN that can freeze (2 x 16 conv + 100 dense)."""
     for method in ("vanilla", "dirac_reset"):
-        run_cfg(["experiment=fmnist_blur_to_sharp", f"method={method}", "ci=smoke", "device=cpu"])
+        run_cfg(["experiment=fmnist_blur_to_sharp", f"method={method}", "ci=smoke",
+                 "ci.width=1", "device=cpu"])  # the full-width CNN-BN
     rows = md_rows(format_table(table_from_results(load_results([tmp_path]))))
     assert rows[0] == ["method", "test_acc", "start_frozen_filters (mean ± std / total)",
                        "frozen_filters (mean ± std / total)"]
