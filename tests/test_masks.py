@@ -116,7 +116,7 @@ def test_two_tensor_parametrization_selects_builds_an_optimizer_and_keeps_the_fu
     filter_basis()(model)
     assert torch.allclose(model(x), before, atol=1e-5)
     names = [n for n, _ in params.select(model, "weights")]
-    assert names == ["0.parametrizations.weight.original0", "0.parametrizations.weight.original1",
+    assert names == ["0.parametrizations.weight.original", "0.parametrizations.weight.0.basis",
                      "3.weight"]
     from runner.config import OptimConfig
     from runner.optim import build_optimizer
