@@ -50,7 +50,6 @@ INTERVENTIONS: Dict[str, Callable[[object, int], bool]] = {
     "SET": lambda m, i: False, "RigL": lambda m, i: False,  # random sparse mask in setup
     "LTH": lambda m, i: i > 0,  # prune and rewind at every round after the first
     "FineTune": lambda m, i: i == m.at_phase and m.sparsity > 0,
-    "GMP": lambda m, i: False,  # prunes in after_step only
 }
 SETUP_INTERVENTIONS = {"SparseInit", "SET", "RigL"}
 # class name -> (keys every phase summary has, keys the last phase has)
