@@ -25,6 +25,7 @@ from methods.base import MethodStack
 from runner import ci
 from runner.checks import check_report, report_at
 from runner.context import RunContext, Stage
+from runner.data.stream import stream_splits
 from runner.data.synthetic import shapes_only
 from runner.data.tensors import Arrays, Pipeline, Splits, batches, split_train_val, subset_indices
 from runner.errors import Diverged, RunnerError
@@ -193,7 +194,11 @@ class Trainer:
         self._device_data = None  # free the previous dataset before building the next
         self.free_device_memory()
         val_seed = self.cfg.seed if tr.val_seed is None else tr.val_seed
-        splits = split_train_val(self.arrays(ds), tr.val_fraction, val_seed, self.device)
+        if ds.get("stream") is not None and not ci.active(self.cfg):  # files read by workers
+            splits = stream_splits(call(ds.reader, "dataset.reader"), tr.val_fraction, val_seed,
+                                   self.device, **OmegaConf.to_container(ds.stream, resolve=True))
+        else:
+            splits = split_train_val(self.arrays(ds), tr.val_fraction, val_seed, self.device)
         self._device_data = (key, splits)
         return splits
 
@@ -218,7 +223,8 @@ class Trainer:
                         [call(t, f"{stage.name}.transform") for t in stage.cfg.transform],
                         [call(t, f"{stage.name}.augment") for t in augment], self.device)
         self.ctx.pipeline = self.with_layout(pipe)
-        if self.float_bytes(splits, pipe) <= self.cache_bytes():
+        streamed = hasattr(splits.train, "batches")
+        if not streamed and self.float_bytes(splits, pipe) <= self.cache_bytes():
             splits = Splits(*(pipe.prepare(s) for s in (splits.train, splits.val, splits.test)))
             self.ctx.pipeline = self.with_layout(lambda x, train, gen: pipe.random(x, train, gen))
         self.ctx.data = splits
