@@ -130,6 +130,15 @@ class PaperConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Data-parallel training over torchrun's ranks (runner.distributed)."""
+
+    enabled: bool = False  # true: run under `torchrun --nproc_per_node=N -m runner ...`
+    backend: Optional[str] = None  # None: nccl on GPUs, gloo on the CPU
+    sync_bn: bool = False  # batch-norm statistics over all ranks (SyncBatchNorm, GPUs only)
+
+
+@dataclass
 class RunnerConfig:
     name: str = "run"
     description: str = ""
@@ -154,6 +163,7 @@ class RunnerConfig:
     ci: CIConfig = field(default_factory=CIConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     paper: PaperConfig = field(default_factory=PaperConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     logger: Any = None  # tracker (conf/logger/): csv (run files only), tensorboard, mlflow, wandb
 
 

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from methods.base import MethodStack
-from runner import ci
+from runner import ci, distributed
 from runner.checks import check_report, report_at
 from runner.context import RunContext, Stage
 from runner.data.stream import stream_splits
@@ -132,7 +132,9 @@ class Trainer:
             raise RunnerError(f"train.loss={self.opts.loss!r}; valid: {', '.join(LOSSES)}")
         if self.opts.precision not in PRECISIONS:
             raise RunnerError(f"train.precision={self.opts.precision!r}; valid: {', '.join(PRECISIONS)}")
-        self.device = resolve_device(cfg.device, job)
+        self.dist = distributed.setup(cfg.distributed, cfg.device)  # None: one process
+        self.device = self.dist.device if self.dist else resolve_device(cfg.device, job)
+        self.ddp = None  # the model as the step calls it under distributed training
         set_determinism(self.opts.deterministic, self.device)
         seed_everything(cfg.seed)
         self.amp = PRECISIONS[self.opts.precision]
@@ -256,7 +258,8 @@ class Trainer:
         if not ctx.model.training:  # evaluate() leaves it in train mode; methods' choices stay
             ctx.model.train()
         stats = torch.zeros(3, device=self.device)
-        epoch_batches = batches(ctx.data.train, batch_size, self.order_gen, limit=limit)
+        epoch_batches = (self.dist.batches if self.dist else batches)(
+            ctx.data.train, batch_size, self.order_gen, limit=limit)
         for xb, yb in batch_bar(epoch_batches, len(ctx.data.train), batch_size, limit,  # logs.py
                                 self.progress):
             self.train_step(xb, yb, stats)
@@ -267,7 +270,7 @@ class Trainer:
         x = ctx.pipeline(xb, True, self.aug_gen)
         ctx.batch = (x, yb)
         with self.autocast():
-            out = ctx.model(x)
+            out = (ctx.model if self.ddp is None else self.ddp)(x)
             loss = self.loss_fn(out, yb)
         ctx.outputs = out
         total = loss + m.loss_term(ctx) if m.by_hook["loss_term"] else loss
@@ -328,6 +331,8 @@ class Trainer:
         ctx.reset_optimizer()
         if self.opts.compile:
             ctx.model = torch.compile(ctx.model)
+        if self.dist:
+            self.ddp = self.dist.wrap(ctx.model)
         for stage in self.stages:
             if stage.index > 0:
                 self.load_stage_data(stage)
@@ -369,6 +374,8 @@ class Trainer:
                 g["lr"] = lr
             t0 = time.perf_counter()
             stats = self.train_epoch(batch_size, limit)
+            if self.dist:
+                self.dist.all_reduce(stats)
             last = epoch + 1 == epochs
             evaluate = last or (epoch + 1) % opts.eval_every == 0
             nan = torch.full((2,), math.nan, device=self.device)
@@ -406,6 +413,8 @@ class Trainer:
         bar.close()
         if best_state is not None:
             ctx.model.load_state_dict(best_state)
+        if self.dist:
+            self.dist.check_same(ctx.model, ctx.masks, f"phase {stage.name!r}")
         keys = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
         summary = {"index": stage.index, "name": stage.name, "epochs": end["epoch"],
                    "steps": ctx.step, "best_epoch": best["epoch"],
@@ -447,7 +456,7 @@ def run(cfg: DictConfig, out_dir, choices: Optional[Dict[str, str]] = None,
     base = {"name": cfg.name, "seed": cfg.seed, "choices": choices,
             "overrides": list(overrides or []), "paper_value": paper_value(cfg, choices),
             "paper_source": cfg.paper.source, "config": OmegaConf.to_container(cfg, resolve=True)}
-    rec = RunRecorder(out_dir, base)
+    rec = distributed.recorder(out_dir, base)  # only rank 0 writes
     status, error = "completed", None
     try:
         trainer = Trainer(cfg, rec, job)

@@ -123,6 +123,7 @@ class FolderSplit:
             torch.device(device), size, resize, tuple(scale), workers)
         self.y = self.y_cpu.to(self.device)
         self.x = _Lazy(self)
+        self.shard = (0, 1)  # (rank, world): decode only shard `rank` of every batch
 
     def __len__(self) -> int:
         return len(self.files)
@@ -141,10 +142,12 @@ class FolderSplit:
         if limit is not None:
             order = order[:limit * bs]
         seed = int(torch.randint(0, 2**62, (1,), generator=gen)) if gen is not None else 0
+        rank, world = self.shard
         loader = DataLoader(
             _Decoded(self.files, self.y_cpu, transform(self.train, self.size, self.resize,
                                                        self.scale)),
-            batch_size=bs, sampler=order.tolist(), num_workers=self.workers,
+            batch_sampler=[b.tensor_split(world)[rank].tolist() for b in order.split(bs)],
+            num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(seed),
             persistent_workers=False, prefetch_factor=4 if self.workers else None)
