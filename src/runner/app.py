@@ -55,7 +55,7 @@ def main(cfg: DictConfig) -> Optional[float]:
         if single:
             sys.exit(f"error: {e}")
         raise
-    if single:
+    if single and distributed.rank() == 0:
         print(format_table(table_from_results([result]), cfg.report.metric))
         print(f"run directory: {hc.runtime.output_dir}")
     return result.get("summary", {}).get(cfg.report.metric)

@@ -23,6 +23,7 @@ class TrainConfig:
     eval_test: bool = True  # evaluate the test set with validation (needed for test@best-val)
     eval_every: int = 1  # evaluate every k epochs (and at a phase's last); full-batch runs use >1
     loss: str = "cross_entropy"  # cross_entropy | mse (on one-hot targets)
+    label_smoothing: float = 0.0  # cross_entropy's label smoothing (thesis, ResNet50: 0.1)
     cache_mb: int = 4096  # keep the deterministic part of the input pipeline precomputed when
     # the float copy of a phase's train+val+test images fits in this many MB (0: never); on a GPU
     # at most half of the free device memory
@@ -54,6 +55,7 @@ class ScheduleConfig:
     milestones: List[int] = field(default_factory=list)  # step: epochs at which lr *= gamma
     patience: int = 10  # plateau: epochs without validation improvement
     min_lr: float = 0.0
+    warmup_epochs: int = 0  # linear warm-up: epoch e < warmup_epochs runs at (e + 1) / warmup
 
 
 @dataclass

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import gc
 import inspect
 import logging
@@ -146,6 +147,11 @@ class Trainer:
         self.methods = MethodStack(methods)
         self.stages = expand_stages(cfg)
         self.loss_fn = LOSSES[self.opts.loss]
+        if self.opts.label_smoothing:
+            if self.opts.loss != "cross_entropy":
+                raise RunnerError("train.label_smoothing needs train.loss=cross_entropy")
+            self.loss_fn = functools.partial(F.cross_entropy,
+                                             label_smoothing=self.opts.label_smoothing)
         self.ctx = RunContext(
             device=self.device, model=model, seed=cfg.seed, loss_fn=self.loss_fn,
             num_stages=len(self.stages), eval_batch_size=self.opts.eval_batch_size,
