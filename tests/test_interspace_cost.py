@@ -59,3 +59,43 @@ def test_measured_speedup_and_figures_run(tmp_path):
     assert ip.main(["fig5_3", "--out", str(tmp_path / "a.png")]) == 0
     assert ip.main(["fig5_4", "--out", str(tmp_path / "b.png")]) == 0
     assert (tmp_path / "a.png").stat().st_size > 0 and (tmp_path / "b.png").exists()
+
+
+def fake_run(path, space, seed, phases, sparsity=None):
+    import json
+    path.mkdir(parents=True)
+    result = {"status": "completed", "seed": seed, "choices": {"space": space, "method": "lth"},
+              "config": {"method": {"sparsity": sparsity}}, "phases": phases, "name": "x"}
+    (path / "result.json").write_text(json.dumps(result))
+
+
+def test_rounds_and_curve_figures_from_runs(tmp_path, capsys):
+    for s, space in enumerate(["sp", "ip_medium"]):
+        phases = [{"name": f"round{r + 1}", "sparsity": 1 - 0.8 ** r,
+                   "end": {"test_acc": 0.9 - 0.01 * r}} for r in range(3)]
+        fake_run(tmp_path / "runs" / str(s), space, 0, phases, sparsity=0.5)
+    assert ip.main(["rounds", str(tmp_path / "runs"), "--out", str(tmp_path / "r.png")]) == 0
+    assert ip.main(["curve", str(tmp_path / "runs"), "--out", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "r.png").exists() and (tmp_path / "c.png").exists()
+    fake_run(tmp_path / "bad" / "0", "sp", 0, [{"name": "train", "end": {"test_acc": 0.5}}])
+    assert ip.main(["rounds", str(tmp_path / "bad")]) == 2
+    assert "sparsity" in capsys.readouterr().err
+
+
+def test_linear_warmup_and_label_smoothing(compose_cfg, tmp_path):
+    import torch.nn.functional as F
+
+    from runner import ci
+    from runner.distributed import Silent
+    from runner.train import Trainer
+
+    from runner.config import ScheduleConfig
+    from runner.optim import Schedule
+    s = Schedule(ScheduleConfig(name="step", gamma=0.1, milestones=[3], warmup_epochs=2), 0.1)
+    assert [round(s.lr(e), 6) for e in range(5)] == [0.05, 0.1, 0.1, 0.01, 0.01]
+    out, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
+    cfg = compose_cfg(["experiment=fmnist_mlp", "ci=smoke", "device=cpu",
+                       "train.label_smoothing=0.1"])
+    loss = Trainer(ci.apply(cfg), Silent(None, {})).loss_fn
+    assert torch.isclose(loss(out, y), F.cross_entropy(out, y, label_smoothing=0.1))
+    assert not torch.isclose(loss(out, y), F.cross_entropy(out, y))

@@ -15,6 +15,9 @@
     python -m runner.analysis.interspace fig5_3 --out plots/fig5_3.png
     python -m runner.analysis.interspace fig5_4 --out plots/fig5_4.png
     python -m runner.analysis.interspace speedup --repeats 5 --out plots/fig5_8b.png
+    python -m runner.analysis.interspace rounds DIR          # LTH rounds (Figs. 5.7, 5.10)
+    python -m runner.analysis.interspace curve DIR --x method.sparsity --hue method space
+                                                             # q-curves (Figs. 5.5, 5.9, 5.11, 5.12)
 """
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from runner.analysis.common import cli, plt, save
+from runner.analysis.common import (AnalysisError, cli, completed, figure_path, final, plt,
+                                     save, value)
 
 VGG16_LTH = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
 
@@ -164,14 +168,70 @@ def network_speedup(q: float, kind: str, layers=VGG16_LTH, size: int = 32) -> fl
     return dense / sum(fn(ci, co, 3, s + 2, s + 2, q) for ci, co, s in convs)
 
 
+def _lines(points: Dict[str, Dict[float, List[float]]], ax, label_x: str, metric: str) -> None:
+    for label, by_x in sorted(points.items()):
+        xs = sorted(by_x)
+        means = [float(np.mean(by_x[x])) for x in xs]
+        stds = [float(np.std(by_x[x])) for x in xs]
+        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=2, label=label)
+    ax.set_xlabel(label_x)
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=7)
+
+
+def rounds(dirs: Sequence[str], hue: Sequence[str], metric: str, out: Optional[str]) -> None:
+    """Figs. 5.7 / 5.10 (LTH): `metric` at the end of every round against the round's
+    sparsity, one line per `hue` cell, mean and std over seeds."""
+    runs = completed(dirs, "runs of experiment=wimmer_lth_cifar10")
+    points: Dict[str, Dict[float, List[float]]] = {}
+    for run in runs:
+        label = ", ".join(f"{k}={value(run, k)}" for k in hue)
+        for phase in run["phases"]:
+            if "sparsity" not in phase:
+                raise AnalysisError(f"{run['_dir']}: phase {phase['name']} has no `sparsity` "
+                                    f"(a run of method=lth writes it)")
+            points.setdefault(label, {}).setdefault(round(phase["sparsity"], 4), []).append(
+                phase["end"][metric])
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    _lines(points, ax, "sparsity q after the round", metric)
+    ax.set_title("LTH rounds (Figs. 5.7, 5.10)")
+    save(fig, figure_path(out, dirs, "interspace_rounds"))
+
+
+def curve(dirs: Sequence[str], x: str, hue: Sequence[str], metric: str,
+          out: Optional[str]) -> None:
+    """Figs. 5.5, 5.9, 5.11, 5.12: `metric` at each run's end against config key `x`, one line
+    per `hue` cell, mean and std over seeds."""
+    runs = completed(dirs)
+    points: Dict[str, Dict[float, List[float]]] = {}
+    for run in runs:
+        xv = value(run, x)
+        if xv is None:
+            raise AnalysisError(f"{run['_dir']} has no config key {x!r}")
+        label = ", ".join(f"{k}={value(run, k)}" for k in hue)
+        points.setdefault(label, {}).setdefault(float(xv), []).append(final(run, metric))
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    _lines(points, ax, x, metric)
+    save(fig, figure_path(out, dirs, f"interspace_curve_{metric}"))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m runner.analysis.interspace",
                                 description=__doc__.split("\n")[0])
-    p.add_argument("kind", choices=["fig5_3", "fig5_4", "speedup"])
-    p.add_argument("--out", default=None, help="figure file (default: plots/<kind>.png)")
+    p.add_argument("kind", choices=["fig5_3", "fig5_4", "speedup", "rounds", "curve"])
+    p.add_argument("dirs", nargs="*", help="rounds / curve: run or sweep directories")
+    p.add_argument("--out", default=None, help="figure file (default: plots/<kind>.png, or "
+                   "DIR/plots/ for rounds / curve)")
+    p.add_argument("--x", default="method.sparsity", help="curve: the x-axis config key")
+    p.add_argument("--hue", nargs="*", default=["method", "space"], help="keys of a line")
+    p.add_argument("--metric", default="test_acc")
     p.add_argument("--q", type=float, nargs="*", default=[0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99])
     p.add_argument("--repeats", type=int, default=5)
     a = p.parse_args(argv)
+    if a.kind == "rounds":
+        return cli(lambda: rounds(a.dirs, a.hue, a.metric, a.out))
+    if a.kind == "curve":
+        return cli(lambda: curve(a.dirs, a.x, a.hue, a.metric, a.out))
     out = a.out or f"plots/{a.kind}.png"
     if a.kind == "fig5_3":
         return cli(lambda: fig5_3(out))
