@@ -2,6 +2,8 @@
 
     torchrun --nproc_per_node=8 -m runner experiment=NAME distributed.enabled=true
 
+or, under SLURM, one job of several tasks through Hydra's submitit launcher (README).
+
 Every rank composes the same config and builds the same model, data, methods and masks from the
 same seed. A global batch (`train.batch_size`, in the same order on every rank) is cut into
 `world` shards (rank r trains on shard r; a streamed split decodes only its shard), and
@@ -30,8 +32,8 @@ from runner.results import RunRecorder
 
 
 def rank() -> int:
-    """This process' rank under torchrun (0 outside it)."""
-    return int(os.environ.get("RANK", "0"))
+    """This process' rank under torchrun or a SLURM job of several tasks (0 outside them)."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
 
 
 def worker_overrides() -> List[str]:
@@ -110,9 +112,13 @@ def setup(cfg, device: str) -> Optional[Dist]:
     """Join torchrun's process group when `cfg.enabled` (backend: nccl on GPUs, else gloo)."""
     if not cfg.enabled:
         return None
+    if "WORLD_SIZE" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        from submitit.helpers import TorchDistributedEnvironment  # Hydra's submitit launcher
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)  # RANK, ... from SLURM
     if "WORLD_SIZE" not in os.environ:
-        raise RunnerError("distributed.enabled=true needs torchrun: torchrun --nproc_per_node=N "
-                          "-m runner ... distributed.enabled=true")
+        raise RunnerError("distributed.enabled=true needs torchrun (torchrun --nproc_per_node=N "
+                          "-m runner ... distributed.enabled=true) or a SLURM job of several "
+                          "tasks (hydra/launcher=submitit_slurm hydra.launcher.tasks_per_node=N)")
     use_cuda = device != "cpu" and torch.cuda.is_available()
     dev = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if use_cuda else "cpu")
     if use_cuda:

@@ -18,6 +18,7 @@
     python -m runner.analysis.interspace rounds DIR          # LTH rounds (Figs. 5.7, 5.10)
     python -m runner.analysis.interspace curve DIR --x method.sparsity --hue method space
                                                              # q-curves (Figs. 5.5, 5.9, 5.11, 5.12)
+    python -m runner.analysis.interspace cost               # CPU images/s, hours per run
 """
 from __future__ import annotations
 
@@ -215,19 +216,67 @@ def curve(dirs: Sequence[str], x: str, hue: Sequence[str], metric: str,
     save(fig, figure_path(out, dirs, f"interspace_curve_{metric}"))
 
 
+COST_SETUPS = {  # (model, input side, classes, batch, images per run): thesis Table A.11
+    "resnet50_imagenet": ("resnet50", 224, 1000, 32, 100 * 1_281_167),
+    "vgg16_cifar10": ("vgg16", 32, 10, 128, 250 * 45_000),
+}
+
+
+def train_rate(setup: str, space: str, steps: int = 2) -> float:
+    """Training images per second of one SGD step (forward, backward, step) on this machine."""
+    import torch
+
+    from runner.models.torchvision_resnet import torchvision_resnet
+    from runner.models.transforms import filter_basis
+    from runner.models.vgg import vgg
+    arch, side, classes, batch, _ = COST_SETUPS[setup]
+    torch.manual_seed(0)
+    model = (torchvision_resnet([3, side, side], classes, arch) if arch.startswith("resnet")
+             else vgg([3, side, side], classes, classifier=[512, 512], fc_norm="batch"))
+    if space != "sp":
+        filter_basis(sharing=space)(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(batch, 3, side, side), torch.randint(0, classes, (batch,))
+    times = []
+    for _ in range(steps + 1):
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return batch / float(np.median(times[1:]))
+
+
+def cost(setups: Sequence[str], spaces: Sequence[str]) -> None:
+    """Measured CPU training throughput and the implied hours of one run (Table A.11)."""
+    import torch
+    print(f"| setup | space | images/s (CPU, {torch.get_num_threads()} threads) | "
+          f"hours per run (CPU) |")
+    print("|---|---|---|---|")
+    for setup in setups:
+        for space in spaces:
+            rate = train_rate(setup, space)
+            hours = COST_SETUPS[setup][4] / rate / 3600
+            print(f"| {setup} | {space} | {rate:.2f} | {hours:,.0f} |")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m runner.analysis.interspace",
                                 description=__doc__.split("\n")[0])
-    p.add_argument("kind", choices=["fig5_3", "fig5_4", "speedup", "rounds", "curve"])
+    p.add_argument("kind", choices=["fig5_3", "fig5_4", "speedup", "rounds", "curve", "cost"])
     p.add_argument("dirs", nargs="*", help="rounds / curve: run or sweep directories")
     p.add_argument("--out", default=None, help="figure file (default: plots/<kind>.png, or "
                    "DIR/plots/ for rounds / curve)")
     p.add_argument("--x", default="method.sparsity", help="curve: the x-axis config key")
     p.add_argument("--hue", nargs="*", default=["method", "space"], help="keys of a line")
     p.add_argument("--metric", default="test_acc")
+    p.add_argument("--setups", nargs="*", default=list(COST_SETUPS), help="cost: the setups")
+    p.add_argument("--spaces", nargs="*", default=["sp", "fine"], help="cost: sp, coarse or fine")
     p.add_argument("--q", type=float, nargs="*", default=[0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99])
     p.add_argument("--repeats", type=int, default=5)
     a = p.parse_args(argv)
+    if a.kind == "cost":
+        return cli(lambda: cost(a.setups, a.spaces))
     if a.kind == "rounds":
         return cli(lambda: rounds(a.dirs, a.hue, a.metric, a.out))
     if a.kind == "curve":

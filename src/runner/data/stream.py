@@ -210,8 +210,9 @@ def bench(root: Optional[str], workers: int, batch_size: int, batches: int) -> f
         for x, _ in split.batches(batch_size, gen, limit=batches):
             n += len(x)
     rate = n / (time.perf_counter() - t0)
-    print(f"streaming path: {rate:.1f} images/s ({workers} workers, batch {batch_size}, "
-          f"{n} images of {root}, decode + RandomResizedCrop(224) + flip)")
+    print("| path | workers | batch | images | images/s |\n|---|---|---|---|---|\n"
+          f"| decode + RandomResizedCrop(224) + flip | {workers} | {batch_size} | {n} "
+          f"| {rate:.1f} |")
     return rate
 
 
