@@ -32,7 +32,7 @@ class FineTune(Method):
         if self.scope == "global":
             counts = int(round((1 - self.sparsity) * sum(p.numel() for _, p in named)))
         for name, m in magnitude_masks(named, {}, counts, self.scope).items():
-            ctx.masks.set(name, m)
+            ctx.masks.set(name, m, ctx.masks[name].kind if name in ctx.masks else "pruned")
         self.pruned = True
 
     def on_phase_end(self, ctx) -> Dict[str, float]:

@@ -53,7 +53,7 @@ class GMP(Method):
         if self.scope == "global":
             counts = int(round((1 - q) * sum(p.numel() for _, p in self.named)))
         for name, m in magnitude_masks(self.named, keep, counts, self.scope).items():
-            ctx.masks.set(name, m)
+            ctx.masks.set(name, m, ctx.masks[name].kind if name in ctx.masks else "pruned")
         self.current = q
 
     def on_phase_end(self, ctx) -> Dict[str, float]:

@@ -54,7 +54,7 @@ class LTH(Method):
         for name, p in select(ctx.model):
             p.copy_(self.saved[name])
         for name, m in masks.items():
-            ctx.masks.set(name, m)
+            ctx.masks.set(name, m, ctx.masks[name].kind if name in ctx.masks else "pruned")
         ctx.reset_optimizer()
         self.rounds += 1
 

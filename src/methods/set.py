@@ -6,7 +6,8 @@ entries not kept after the drop (regrown entries start at 0 with a cleared optim
 dropped entry that is regrown keeps its value). The fraction decays with a cosine from
 `fraction` to 0 at `stop` (a share of the phase's steps); no updates after it (RigL's schedule,
 thesis: "cosine schedule decays the prune/regrow fraction"). The number of kept weights never
-changes. An update is top-k on the device with host-known counts: no host sync.
+changes. An update is top-k on the device with host-known counts: no host sync. A weight that
+another stacked method masked after setup keeps that mask's kind, and its kept count is read once.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class SET(Method):
         for (name, p), k in zip(self.named, self.counts):
             score = torch.rand(p.shape, generator=ctx.gen).to(p.device)
             ctx.masks.set(name, top_k(score, k))
+        self.seen = {name: ctx.masks[name] for name, _ in self.named}
 
     def on_phase_start(self, ctx) -> None:
         self.start = ctx.step
@@ -55,15 +57,20 @@ class SET(Method):
         frac = cosine_fraction(self.fraction, t, int(self.stop * ctx.total_steps))
         if frac <= 0:
             return
-        for (name, p), k in zip(self.named, self.counts):
+        for i, (name, p) in enumerate(self.named):
+            mask = ctx.masks[name]
+            if mask is not self.seen[name]:  # another method re-masked it: its count, its kind
+                self.counts[i] = int(mask.keep.sum())
+            k = self.counts[i]
             n = min(k, int(round(frac * k)))
             if n == 0 or k == p.numel():
                 continue
-            keep = ctx.masks[name].keep
+            keep = mask.keep
             magnitude = torch.where(keep, p.abs(), torch.inf)
             kept = keep & ~top_k(-magnitude, n)  # drop the n smallest kept magnitudes
             grow = torch.where(kept, -torch.inf, self.grow_scores(ctx, p).to(magnitude))
-            ctx.masks.set(name, kept | top_k(grow, n))
+            ctx.masks.set(name, kept | top_k(grow, n), mask.kind)
+            self.seen[name] = ctx.masks[name]
         self.updates += 1
 
     def on_phase_end(self, ctx) -> Dict[str, float]:
