@@ -47,8 +47,11 @@ INTERVENTIONS: Dict[str, Callable[[object, int], bool]] = {
     "DiracReset": lambda m, i: m.acts(i),
     "ScaleOnce": lambda m, i: i == m.at_phase,
     "SparseInit": lambda m, i: False,  # acts in setup
+    "SET": lambda m, i: False, "RigL": lambda m, i: False,  # random sparse mask in setup
+    "LTH": lambda m, i: i > 0,  # prune and rewind at every round after the first
+    "FineTune": lambda m, i: i == m.at_phase and m.sparsity > 0,
 }
-SETUP_INTERVENTIONS = {"SparseInit"}
+SETUP_INTERVENTIONS = {"SparseInit", "SET", "RigL"}
 # class name -> (keys every phase summary has, keys the last phase has)
 PROBES = {
     "FrozenProbe": (["frozen_filters", "frozen_units", "start_frozen_filters"], []),
@@ -56,6 +59,9 @@ PROBES = {
     "WELSR": (["reinit_rounds"], []), "DSD": (["reinit_rounds"], []),
     "WELS": (["reinit_rounds"], []), "FC": (["reinit_rounds"], []),
     "LW": (["lw_block"], []), "SparseInit": (["init_sparsity"], []),
+    "SET": ([], ["mask_updates", "density"]), "RigL": ([], ["mask_updates", "density"]),
+    "GMP": (["sparsity"], []), "LTH": (["lth_round", "sparsity"], []),
+    "FineTune": (["sparsity"], []),
 }
 
 

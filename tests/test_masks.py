@@ -116,7 +116,7 @@ def test_two_tensor_parametrization_selects_builds_an_optimizer_and_keeps_the_fu
     filter_basis()(model)
     assert torch.allclose(model(x), before, atol=1e-5)
     names = [n for n, _ in params.select(model, "weights")]
-    assert names == ["0.parametrizations.weight.original0", "0.parametrizations.weight.original1",
+    assert names == ["0.parametrizations.weight.original", "0.parametrizations.weight.0.basis",
                      "3.weight"]
     from runner.config import OptimConfig
     from runner.optim import build_optimizer
@@ -158,9 +158,15 @@ MATRIX = [(m, model, opt) for m in METHODS for model in MODELS for opt in OPTIMI
 EVERYDAY = [(m, model, opt) for i, (m, model, opt) in enumerate(MATRIX) if i % 13 == 0]
 
 
+# sparse-training methods act within the few steps of a test run (mask updates, rewinding)
+ACTING = {"set": ["method.t_p=1", "method.stop=1.0"], "rigl": ["method.t_p=1", "method.stop=1.0"],
+          "gmp": ["method.t_p=1", "method.t0=0", "method.t1=4"], "lth": ["method.rewind_step=1"]}
+
+
 def check_masked_run(tmp_path, method, model, opt):
     kind = "pruned" if (METHODS.index(method) + list(MODELS).index(model)) % 2 else "frozen"
-    extra = ["phases.0.repeat=2", "ci.max_repeat=2"]  # a second stage: phase-start methods act
+    extra = ["phases.0.repeat=2", "ci.max_repeat=2",  # a second stage: phase-start methods act
+             *ACTING.get(method, [])]
     t = make_trainer(tmp_path, [*MODELS[model], *OPTIMIZERS[opt], *extra], method, kind,
                      transforms=model == "basis")
     t.fit()

@@ -6,7 +6,8 @@ after every value of every list was checked to compose. Placeholders (PLACEHOLDE
 fmnist_mlp, my_method (the method a reader adds) is l2; an analysis command's DIR is the latest
 README sweep before it of the experiments it reads (SOURCES), SCRATCH_DIR the latest
 generalization sweep; `[DIR]` / `[DIR ...]` are left out. The heavy Table 2 sweep and its analysis
-run in the `sizes` stage (HEAVY).
+run in the `sizes` stage (HEAVY), as do the ImageNet sweeps of Wimmer's Table 5.1, whose SLURM
+launcher options are left out (CLUSTER).
 """
 import importlib
 import json
@@ -30,11 +31,15 @@ SOURCES = [  # (start of an analysis command, experiments its DIR holds), first 
     ("runner.analysis.swr balance", "swr_fig5_"), ("runner.analysis.reinit", "reinit_table2_"),
     ("runner.plots DIR --y frozen_filters", "zilly_frozen_counts"),
     ("runner.analysis.zilly_figures boxplot", "cifar_blur_to_sharp"),
-    ("runner.plots", "swr_cl_"), ("runner.report", "")]
+    ("runner.plots", "swr_cl_"), ("runner.analysis.interspace curve", "wimmer_table5_2"),
+    ("runner.report", "")]
 SCRATCH = "swr_gen_"
 # 224x224 models, about 30 s a smoke job on two CPU cores: their sweep and the analyses of its
 # directory run in CI's second stage (`pytest -m sizes`, part of the README's test command)
-HEAVY = ("reinit_table2_",)
+HEAVY = ("reinit_table2_", "wimmer_table5_1_")
+# a SLURM sweep (hydra/launcher=submitit_slurm, distributed over its tasks) runs here as a local
+# sweep of one process: the launcher's options and `distributed.enabled=true` are left out
+CLUSTER = ("hydra/launcher=submitit_slurm", "hydra.launcher.", "distributed.enabled=true")
 PLACEHOLDERS = {"=NAME": "=fmnist_mlp", "my_method": "l2"}
 TRACKERS = {"logger=tensorboard": "tensorboard", "logger=mlflow": "mlflow", "logger=wandb": "wandb"}
 
@@ -99,6 +104,8 @@ def shorten(args):
             lists[s[0]] = s[1]
         elif a.startswith("hydra.launcher.n_jobs="):
             plain.append("hydra.launcher.n_jobs=1")
+        elif "hydra/launcher=submitit_slurm" in args and a.startswith(CLUSTER):
+            continue
         else:
             plain.append(a)
     seeds = lists.pop("seed", ["0"])

@@ -12,6 +12,7 @@ import torch
 
 from methods.base import Method
 from runner.models.params import select
+from runner.models.transforms import prunable
 
 
 class RandomMask(Method):
@@ -24,7 +25,8 @@ class RandomMask(Method):
 
     def setup(self, ctx) -> None:
         kept = total = 0
-        for name, p in select(ctx.model, self.params):
+        chosen = prunable(ctx.model) if self.params == "weights" else select(ctx.model, self.params)
+        for name, p in chosen:  # filter bases are never masked
             keep = torch.zeros(p.numel(), dtype=torch.bool)
             k = int(round(self.density * p.numel()))
             keep[torch.randperm(p.numel(), generator=ctx.gen)[:k]] = True

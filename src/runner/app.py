@@ -14,6 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from runner import config as schema
+from runner import distributed
 from runner.errors import RunnerError
 from runner.report import format_table, table_from_results
 from runner.train import run
@@ -54,7 +55,7 @@ def main(cfg: DictConfig) -> Optional[float]:
         if single:
             sys.exit(f"error: {e}")
         raise
-    if single:
+    if single and distributed.rank() == 0:
         print(format_table(table_from_results([result]), cfg.report.metric))
         print(f"run directory: {hc.runtime.output_dir}")
     return result.get("summary", {}).get(cfg.report.metric)
@@ -107,6 +108,7 @@ def explain_failed_overrides(args: List[str]) -> None:
 def cli() -> None:
     """The command line of both entry points, `python -m runner` and the `runner` script: the
     Hydra app, and after Hydra rejected the command line, the valid keys beside each unknown one."""
+    sys.argv += distributed.worker_overrides()  # torchrun ranks > 0 write no files
     try:
         main()
     except SystemExit as exit_:

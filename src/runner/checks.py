@@ -4,7 +4,7 @@ from omegaconf import OmegaConf
 from runner.errors import RunnerError
 
 REPORT_AT = ("end", "best")
-GROUP_KEYS = ("experiment", "method", "dataset", "model", "optim", "schedule", "ci")
+GROUP_KEYS = ("experiment", "method", "dataset", "model", "optim", "schedule", "ci", "space")
 
 
 def report_at(cfg) -> str:

@@ -23,6 +23,7 @@ class TrainConfig:
     eval_test: bool = True  # evaluate the test set with validation (needed for test@best-val)
     eval_every: int = 1  # evaluate every k epochs (and at a phase's last); full-batch runs use >1
     loss: str = "cross_entropy"  # cross_entropy | mse (on one-hot targets)
+    label_smoothing: float = 0.0  # cross_entropy's label smoothing (thesis, ResNet50: 0.1)
     cache_mb: int = 4096  # keep the deterministic part of the input pipeline precomputed when
     # the float copy of a phase's train+val+test images fits in this many MB (0: never); on a GPU
     # at most half of the free device memory
@@ -54,6 +55,7 @@ class ScheduleConfig:
     milestones: List[int] = field(default_factory=list)  # step: epochs at which lr *= gamma
     patience: int = 10  # plateau: epochs without validation improvement
     min_lr: float = 0.0
+    warmup_epochs: int = 0  # linear warm-up: epoch e < warmup_epochs runs at (e + 1) / warmup
 
 
 @dataclass
@@ -130,6 +132,15 @@ class PaperConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Data-parallel training over torchrun's ranks (runner.distributed)."""
+
+    enabled: bool = False  # true: run under `torchrun --nproc_per_node=N -m runner ...`
+    backend: Optional[str] = None  # None: nccl on GPUs, gloo on the CPU
+    sync_bn: bool = False  # batch-norm statistics over all ranks (SyncBatchNorm, GPUs only)
+
+
+@dataclass
 class RunnerConfig:
     name: str = "run"
     description: str = ""
@@ -154,6 +165,7 @@ class RunnerConfig:
     ci: CIConfig = field(default_factory=CIConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     paper: PaperConfig = field(default_factory=PaperConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     logger: Any = None  # tracker (conf/logger/): csv (run files only), tensorboard, mlflow, wandb
 
 

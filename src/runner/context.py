@@ -98,8 +98,12 @@ class RunContext:
         if n == 0:
             nan = torch.full((), float("nan"), device=self.device)
             return nan, nan
-        out = self.predict(split.x[:n], model=model)
-        y = split.y[:n]
+        if hasattr(split, "batches"):  # streamed from files (runner.data.stream)
+            parts = [(self.predict(x, model=model), y)
+                     for x, y in split.batches(self.eval_batch_size, None, False, limit)]
+            out, y = torch.cat([o for o, _ in parts]), torch.cat([t for _, t in parts])
+        else:
+            out, y = self.predict(split.x[:n], model=model), split.y[:n]
         return self.loss_fn(out, y), (out.argmax(1) == y).float().mean()
 
     def calibration_batch(self, n: int = 256):

@@ -50,7 +50,8 @@ def set_hyper(optimizer, cfg: OptimConfig, lr: float, weight_decay: float) -> No
 
 class Schedule:
     """lr of epoch e of a phase: constant, exponential (gamma^e), step (gamma at milestones),
-    or plateau (gamma after `patience` epochs without a better validation loss)."""
+    or plateau (gamma after `patience` epochs without a better validation loss); times a linear
+    warm-up (e + 1) / warmup_epochs over the first `warmup_epochs` epochs."""
 
     def __init__(self, cfg: ScheduleConfig, base_lr: float, gamma: Optional[float] = None,
                  milestones: Optional[List[int]] = None):
@@ -58,7 +59,7 @@ class Schedule:
             raise RunnerError(f"schedule.name={cfg.name!r} is unknown; "
                               "valid: constant, exponential, step, plateau")
         self.name, self.min_lr, self.patience = cfg.name, cfg.min_lr, cfg.patience  # plain values
-        self.base_lr = base_lr
+        self.base_lr, self.warmup = base_lr, cfg.warmup_epochs
         self.gamma = cfg.gamma if gamma is None else gamma
         self.milestones = list(cfg.milestones if milestones is None else milestones)
         self.factor, self.best, self.bad = 1.0, math.inf, 0
@@ -73,6 +74,8 @@ class Schedule:
             f = self.factor
         else:
             f = 1.0
+        if epoch < self.warmup:
+            f *= (epoch + 1) / self.warmup
         return max(self.base_lr * f, self.min_lr)
 
     def observe(self, val_loss: float) -> None:

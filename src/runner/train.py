@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import gc
 import inspect
 import logging
@@ -22,9 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from methods.base import MethodStack
-from runner import ci
+from runner import ci, distributed
 from runner.checks import check_report, report_at
 from runner.context import RunContext, Stage
+from runner.data.stream import stream_splits
 from runner.data.synthetic import shapes_only
 from runner.data.tensors import Arrays, Pipeline, Splits, batches, split_train_val, subset_indices
 from runner.errors import Diverged, RunnerError
@@ -131,7 +133,9 @@ class Trainer:
             raise RunnerError(f"train.loss={self.opts.loss!r}; valid: {', '.join(LOSSES)}")
         if self.opts.precision not in PRECISIONS:
             raise RunnerError(f"train.precision={self.opts.precision!r}; valid: {', '.join(PRECISIONS)}")
-        self.device = resolve_device(cfg.device, job)
+        self.dist = distributed.setup(cfg.distributed, cfg.device)  # None: one process
+        self.device = self.dist.device if self.dist else resolve_device(cfg.device, job)
+        self.ddp = None  # the model as the step calls it under distributed training
         set_determinism(self.opts.deterministic, self.device)
         seed_everything(cfg.seed)
         self.amp = PRECISIONS[self.opts.precision]
@@ -143,6 +147,11 @@ class Trainer:
         self.methods = MethodStack(methods)
         self.stages = expand_stages(cfg)
         self.loss_fn = LOSSES[self.opts.loss]
+        if self.opts.label_smoothing:
+            if self.opts.loss != "cross_entropy":
+                raise RunnerError("train.label_smoothing needs train.loss=cross_entropy")
+            self.loss_fn = functools.partial(F.cross_entropy,
+                                             label_smoothing=self.opts.label_smoothing)
         self.ctx = RunContext(
             device=self.device, model=model, seed=cfg.seed, loss_fn=self.loss_fn,
             num_stages=len(self.stages), eval_batch_size=self.opts.eval_batch_size,
@@ -193,7 +202,11 @@ class Trainer:
         self._device_data = None  # free the previous dataset before building the next
         self.free_device_memory()
         val_seed = self.cfg.seed if tr.val_seed is None else tr.val_seed
-        splits = split_train_val(self.arrays(ds), tr.val_fraction, val_seed, self.device)
+        if ds.get("stream") is not None and not ci.active(self.cfg):  # files read by workers
+            splits = stream_splits(call(ds.reader, "dataset.reader"), tr.val_fraction, val_seed,
+                                   self.device, **OmegaConf.to_container(ds.stream, resolve=True))
+        else:
+            splits = split_train_val(self.arrays(ds), tr.val_fraction, val_seed, self.device)
         self._device_data = (key, splits)
         return splits
 
@@ -218,7 +231,8 @@ class Trainer:
                         [call(t, f"{stage.name}.transform") for t in stage.cfg.transform],
                         [call(t, f"{stage.name}.augment") for t in augment], self.device)
         self.ctx.pipeline = self.with_layout(pipe)
-        if self.float_bytes(splits, pipe) <= self.cache_bytes():
+        streamed = hasattr(splits.train, "batches")
+        if not streamed and self.float_bytes(splits, pipe) <= self.cache_bytes():
             splits = Splits(*(pipe.prepare(s) for s in (splits.train, splits.val, splits.test)))
             self.ctx.pipeline = self.with_layout(lambda x, train, gen: pipe.random(x, train, gen))
         self.ctx.data = splits
@@ -250,7 +264,8 @@ class Trainer:
         if not ctx.model.training:  # evaluate() leaves it in train mode; methods' choices stay
             ctx.model.train()
         stats = torch.zeros(3, device=self.device)
-        epoch_batches = batches(ctx.data.train, batch_size, self.order_gen, limit=limit)
+        epoch_batches = (self.dist.batches if self.dist else batches)(
+            ctx.data.train, batch_size, self.order_gen, limit=limit)
         for xb, yb in batch_bar(epoch_batches, len(ctx.data.train), batch_size, limit,  # logs.py
                                 self.progress):
             self.train_step(xb, yb, stats)
@@ -261,7 +276,7 @@ class Trainer:
         x = ctx.pipeline(xb, True, self.aug_gen)
         ctx.batch = (x, yb)
         with self.autocast():
-            out = ctx.model(x)
+            out = (ctx.model if self.ddp is None else self.ddp)(x)
             loss = self.loss_fn(out, yb)
         ctx.outputs = out
         total = loss + m.loss_term(ctx) if m.by_hook["loss_term"] else loss
@@ -322,6 +337,8 @@ class Trainer:
         ctx.reset_optimizer()
         if self.opts.compile:
             ctx.model = torch.compile(ctx.model)
+        if self.dist:
+            self.ddp = self.dist.wrap(ctx.model)
         for stage in self.stages:
             if stage.index > 0:
                 self.load_stage_data(stage)
@@ -363,6 +380,8 @@ class Trainer:
                 g["lr"] = lr
             t0 = time.perf_counter()
             stats = self.train_epoch(batch_size, limit)
+            if self.dist:
+                self.dist.all_reduce(stats)
             last = epoch + 1 == epochs
             evaluate = last or (epoch + 1) % opts.eval_every == 0
             nan = torch.full((2,), math.nan, device=self.device)
@@ -400,6 +419,8 @@ class Trainer:
         bar.close()
         if best_state is not None:
             ctx.model.load_state_dict(best_state)
+        if self.dist:
+            self.dist.check_same(ctx.model, ctx.masks, f"phase {stage.name!r}")
         keys = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
         summary = {"index": stage.index, "name": stage.name, "epochs": end["epoch"],
                    "steps": ctx.step, "best_epoch": best["epoch"],
@@ -441,7 +462,7 @@ def run(cfg: DictConfig, out_dir, choices: Optional[Dict[str, str]] = None,
     base = {"name": cfg.name, "seed": cfg.seed, "choices": choices,
             "overrides": list(overrides or []), "paper_value": paper_value(cfg, choices),
             "paper_source": cfg.paper.source, "config": OmegaConf.to_container(cfg, resolve=True)}
-    rec = RunRecorder(out_dir, base)
+    rec = distributed.recorder(out_dir, base)  # only rank 0 writes
     status, error = "completed", None
     try:
         trainer = Trainer(cfg, rec, job)

@@ -129,7 +129,15 @@ def batches(split: Split, batch_size: Optional[int], gen: Optional[torch.Generat
             shuffle: bool = True, limit: Optional[int] = None
             ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     """Index-slice batches of a split (a fresh permutation from `gen` when shuffling; a full
-    batch is used as it is, its order being irrelevant to the step)."""
+    batch is used as it is, its order being irrelevant to the step). A streamed split
+    (runner.data.stream) gives its own batches."""
+    if hasattr(split, "batches"):
+        return split.batches(batch_size, gen, shuffle, limit)
+    return _slices(split, batch_size, gen, shuffle, limit)
+
+
+def _slices(split: Split, batch_size: Optional[int], gen: Optional[torch.Generator],
+            shuffle: bool, limit: Optional[int]) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     n = len(split)
     bs = n if batch_size is None else min(batch_size, n)
     order = (torch.randperm(n, generator=gen, device="cpu").to(split.y.device)

@@ -2,7 +2,7 @@
 
 A layer's weight may be a plain `nn.Parameter`, or computed by a `torch.nn.utils.parametrize`
 parametrization from one or several stored tensors (`parametrizations.weight.original`, or
-`original0, original1, ...`, e.g. coefficients x a filter basis). Writing `module.weight` in
+`original0, original1, ...`; a filter basis: coefficients `original` x `0.basis`). Writing `module.weight` in
 place then changes a temporary, and the stored names differ from the effective ones.
 
 Two views, used consistently by every method, init, probe and analysis:

@@ -1,0 +1,63 @@
+"""LTH, the lottery ticket hypothesis with rewinding (Frankle et al. 2019, 2020; Wimmer's thesis
+Sec. 5.5.1, SP-/IP-LTH): the stored parameters are saved after `rewind_step` training steps
+(thesis: iteration 500; 0 = the initialization); the run is one phase repeated (train to the
+end of the round); at the start of every round after the first, `prune_fraction` (0.2) of the
+weights still kept is pruned by magnitude (`scope: global`, as OpenLTH does for VGG, or per
+layer), every stored parameter (weights, biases, norm, filter bases: thesis open question,
+rewound too) is reset to its saved value and the optimizer restarts. After r rounds the
+sparsity is 1 - 0.8^r.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+
+from methods.base import Method
+from methods.sparse_common import check, magnitude_masks
+from runner.models.params import select, snapshot
+from runner.models.transforms import prunable
+
+
+class LTH(Method):
+    name = "lth"
+
+    def __init__(self, prune_fraction: float = 0.2, rewind_step: int = 500, scope: str = "global"):
+        check(prune_fraction, scope=scope)
+        if rewind_step < 0:
+            raise ValueError(f"lth rewind_step={rewind_step}; valid: >= 0")
+        self.fraction, self.rewind_step, self.scope = prune_fraction, rewind_step, scope
+        self.saved = None
+        self.rounds = 0
+
+    def setup(self, ctx) -> None:
+        self.named = prunable(ctx.model)
+        self.kept = [p.numel() for _, p in self.named]
+        if self.rewind_step == 0:
+            self.saved = snapshot(ctx.model)
+
+    def after_step(self, ctx) -> None:
+        if ctx.step + 1 == self.rewind_step:
+            self.saved = snapshot(ctx.model)
+
+    @torch.no_grad()
+    def on_phase_start(self, ctx) -> None:
+        if ctx.phase_index == 0:
+            return
+        if self.saved is None:
+            raise RuntimeError(f"lth: rewind_step={self.rewind_step} was not reached in the first "
+                               f"round ({ctx.step} steps); lower it or train longer")
+        keep = {n: ctx.masks[n].keep for n, _ in self.named if n in ctx.masks}
+        self.kept = [int(round((1 - self.fraction) * k)) for k in self.kept]
+        counts = self.kept if self.scope == "layer" else sum(self.kept)
+        masks = magnitude_masks(self.named, keep, counts, self.scope)
+        for name, p in select(ctx.model):
+            p.copy_(self.saved[name])
+        for name, m in masks.items():
+            ctx.masks.set(name, m, ctx.masks[name].kind if name in ctx.masks else "pruned")
+        ctx.reset_optimizer()
+        self.rounds += 1
+
+    def on_phase_end(self, ctx) -> Dict[str, float]:
+        total = sum(p.numel() for _, p in self.named)
+        return {"lth_round": self.rounds, "sparsity": 1 - sum(self.kept) / max(total, 1)}

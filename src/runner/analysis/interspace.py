@@ -1,0 +1,293 @@
+"""Interspace pruning without training (Wimmer's thesis Ch. 5; notes/thesis_cops_ip.md 3.7-3.8).
+
+- FLOPs per conv layer (Sec. 5.4.4.1, adds and multiplies counted separately, output
+  (d1 - K + 1) x (d2 - K + 1)): SP 2 (1 - q) c_out c_in K^2 d~1 d~2; IP adds 2 c_in K^4 d~1 d~2
+  (every basis filter on every input channel). Speed-up over dense: SP 1 / (1 - q), IP
+  c_out / (c_out (1 - q) + K^2) (Fig. 5.4).
+- Theorem 5.3.1 (2): P(rho_T = rho_id) <= eps = C(D2, d / D1) / C(D1 D2, d) when D1 divides d,
+  else 0 (Eq. 5.4 with its typo D2 -> D1 fixed); the worst case over d is d = D1 or d = D1 (D2 - 1),
+  eps_max = D2 / C(D1 D2, D1) (Fig. 5.3).
+- The measured CPU speed-up of sparse inference (Fig. 5.8 b): every conv layer of VGG-16-LTH
+  as an im2col product, dense (numpy), SP (the pruned spatial weights as a `scipy.sparse` CSR
+  matrix) and IP (every input channel through the K^2 basis filters, dense, then the pruned
+  coefficients as CSR), batch 1, the network's time summed over layers, median of `repeats`.
+
+    python -m runner.analysis.interspace fig5_3 --out plots/fig5_3.png
+    python -m runner.analysis.interspace fig5_4 --out plots/fig5_4.png
+    python -m runner.analysis.interspace speedup --repeats 5 --out plots/fig5_8b.png
+    python -m runner.analysis.interspace rounds DIR          # LTH rounds (Figs. 5.7, 5.10)
+    python -m runner.analysis.interspace curve DIR --x method.sparsity --hue method space
+                                                             # q-curves (Figs. 5.5, 5.9, 5.11, 5.12)
+    python -m runner.analysis.interspace cost               # CPU images/s, hours per run
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from fractions import Fraction
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from runner.analysis.common import (AnalysisError, cli, completed, figure_path, final, plt,
+                                     save, value)
+
+VGG16_LTH = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
+
+
+def sp_flops(c_in: int, c_out: int, k: int, d1: int, d2: int, q: float) -> float:
+    return 2 * (1 - q) * c_out * c_in * k * k * (d1 - k + 1) * (d2 - k + 1)
+
+
+def ip_flops(c_in: int, c_out: int, k: int, d1: int, d2: int, q: float) -> float:
+    return 2 * c_in * k * k * (d1 - k + 1) * (d2 - k + 1) * (c_out * (1 - q) + k * k)
+
+
+def speedup_sp(q: float) -> float:
+    return 1 / (1 - q)
+
+
+def speedup_ip(q: float, c_out: int, k: int = 3) -> float:
+    return c_out / (c_out * (1 - q) + k * k)
+
+
+def theorem_bound(d1: int, d2: int, d: int) -> float:
+    """eps of Theorem 5.3.1 (2) for D1 x D2 filters and d kept coefficients (exact, then float)."""
+    if d % d1:
+        return 0.0
+    return float(Fraction(math.comb(d2, d // d1), math.comb(d1 * d2, d)))
+
+
+def max_bound(d2: int, d1: int = 9) -> float:
+    """The largest eps over all d (Fig. 5.3)."""
+    return max(theorem_bound(d1, d2, d1 * m) for m in range(1, d2))
+
+
+def fig5_3(out: str, d2_max: int = 100) -> None:
+    d2 = list(range(2, d2_max + 1))
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.semilogy(d2, [max(max_bound(n), 1e-300) for n in d2])
+    ax.set_xlabel("D2 = c_out c_in (3x3 filters)")
+    ax.set_ylabel("max_d eps (Theorem 5.3.1)")
+    ax.set_title("Fig. 5.3: bound on P(rho_T = rho_id), K = 3")
+    save(fig, out)
+
+
+def fig5_4(out: str, c_outs: Sequence[int] = (64, 512), k: int = 3) -> None:
+    q = np.linspace(0, 0.99, 200)
+    fig, axes = plt.subplots(1, len(c_outs), figsize=(5 * len(c_outs), 3.5))
+    for ax, c in zip(np.atleast_1d(axes), c_outs):
+        ax.semilogy(q, [speedup_sp(v) for v in q], label="SP")
+        ax.semilogy(q, [speedup_ip(v, c, k) for v in q], label="IP")
+        ax.axhline(1, color="grey", lw=0.5)
+        ax.set_xlabel("compression rate q")
+        ax.set_ylabel("theoretical speed-up")
+        ax.set_title(f"Fig. 5.4: c_out = {c}, K = {k}")
+        ax.legend()
+    save(fig, out)
+
+
+def vgg_layers(layers=VGG16_LTH, size: int = 32, c: int = 3) -> List[tuple]:
+    """(c_in, c_out, side) of every 3x3 conv (padding 1) of a VGG."""
+    out = []
+    for v in layers:
+        if v == "M":
+            size //= 2
+        else:
+            out.append((c, int(v), size))
+            c = int(v)
+    return out
+
+
+def measure_speedup(qs: Sequence[float], repeats: int = 5, seed: int = 0,
+                    layers=VGG16_LTH) -> Dict[float, Dict[str, float]]:
+    """Seconds of dense, SP and IP inference of a VGG's convs (batch 1) at each q, with
+    random masks of density 1 - q in every layer (uniform), and the speed-ups over dense."""
+    import scipy.sparse as sparse
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(seed)
+    convs = vgg_layers(layers)
+    inputs = [F.unfold(torch.randn(1, ci, s, s), 3, padding=1)[0].numpy() for ci, _, s in convs]
+    basis = rng.standard_normal((9, 9)).astype(np.float32)
+    results = {}
+
+    def timed(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+    for q in qs:
+        dense, sp, ip = [], [], []
+        for (ci, co, _), cols in zip(convs, inputs):
+            w = rng.standard_normal((co, ci * 9)).astype(np.float32)
+            keep = rng.random(w.shape) >= q
+            dense.append(w)
+            sp.append(sparse.csr_matrix(w * keep))
+            ip.append(sparse.csr_matrix(w * keep))  # coefficients: same shape and density
+        per_channel = [cols.reshape(cols.shape[0] // 9, 9, -1) for cols in inputs]
+        t_dense = timed(lambda: [w @ x for w, x in zip(dense, inputs)])
+        t_sp = timed(lambda: [w @ x for w, x in zip(sp, inputs)])
+        t_ip = timed(lambda: [b @ np.matmul(basis, x).reshape(-1, x.shape[-1])
+                              for b, x in zip(ip, per_channel)])
+        results[q] = {"dense_s": t_dense, "sp_s": t_sp, "ip_s": t_ip,
+                      "sp_speedup": t_dense / t_sp, "ip_speedup": t_dense / t_ip}
+    return results
+
+
+def speedup(out: Optional[str], qs: Sequence[float], repeats: int) -> None:
+    res = measure_speedup(qs, repeats)
+    print("| q | dense ms | SP ms | IP ms | SP speed-up | IP speed-up | SP theory | IP theory |")
+    print("|---|---|---|---|---|---|---|---|")
+    for q, r in res.items():
+        print(f"| {q} | {1e3 * r['dense_s']:.2f} | {1e3 * r['sp_s']:.2f} | {1e3 * r['ip_s']:.2f} "
+              f"| {r['sp_speedup']:.2f} | {r['ip_speedup']:.2f} | {network_speedup(q, 'sp'):.2f} "
+              f"| {network_speedup(q, 'ip'):.2f} |")
+    if out:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot(list(res), [r["sp_speedup"] for r in res.values()], "o-", label="SP (measured)")
+        ax.plot(list(res), [r["ip_speedup"] for r in res.values()], "o-", label="IP (measured)")
+        ax.set_xlabel("compression rate q (every layer)")
+        ax.set_ylabel("CPU speed-up over dense")
+        ax.set_title("Fig. 5.8 b: scipy.sparse inference, VGG-16-LTH convs, batch 1")
+        ax.legend()
+        save(fig, out)
+
+
+def network_speedup(q: float, kind: str, layers=VGG16_LTH, size: int = 32) -> float:
+    """Dense FLOPs / sparse FLOPs over a VGG's convs at the same q in every layer (padding 1:
+    the output is the input's size, so d - K + 1 = side with d = side + 2)."""
+    convs = vgg_layers(layers, size)
+    dense = sum(sp_flops(ci, co, 3, s + 2, s + 2, 0.0) for ci, co, s in convs)
+    fn = sp_flops if kind == "sp" else ip_flops
+    return dense / sum(fn(ci, co, 3, s + 2, s + 2, q) for ci, co, s in convs)
+
+
+def _lines(points: Dict[str, Dict[float, List[float]]], ax, label_x: str, metric: str) -> None:
+    for label, by_x in sorted(points.items()):
+        xs = sorted(by_x)
+        means = [float(np.mean(by_x[x])) for x in xs]
+        stds = [float(np.std(by_x[x])) for x in xs]
+        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=2, label=label)
+    ax.set_xlabel(label_x)
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=7)
+
+
+def rounds(dirs: Sequence[str], hue: Sequence[str], metric: str, out: Optional[str]) -> None:
+    """Figs. 5.7 / 5.10 (LTH): `metric` at the end of every round against the round's
+    sparsity, one line per `hue` cell, mean and std over seeds."""
+    runs = completed(dirs, "runs of experiment=wimmer_lth_cifar10")
+    points: Dict[str, Dict[float, List[float]]] = {}
+    for run in runs:
+        label = ", ".join(f"{k}={value(run, k)}" for k in hue)
+        for phase in run["phases"]:
+            if "sparsity" not in phase:
+                raise AnalysisError(f"{run['_dir']}: phase {phase['name']} has no `sparsity` "
+                                    f"(a run of method=lth writes it)")
+            points.setdefault(label, {}).setdefault(round(phase["sparsity"], 4), []).append(
+                phase["end"][metric])
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    _lines(points, ax, "sparsity q after the round", metric)
+    ax.set_title("LTH rounds (Figs. 5.7, 5.10)")
+    save(fig, figure_path(out, dirs, "interspace_rounds"))
+
+
+def curve(dirs: Sequence[str], x: str, hue: Sequence[str], metric: str,
+          out: Optional[str]) -> None:
+    """Figs. 5.5, 5.9, 5.11, 5.12: `metric` at each run's end against config key `x`, one line
+    per `hue` cell, mean and std over seeds."""
+    runs = completed(dirs)
+    points: Dict[str, Dict[float, List[float]]] = {}
+    for run in runs:
+        xv = value(run, x)
+        if xv is None:
+            raise AnalysisError(f"{run['_dir']} has no config key {x!r}")
+        label = ", ".join(f"{k}={value(run, k)}" for k in hue)
+        points.setdefault(label, {}).setdefault(float(xv), []).append(final(run, metric))
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    _lines(points, ax, x, metric)
+    save(fig, figure_path(out, dirs, f"interspace_curve_{metric}"))
+
+
+COST_SETUPS = {  # (model, input side, classes, batch, images per run): thesis Table A.11
+    "resnet50_imagenet": ("resnet50", 224, 1000, 32, 100 * 1_281_167),
+    "vgg16_cifar10": ("vgg16", 32, 10, 128, 250 * 45_000),
+}
+
+
+def train_rate(setup: str, space: str, steps: int = 2) -> float:
+    """Training images per second of one SGD step (forward, backward, step) on this machine."""
+    import torch
+
+    from runner.models.torchvision_resnet import torchvision_resnet
+    from runner.models.transforms import filter_basis
+    from runner.models.vgg import vgg
+    arch, side, classes, batch, _ = COST_SETUPS[setup]
+    torch.manual_seed(0)
+    model = (torchvision_resnet([3, side, side], classes, arch) if arch.startswith("resnet")
+             else vgg([3, side, side], classes, classifier=[512, 512], fc_norm="batch"))
+    if space != "sp":
+        filter_basis(sharing=space)(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(batch, 3, side, side), torch.randint(0, classes, (batch,))
+    times = []
+    for _ in range(steps + 1):
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return batch / float(np.median(times[1:]))
+
+
+def cost(setups: Sequence[str], spaces: Sequence[str]) -> None:
+    """Measured CPU training throughput and the implied hours of one run (Table A.11)."""
+    import torch
+    print(f"| setup | space | images/s (CPU, {torch.get_num_threads()} threads) | "
+          f"hours per run (CPU) |")
+    print("|---|---|---|---|")
+    for setup in setups:
+        for space in spaces:
+            rate = train_rate(setup, space)
+            hours = COST_SETUPS[setup][4] / rate / 3600
+            print(f"| {setup} | {space} | {rate:.2f} | {hours:,.0f} |")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m runner.analysis.interspace",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("kind", choices=["fig5_3", "fig5_4", "speedup", "rounds", "curve", "cost"])
+    p.add_argument("dirs", nargs="*", help="rounds / curve: run or sweep directories")
+    p.add_argument("--out", default=None, help="figure file (default: plots/<kind>.png, or "
+                   "DIR/plots/ for rounds / curve)")
+    p.add_argument("--x", default="method.sparsity", help="curve: the x-axis config key")
+    p.add_argument("--hue", nargs="*", default=["method", "space"], help="keys of a line")
+    p.add_argument("--metric", default="test_acc")
+    p.add_argument("--setups", nargs="*", default=list(COST_SETUPS), help="cost: the setups")
+    p.add_argument("--spaces", nargs="*", default=["sp", "fine"], help="cost: sp, coarse or fine")
+    p.add_argument("--q", type=float, nargs="*", default=[0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99])
+    p.add_argument("--repeats", type=int, default=5)
+    a = p.parse_args(argv)
+    if a.kind == "cost":
+        return cli(lambda: cost(a.setups, a.spaces))
+    if a.kind == "rounds":
+        return cli(lambda: rounds(a.dirs, a.hue, a.metric, a.out))
+    if a.kind == "curve":
+        return cli(lambda: curve(a.dirs, a.x, a.hue, a.metric, a.out))
+    out = a.out or f"plots/{a.kind}.png"
+    if a.kind == "fig5_3":
+        return cli(lambda: fig5_3(out))
+    if a.kind == "fig5_4":
+        return cli(lambda: fig5_4(out))
+    return cli(lambda: speedup(a.out, a.q, a.repeats))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
