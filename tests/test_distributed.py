@@ -46,7 +46,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("method", [pytest.param([], marks=pytest.mark.slow), RIGL],
+@pytest.mark.parametrize("method", [pytest.param([], marks=pytest.mark.slow),
+                                    pytest.param(RIGL, marks=pytest.mark.sizes)],  # two processes
                          ids=["vanilla", "rigl"])
 def test_two_gloo_ranks_train_what_one_process_trains_on_the_global_batch(tmp_path, method):
     overrides = BASE + method
