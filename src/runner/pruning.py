@@ -198,9 +198,13 @@ def l1_normalize(s: Mapping[str, torch.Tensor]) -> Scores:
 
 def _top(v: torch.Tensor, k: int) -> torch.Tensor:
     """Bool mask of the k highest entries of flat `v`; ties to the lower index."""
-    keep = torch.zeros(v.numel(), dtype=torch.bool, device=v.device)
-    if k > 0:
-        keep[torch.sort(v, descending=True, stable=True).indices[:k]] = True
+    n = v.numel()
+    if k in (0, n):
+        return torch.full((n,), k == n, dtype=torch.bool, device=v.device)
+    threshold = torch.kthvalue(v, n - k + 1).values  # the k-th highest score
+    keep = v > threshold
+    ties = (v == threshold).nonzero().flatten()
+    keep[ties[:k - int(keep.sum())]] = True
     return keep
 
 
