@@ -257,3 +257,36 @@ def mean_abs_gradient(model: nn.Module, batches: Iterable[Batch],
     num = sum((t.abs() * keep[n] if keep is not None else t.abs()).sum() for n, t in g.items())
     den = sum(keep[n].sum() if keep is not None else t.numel() for n, t in g.items())
     return num / torch.as_tensor(den, dtype=num.dtype).clamp(min=1)
+
+
+@torch.no_grad()
+def sparsity(model: nn.Module, masks) -> Dict[str, object]:
+    """What a masked model trains, stores and computes with (thesis Tables 3.1, 3.2, 3.4):
+    q (untrained share of the weights), q_beta (of all parameters: biases and normalization
+    parameters count and always train), trained / stored parameter counts, sizes in kB of fp32
+    values (1 kB = 1024 B, as Table 3.2), non-zero weights of the forward pass, per-weight-tensor
+    densities and the tensors with no trained entry (`empty_layers`). A `frozen_wd` tensor stores
+    all its entries (weight decay moves the frozen ones); `pruned` / `frozen` ones only the
+    trained entries (the frozen ones come back from the seed). Host values, for setup and reports."""
+    w_total = w_trained = w_stored = others = nonzero = 0
+    density: Dict[str, float] = {}
+    for name, p, kind in params.parameters(model):
+        if kind != "weights":
+            others += p.numel()
+            continue
+        mask = masks[name] if name in masks else None
+        k = int(mask.keep.sum()) if mask is not None else p.numel()
+        w_total, w_trained = w_total + p.numel(), w_trained + k
+        w_stored += p.numel() if mask is not None and mask.kind == "frozen_wd" else k
+        density[name] = k / p.numel()
+    for slot in params.slots(model, "weights"):
+        nonzero += int(slot.value().count_nonzero())
+    total = w_total + others
+    dense_kb, stored_kb = total * 4 / 1024, (w_stored + others) * 4 / 1024
+    return {"q": 1 - w_trained / max(w_total, 1), "q_beta": 1 - (w_trained + others) / max(total, 1),
+            "weights": w_total, "weights_trained": w_trained, "params": total,
+            "params_trained": w_trained + others, "params_stored": w_stored + others,
+            "nonzero_weights_forward": nonzero, "size_kb": stored_kb, "dense_size_kb": dense_kb,
+            "compression_factor": dense_kb / stored_kb if stored_kb else float("inf"),
+            "empty_layers": sum(v == 0 for v in density.values()),
+            "empty_layer_names": [n for n, v in density.items() if v == 0], "density": density}
