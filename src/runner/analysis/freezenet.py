@@ -275,7 +275,8 @@ def fig31(experiment: str, data: str, seeds: int, out: Optional[str]):
     ax.set_xscale("logit")
     ax.set_xlabel("compression rate q")
     ax.set_ylabel("gradient flow / dense")
-    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_yscale("symlog", linthresh=1e-3)  # a pruned net's flow can be exactly 0
+    ax.set_ylim(bottom=0)
     model = experiment_cfg(experiment).model._target_.rsplit(".", 1)[-1]
     src = "synthetic inputs" if data == "synthetic" else experiment_cfg(experiment).dataset.name
     ax.set_title(f"Fig. 3.1 analogue: {model}, {src}, {seeds} seeds, at initialization", fontsize=9)
