@@ -78,9 +78,11 @@ def test_stored_network_reloads_bitwise_from_trained_entries_mask_and_seed(runs,
     t = runs(method)
     ctx, m = t.ctx, t.methods.methods[0]
     blob = storage.pack(ctx.model, ctx.masks, m.seed)
-    back = storage.unpack(blob, ctx.build_model).state_dict()
+    back = storage.unpack(blob, ctx.build_model)
+    assert storage.identical(ctx.model, back)
+    back_sd = back.state_dict()
     for k, v in ctx.model.state_dict().items():
-        assert torch.equal(v, back[k]), k
+        assert torch.equal(v, back_sd[k]), k
     stored, dense = storage.nbytes(blob), storage.nbytes(ctx.model.state_dict())
     assert stored < dense / 3  # q = 0.9: 10 % of the weights and a 1-bit mask
     values = sum(x["values"].numel() for x in blob["masked"].values())

@@ -68,8 +68,10 @@ class PruneAtInit(Method):
         self.seed = ctx.seed  # the seed that draws the initialization the frozen entries keep
         if self.reinit:
             self.seed = int(torch.randint(0, 2**62, (1,), generator=ctx.gen))
+            fresh = storage.tensors(ctx.build_model(self.seed))
             with torch.no_grad():
-                model.load_state_dict(ctx.build_model(self.seed).state_dict())
+                for name, t in storage.tensors(model).items():
+                    t.copy_(fresh[name])
         dense_flow = pruning.mean_abs_gradient(model, batches, loss_fn=ctx.loss_fn)
         for name, k in keep.items():
             if not bool(k.all()):
@@ -106,9 +108,8 @@ class PruneAtInit(Method):
         out = dict(self.metrics)
         if self.store and self.kind != "frozen_wd" and ctx.phase_index == ctx.num_stages - 1:
             blob = storage.pack(ctx.model, ctx.masks, self.seed)
-            back = storage.unpack(blob, ctx.build_model).state_dict()
+            back = storage.unpack(blob, ctx.build_model)
             out.update(stored_bytes=storage.nbytes(blob),
                        dense_bytes=storage.nbytes(ctx.model.state_dict()),
-                       storage_exact=int(all(torch.equal(v, back[k])
-                                             for k, v in ctx.model.state_dict().items())))
+                       storage_exact=int(storage.identical(ctx.model, back)))
         return out

@@ -6,7 +6,7 @@ bits, its kind and the values of its trained entries; every unmasked parameter w
 normalization parameters, weights that train entirely); the buffers (BatchNorm statistics).
 `unpack(blob, build)` -> the network: `build(seed)` draws the initialization (e.g.
 `ctx.build_model`), the trained entries and the rest are written over it, `pruned` entries are 0.
-`nbytes(blob)` is the size `torch.save` writes. FreezeNet-WD (`frozen_wd`) cannot be stored this
+`nbytes(blob)` is the size `torch.save` writes; `identical(a, b)` compares two networks bitwise. FreezeNet-WD (`frozen_wd`) cannot be stored this
 way: weight decay has moved its frozen entries away from the seed's values.
 """
 from __future__ import annotations
@@ -62,6 +62,17 @@ def unpack(blob: Dict, build: Callable[[int], nn.Module]) -> nn.Module:
     for name, b in model.named_buffers():
         b.copy_(blob["buffers"][name])
     return model
+
+
+def tensors(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Every stored parameter and buffer by name (a tensor shared under two names once)."""
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+def identical(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two networks hold bitwise the same parameters and buffers."""
+    ta, tb = tensors(a), tensors(b)
+    return ta.keys() == tb.keys() and all(torch.equal(t, tb[n]) for n, t in ta.items())
 
 
 def nbytes(obj) -> int:
