@@ -50,8 +50,12 @@ INTERVENTIONS: Dict[str, Callable[[object, int], bool]] = {
     "SET": lambda m, i: False, "RigL": lambda m, i: False,  # random sparse mask in setup
     "LTH": lambda m, i: i > 0,  # prune and rewind at every round after the first
     "FineTune": lambda m, i: i == m.at_phase and m.sparsity > 0,
+    "PruneAtInit": lambda m, i: False,  # acts in setup
 }
-SETUP_INTERVENTIONS = {"SparseInit", "SET", "RigL"}
+# class name -> whether its setup must change the weights (PruneAtInit: pruning zeroes weights,
+# reinit redraws them; freezing at q < 1 keeps them)
+SETUP_INTERVENTIONS = {"SparseInit": lambda m: True, "SET": lambda m: True, "RigL": lambda m: True,
+                       "PruneAtInit": lambda m: m.reinit or (m.kind == "pruned" and m.q > 0)}
 # class name -> (keys every phase summary has, keys the last phase has)
 PROBES = {
     "FrozenProbe": (["frozen_filters", "frozen_units", "start_frozen_filters"], []),
@@ -62,6 +66,8 @@ PROBES = {
     "SET": ([], ["mask_updates", "density"]), "RigL": ([], ["mask_updates", "density"]),
     "GMP": (["sparsity"], []), "LTH": (["lth_round", "sparsity"], []),
     "FineTune": (["sparsity"], []),
+    "PruneAtInit": (["q", "q_beta", "params_trained", "params_stored", "size_kb", "grad_flow",
+                     "density", "empty_layers"], []),
 }
 
 
@@ -176,7 +182,7 @@ def check_run(result: dict, events: Optional[List[Event]] = None, n_train: Optio
     for m in methods.values():
         kind = type(m).__name__
         mine = [e for e in events if e.method is m]
-        if kind in SETUP_INTERVENTIONS:
+        if kind in SETUP_INTERVENTIONS and SETUP_INTERVENTIONS[kind](m):
             assert any(e.changed for e in mine if e.hook == "setup"), f"{kind}.setup changed nothing"
         if kind in INTERVENTIONS:
             for e in mine:
@@ -188,6 +194,8 @@ def check_run(result: dict, events: Optional[List[Event]] = None, n_train: Optio
                 f"(an intervention? list it in tests/expectations.py INTERVENTIONS)"
         if kind in ("WELSR", "DSD", "WELS", "FC"):  # one round per stage after the first
             assert [p["reinit_rounds"] for p in phases] == list(range(len(phases)))
+        if kind == "PruneAtInit" and m.kind != "frozen_wd" and m.store:
+            assert phases[-1]["storage_exact"] == 1, "the stored network did not reload bitwise"
         every, last = PROBES.get(kind, ([], []))
         for p in phases:
             missing = [k for k in every if k not in p]

@@ -131,6 +131,8 @@ class Trainer:
         self.opts = SimpleNamespace(**OmegaConf.to_container(cfg.train, resolve=True))  # hot loop
         if self.opts.loss not in LOSSES:
             raise RunnerError(f"train.loss={self.opts.loss!r}; valid: {', '.join(LOSSES)}")
+        if self.opts.select_by not in ("val_loss", "val_acc"):
+            raise RunnerError(f"train.select_by={self.opts.select_by!r}; valid: val_loss, val_acc")
         if self.opts.precision not in PRECISIONS:
             raise RunnerError(f"train.precision={self.opts.precision!r}; valid: {', '.join(PRECISIONS)}")
         self.dist = distributed.setup(cfg.distributed, cfg.device)  # None: one process
@@ -258,8 +260,9 @@ class Trainer:
         return 4 * n * probe[0].numel()
 
     # -- loops --------------------------------------------------------------------------------
-    def train_epoch(self, batch_size, limit) -> torch.Tensor:
-        """One epoch; returns the device tensor [loss sum, correct, samples] (no host sync)."""
+    def train_epoch(self, batch_size, limit, schedule=None, start=0) -> torch.Tensor:
+        """One epoch; returns the device tensor [loss sum, correct, samples] (no host sync).
+        A per-iteration `schedule` sets the lr before every step (`start`: the phase's first step)."""
         ctx = self.ctx
         if not ctx.model.training:  # evaluate() leaves it in train mode; methods' choices stay
             ctx.model.train()
@@ -268,6 +271,10 @@ class Trainer:
             ctx.data.train, batch_size, self.order_gen, limit=limit)
         for xb, yb in batch_bar(epoch_batches, len(ctx.data.train), batch_size, limit,  # logs.py
                                 self.progress):
+            if schedule is not None:
+                lr = schedule.at_step(ctx.step - start)
+                for g in ctx.optimizer.param_groups:
+                    g["lr"] = lr
             self.train_step(xb, yb, stats)
         return stats
 
@@ -370,7 +377,8 @@ class Trainer:
         set_hyper(ctx.optimizer, cfg.optim, ctx.lr, ctx.weight_decay)
         schedule = Schedule(cfg.schedule, ctx.lr, ctx.gamma, ph.milestones)
 
-        best, best_state, since_best, end = None, None, 0, None
+        best, best_score, best_state, since_best, end = None, None, None, 0, None
+        start, per_step = ctx.step, schedule if schedule.per_step else None
         bar = tqdm(range(epochs), desc=f"{stage.name}", leave=False,
                    disable=None if self.progress is None else not self.progress)
         for epoch in bar:
@@ -379,7 +387,8 @@ class Trainer:
             for g in ctx.optimizer.param_groups:
                 g["lr"] = lr
             t0 = time.perf_counter()
-            stats = self.train_epoch(batch_size, limit)
+            stats = self.train_epoch(batch_size, limit, per_step, start)
+            lr = ctx.optimizer.param_groups[0]["lr"]  # a per-iteration schedule's last
             if self.dist:
                 self.dist.all_reduce(stats)
             last = epoch + 1 == epochs
@@ -408,8 +417,9 @@ class Trainer:
                 continue
             log.info("%s", epoch_line(stage.name, epoch + 1, epochs, row))  # logs.py
             end = row
-            if best is None or not (val_loss >= best["val_loss"]):  # NaN val: keep the latest
-                best, since_best = row, 0
+            score = val_loss if opts.select_by == "val_loss" else -val_acc
+            if best is None or not (score >= best_score):  # NaN val: keep the latest
+                best, best_score, since_best = row, score, 0
                 if opts.restore_best:
                     best_state = copy.deepcopy(ctx.model.state_dict())
             else:
