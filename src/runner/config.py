@@ -18,6 +18,7 @@ class TrainConfig:
     epochs: int = 10  # maximum epochs of a phase unless the phase says otherwise
     patience: Optional[int] = None  # early stopping on validation loss; None: never stop early
     restore_best: bool = False  # load the best-validation weights at the end of each phase
+    select_by: str = "val_loss"  # the best-validation epoch: lowest val_loss | highest val_acc
     val_fraction: float = 0.1  # share of the training set held out for validation
     val_seed: Optional[int] = None  # seed of the train/val split; None: the run's seed
     eval_test: bool = True  # evaluate the test set with validation (needed for test@best-val)
@@ -49,9 +50,10 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = "constant"  # constant | exponential | step | plateau
-    gamma: float = 1.0  # exponential: lr *= gamma per epoch; step / plateau: factor
+    name: str = "constant"  # constant | exponential | step | step_iter | plateau
+    gamma: float = 1.0  # exponential: lr *= gamma per epoch; step / step_iter / plateau: factor
     milestones: List[int] = field(default_factory=list)  # step: epochs at which lr *= gamma
+    step_size: int = 0  # step_iter: lr *= gamma every step_size iterations of a phase
     patience: int = 10  # plateau: epochs without validation improvement
     min_lr: float = 0.0
 

@@ -63,11 +63,13 @@ class RunContext:
         """A fresh optimizer (no momentum / Adam moments) over the model's current parameters."""
         self.optimizer = self._make_optimizer(self.model, self.lr, self.weight_decay)
 
-    def build_model(self) -> torch.nn.Module:
+    def build_model(self, seed: Optional[int] = None) -> torch.nn.Module:
         """A freshly initialized model of the configured architecture and transforms, drawn
-        from `self.gen` (the global random state is left as it was)."""
+        from `seed`, else from a seed drawn from `self.gen` (the global random state is left as
+        it was). `build_model(ctx.seed)` is the run's own initialization."""
         state = torch.random.get_rng_state()
-        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=self.gen)))
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=self.gen))
+                          if seed is None else seed)
         try:
             return self._build_model().to(self.device)
         finally:

@@ -50,13 +50,19 @@ def set_hyper(optimizer, cfg: OptimConfig, lr: float, weight_decay: float) -> No
 
 class Schedule:
     """lr of epoch e of a phase: constant, exponential (gamma^e), step (gamma at milestones),
-    or plateau (gamma after `patience` epochs without a better validation loss)."""
+    or plateau (gamma after `patience` epochs without a better validation loss); `step_iter`
+    decays by gamma every `step_size` iterations (`at_step`, set before every step)."""
 
     def __init__(self, cfg: ScheduleConfig, base_lr: float, gamma: Optional[float] = None,
                  milestones: Optional[List[int]] = None):
-        if cfg.name not in ("constant", "exponential", "step", "plateau"):
+        if cfg.name not in ("constant", "exponential", "step", "step_iter", "plateau"):
             raise RunnerError(f"schedule.name={cfg.name!r} is unknown; "
-                              "valid: constant, exponential, step, plateau")
+                              "valid: constant, exponential, step, step_iter, plateau")
+        if cfg.name == "step_iter" and cfg.step_size < 1:
+            raise RunnerError(f"schedule.step_size={cfg.step_size}: step_iter needs a positive "
+                              "number of iterations between decays")
+        self.per_step = cfg.name == "step_iter"
+        self.step_size = cfg.step_size
         self.name, self.min_lr, self.patience = cfg.name, cfg.min_lr, cfg.patience  # plain values
         self.base_lr = base_lr
         self.gamma = cfg.gamma if gamma is None else gamma
@@ -74,6 +80,10 @@ class Schedule:
         else:
             f = 1.0
         return max(self.base_lr * f, self.min_lr)
+
+    def at_step(self, step: int) -> float:
+        """step_iter: lr after `step` iterations of the phase."""
+        return max(self.base_lr * self.gamma ** (step // self.step_size), self.min_lr)
 
     def observe(self, val_loss: float) -> None:
         """Plateau bookkeeping after each epoch."""

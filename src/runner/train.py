@@ -129,6 +129,8 @@ class Trainer:
         self.opts = SimpleNamespace(**OmegaConf.to_container(cfg.train, resolve=True))  # hot loop
         if self.opts.loss not in LOSSES:
             raise RunnerError(f"train.loss={self.opts.loss!r}; valid: {', '.join(LOSSES)}")
+        if self.opts.select_by not in ("val_loss", "val_acc"):
+            raise RunnerError(f"train.select_by={self.opts.select_by!r}; valid: val_loss, val_acc")
         if self.opts.precision not in PRECISIONS:
             raise RunnerError(f"train.precision={self.opts.precision!r}; valid: {', '.join(PRECISIONS)}")
         self.device = resolve_device(cfg.device, job)
@@ -244,8 +246,9 @@ class Trainer:
         return 4 * n * probe[0].numel()
 
     # -- loops --------------------------------------------------------------------------------
-    def train_epoch(self, batch_size, limit) -> torch.Tensor:
-        """One epoch; returns the device tensor [loss sum, correct, samples] (no host sync)."""
+    def train_epoch(self, batch_size, limit, schedule=None, start=0) -> torch.Tensor:
+        """One epoch; returns the device tensor [loss sum, correct, samples] (no host sync).
+        A per-iteration `schedule` sets the lr before every step (`start`: the phase's first step)."""
         ctx = self.ctx
         if not ctx.model.training:  # evaluate() leaves it in train mode; methods' choices stay
             ctx.model.train()
@@ -253,6 +256,10 @@ class Trainer:
         epoch_batches = batches(ctx.data.train, batch_size, self.order_gen, limit=limit)
         for xb, yb in batch_bar(epoch_batches, len(ctx.data.train), batch_size, limit,  # logs.py
                                 self.progress):
+            if schedule is not None:
+                lr = schedule.at_step(ctx.step - start)
+                for g in ctx.optimizer.param_groups:
+                    g["lr"] = lr
             self.train_step(xb, yb, stats)
         return stats
 
@@ -353,7 +360,8 @@ class Trainer:
         set_hyper(ctx.optimizer, cfg.optim, ctx.lr, ctx.weight_decay)
         schedule = Schedule(cfg.schedule, ctx.lr, ctx.gamma, ph.milestones)
 
-        best, best_state, since_best, end = None, None, 0, None
+        best, best_score, best_state, since_best, end = None, None, None, 0, None
+        start, per_step = ctx.step, schedule if schedule.per_step else None
         bar = tqdm(range(epochs), desc=f"{stage.name}", leave=False,
                    disable=None if self.progress is None else not self.progress)
         for epoch in bar:
@@ -362,7 +370,8 @@ class Trainer:
             for g in ctx.optimizer.param_groups:
                 g["lr"] = lr
             t0 = time.perf_counter()
-            stats = self.train_epoch(batch_size, limit)
+            stats = self.train_epoch(batch_size, limit, per_step, start)
+            lr = ctx.optimizer.param_groups[0]["lr"]  # a per-iteration schedule's last
             last = epoch + 1 == epochs
             evaluate = last or (epoch + 1) % opts.eval_every == 0
             nan = torch.full((2,), math.nan, device=self.device)
@@ -389,8 +398,9 @@ class Trainer:
                 continue
             log.info("%s", epoch_line(stage.name, epoch + 1, epochs, row))  # logs.py
             end = row
-            if best is None or not (val_loss >= best["val_loss"]):  # NaN val: keep the latest
-                best, since_best = row, 0
+            score = val_loss if opts.select_by == "val_loss" else -val_acc
+            if best is None or not (score >= best_score):  # NaN val: keep the latest
+                best, best_score, since_best = row, score, 0
                 if opts.restore_best:
                     best_state = copy.deepcopy(ctx.model.state_dict())
             else:

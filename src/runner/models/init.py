@@ -1,7 +1,20 @@
 """Weight initialization schemes, selectable per model config."""
+import math
+
+import torch
 from torch import nn
 
-SCHEMES = ("default", "torch", "he_normal", "he_uniform", "glorot_normal", "glorot_uniform")
+SCHEMES = ("default", "torch", "he_normal", "he_uniform", "glorot_normal", "glorot_uniform",
+           "pm_sigma")
+
+
+@torch.no_grad()
+def pm_sigma_(w: torch.Tensor) -> torch.Tensor:
+    """+-sigma with a fair random sign, sigma^2 = 2 / (fan_in + fan_out), Xavier-normal's variance
+    (Wimmer's thesis, Sec. 3.4.3.1, Fig. 3.4b): only the signs need storing."""
+    receptive = w[0][0].numel() if w.dim() > 2 else 1
+    sigma = math.sqrt(2.0 / ((w.shape[1] + w.shape[0]) * receptive))
+    return w.copy_((torch.randint_like(w, 2) * 2 - 1) * sigma)
 
 
 def initialize(model: nn.Module, scheme: str = "default", zero_bias: bool = False) -> nn.Module:
@@ -22,6 +35,8 @@ def initialize(model: nn.Module, scheme: str = "default", zero_bias: bool = Fals
             nn.init.xavier_normal_(m.weight)
         elif scheme == "glorot_uniform":
             nn.init.xavier_uniform_(m.weight)
+        elif scheme == "pm_sigma":
+            pm_sigma_(m.weight)
         if zero_bias and m.bias is not None:
             nn.init.zeros_(m.bias)
     return model

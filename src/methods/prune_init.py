@@ -1,0 +1,114 @@
+"""Pruning and freezing at initialization (Wimmer's thesis, Ch. 3; Algorithm 3.1): score every
+weight entry once before training (`runner.pruning`: random, magnitude, SNIP, USNIP, GraSP,
+SynFlow) from `batches` calibration batches of `batch_size` training samples, keep the top
+d = floor((1 - q) D) of them over all weights (`scope: global`) or per tensor (`layer`), and
+mask the rest in `ctx.masks` as
+- `pruned`: 0 and never moved (SNIP, GraSP, ...: pruning at initialization);
+- `frozen`: fixed at their initial values (FreezeNet; weight decay only on what trains);
+- `frozen_wd`: moved by weight decay alone (FreezeNet-WD).
+`reinit: true` redraws the whole network after the mask is computed (FreezeNet-reinit, Fig. 3.6).
+Biases and normalization parameters are never masked: they always train. q = 0 masks nothing
+(the dense baseline, with the same metrics).
+
+Metrics (each phase's summary in result.json): the sparsity counts of `runner.pruning.sparsity`
+(q, q_beta, trained / stored parameters, sizes, per-tensor density, empty layers), `grad_flow`
+(mean |g| of the loss gradient over the trained weights right after masking, divided by the
+dense network's mean |g| over all weights, on the calibration batches: Fig. 3.1), and at the end
+of the last phase, for `pruned` and `frozen`, the bytes of the network stored as (trained entries,
+mask, seed) (`runner.storage`) beside the dense state_dict's, and `storage_exact` (1 when the
+network reloaded from them equals the trained one bitwise). Per epoch (`grad_stats`): mean and
+standard deviation of |g| over the trained weight entries and all steps of the epoch (Fig. 3.5b).
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+
+from methods.base import Method
+from runner import pruning, storage
+from runner.masks import MASK_KINDS
+from runner.models.params import select
+
+
+class PruneAtInit(Method):
+    name = "prune_init"
+
+    def __init__(self, score: str = "snip", q: float = 0.9, scope: str = "global",
+                 kind: str = "pruned", batches: int = 1, batch_size: int = 100,
+                 reinit: bool = False, temperature: float = 1.0, iterations: int = 100,
+                 normalize: bool = False, grad_stats: bool = True, store: bool = True):
+        if score not in pruning.SCORES:
+            raise ValueError(f"prune_init score={score!r}; valid: {', '.join(pruning.SCORES)}")
+        if scope not in pruning.SCOPES:
+            raise ValueError(f"prune_init scope={scope!r}; valid: {', '.join(pruning.SCOPES)}")
+        if kind not in MASK_KINDS:
+            raise ValueError(f"prune_init kind={kind!r}; valid: {', '.join(MASK_KINDS)}")
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"prune_init q={q}; valid: [0, 1] (the share of weights not trained)")
+        if batches < 1 or batch_size < 1:
+            raise ValueError(f"prune_init batches={batches}, batch_size={batch_size}; both >= 1")
+        self.score, self.q, self.scope, self.kind = score, float(q), scope, kind
+        self.batches, self.batch_size, self.reinit = int(batches), int(batch_size), reinit
+        self.temperature, self.iterations, self.normalize = temperature, int(iterations), normalize
+        self.grad_stats, self.store = grad_stats, store
+
+    def calibration(self, ctx):
+        x, y = ctx.calibration_batch(self.batches * self.batch_size)
+        return list(zip(x.split(self.batch_size), y.split(self.batch_size)))
+
+    def setup(self, ctx) -> None:
+        model, batches = ctx.model, self.calibration(ctx)
+        named = select(model, "weights")
+        d = pruning.keep_count(sum(p.numel() for _, p in named), self.q)
+        s = pruning.scores(self.score, model, batches, loss_fn=ctx.loss_fn, gen=ctx.gen,
+                           temperature=self.temperature, d=d, iterations=self.iterations,
+                           scope=self.scope, normalize=self.normalize)
+        keep = pruning.top_d(s, d, self.scope)
+        self.seed = ctx.seed  # the seed that draws the initialization the frozen entries keep
+        if self.reinit:
+            self.seed = int(torch.randint(0, 2**62, (1,), generator=ctx.gen))
+            with torch.no_grad():
+                model.load_state_dict(ctx.build_model(self.seed).state_dict())
+        dense_flow = pruning.mean_abs_gradient(model, batches, loss_fn=ctx.loss_fn)
+        for name, k in keep.items():
+            if not bool(k.all()):
+                ctx.masks.set(name, k, self.kind)
+        flow = pruning.mean_abs_gradient(model, batches, keep, ctx.loss_fn)
+        self.metrics = {**pruning.sparsity(model, ctx.masks),
+                        "grad_flow": float(flow / dense_flow) if dense_flow > 0 else float("nan")}
+        self._w = [p for _, p in named]
+        self._keep = [keep[n].to(p.dtype) for n, p in named]
+        self._n = max(self.metrics["weights_trained"], 1)
+        self._sums = torch.zeros(3, device=ctx.device)  # sum |g|, sum g^2, steps
+
+    def before_step(self, ctx) -> None:
+        if not self.grad_stats:
+            return
+        gs = [(p.grad, k) for p, k in zip(self._w, self._keep) if p.grad is not None]
+        if not gs:
+            return
+        g = torch._foreach_mul([g for g, _ in gs], [k for _, k in gs])  # m * grad (Alg. 3.1)
+        one = torch.stack(torch._foreach_norm(g, 1)).sum()
+        two = torch.stack(torch._foreach_norm(g, 2)).pow(2).sum()
+        self._sums += torch.stack([one, two, torch.ones_like(one)]).float()
+
+    def on_epoch_end(self, ctx) -> Dict[str, float]:
+        if not self.grad_stats:
+            return {}
+        s1, s2, steps = self._sums.tolist()
+        self._sums.zero_()
+        n = self._n * max(steps, 1)
+        mean = s1 / n
+        return {"grad_abs_mean": mean, "grad_abs_std": max(s2 / n - mean * mean, 0.0) ** 0.5}
+
+    def on_phase_end(self, ctx) -> Dict[str, float]:
+        out = dict(self.metrics)
+        if self.store and self.kind != "frozen_wd" and ctx.phase_index == ctx.num_stages - 1:
+            blob = storage.pack(ctx.model, ctx.masks, self.seed)
+            back = storage.unpack(blob, ctx.build_model).state_dict()
+            out.update(stored_bytes=storage.nbytes(blob),
+                       dense_bytes=storage.nbytes(ctx.model.state_dict()),
+                       storage_exact=int(all(torch.equal(v, back[k])
+                                             for k, v in ctx.model.state_dict().items())))
+        return out
