@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List
+from typing import List, Mapping, Union
 
 import torch
+
+Masks = Union[torch.Tensor, Mapping[str, torch.Tensor]]
 
 SIDES = ("midpoint", "plus", "minus")
 SMALL = 1 << 18  # below this many entries an order statistic is taken exactly
@@ -53,6 +55,17 @@ def select(s0: torch.Tensor, s1: torch.Tensor, lam: float, d: int) -> torch.Tens
     keep = torch.zeros(c.numel(), dtype=torch.bool, device=c.device)
     keep[torch.topk(c, d, largest=False, sorted=False).indices] = True
     return keep.view(s0.shape)
+
+
+def similarity(m: Masks, other: Masks) -> float:
+    """sim(m, m~) = ||m * m~||_0 / max(||m||_0, ||m~||_0) in [0, 1] (eq. 4.29), of two bool masks
+    or of two {name: mask} dicts over the same tensors."""
+    if isinstance(m, Mapping):
+        both = sum(int((m[n] & other[n]).sum()) for n in m)
+        sizes = sum(int(t.sum()) for t in m.values()), sum(int(t.sum()) for t in other.values())
+    else:
+        both, sizes = int((m & other).sum()), (int(m.sum()), int(other.sum()))
+    return both / max(*sizes, 1)
 
 
 def cops(s0: torch.Tensor, s1: torch.Tensor, d: int, alpha: float, eps: float = 1e-6,
