@@ -47,8 +47,9 @@ INTERVENTIONS: Dict[str, Callable[[object, int], bool]] = {
     "DiracReset": lambda m, i: m.acts(i),
     "ScaleOnce": lambda m, i: i == m.at_phase,
     "SparseInit": lambda m, i: False,  # acts in setup
+    "Cops": lambda m, i: False,  # prunes in setup
 }
-SETUP_INTERVENTIONS = {"SparseInit"}
+SETUP_INTERVENTIONS = {"SparseInit", "Cops"}
 # class name -> (keys every phase summary has, keys the last phase has)
 PROBES = {
     "FrozenProbe": (["frozen_filters", "frozen_units", "start_frozen_filters"], []),
@@ -56,6 +57,8 @@ PROBES = {
     "WELSR": (["reinit_rounds"], []), "DSD": (["reinit_rounds"], []),
     "WELS": (["reinit_rounds"], []), "FC": (["reinit_rounds"], []),
     "LW": (["lw_block"], []), "SparseInit": (["init_sparsity"], []),
+    "Cops": (["q", "q_beta", "density", "empty_layers", "grad_flow", "cops_lambda", "cops_s0",
+              "cops_s1", "sim_target", "sim_control"], []),
 }
 
 
