@@ -33,8 +33,8 @@ def test_mask_is_algorithm_4_1_on_the_negated_normalized_scores(control, side):
     score = lambda kind: pruning.scores(kind, ctx.model, batches, normalize=True)  # noqa: E731
     target, ctrl = score("snip"), score(control)
     names = list(target)
-    s0 = -torch.cat([target[n].flatten() for n in names]).double()
-    s1 = -torch.cat([ctrl[n].flatten() for n in names]).double()
+    s0 = -torch.cat([target[n].flatten() for n in names])
+    s1 = -torch.cat([ctrl[n].flatten() for n in names])
     d = pruning.keep_count(s0.numel(), 0.8)
     want = cops.cops(s0, s1, d, 0.9, side=side)
     method.setup(ctx)
@@ -49,7 +49,7 @@ def test_mask_is_algorithm_4_1_on_the_negated_normalized_scores(control, side):
     assert m["cops_lambda"] == want.lam and m["cops_kappa"] == pytest.approx(want.kappa)
     assert m["cops_s1"] == pytest.approx(float(s1[want.keep].sum()))
     if side == "plus":
-        assert m["cops_s1"] <= m["cops_kappa"] + 1e-12  # m+ meets the constraint
+        assert m["cops_s1"] <= m["cops_kappa"] + 1e-6  # m+ meets the constraint
     assert m["sim_target"] == pytest.approx(cops.similarity(want.keep, cops.select(s0, s1, 0, d)))
     assert 0 <= m["sim_control"] <= 1 and m["q"] == pytest.approx(0.8, abs=1e-3)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Mapping, Union
+from typing import Mapping, Union
 
 import torch
 
@@ -143,7 +143,7 @@ class _Dual:
         self.k = d  # how many of them the mask still keeps
         self.n_full = n = s0.numel()
         self.in_sum = 0.0  # S1 of the entries kept for every lambda in the bracket
-        self.in_idx: List[torch.Tensor] = []
+        self.in_mask = None  # those entries (bool, all D), once the first narrowing ran
         self.lo, self.hi = 0.0, 1.0  # the known bracket, in w
         self.evaluations = 0
         scale = sum(float(x.abs().max()) for x in torch.aminmax(s0) + torch.aminmax(s1))
@@ -194,19 +194,23 @@ class _Dual:
         low = torch.minimum(c_lo, c_hi, out=self.f[2][:n])
         high = torch.maximum(c_lo, c_hi, out=c_hi)
         inside, undecided = self.split(low, high, self.k, self.slack)
-        pos = inside.nonzero().squeeze(1)
-        self.in_sum += float(self.s1[pos].sum())
-        self.in_idx.append(pos if self.idx is None else self.idx[pos])
-        self.k -= pos.numel()
+        if self.idx is None:  # the first narrowing: a mask over all entries (no index list)
+            self.in_mask = inside.clone()
+            self.in_sum += float(torch.where(inside, self.s1, self.zero, out=c_lo).sum())
+            self.k -= int(torch.count_nonzero(inside))
+        else:
+            pos = inside.nonzero().squeeze(1)
+            self.in_sum += float(self.s1[pos].sum())
+            self.in_mask[self.idx[pos]] = True
+            self.k -= pos.numel()
         keep = undecided.nonzero().squeeze(1)
-        self.s0, self.s1 = self.s0[keep], self.s1[keep]
-        self.idx = keep if self.idx is None else self.idx[keep]
+        self.s0, self.s1 = self.s0.index_select(0, keep), self.s1.index_select(0, keep)
+        self.idx = keep if self.idx is None else self.idx.index_select(0, keep)
 
     def mask(self, w: float) -> torch.Tensor:
         """The d smallest entries of c(w), w in the known bracket (bool, flat)."""
-        keep = torch.zeros(self.n_full, dtype=torch.bool, device=self.s0.device)
-        for pos in self.in_idx:
-            keep[pos] = True
+        keep = (torch.zeros(self.n_full, dtype=torch.bool, device=self.s0.device)
+                if self.in_mask is None else self.in_mask.clone())
         if self.k:
             top = torch.topk(self.c(w), self.k, largest=False, sorted=False).indices
             keep[top if self.idx is None else self.idx[top]] = True
