@@ -146,6 +146,8 @@ def test_errors_are_one_clear_line():
         cops.cops(s0, s1.abs(), 5, 0.5)  # no negative control score: nothing to constrain
     with pytest.raises(ValueError, match="differ in shape"):
         cops.cops(s0, s1[:10], 5, 0.5)
+    with pytest.raises(ValueError, match="NaN"):
+        cops.cops(s0, s1 * float("nan"), 5, 0.5)
     with pytest.raises(ValueError, match="side="):
         cops.cops(s0, s1, 5, 0.5, side="best")
     r = cops.cops(s0, s1, 5, 0.99999)

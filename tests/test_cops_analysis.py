@@ -46,7 +46,7 @@ def test_fig47_and_fig48_write_figures(tmp_path):
 def test_fig43_and_fig46_need_no_training(tmp_path):
     assert analysis.main(["fig43", "--out", str(tmp_path / "fig43.png")]) == 0
     narrow = ["model.layers=[4,M,4,M,8,M,8,M,8,M]", "model.classifier=[8]",
-              "method.batch_size=8"]
+              "method.batch_size=8", "threads=1"]
     analysis.fig46("thesis_table41", "synthetic", 1, narrow, tmp_path / "fig46.png",
                    qs=(0.9,), alphas=(0.1, 0.99999))
     assert (tmp_path / "fig43.png").exists() and (tmp_path / "fig46.png").exists()

@@ -88,6 +88,8 @@ def cops(s0: torch.Tensor, s1: torch.Tensor, d: int, alpha: float, eps: float = 
         raise ValueError(f"COPS eps={eps}, lambda_plus={lambda_plus}; both must be > 0")
     if side not in SIDES:
         raise ValueError(f"COPS side={side!r}; valid: {', '.join(SIDES)}")
+    if not (torch.isfinite(s0).all() and torch.isfinite(s1).all()):
+        raise ValueError("COPS scores contain NaN or inf; check the scored model's loss")
     dual = _Dual(s0.flatten(), s1.flatten().to(s0.dtype), d)
     k_min = dual.s1_at(1.0)  # c(w = 1) = s1: kappa_min, eq. (4.27)
     if k_min >= 0:
@@ -109,7 +111,7 @@ def cops(s0: torch.Tensor, s1: torch.Tensor, d: int, alpha: float, eps: float = 
                 raise ValueError(f"COPS lambda_plus={lambda_plus} has g' > 0; raise it or set "
                                  "search=true (doubling)")
             if hi > 2.0 ** 64:
-                raise ValueError(f"COPS found no lambda+ below {hi:.3g} (scores not finite?)")
+                raise ValueError(f"COPS found no lambda+ below {hi:.3g}")
             hi *= 2.0
         while True:  # Algorithm 4.1, lines 8-19, until |lambda+ - lambda-| <= 2 eps
             lam = 0.5 * (lo + hi)
