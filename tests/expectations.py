@@ -47,9 +47,14 @@ INTERVENTIONS: Dict[str, Callable[[object, int], bool]] = {
     "DiracReset": lambda m, i: m.acts(i),
     "ScaleOnce": lambda m, i: i == m.at_phase,
     "SparseInit": lambda m, i: False,  # acts in setup
+    "PruneAtInit": lambda m, i: False,  # acts in setup
     "Cops": lambda m, i: False,  # prunes in setup
 }
-SETUP_INTERVENTIONS = {"SparseInit", "Cops"}
+# class name -> whether its setup must change the weights (PruneAtInit: pruning zeroes weights,
+# reinit redraws them; freezing at q < 1 keeps them)
+SETUP_INTERVENTIONS = {"SparseInit": lambda m: True,
+                       "PruneAtInit": lambda m: m.reinit or (m.kind == "pruned" and m.q > 0),
+                       "Cops": lambda m: m.q > 0}
 # class name -> (keys every phase summary has, keys the last phase has)
 PROBES = {
     "FrozenProbe": (["frozen_filters", "frozen_units", "start_frozen_filters"], []),
@@ -57,8 +62,11 @@ PROBES = {
     "WELSR": (["reinit_rounds"], []), "DSD": (["reinit_rounds"], []),
     "WELS": (["reinit_rounds"], []), "FC": (["reinit_rounds"], []),
     "LW": (["lw_block"], []), "SparseInit": (["init_sparsity"], []),
-    "Cops": (["q", "q_beta", "density", "empty_layers", "grad_flow", "cops_lambda", "cops_s0",
-              "cops_s1", "sim_target", "sim_control"], []),
+    "PruneAtInit": (["q", "q_beta", "params_trained", "params_stored", "size_kb", "grad_flow",
+                     "density", "empty_layers"], []),
+    "Cops": (["q", "q_beta", "params_trained", "params_stored", "size_kb", "grad_flow",
+              "density", "empty_layers", "cops_lambda", "cops_s0", "cops_s1", "sim_target",
+              "sim_control"], []),
 }
 
 
@@ -173,7 +181,7 @@ def check_run(result: dict, events: Optional[List[Event]] = None, n_train: Optio
     for m in methods.values():
         kind = type(m).__name__
         mine = [e for e in events if e.method is m]
-        if kind in SETUP_INTERVENTIONS:
+        if kind in SETUP_INTERVENTIONS and SETUP_INTERVENTIONS[kind](m):
             assert any(e.changed for e in mine if e.hook == "setup"), f"{kind}.setup changed nothing"
         if kind in INTERVENTIONS:
             for e in mine:
@@ -185,6 +193,8 @@ def check_run(result: dict, events: Optional[List[Event]] = None, n_train: Optio
                 f"(an intervention? list it in tests/expectations.py INTERVENTIONS)"
         if kind in ("WELSR", "DSD", "WELS", "FC"):  # one round per stage after the first
             assert [p["reinit_rounds"] for p in phases] == list(range(len(phases)))
+        if kind in ("PruneAtInit", "Cops") and m.kind != "frozen_wd" and m.store:
+            assert phases[-1]["storage_exact"] == 1, "the stored network did not reload bitwise"
         every, last = PROBES.get(kind, ([], []))
         for p in phases:
             missing = [k for k in every if k not in p]
