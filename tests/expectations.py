@@ -51,11 +51,13 @@ INTERVENTIONS: Dict[str, Callable[[object, int], bool]] = {
     "LTH": lambda m, i: i > 0,  # prune and rewind at every round after the first
     "FineTune": lambda m, i: i == m.at_phase and m.sparsity > 0,
     "PruneAtInit": lambda m, i: False,  # acts in setup
+    "Cops": lambda m, i: False,  # prunes in setup
 }
 # class name -> whether its setup must change the weights (PruneAtInit: pruning zeroes weights,
 # reinit redraws them; freezing at q < 1 keeps them)
 SETUP_INTERVENTIONS = {"SparseInit": lambda m: True, "SET": lambda m: True, "RigL": lambda m: True,
-                       "PruneAtInit": lambda m: m.reinit or (m.kind == "pruned" and m.q > 0)}
+                       "PruneAtInit": lambda m: m.reinit or (m.kind == "pruned" and m.q > 0),
+                       "Cops": lambda m: m.q > 0}
 # class name -> (keys every phase summary has, keys the last phase has)
 PROBES = {
     "FrozenProbe": (["frozen_filters", "frozen_units", "start_frozen_filters"], []),
@@ -68,6 +70,9 @@ PROBES = {
     "FineTune": (["sparsity"], []),
     "PruneAtInit": (["q", "q_beta", "params_trained", "params_stored", "size_kb", "grad_flow",
                      "density", "empty_layers"], []),
+    "Cops": (["q", "q_beta", "params_trained", "params_stored", "size_kb", "grad_flow",
+              "density", "empty_layers", "cops_lambda", "cops_s0", "cops_s1", "sim_target",
+              "sim_control"], []),
 }
 
 
@@ -194,7 +199,7 @@ def check_run(result: dict, events: Optional[List[Event]] = None, n_train: Optio
                 f"(an intervention? list it in tests/expectations.py INTERVENTIONS)"
         if kind in ("WELSR", "DSD", "WELS", "FC"):  # one round per stage after the first
             assert [p["reinit_rounds"] for p in phases] == list(range(len(phases)))
-        if kind == "PruneAtInit" and m.kind != "frozen_wd" and m.store:
+        if kind in ("PruneAtInit", "Cops") and m.kind != "frozen_wd" and m.store:
             assert phases[-1]["storage_exact"] == 1, "the stored network did not reload bitwise"
         every, last = PROBES.get(kind, ([], []))
         for p in phases:

@@ -27,6 +27,9 @@ README = Path(__file__).parents[1] / "README.md"
 SMOKE = ["ci=smoke", "device=cpu", "threads=1"]
 MAX_JOBS = 4
 SOURCES = [  # (start of an analysis command, experiments its DIR holds), first match wins
+    ("runner.analysis.cops table43", "thesis_table43"),
+    ("runner.analysis.cops fig47", "thesis_table42_cifar100"),
+    ("runner.analysis.cops fig48", "thesis_fig48"),
     ("runner.analysis.swr warm", "swr_warm_"), ("runner.analysis.swr scaling", "swr_fig1_"),
     ("runner.analysis.swr balance", "swr_fig5_"), ("runner.analysis.reinit", "reinit_table2_"),
     ("runner.plots DIR --y frozen_filters", "zilly_frozen_counts"),
@@ -40,6 +43,8 @@ HEAVY = ("reinit_table2_", "wimmer_table5_1_")
 # a SLURM sweep (hydra/launcher=submitit_slurm, distributed over its tasks) runs here as a local
 # sweep of one process: the launcher's options and `distributed.enabled=true` are left out
 CLUSTER = ("hydra/launcher=submitit_slurm", "hydra.launcher.", "distributed.enabled=true")
+# analyses that score a model and solve many COPS problems (30-60 s on two loaded CPU cores)
+HEAVY_ANALYSES = ("runner.analysis.cops fig41", "runner.analysis.cops fig46")
 PLACEHOLDERS = {"=NAME": "=fmnist_mlp", "my_method": "l2"}
 TRACKERS = {"logger=tensorboard": "tensorboard", "logger=mlflow": "mlflow", "logger=wandb": "wandb"}
 
@@ -124,7 +129,8 @@ def shorten(args):
 def marks(command):
     module = split(command)[0]
     heavy = (any(e.startswith(HEAVY) for e in experiments_of(command)) if module == "runner"
-             else "DIR" in command.replace("[DIR]", "") and source(command).startswith(HEAVY))
+             else "DIR" in command.replace("[DIR]", "") and source(command).startswith(HEAVY)
+             or " ".join(command.split()[2:]).startswith(HEAVY_ANALYSES))
     return [pytest.mark.sizes] if heavy else []
 
 

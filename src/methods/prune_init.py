@@ -8,7 +8,9 @@ mask the rest in `ctx.masks` as
 - `frozen_wd`: moved by weight decay alone (FreezeNet-WD).
 `reinit: true` redraws the whole network after the mask is computed (FreezeNet-reinit, Fig. 3.6).
 Biases and normalization parameters are never masked: they always train. q = 0 masks nothing
-(the dense baseline, with the same metrics).
+(the dense baseline, with the same metrics). `classes: k` scores on the samples of k labels
+only, drawn once from `class_seed` (the set T of Sec. 4.4.3 / Fig. 4.8: the same for every seed
+and method), though training uses all of them.
 
 Metrics (each phase's summary in result.json): the sparsity counts of `runner.pruning.sparsity`
 (q, q_beta, trained / stored parameters, sizes, per-tensor density, empty layers), `grad_flow`
@@ -21,7 +23,7 @@ standard deviation of |g| over the trained weight entries and all steps of the e
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
@@ -37,7 +39,8 @@ class PruneAtInit(Method):
     def __init__(self, score: str = "snip", q: float = 0.9, scope: str = "global",
                  kind: str = "pruned", batches: int = 1, batch_size: int = 100,
                  reinit: bool = False, temperature: float = 1.0, iterations: int = 100,
-                 normalize: bool = False, grad_stats: bool = True, store: bool = True):
+                 normalize: bool = False, grad_stats: bool = True, store: bool = True,
+                 classes: Optional[int] = None, class_seed: int = 0):
         if score not in pruning.SCORES:
             raise ValueError(f"prune_init score={score!r}; valid: {', '.join(pruning.SCORES)}")
         if scope not in pruning.SCOPES:
@@ -46,25 +49,41 @@ class PruneAtInit(Method):
             raise ValueError(f"prune_init kind={kind!r}; valid: {', '.join(MASK_KINDS)}")
         if not 0.0 <= q <= 1.0:
             raise ValueError(f"prune_init q={q}; valid: [0, 1] (the share of weights not trained)")
+        if classes is not None and classes < 1:
+            raise ValueError(f"prune_init classes={classes}; valid: null (all) or >= 1")
         if batches < 1 or batch_size < 1:
             raise ValueError(f"prune_init batches={batches}, batch_size={batch_size}; both >= 1")
         self.score, self.q, self.scope, self.kind = score, float(q), scope, kind
         self.batches, self.batch_size, self.reinit = int(batches), int(batch_size), reinit
         self.temperature, self.iterations, self.normalize = temperature, int(iterations), normalize
         self.grad_stats, self.store = grad_stats, store
+        self.classes, self.class_seed = classes, class_seed
 
     def calibration(self, ctx):
-        x, y = ctx.calibration_batch(self.batches * self.batch_size)
+        known = None
+        if self.classes is not None:  # T: `classes` labels, the same for every run seed
+            labels = ctx.data.train.y.unique().cpu()
+            if self.classes > len(labels):
+                raise ValueError(f"prune_init classes={self.classes}: the data have "
+                                 f"{len(labels)} labels")
+            perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(
+                self.class_seed))
+            known = labels[perm[:self.classes]]
+        x, y = ctx.calibration_batch(self.batches * self.batch_size, known)
         return list(zip(x.split(self.batch_size), y.split(self.batch_size)))
+
+    def keep(self, ctx, batches, d: int) -> Dict[str, torch.Tensor]:
+        """{weight name: bool mask} keeping exactly d entries (COPS overrides this)."""
+        s = pruning.scores(self.score, ctx.model, batches, loss_fn=ctx.loss_fn, gen=ctx.gen,
+                           temperature=self.temperature, d=d, iterations=self.iterations,
+                           scope=self.scope, normalize=self.normalize)
+        return pruning.top_d(s, d, self.scope)
 
     def setup(self, ctx) -> None:
         model, batches = ctx.model, self.calibration(ctx)
         named = select(model, "weights")
         d = pruning.keep_count(sum(p.numel() for _, p in named), self.q)
-        s = pruning.scores(self.score, model, batches, loss_fn=ctx.loss_fn, gen=ctx.gen,
-                           temperature=self.temperature, d=d, iterations=self.iterations,
-                           scope=self.scope, normalize=self.normalize)
-        keep = pruning.top_d(s, d, self.scope)
+        keep = self.keep(ctx, batches, d)
         self.seed = ctx.seed  # the seed that draws the initialization the frozen entries keep
         if self.reinit:
             self.seed = int(torch.randint(0, 2**62, (1,), generator=ctx.gen))

@@ -108,9 +108,17 @@ class RunContext:
             out, y = self.predict(split.x[:n], model=model), split.y[:n]
         return self.loss_fn(out, y), (out.argmax(1) == y).float().mean()
 
-    def calibration_batch(self, n: int = 256):
-        """The first n training samples of the current phase, through the eval pipeline."""
-        x, y = self.data.train.x[:n], self.data.train.y[:n]
+    def calibration_batch(self, n: int = 256, classes: Optional[torch.Tensor] = None):
+        """The first n training samples of the current phase (of the labels in `classes` only,
+        if given), through the eval pipeline."""
+        train = self.data.train
+        if classes is None:
+            x, y = train.x[:n], train.y[:n]
+        else:
+            idx = torch.isin(train.y, classes.to(train.y.device)).nonzero().squeeze(1)[:n]
+            if len(idx) == 0:
+                raise ValueError(f"no training sample has a label in {classes.tolist()}")
+            x, y = train.x[idx], train.y[idx]
         return self.pipeline(x, False, None), y
 
 
