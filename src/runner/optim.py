@@ -75,6 +75,12 @@ class Schedule:
             f = 1.0
         return max(self.base_lr * f, self.min_lr)
 
+    def state_dict(self) -> dict:
+        return {"factor": self.factor, "best": self.best, "bad": self.bad}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.factor, self.best, self.bad = state["factor"], state["best"], state["bad"]
+
     def observe(self, val_loss: float) -> None:
         """Plateau bookkeeping after each epoch."""
         if val_loss < self.best:
