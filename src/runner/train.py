@@ -148,12 +148,13 @@ class PhaseProgress:
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, recorder: RunRecorder, device: torch.device):
+    def __init__(self, cfg: DictConfig, recorder: RunRecorder, job: int = 0,
+                 device: Optional[torch.device] = None):
         self.cfg, self.rec = cfg, recorder
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.opts = SimpleNamespace(**OmegaConf.to_container(cfg.train, resolve=True))  # hot loop
-        self.device = device
+        self.device = resolve_device(cfg.device, job) if device is None else device
         set_determinism(self.opts.deterministic, self.device)
         seed_everything(cfg.seed)
         self.amp = PRECISIONS[self.opts.precision]
@@ -644,7 +645,7 @@ def run(cfg: DictConfig, out_dir, choices: Optional[Dict[str, str]] = None,
     status, error = "completed", None
     with interruptible():
         try:
-            trainer = Trainer(cfg, rec, device)
+            trainer = Trainer(cfg, rec, job, device)
             trainer.identity = ident
             rec.update(device=str(trainer.device), deterministic=cfg.train.deterministic,
                        precision=cfg.train.precision,
