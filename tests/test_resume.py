@@ -150,3 +150,40 @@ def test_submitit_local_sweep_writes_its_table(hydra_cli, tmp_path):
     assert len(results) == 4 and all(r["status"] == "completed" for r in results)
     table = (sweep / "table.md").read_text()
     assert " ± " in table and "optim.lr" in table and "[" not in table.split("optim.lr")[1]
+
+
+class CrashOnce:
+    """A method that raises once, at its `step`-th training step in this process (the resumed
+    run passes that step again and goes on)."""
+
+    crashed = False
+
+    def __new__(cls, step: int):
+        from methods.base import Method
+
+        class Crash(Method):
+            def after_step(self, ctx):
+                if ctx.step == step and not CrashOnce.crashed:
+                    CrashOnce.crashed = True
+                    raise RuntimeError("injected fault")
+        return Crash()
+
+
+MASKED = ["experiment=fmnist_mlp", "ci=smoke", "device=cpu", "optim=adam", "method=random_mask",
+          "method.kind=frozen", "method.density=0.5", "ci.max_epochs=3", "ci.max_batches=3",
+          "+phases=[{name: a}, {name: b, lr: 0.01, reset_optimizer: true}]",
+          "train.checkpoint_every=1", "target_allowlist=[test_resume]"]
+
+
+def test_masked_adam_run_resumes_bitwise_after_a_failure(hydra_cli, tmp_path):
+    """Masks (frozen entries), Adam's moments and a phase's own lr survive a restart."""
+    ref, run_dir = tmp_path / "ref", tmp_path / "run"
+    crash = "extra_methods=[{_target_: test_resume.CrashOnce, step: %d}]"
+    assert hydra_cli(*MASKED, crash % 10**9, f"hydra.run.dir={ref}") == 0
+    CrashOnce.crashed = False
+    assert hydra_cli(*MASKED, crash % 14, f"hydra.run.dir={run_dir}") == 1
+    failed = json.loads((run_dir / "result.json").read_text())
+    assert failed["status"] == "failed" and "injected fault" in failed["error"]
+    assert hydra_cli(f"resume={run_dir}") == 0
+    assert outcome(run_dir)[1:] == outcome(ref)[1:]
+    assert len(rows(run_dir)) == 6

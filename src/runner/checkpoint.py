@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from runner.errors import ConfigError, RunnerError
+from runner.report import run_identity
 from runner.results import FILE_MODE, METRICS_FILE, RESULT_FILE, write_json_atomic
 
 log = logging.getLogger("runner")
@@ -92,9 +93,7 @@ def set_rng_state(state: Dict[str, Any], generators: Dict[str, torch.Generator])
 def identity(choices: Dict[str, str], config: Dict[str, Any]) -> str:
     """What makes two runs the same run (the report's rule: group choices and resolved config,
     seed included, without execution settings)."""
-    from runner.report import _identity
-
-    return _identity({"choices": choices, "config": config})
+    return run_identity({"choices": choices, "config": config})
 
 
 def find_previous(root: Path, ident: str) -> Tuple[Optional[str], Optional[Path]]:

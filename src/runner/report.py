@@ -116,7 +116,7 @@ class Layout:
         return self.rows + self.cols
 
 
-def _identity(result: Dict[str, Any]) -> str:
+def run_identity(result: Dict[str, Any]) -> str:
     """What makes two runs the same run: the group choices and the resolved config (seed
     included) without the execution settings, or, without a config, the command line."""
     cfg = result.get("config")
@@ -133,7 +133,7 @@ def deduplicate(results: List[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], in
     """One result per (config, seed): a completed run over any other, else the later one."""
     chosen: Dict[str, Dict[str, Any]] = {}
     for r in results:
-        key = _identity(r)
+        key = run_identity(r)
         old = chosen.get(key)
         if old is None or not (old.get("status") == "completed" and r.get("status") != "completed"):
             chosen[key] = r

@@ -577,7 +577,8 @@ def summarize(result: Dict[str, Any], cfg) -> Dict[str, Any]:
 
 @contextlib.contextmanager
 def interruptible():
-    """SIGTERM and SIGINT raise `Interrupted` (in the main thread; elsewhere nothing changes)."""
+    """SIGTERM and SIGINT raise `Interrupted` (in the main thread, where their handlers are
+    Python's defaults: a launcher's own handler, as submitit's, stays in charge)."""
     old = {}
 
     def handler(signum, frame):
@@ -587,7 +588,8 @@ def interruptible():
 
     try:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            old[sig] = signal.signal(sig, handler)
+            if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler):
+                old[sig] = signal.signal(sig, handler)
     except ValueError:  # not the main thread
         pass
     try:
@@ -660,8 +662,10 @@ def run(cfg: DictConfig, out_dir, choices: Optional[Dict[str, str]] = None,
             status, error = "diverged", str(e)
             log.warning("diverged: %s", e)
         except BaseException as e:
-            status = "interrupted" if isinstance(e, Interrupted) else "failed"
-            extra = {} if isinstance(e, (RunnerError, Interrupted)) else {"traceback": traceback.format_exc()}
+            # an exit asked for while training (submitit requeues a timed-out job that way)
+            status = "interrupted" if isinstance(e, (Interrupted, SystemExit)) else "failed"
+            told = isinstance(e, (RunnerError, Interrupted, SystemExit))  # else a bug: keep where
+            extra = {} if told else {"traceback": traceback.format_exc()}
             rec.finish(status, error=f"{type(e).__name__}: {e}", wall_time_s=time.time() - t0,
                        summary=summarize(rec.result, cfg), **extra)
             traceback.clear_frames(e.__traceback__)  # a sweep's next job gets the memory back
