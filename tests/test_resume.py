@@ -15,12 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from runner import checkpoint
+from hydra.core.global_hydra import GlobalHydra
+
+from runner import app, checkpoint
 from runner.results import load_results
 
 # several phases (3 rounds of LW) with SWR stacked on, early stopping with restored best weights,
 # a checkpoint after every epoch: state in the model, masks, methods, RNGs and the phase
-FAULT = ["experiment=reinit_table1", "ci=smoke", "device=cpu", "ci.n_train=64", "ci.n_test=32",
+FAULT = ["experiment=reinit_table1", "ci=smoke", "ci.checkpoints=true", "device=cpu",
+         "ci.n_train=64", "ci.n_test=32",
          "ci.batch_size=16", "ci.max_batches=3", "ci.max_epochs=6", "ci.max_repeat=3",
          "train.checkpoint_every=1", "train.val_fraction=0.25", "train.eval_every=1",
          "train.patience=3", "train.restore_best=true",
@@ -108,11 +111,13 @@ def test_checkpoints_load_with_weights_only(run_cfg, tmp_path):
         checkpoint.load(bad)
 
 
-SWEEP = ["-m", "experiment=reinit_table1", "ci=smoke", "device=cpu", "ci.max_epochs=8",
+SWEEP = ["-m", "experiment=reinit_table1", "ci=smoke", "ci.checkpoints=true", "device=cpu",
+         "ci.max_epochs=8",
          "ci.max_repeat=2", "ci.max_batches=4", "train.checkpoint_every=1", "method=lw,bl",
          "seed=0,1,2"]
 
 
+@pytest.mark.sizes
 def test_killed_sweep_resumes_only_its_unfinished_jobs(hydra_cli, tmp_path, capsys):
     whole = tmp_path / "a" / "sweep"
     assert hydra_cli(*SWEEP, f"hydra.sweep.dir={whole}") == 0
@@ -139,6 +144,7 @@ def test_killed_sweep_resumes_only_its_unfinished_jobs(hydra_cli, tmp_path, caps
         assert (second / name).read_text() == (whole / name).read_text()
 
 
+@pytest.mark.sizes
 def test_submitit_local_sweep_writes_its_table(hydra_cli, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep = tmp_path / "sweep"
@@ -169,21 +175,31 @@ class CrashOnce:
         return Crash()
 
 
-MASKED = ["experiment=fmnist_mlp", "ci=smoke", "device=cpu", "optim=adam", "method=random_mask",
+MASKED = ["experiment=fmnist_mlp", "ci=smoke", "ci.checkpoints=true", "device=cpu", "optim=adam",
+          "method=random_mask", "threads=1",
           "method.kind=frozen", "method.density=0.5", "ci.max_epochs=3", "ci.max_batches=3",
           "+phases=[{name: a}, {name: b, lr: 0.01, reset_optimizer: true}]",
           "train.checkpoint_every=1", "target_allowlist=[test_resume]"]
 
 
-def test_masked_adam_run_resumes_bitwise_after_a_failure(hydra_cli, tmp_path):
+def compose_and_run(overrides, out_dir):
+    GlobalHydra.instance().clear()
+    try:
+        return app.compose_and_run(overrides, out_dir)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_masked_adam_run_resumes_bitwise_after_a_failure(tmp_path):
     """Masks (frozen entries), Adam's moments and a phase's own lr survive a restart."""
     ref, run_dir = tmp_path / "ref", tmp_path / "run"
     crash = "extra_methods=[{_target_: test_resume.CrashOnce, step: %d}]"
-    assert hydra_cli(*MASKED, crash % 10**9, f"hydra.run.dir={ref}") == 0
+    assert compose_and_run(MASKED + [crash % 10**9], ref)["status"] == "completed"
     CrashOnce.crashed = False
-    assert hydra_cli(*MASKED, crash % 14, f"hydra.run.dir={run_dir}") == 1
-    failed = json.loads((run_dir / "result.json").read_text())
-    assert failed["status"] == "failed" and "injected fault" in failed["error"]
-    assert hydra_cli(f"resume={run_dir}") == 0
+    with pytest.raises(RuntimeError, match="injected fault"):
+        compose_and_run(MASKED + [crash % 14], run_dir)
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "failed"
+    resumed = compose_and_run(MASKED + [crash % 14, f"resume={run_dir}"], run_dir)
+    assert resumed["resumed_from"] == str(run_dir)
     assert outcome(run_dir)[1:] == outcome(ref)[1:]
     assert len(rows(run_dir)) == 6

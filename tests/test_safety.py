@@ -24,7 +24,7 @@ from runner.errors import ConfigError
 from runner.report import table_from_results
 from runner.results import RunRecorder, is_dead, load_results
 
-SMOKE = ["experiment=fmnist_mlp", "ci=smoke", "device=cpu"]
+SMOKE = ["experiment=fmnist_mlp", "ci=smoke", "device=cpu", "threads=1"]
 
 
 def write_idx(path: Path, arr, truncate: int = 0) -> None:
@@ -231,7 +231,7 @@ def test_sweep_with_one_failing_job_writes_its_table_and_exits_1(hydra_cli, tmp_
 def test_sigterm_ends_a_run_as_interrupted_with_143(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "runner", *SMOKE, "ci.max_epochs=100000",
-                             "train.epochs=100000", "train.checkpoint_every=1",
+                             "train.epochs=100000", "train.checkpoint_every=1", "ci.checkpoints=true",
                              f"hydra.run.dir={tmp_path}/run"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)

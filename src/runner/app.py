@@ -49,7 +49,7 @@ def job_choices(choices) -> Dict[str, str]:
     return {k: str(v) for k, v in choices.items() if not k.startswith("hydra") and v is not None}
 
 
-EXIT_CONFIG = 2  # as Hydra's own config errors
+EXIT_CONFIG = 2  # a bad config, found before anything ran (as a usage error)
 
 
 def resumed_config(run_dir: str, extra: List[str]):
@@ -88,6 +88,8 @@ def execute(cfg: DictConfig, out_dir: Path, overrides: List[str], choices: Dict[
     sweep job's result.json records its status and the sweep goes on, except after a signal."""
     fresh_dir = out_dir if cfg.resume is None else None  # Hydra made it for this command
     try:
+        if not single and cfg.resume not in (None, "auto"):
+            raise ConfigError(f"resume={cfg.resume} continues one run; a sweep takes resume=auto")
         if single and cfg.resume not in (None, "auto"):
             cfg, choices, overrides = resumed_config(cfg.resume, overrides)
             out_dir = Path(cfg.resume)

@@ -1,7 +1,7 @@
 """Checkpoints: what a run needs to continue bitwise where it stopped, and where to find them.
 
 `checkpoint.pt` in the run directory is written atomically (a temporary file renamed over it) at
-the end of each phase, every `train.checkpoint_every` epochs and after the first epoch that ends
+the end of each phase but the last, every `train.checkpoint_every` epochs and after the first epoch that ends
 `train.checkpoint_minutes` after the last one; it is removed when the run completes
 (`train.save_model` keeps the final weights as `model.pt`). It holds
 

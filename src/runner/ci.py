@@ -87,6 +87,7 @@ def apply(cfg: DictConfig) -> DictConfig:
                 continue
             OmegaConf.update(cfg, key, value, merge=False)
         narrow(cfg.model, cfg.ci.width)
+        cfg.train.checkpoint = cfg.train.checkpoint and cfg.ci.checkpoints
         if level == "sizes":
             n_train, n_test = sizes_data(cfg)
             cfg.ci.n_train = cfg.ci.n_train or n_train

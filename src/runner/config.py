@@ -177,6 +177,7 @@ class CIConfig:
     width: float = valid(1.0, POSITIVE)  # multiplies the model's layer widths (`widths`, `layers`, `width`, ...)
     overrides: Dict[str, Any] = field(default_factory=dict)
     sizes_overrides: Dict[str, Any] = field(default_factory=dict)
+    checkpoints: bool = False  # test levels write no checkpoints unless true (resume tests)
 
 
 @dataclass

@@ -460,7 +460,7 @@ class Trainer:
                    "end": {k: p.end[k] for k in keys}, "best": {k: p.best[k] for k in keys}}
         summary.update(self.methods.collect("on_phase_end", ctx))
         self.rec.phase(summary)
-        if self.opts.checkpoint:
+        if self.opts.checkpoint and stage.index + 1 < len(self.stages):  # the last: the run ends
             self.save_checkpoint(stage.index + 1, None)
 
     def check_divergence(self, train_loss: float, stage: Stage, epoch: int) -> None:
