@@ -52,7 +52,7 @@ def test_table_layout_keys_must_exist():
 
 def test_refusal_is_one_line_before_anything_runs(tmp_path):
     out = run_cli("train.restore_best=true", "report.at=end", cwd=tmp_path)
-    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "Traceback" not in out.stderr  # a config error
     assert out.stderr.strip().splitlines()[-1].startswith(
         "error: report.at=end with train.restore_best=true")
     assert not list(tmp_path.rglob("result.json"))

@@ -155,7 +155,8 @@ def test_cli_multirun_aggregates_seeds_and_survives_divergence(tmp_path):
     out = run_cli("-m", "experiment=fmnist_mlp", "ci=smoke", "seed=0,1,2", "optim=sgd",
                   "optim.lr=0.01,1e30", "ci.max_batches=3", f"hydra.sweep.dir={tmp_path}/sweep",
                   cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.returncode == 1, out.stderr[-2000:]  # the table is written, the exit says not all completed
+    assert out.stderr.strip().splitlines()[-1] == "error: not every job completed (3 diverged); see the table"
     table = (tmp_path / "sweep" / "table.md").read_text()
     rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
     assert set(rows) == {"optim.lr", "0.01", "1e+30"}  # the constant keys are no columns

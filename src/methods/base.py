@@ -19,16 +19,26 @@ masks only through `runner.models.params` and `ctx.masks`, and never the config)
 Each method states which parameters it touches through a `params` option (see
 `runner.models.params.select`) and,
 where it rewrites weights, whether it resets the optimizer state (`reset_optimizer`).
+
+State (checkpoints, `runner.checkpoint`): a resumed run rebuilds the model from the seed and
+calls `setup` again, then restores the model, masks and optimizer from the checkpoint and calls
+    state_dict() -> dict          what the method carries between hooks: tensors, numbers,
+                                  strings, lists and dicts of them (loaded with weights_only=True)
+    load_state_dict(state, ctx)   put it back (tensors arrive on the CPU: move them to ctx.device);
+                                  runs after `setup` and before the model's weights are loaded, so
+                                  a method that changed the model's structure rebuilds it here
+Both default to nothing. A method whose attributes change after `__init__` (reference snapshots,
+norms, counters, the round it is in, inserted modules) provides them, so that a run killed and
+resumed ends bitwise equal to one that never stopped.
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import torch
 
 HOOKS = ("setup", "on_phase_start", "loss_term", "before_step", "after_step",
          "on_epoch_end", "on_phase_end")
-
 
 
 class Method:
@@ -57,6 +67,12 @@ class Method:
     def on_phase_end(self, ctx) -> Dict[str, float]:
         return {}
 
+    def state_dict(self) -> Dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any], ctx) -> None:
+        pass
+
     def overrides(self, hook: str) -> bool:
         return getattr(type(self), hook) is not getattr(Method, hook)
 
@@ -75,6 +91,13 @@ class MethodStack:
     def loss_term(self, ctx):
         terms = [t for m in self.by_hook["loss_term"] if (t := m.loss_term(ctx)) is not None]
         return sum(terms) if terms else None
+
+    def state_dict(self) -> List[Dict[str, Any]]:
+        return [m.state_dict() for m in self.methods]
+
+    def load_state_dict(self, states: List[Dict[str, Any]], ctx) -> None:
+        for m, state in zip(self.methods, states, strict=True):
+            m.load_state_dict(state, ctx)
 
     def collect(self, hook: str, ctx) -> Dict[str, float]:
         out: Dict[str, float] = {}

@@ -49,6 +49,13 @@ class FrozenProbe(Method):
     def on_phase_start(self, ctx) -> None:
         self.start = self.counts("start_")
 
+    def state_dict(self):
+        return {"start": getattr(self, "start", None)}
+
+    def load_state_dict(self, state, ctx) -> None:
+        if state["start"] is not None:
+            self.start = state["start"]
+
     def on_epoch_end(self, ctx) -> Dict[str, float]:
         row = self.counts() if self.every_epoch else {}
         if self.pairs:

@@ -28,6 +28,12 @@ class HeadReset(Method):
         self.init = {n: copy.deepcopy(m.state_dict()) for n, m in ctx.model.named_modules()
                      if n in self.names}
 
+    def state_dict(self):
+        return {"init": self.init}
+
+    def load_state_dict(self, state, ctx) -> None:
+        self.init = {n: {k: t.to(ctx.device) for k, t in sd.items()} for n, sd in state["init"].items()}
+
     @torch.no_grad()
     def on_phase_start(self, ctx) -> None:
         if ctx.phase_index == 0:

@@ -25,5 +25,11 @@ class L2Init(Method):
         self.tensors = [p for _, p in select(ctx.model, self.params)]
         self.init = [p.detach().clone() for p in self.tensors]
 
+    def state_dict(self):
+        return {"init": self.init}
+
+    def load_state_dict(self, state, ctx) -> None:
+        self.init = [t.to(p) for t, p in zip(state["init"], self.tensors, strict=True)]
+
     def loss_term(self, ctx) -> torch.Tensor:
         return self.coef * squared_norm(torch._foreach_sub(self.tensors, self.init))

@@ -53,6 +53,27 @@ class LW(Method):
             chosen = params.slots(u, self.rescale_params)
             self.init_norms.update(zip((id(s.stored()[0]) for s in chosen), params.norms(chosen)))
 
+    def state_dict(self):
+        return {"k": self.k, "norms": sorted(self.norms), "init_norms": dict(enumerate(
+            self.init_norms.values())), "calib_index": getattr(self, "calib_index", None)}
+
+    def load_state_dict(self, state, ctx) -> None:
+        """The round's block, the initial norms, and the inserted normalizations (their
+        statistics arrive with the model's weights)."""
+        self.k = state["k"]
+        for i in state["norms"]:
+            self.insert_norm(ctx, i)
+        saved = state["init_norms"]
+        self.init_norms = {key: saved[j].to(ctx.device) for j, key in enumerate(self.init_norms)}
+        if state["calib_index"] is not None:
+            self.calib_index = state["calib_index"]
+
+    def insert_norm(self, ctx, i: int) -> None:
+        """A `Standardize` after model block i (once)."""
+        if i not in self.norms:
+            self.norms[i] = Standardize().to(ctx.device)
+            ctx.model.blocks[i] = nn.Sequential(self.units[i], self.norms[i])
+
     def block_of_round(self, r: int) -> int:
         if self.schedule:
             return self.schedule[min(r, len(self.schedule) - 1)]
@@ -71,9 +92,7 @@ class LW(Method):
     def calibrate(self, ctx, kept: int) -> None:
         """Insert or update the normalization after model block `kept` on a random training batch."""
         model, train, i = ctx.model, ctx.data.train, kept - 1
-        if i not in self.norms:
-            self.norms[i] = Standardize().to(ctx.device)
-            model.blocks[i] = nn.Sequential(self.units[i], self.norms[i])
+        self.insert_norm(ctx, i)
         self.calib_index = torch.randperm(len(train), generator=ctx.gen)[:self.calib_size]
         idx = self.calib_index.to(train.y.device)
         was_training = model.training

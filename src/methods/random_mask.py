@@ -36,3 +36,9 @@ class RandomMask(Method):
 
     def on_phase_end(self, ctx) -> Dict[str, float]:
         return {"trained_share": self.share}
+
+    def state_dict(self):
+        return {"share": self.share}
+
+    def load_state_dict(self, state, ctx) -> None:
+        self.share = state["share"]

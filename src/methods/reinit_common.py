@@ -121,6 +121,12 @@ class MaskedReinit(Method):
     def on_phase_end(self, ctx) -> Dict[str, float]:
         return {"reinit_rounds": self.rounds}
 
+    def state_dict(self):
+        return {"rounds": self.rounds}
+
+    def load_state_dict(self, state, ctx) -> None:
+        self.rounds = state["rounds"]
+
 
 class Standardize(nn.Module):
     """x -> (x - mean) / std with fixed (non-trainable) statistics, LW's inserted layer."""

@@ -29,6 +29,12 @@ class ShrinkPerturb(Method):
         self.names = [n for n, _ in select(ctx.model, self.params)]
         self.init = [p.detach().clone() for _, p in select(ctx.model, self.params)]
 
+    def state_dict(self):
+        return {"init": self.init}
+
+    def load_state_dict(self, state, ctx) -> None:
+        self.init = [t.to(ctx.device) for t in state["init"]]
+
     @torch.no_grad()
     def on_phase_start(self, ctx) -> None:
         if ctx.phase_index == 0:

@@ -91,3 +91,9 @@ class SparseInit(Method):
 
     def on_phase_end(self, ctx) -> Dict[str, float]:
         return {"init_sparsity": self.sparsity}
+
+    def state_dict(self):
+        return {"sparsity": self.sparsity}
+
+    def load_state_dict(self, state, ctx) -> None:
+        self.sparsity = state["sparsity"]

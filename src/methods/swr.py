@@ -116,6 +116,12 @@ class SWR(Method):
             out[self.index] = params.norms([self.weights[i] for i in self.has_weight])
         return out
 
+    def state_dict(self):
+        return {"n_init": self.n_init, "last_lr": self.last_lr}
+
+    def load_state_dict(self, state, ctx) -> None:
+        self.n_init, self.last_lr = state["n_init"].to(ctx.device), state["last_lr"]
+
     def after_step(self, ctx) -> None:
         lr = ctx.optimizer.param_groups[0]["lr"]
         n = self.norms()

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import difflib
+import json
 import logging
+import shutil
 import sys
 import uuid
 from pathlib import Path
@@ -15,8 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner import config as schema
 from runner import distributed
-from runner.errors import RunnerError
+from runner.errors import ConfigError, Interrupted, RunnerError
 from runner.report import format_table, table_from_results
+from runner.results import RESULT_FILE
 from runner.train import run
 
 log = logging.getLogger("runner")
@@ -36,6 +39,10 @@ OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:6], use_cache=T
 # ${job_tag:N}: "[job N]" in a sweep's log lines, nothing in a single run's (N null)
 OmegaConf.register_new_resolver("job_tag", lambda num: "" if num is None else f"[job {num}]",
                                 replace=True)
+# ${resumed:${resume},A,B}: A when `resume` names a run directory, else B (hydra.run.dir: a
+# resumed run continues in its own directory, and Hydra leaves its .hydra/ record alone)
+OmegaConf.register_new_resolver(
+    "resumed", lambda resume, a, b: a if resume not in (None, "auto") else b, replace=True)
 
 
 def job_choices(choices) -> Dict[str, str]:
@@ -43,22 +50,86 @@ def job_choices(choices) -> Dict[str, str]:
     return {k: str(v) for k, v in choices.items() if not k.startswith("hydra") and v is not None}
 
 
-@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
-def main(cfg: DictConfig) -> Optional[float]:
-    hc = HydraConfig.get()
-    single = hc.mode == RunMode.RUN
+EXIT_CONFIG = 2  # a bad config, found before anything ran (as a usage error)
+
+
+def resumed_config(run_dir: str, extra: List[str]):
+    """`resume=DIR`: the config of the run in DIR (composed from the overrides its result.json
+    records) with the command line's other overrides; returns (cfg, choices, overrides)."""
+    from hydra import compose
+
+    path = Path(run_dir) / RESULT_FILE
+    if not path.exists():
+        raise ConfigError(f"resume={run_dir}: no {RESULT_FILE} there; give a run directory")
+    original = json.loads(path.read_text()).get("overrides", [])
+    overrides = original + [o for o in extra if o.split("=")[0].lstrip("+~") != "resume"]
+    cfg = compose("config", overrides=overrides + [f"resume={run_dir}"], return_hydra_config=True)
+    choices = job_choices(cfg.hydra.runtime.choices)
+    plain = OmegaConf.to_container(cfg)
+    plain.pop("hydra")
+    return OmegaConf.create(plain), choices, overrides
+
+
+def fail(single: bool, code: int, message: str, run_dir: Optional[Path] = None) -> None:
+    """One line on stderr and the exit status (a single run); in a sweep the job's result.json
+    holds the status and the sweep goes on."""
+    log.error("%s", message)
+    if single:
+        if run_dir is not None and not (run_dir / RESULT_FILE).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # only Hydra's record of a run never started
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(code)
+
+
+def execute(cfg: DictConfig, out_dir: Path, overrides: List[str], choices: Dict[str, str],
+            single: bool, job: int = 0, search_root: Optional[Path] = None) -> Optional[float]:
+    """One run (`single`) or one sweep job in `out_dir`. A single run prints its table; its
+    errors are one line on stderr and an exit status: 2 for a bad config (the directory Hydra
+    made for it is removed), 1 for a failed or diverged run, 128 + signal when interrupted. A
+    sweep job's result.json records its status and the sweep goes on, except after a signal."""
+    fresh_dir = out_dir if cfg.resume is None else None  # Hydra made it for this command
     try:
-        result = run(cfg, hc.runtime.output_dir, choices=job_choices(hc.runtime.choices),
-                     overrides=list(hc.overrides.task), job=0 if single else int(hc.job.num))
-    except RunnerError as e:
+        if not single and cfg.resume not in (None, "auto"):
+            raise ConfigError(f"resume={cfg.resume} continues one run; a sweep takes resume=auto")
+        if single and cfg.resume not in (None, "auto"):
+            cfg, choices, overrides = resumed_config(cfg.resume, overrides)
+            out_dir = Path(cfg.resume)
+        result = run(cfg, out_dir, choices=choices, overrides=overrides, job=job,
+                     record_invalid=not single, search_root=search_root)
+    except Interrupted as e:
         log.error("%s", e)
+        print(f"error: {e}; the run is recorded as interrupted in {out_dir}; continue it with "
+              f"python -m runner resume={out_dir}", file=sys.stderr)
+        sys.exit(128 + e.signum)
+    except ConfigError as e:
+        return fail(single, EXIT_CONFIG, str(e), fresh_dir)
+    except RunnerError as e:
+        return fail(single, 1, str(e))
+    except Exception as e:
         if single:
-            sys.exit(f"error: {e}")
-        raise
+            raise  # not a user error: the traceback is the report
+        log.exception("job failed: %s", e)  # the sweep goes on; result.json says failed
+        return None
     if single and distributed.rank() == 0:
         print(format_table(table_from_results([result]), cfg.report.metric))
-        print(f"run directory: {hc.runtime.output_dir}")
+        print(f"run directory: {out_dir}")
+        if result["status"] != "completed":
+            fail(single, 1, f"the run {result['status']}: {result.get('error')}")
     return result.get("summary", {}).get(cfg.report.metric)
+
+
+_started = []  # main() was entered: Hydra accepted the command line
+
+
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
+def main(cfg: DictConfig) -> Optional[float]:
+    _started.append(True)
+    hc = HydraConfig.get()
+    single = hc.mode == RunMode.RUN
+    out_dir = Path(hc.runtime.output_dir)
+    return execute(cfg, out_dir, list(hc.overrides.task), job_choices(hc.runtime.choices), single,
+                   job=0 if single else int(hc.job.num),
+                   search_root=out_dir.parent if single else Path(hc.sweep.dir).parent)
 
 
 def explain_failed_overrides(args: List[str]) -> None:
@@ -109,10 +180,11 @@ def cli() -> None:
     """The command line of both entry points, `python -m runner` and the `runner` script: the
     Hydra app, and after Hydra rejected the command line, the valid keys beside each unknown one."""
     sys.argv += distributed.worker_overrides()  # torchrun ranks > 0 write no files
+    _started.clear()
     try:
         main()
     except SystemExit as exit_:
-        if exit_.code not in (0, None):
+        if exit_.code not in (0, None) and not _started:
             explain_failed_overrides(sys.argv[1:])
         raise
 

@@ -1,7 +1,8 @@
-"""Checks of option combinations that one field's type cannot express, run before a run starts."""
+"""Checks of option combinations that one field's range cannot express (called by
+`runner.config.validate`, before a run starts)."""
 from omegaconf import OmegaConf
 
-from runner.errors import RunnerError
+from runner.errors import ConfigError
 
 REPORT_AT = ("end", "best")
 GROUP_KEYS = ("experiment", "method", "dataset", "model", "optim", "schedule", "ci", "space")
@@ -20,15 +21,33 @@ def check_report(cfg) -> None:
     the table layout names group choices or existing config keys."""
     at = cfg.report.at
     if at is not None and at not in REPORT_AT:
-        raise RunnerError(f"report.at={at!r}; valid: {', '.join(REPORT_AT)} (or null: best "
+        raise ConfigError(f"report.at={at!r}; valid: {', '.join(REPORT_AT)} (or null: best "
                           f"when train.restore_best)")
     if at == "end" and cfg.train.restore_best:
-        raise RunnerError("report.at=end with train.restore_best=true would report the last "
+        raise ConfigError("report.at=end with train.restore_best=true would report the last "
                           "epoch's accuracy for weights restored to the best-validation epoch; "
                           "set report.at=best (or leave it unset) or train.restore_best=false")
     for side in ("rows", "cols"):
         for key in cfg.report[side]:
             if key not in GROUP_KEYS and OmegaConf.select(cfg, key, default=None) is None:
-                raise RunnerError(f"report.{side} names {key!r}, which is neither a config key of "
+                raise ConfigError(f"report.{side} names {key!r}, which is neither a config key of "
                                   f"this run nor a group ({', '.join(GROUP_KEYS)}); fix or drop "
                                   f"it, e.g. report.{side}=[method]")
+
+
+def check_subsets(cfg) -> None:
+    """A phase takes one kind of subset, and continual chunks cover its repeats."""
+    for i, phase in enumerate(cfg.phases):
+        sub = phase.subset
+        given = [k for k in ("fraction", "n", "chunks") if sub[k] is not None]
+        if len(given) > 1:
+            raise ConfigError(f"phases.{i}.subset sets {' and '.join(given)}; set only one of "
+                              f"fraction, n, chunks")
+        if sub.chunks is not None and phase.repeat > sub.chunks:
+            raise ConfigError(f"phases.{i}.repeat={phase.repeat} exceeds phases.{i}.subset.chunks="
+                              f"{sub.chunks} (repeat r trains on chunk r); set repeat <= chunks")
+
+
+def check_combinations(cfg) -> None:
+    check_report(cfg)
+    check_subsets(cfg)

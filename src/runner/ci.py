@@ -15,7 +15,7 @@ from typing import Any, Iterator, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from runner.errors import RunnerError
+from runner.errors import ConfigError
 
 log = logging.getLogger("runner")
 
@@ -73,7 +73,7 @@ def apply(cfg: DictConfig) -> DictConfig:
     """The config of this test level (unchanged at level `none`)."""
     level = cfg.ci.level
     if level not in LEVELS:
-        raise RunnerError(f"ci.level={level!r}; valid: {', '.join(LEVELS)}")
+        raise ConfigError(f"ci.level={level!r} is invalid; valid: one of {', '.join(LEVELS)}")
     if level == "none":
         return cfg
     changes = dict(cfg.ci.overrides)
@@ -87,6 +87,7 @@ def apply(cfg: DictConfig) -> DictConfig:
                 continue
             OmegaConf.update(cfg, key, value, merge=False)
         narrow(cfg.model, cfg.ci.width)
+        cfg.train.checkpoint = cfg.train.checkpoint and cfg.ci.checkpoints
         if level == "sizes":
             n_train, n_test = sizes_data(cfg)
             cfg.ci.n_train = cfg.ci.n_train or n_train

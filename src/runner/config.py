@@ -1,73 +1,144 @@
-"""Typed schemas of the runner's own options, registered in Hydra's ConfigStore.
+"""Typed schemas of the runner's own options, registered in Hydra's ConfigStore, and their ranges.
 
 The root config (`conf/config.yaml`) extends `runner_schema`, so a misspelled key or a value of
 the wrong type fails at composition with Hydra's message naming it. Model, dataset and method
 nodes are free-form `_target_` configs (their keys are checked by struct mode, their types by the
 constructor they name).
+
+Ranges live here too, beside each field (`valid(default, rule)`): `validate(cfg)` checks every
+field against its rule, every number in the config for finiteness, the free-form methods'
+`lambda` / `fraction` options, and the combinations of `runner.checks`, before anything is built.
+A failure is one `ConfigError` line naming the key, the value and the valid range.
 """
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+import math
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from runner.errors import ConfigError
+
+ROW_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
+
+
+@dataclass(frozen=True)
+class Range:
+    """lo <= value <= hi (open ends exclude the bound); `note` says what null means."""
+
+    lo: Optional[float] = None
+    hi: Optional[float] = None
+    lo_open: bool = False
+    hi_open: bool = False
+    note: str = ""
+
+    def ok(self, v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return False
+        return ((self.lo is None or (v > self.lo if self.lo_open else v >= self.lo))
+                and (self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)))
+
+    def __str__(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            text = f"{'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+        elif self.lo is not None:
+            text = f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        else:
+            text = f"{'<' if self.hi_open else '<='} {self.hi:g}"
+        return text + (f", or null ({self.note})" if self.note else "")
+
+
+@dataclass(frozen=True)
+class OneOf:
+    choices: Sequence[Any]
+
+    def ok(self, v: Any) -> bool:
+        return v in self.choices
+
+    def __str__(self) -> str:
+        return "one of " + ", ".join("null" if c is None else str(c) for c in self.choices)
+
+
+def valid(default: Any, rule) -> Any:
+    """A schema field with its valid values (checked by `validate`; lists: every element)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"valid": rule})
+    return field(default=default, metadata={"valid": rule})
+
+
+def at_least(lo: float, note: str = "") -> Range:
+    return Range(lo=lo, note=note)
+
+
+POSITIVE, NON_NEGATIVE = Range(lo=0, lo_open=True), Range(lo=0)
 
 
 @dataclass
 class TrainConfig:
-    batch_size: Optional[int] = 256  # None: full batch (gradient descent)
-    eval_batch_size: int = 1024
-    epochs: int = 10  # maximum epochs of a phase unless the phase says otherwise
-    patience: Optional[int] = None  # early stopping on validation loss; None: never stop early
+    batch_size: Optional[int] = valid(256, at_least(1, "full batch"))  # None: full batch (gradient descent)
+    eval_batch_size: int = valid(1024, at_least(1))
+    epochs: int = valid(10, at_least(1))  # maximum epochs of a phase unless the phase says otherwise
+    patience: Optional[int] = valid(None, at_least(1, "never stop early"))  # early stopping on validation loss; None: never stop early
     restore_best: bool = False  # load the best-validation weights at the end of each phase
-    select_by: str = "val_loss"  # the best-validation epoch: lowest val_loss | highest val_acc
-    val_fraction: float = 0.1  # share of the training set held out for validation
-    val_seed: Optional[int] = None  # seed of the train/val split; None: the run's seed
+    select_by: str = valid("val_loss", OneOf(("val_loss", "val_acc")))  # best-validation epoch: lowest val_loss | highest val_acc
+    val_fraction: float = valid(0.1, Range(0, 1, hi_open=True))  # share of the training set held out for validation
+    val_seed: Optional[int] = valid(None, at_least(0, "the run's seed"))  # seed of the train/val split; None: the run's seed
     eval_test: bool = True  # evaluate the test set with validation (needed for test@best-val)
-    eval_every: int = 1  # evaluate every k epochs (and at a phase's last); full-batch runs use >1
-    loss: str = "cross_entropy"  # cross_entropy | mse (on one-hot targets)
-    label_smoothing: float = 0.0  # cross_entropy's label smoothing (thesis, ResNet50: 0.1)
-    cache_mb: int = 4096  # keep the deterministic part of the input pipeline precomputed when
+    eval_every: int = valid(1, at_least(1))  # evaluate every k epochs (and at a phase's last); full-batch runs use >1
+    loss: str = valid("cross_entropy", OneOf(("cross_entropy", "mse")))  # cross_entropy | mse (on one-hot targets)
+    label_smoothing: float = valid(0.0, Range(0, 1, hi_open=True))  # cross_entropy's label smoothing (thesis, ResNet50: 0.1)
+    cache_mb: int = valid(4096, NON_NEGATIVE)  # keep the deterministic part of the input pipeline precomputed when
     # the float copy of a phase's train+val+test images fits in this many MB (0: never); on a GPU
     # at most half of the free device memory
-    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + gradient scaler, GPU)
+    precision: str = valid("fp32", OneOf(("fp32", "bf16", "fp16")))  # fp32 | bf16 (autocast) | fp16 (autocast + gradient scaler, GPU)
     channels_last: bool = False  # NHWC memory format for convolutional models (GPU tensor cores)
     compile: bool = False  # torch.compile the model
     deterministic: bool = False  # true: deterministic kernels, no cudnn.benchmark, no TF32
     # (GPU runs repeat bitwise); false: cudnn.benchmark and TF32 matmuls on a GPU. CPU runs are
     # bitwise reproducible either way.
+    diverge_factor: Optional[float] = valid(1e4, Range(1, lo_open=True, note="non-finite only"))
+    # an epoch whose mean training loss exceeds this multiple of the run's first batch loss ends
+    # the run as `diverged` (so does a non-finite loss, always)
+    checkpoint: bool = True  # checkpoint.pt at each phase end (and as below); removed on completion
+    checkpoint_every: Optional[int] = valid(None, at_least(1, "phase ends only"))  # also every N epochs
+    checkpoint_minutes: Optional[float] = valid(10.0, Range(0, lo_open=True, note="no timer"))
+    # also after the first epoch ending this long after the last checkpoint
+    save_model: bool = False  # keep the final weights as model.pt (a state_dict)
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adam"  # adam | sgd
-    lr: float = 1e-3
-    momentum: float = 0.0
+    name: str = valid("adam", OneOf(("adam", "sgd", "adamw")))
+    lr: float = valid(1e-3, NON_NEGATIVE)
+    momentum: float = valid(0.0, Range(0, 1, hi_open=True))
     nesterov: bool = False
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 0.0  # coupled L2 (optimizer's weight_decay) on weights
-    weight_decay_bias: Optional[float] = None  # None: same as weight_decay
-    weight_decay_norm: Optional[float] = None  # normalization layers; None: same as weight_decay
+    betas: List[float] = valid([0.9, 0.999], Range(0, 1, hi_open=True))
+    weight_decay: float = valid(0.0, NON_NEGATIVE)  # coupled L2 (optimizer's weight_decay) on weights
+    weight_decay_bias: Optional[float] = valid(None, at_least(0, "as weight_decay"))  # None: same as weight_decay
+    weight_decay_norm: Optional[float] = valid(None, at_least(0, "as weight_decay"))  # normalization layers; None: same as weight_decay
     fused: Optional[bool] = None  # fused optimizer kernels; None: on a GPU only
 
 
 @dataclass
 class ScheduleConfig:
-    name: str = "constant"  # constant | exponential | step | step_iter | plateau
-    gamma: float = 1.0  # exponential: lr *= gamma per epoch; step / step_iter / plateau: factor
-    milestones: List[int] = field(default_factory=list)  # step: epochs at which lr *= gamma
-    step_size: int = 0  # step_iter: lr *= gamma every step_size iterations of a phase
-    patience: int = 10  # plateau: epochs without validation improvement
-    min_lr: float = 0.0
-    warmup_epochs: int = 0  # linear warm-up: epoch e < warmup_epochs runs at (e + 1) / warmup
+    name: str = valid("constant", OneOf(("constant", "exponential", "step", "step_iter", "plateau")))
+    gamma: float = valid(1.0, POSITIVE)  # exponential: lr *= gamma per epoch; step / step_iter / plateau: factor
+    milestones: List[int] = valid([], at_least(1))  # step: epochs at which lr *= gamma
+    step_size: int = valid(0, NON_NEGATIVE)  # step_iter: lr *= gamma every step_size iterations of a phase
+    patience: int = valid(10, at_least(1))  # plateau: epochs without validation improvement
+    min_lr: float = valid(0.0, NON_NEGATIVE)
+    warmup_epochs: int = valid(0, NON_NEGATIVE)  # linear warm-up: epoch e < warmup_epochs runs at (e + 1) / warmup
 
 
 @dataclass
 class SubsetConfig:
     """Which part of the training set a phase sees."""
 
-    fraction: Optional[float] = None  # first fraction of a seeded permutation (warm start)
-    n: Optional[int] = None  # first n samples of a seeded permutation (sample-size study)
-    chunks: Optional[int] = None  # continual learning: the set is cut into `chunks` pieces ...
-    access: str = "full"  # ... and repeat r sees chunks 0..r (full) or chunk r alone (limited)
+    fraction: Optional[float] = valid(None, Range(0, 1, lo_open=True, note="all"))  # first fraction of a seeded permutation (warm start)
+    n: Optional[int] = valid(None, at_least(1, "all"))  # first n samples of a seeded permutation (sample-size study)
+    chunks: Optional[int] = valid(None, at_least(1, "no chunks"))  # continual learning: the set is cut into `chunks` pieces ...
+    access: str = valid("full", OneOf(("full", "limited")))  # ... and repeat r sees chunks 0..r (full) or chunk r alone (limited)
 
 
 @dataclass
@@ -75,17 +146,17 @@ class PhaseConfig:
     """One stage of a run; every None field falls back to the run-level setting."""
 
     name: str = "train"
-    repeat: int = 1  # run this phase this many times in a row (rounds, continual chunks)
+    repeat: int = valid(1, at_least(1))  # run this phase this many times in a row (rounds, continual chunks)
     dataset: Optional[str] = None  # key in `datasets`; None: the main `dataset`
     subset: SubsetConfig = field(default_factory=SubsetConfig)
     transform: List[Any] = field(default_factory=list)  # applied to train, val and test images
     augment: Optional[List[Any]] = None  # train-time augmentation; None: the dataset's own
-    epochs: Optional[int] = None
-    patience: Optional[int] = None
-    lr: Optional[float] = None
-    gamma: Optional[float] = None  # schedule factor (exponential decay per epoch)
-    milestones: Optional[List[int]] = None
-    weight_decay: Optional[float] = None
+    epochs: Optional[int] = valid(None, at_least(1, "train.epochs"))
+    patience: Optional[int] = valid(None, at_least(1, "train.patience"))
+    lr: Optional[float] = valid(None, at_least(0, "optim.lr"))
+    gamma: Optional[float] = valid(None, Range(0, lo_open=True, note="schedule.gamma"))  # schedule factor (exponential decay per epoch)
+    milestones: Optional[List[int]] = valid(None, at_least(1, "schedule.milestones"))
+    weight_decay: Optional[float] = valid(None, at_least(0, "optim.weight_decay"))
     reset_optimizer: bool = False  # fresh optimizer state at the start of this phase
 
 
@@ -99,29 +170,30 @@ class CIConfig:
     and `sizes_overrides` (sizes only), as dotted keys; science code never asks for the level.
     """
 
-    level: str = "none"  # none | smoke | sizes
-    n_train: Optional[int] = 32  # None: larger than every sample count in the config (sizes)
-    n_test: Optional[int] = 16
-    max_epochs: int = 1
-    max_batches: int = 2  # training steps per epoch
-    eval_batches: Optional[int] = 2  # evaluation batches per split; None: the whole split
-    batch_size: Optional[int] = 8  # cap on train.batch_size; None: the experiment's own
-    max_repeat: int = 2
-    width: float = 1.0  # multiplies the model's layer widths (`widths`, `layers`, `width`, ...)
+    level: str = valid("none", OneOf(("none", "smoke", "sizes")))
+    n_train: Optional[int] = valid(32, at_least(1, "sizes: larger than every count"))  # None: larger than every sample count in the config (sizes)
+    n_test: Optional[int] = valid(16, at_least(1, "sizes: larger than every count"))
+    max_epochs: int = valid(1, at_least(1))
+    max_batches: int = valid(2, at_least(1))  # training steps per epoch
+    eval_batches: Optional[int] = valid(2, at_least(1, "the whole split"))  # evaluation batches per split; None: the whole split
+    batch_size: Optional[int] = valid(8, at_least(1, "the experiment's own"))  # cap on train.batch_size; None: the experiment's own
+    max_repeat: int = valid(2, at_least(1))
+    width: float = valid(1.0, POSITIVE)  # multiplies the model's layer widths (`widths`, `layers`, `width`, ...)
     overrides: Dict[str, Any] = field(default_factory=dict)
     sizes_overrides: Dict[str, Any] = field(default_factory=dict)
+    checkpoints: bool = False  # test levels write no checkpoints unless true (resume tests)
 
 
 @dataclass
 class ReportConfig:
-    metric: str = "test_acc"  # the summary metric in tables
-    at: Optional[str] = None  # end | best (last or best-validation epoch); None: best exactly
+    metric: str = valid("test_acc", OneOf(ROW_METRICS))  # the summary metric in tables
+    at: Optional[str] = valid(None, OneOf(("end", "best", None)))  # end | best (last or best-validation epoch); None: best exactly
     # when train.restore_best (the weights kept are the best epoch's)
     extra: List[str] = field(default_factory=list)  # more summary columns
     rows: List[str] = field(default_factory=list)  # table layout: keys down (config paths or
     cols: List[str] = field(default_factory=list)  # group choices) and across, paper's order
-    scale: float = 1.0  # tables show metric x scale (100: percent)
-    digits: int = 4  # decimals in tables
+    scale: float = valid(1.0, POSITIVE)  # tables show metric x scale (100: percent)
+    digits: int = valid(4, Range(0, 12))  # decimals in tables
 
 
 @dataclass
@@ -146,9 +218,9 @@ class DistributedConfig:
 class RunnerConfig:
     name: str = "run"
     description: str = ""
-    seed: int = 0
+    seed: int = valid(0, NON_NEGATIVE)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: Optional[int] = None  # torch CPU threads; None: torch's default (1 suits tiny models
+    threads: Optional[int] = valid(None, at_least(1, "torch's default"))  # torch CPU threads; None: torch's default (1 suits tiny models
     # and parallel sweeps: hydra/launcher=joblib hydra.launcher.n_jobs=2)
     data_root: str = "data"
     progress: Optional[bool] = None  # tqdm bars; None: only on a terminal
@@ -169,6 +241,10 @@ class RunnerConfig:
     paper: PaperConfig = field(default_factory=PaperConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     logger: Any = None  # tracker (conf/logger/): csv (run files only), tensorboard, mlflow, wandb
+    resume: Optional[str] = None  # DIR: continue that run from its checkpoint; auto (sweeps):
+    # skip jobs whose config completed under the sweep's parent directory, resume unfinished ones
+    target_allowlist: List[str] = field(default_factory=list)  # module prefixes `_target_` may
+    # name besides runner., methods., torch. and torchvision.
 
 
 def register() -> None:
@@ -179,3 +255,79 @@ def register() -> None:
     cs.store(name="optim_schema", node=OptimConfig)
     cs.store(name="schedule_schema", node=ScheduleConfig)
     cs.store(name="ci_schema", node=CIConfig)
+
+
+# -- validation -----------------------------------------------------------------------------------
+TARGET_PREFIXES = ("runner.", "methods.", "torch.", "torchvision.")
+METHOD_RANGES = {"lambda": NON_NEGATIVE, "lambda_f": NON_NEGATIVE, "lambda_c": NON_NEGATIVE,
+                 "fraction": Range(0, 1), "density": Range(0, 1)}  # free-form method options
+
+
+def _fail(key: str, value: Any, rule) -> ConfigError:
+    shown = "null" if value is None else repr(value)
+    return ConfigError(f"{key}={shown} is invalid; valid: {rule}")
+
+
+def _check_fields(schema, node, prefix: str) -> None:
+    for f in fields(schema):
+        value, key = node[f.name], prefix + f.name
+        rule = f.metadata.get("valid")
+        if rule is not None and value is not None:
+            for v in (value if isinstance(value, ListConfig) else [value]):
+                if not rule.ok(v):
+                    raise _fail(key, v, rule)
+        if value is None:
+            continue
+        if is_dataclass(f.type):
+            _check_fields(f.type, value, key + ".")
+        elif typing.get_origin(f.type) is list and is_dataclass(typing.get_args(f.type)[0]):
+            for i, item in enumerate(value):
+                _check_fields(typing.get_args(f.type)[0], item, f"{key}.{i}.")
+
+
+def _check_finite(node: Any, key: str) -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _check_finite(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_finite(v, f"{key}.{i}")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{key}={node} is not a finite number; give a finite value")
+
+
+def _check_targets(node: Any, key: str, allowed: Sequence[str]) -> None:
+    """Every `_target_` lies inside an allowed package (nothing else is ever imported)."""
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        if target is not None and not str(target).startswith(tuple(allowed)):
+            where = f"{key}._target_" if key else "_target_"
+            raise ConfigError(f"{where}={target!r} is refused: targets must start with "
+                              f"{', '.join(allowed)} (add a trusted prefix to target_allowlist)")
+        for k, v in node.items():
+            _check_targets(v, f"{key}.{k}" if key else str(k), allowed)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_targets(v, f"{key}.{i}", allowed)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise `ConfigError` (one line) at the first option outside its valid values."""
+    from runner.checks import check_combinations
+
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as e:  # an interpolation that does not resolve
+        raise ConfigError(" ".join(str(e).split())) from None
+    allowed = list(TARGET_PREFIXES) + [p if p.endswith(".") else p + "."
+                                       for p in resolved.get("target_allowlist") or []]
+    _check_targets(resolved, "", allowed)
+    _check_fields(RunnerConfig, cfg, "")
+    _check_finite(resolved, "")
+    for where, node in [("method", resolved.get("method"))] + [
+            (f"extra_methods.{i}", m) for i, m in enumerate(resolved.get("extra_methods") or [])]:
+        for k, rule in METHOD_RANGES.items():
+            v = (node or {}).get(k)
+            if v is not None and not rule.ok(v):
+                raise _fail(f"{where}.{k}", v, rule)
+    check_combinations(cfg)

@@ -28,3 +28,20 @@ class DownloadFailed(RunnerError):
 
 class Diverged(Exception):
     """The training loss became NaN or infinite; the run ends with status 'diverged'."""
+
+
+class ConfigError(RunnerError):
+    """An option outside its valid values, found before anything runs (exit status 2)."""
+
+
+class DataError(RunnerError):
+    """A dataset file that is corrupt, truncated or inconsistent (names the file)."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT arrived; the run ends with status 'interrupted' (exit 128 + signal)."""
+
+    def __init__(self, signum: int):
+        import signal
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")

@@ -88,6 +88,12 @@ class Schedule:
         """step_iter: lr after `step` iterations of the phase."""
         return max(self.base_lr * self.gamma ** (step // self.step_size), self.min_lr)
 
+    def state_dict(self) -> dict:
+        return {"factor": self.factor, "best": self.best, "bad": self.bad}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.factor, self.best, self.bad = state["factor"], state["best"], state["bad"]
+
     def observe(self, val_loss: float) -> None:
         """Plateau bookkeeping after each epoch."""
         if val_loss < self.best:

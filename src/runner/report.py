@@ -32,12 +32,13 @@ from typing import Any, Dict, List, Optional, Tuple
 import pandas as pd
 from hydra.experimental.callback import Callback
 
-from runner.results import load_results
+from runner.results import is_dead, load_results
 
 LEAD = ("experiment", "method")  # config-group choices shown first in every table
-IGNORED = {"seed", "device", "progress", "data_root", "threads", "logger"}  # swept keys that do not define a cell
-STATS = ["metric", "n", "mean", "std", "paper", "delta", "total", "diverged", "failed", "unfinished"]
-COUNTS = ["n", "diverged", "failed", "unfinished"]
+IGNORED = {"seed", "device", "progress", "data_root", "threads", "logger", "resume"}  # swept keys that do not define a cell
+NOT_DONE = ["diverged", "failed", "interrupted", "unfinished", "dead"]  # counted per cell
+STATS = ["metric", "n", "mean", "std", "paper", "delta", "total"] + NOT_DONE
+COUNTS = ["n"] + NOT_DONE
 FORMATS = ("markdown", "csv", "latex")
 
 
@@ -115,7 +116,7 @@ class Layout:
         return self.rows + self.cols
 
 
-def _identity(result: Dict[str, Any]) -> str:
+def run_identity(result: Dict[str, Any]) -> str:
     """What makes two runs the same run: the group choices and the resolved config (seed
     included) without the execution settings, or, without a config, the command line."""
     cfg = result.get("config")
@@ -132,7 +133,7 @@ def deduplicate(results: List[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], in
     """One result per (config, seed): a completed run over any other, else the later one."""
     chosen: Dict[str, Dict[str, Any]] = {}
     for r in results:
-        key = _identity(r)
+        key = run_identity(r)
         old = chosen.get(key)
         if old is None or not (old.get("status") == "completed" and r.get("status") != "completed"):
             chosen[key] = r
@@ -178,8 +179,9 @@ def table_from_results(results: List[Dict[str, Any]], metric: Optional[str] = No
         keys.update({k: key_value(r, k) for k in layout.keys})
         totals = ((r.get("phases") or [{}])[-1] or {}).get("totals") or {}
         own = report.get("metric") or next(iter(summary), None)
+        status = "dead" if is_dead(r) else r.get("status")
         for m in metrics:
-            rows.append({**keys, "metric": m, "status": r.get("status"),
+            rows.append({**keys, "metric": m, "status": status,
                          "value": metric_value(r, m), "total": totals.get(m),
                          "paper": r.get("paper_value") if m == (own or m) else None})
     df = pd.DataFrame(rows)
@@ -200,7 +202,9 @@ def table_from_results(results: List[Dict[str, Any]], metric: Optional[str] = No
             "paper": p, "delta": mean - p, "total": total[0] if len(total) == 1 else math.nan,
             "diverged": int((g.status == "diverged").sum()),
             "failed": int((g.status == "failed").sum()),
-            "unfinished": int((g.status == "running").sum()),  # still running, or killed
+            "interrupted": int((g.status == "interrupted").sum()),
+            "unfinished": int((g.status == "running").sum()),  # still running
+            "dead": int((g.status == "dead").sum()),  # marked running, its process gone
         })
 
     out = df.groupby(keys + ["metric"], sort=False, dropna=False).apply(
@@ -228,7 +232,7 @@ def _cell_text(row: pd.Series, main: bool, lay: Layout, n_max: int, pm: str) -> 
         text += f" ({_fmt(row['paper'], True, lay)})"
     if 0 < row["n"] < n_max:
         text += f" [n={row['n']}]"
-    for what in ("diverged", "failed", "unfinished"):
+    for what in NOT_DONE:
         if row[what]:
             text += f" [{row[what]} {what}]"
     return text
@@ -396,14 +400,28 @@ def write_tables(df: pd.DataFrame, prefix: Path, metric: Optional[str] = None) -
     return text
 
 
+def not_done(df: pd.DataFrame) -> Dict[str, int]:
+    """Runs of the table that did not complete, by status (each run counted once)."""
+    if df.empty:
+        return {}
+    main = df.drop_duplicates([c for c in df.columns if c not in STATS])
+    return {what: int(main[what].sum()) for what in NOT_DONE if main[what].sum()}
+
+
 class AggregateOnMultirunEnd(Callback):
-    """Hydra callback: the sweep's table, printed and written next to its runs."""
+    """Hydra callback: the sweep's table, printed and written next to its runs; the sweep exits
+    with status 1 when a job did not complete (the table counts them)."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
         df = table_from_results(load_results([sweep]))
         print(write_tables(df, sweep / "table"))
         print(f"table written to {sweep}/table.md, table.csv and table.tex")
+        bad = not_done(df)
+        if bad:
+            counts = ", ".join(f"{n} {what}" for what, n in bad.items())
+            print(f"error: not every job completed ({counts}); see the table", file=sys.stderr)
+            raise SystemExit(1)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

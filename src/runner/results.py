@@ -1,8 +1,11 @@
 """What a run leaves in its directory: `metrics.csv` (one row per epoch) and `result.json`.
 
 `result.json` is written atomically (a temporary file renamed over it): at the start with status
-'running', at the end with 'completed', 'diverged' or 'failed'. A reader never sees a half-written
-file, and a run killed midway stays marked 'running', never as complete.
+'running', at the end with 'completed', 'diverged', 'failed' or 'interrupted'. A reader never sees
+a half-written file, and a run killed midway stays marked 'running', never as complete; its
+`host`, `pid` and `heartbeat` (rewritten every HEARTBEAT_S seconds by a background thread) let
+`is_dead` tell such a run from a live one. Files are created readable by the group (umask
+permitting), like the rest of the run directory.
 """
 from __future__ import annotations
 
@@ -10,13 +13,21 @@ import csv
 import json
 import math
 import os
+import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from runner.loggers import open_tracker
 
 METRICS_FILE, RESULT_FILE = "metrics.csv", "result.json"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK  # what open() gives a new file; mkstemp's own is 0600
+HEARTBEAT_S = 60.0  # a live run rewrites its heartbeat this often ...
+DEAD_AFTER_S = 10 * HEARTBEAT_S  # ... so a `running` run silent this long is dead
 COLUMNS = ["phase", "phase_name", "epoch", "step", "lr", "train_loss", "train_acc", "val_loss",
            "val_acc", "test_loss", "test_acc", "weight_norm", "seconds"]
 
@@ -34,12 +45,14 @@ def _clean(value: Any) -> Any:
 
 def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
     path = Path(path)
+    text = json.dumps(_clean(data), indent=2, default=str)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(_clean(data), f, indent=2, default=str)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -47,28 +60,91 @@ def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
         raise
 
 
+def is_dead(result: Dict[str, Any], now: Optional[float] = None) -> bool:
+    """A `running` result whose process is gone: on this host, no process `pid`; elsewhere, no
+    heartbeat for DEAD_AFTER_S seconds. Results without a heartbeat (older runs) count as dead."""
+    if result.get("status") != "running":
+        return False
+    if result.get("host") == socket.gethostname() and result.get("pid"):
+        try:
+            os.kill(int(result["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, OSError):
+            pass
+        else:
+            return False
+    beat = result.get("heartbeat")
+    return not isinstance(beat, (int, float)) or (now or time.time()) - beat > DEAD_AFTER_S
+
+
 class RunRecorder:
     """Appends epoch rows to metrics.csv and keeps result.json up to date; passes the config,
     the rows and the final result to the tracker of `config.logger` (runner.loggers)."""
 
-    def __init__(self, out_dir: str | Path, base: Dict[str, Any]):
+    def __init__(self, out_dir: str | Path, base: Dict[str, Any], tracked: bool = True):
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.result: Dict[str, Any] = {**base, "status": "running", "phases": []}
+        self.result: Dict[str, Any] = {**base, "status": "running", "phases": [],
+                                       "host": socket.gethostname(), "pid": os.getpid(),
+                                       "heartbeat": time.time()}
         self.columns: List[str] = list(COLUMNS)
         self._csv = None
         self._writer = None
-        self.tracker = open_tracker((base.get("config") or {}).get("logger"), self.dir)
+        self.tracker = open_tracker((base.get("config") or {}).get("logger"), self.dir) if tracked else None
         self.rows = 0
-        write_json_atomic(self.dir / RESULT_FILE, self.result)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.write()
         if self.tracker:
             self.tracker.start(self.result)
+        self._beat = threading.Thread(target=self._heartbeat, daemon=True, name="heartbeat")
+        self._beat.start()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                self.write()
+            except Exception:  # a full disk: the status says the truth once it can be written
+                pass
+
+    def write(self) -> None:
+        with self._lock:
+            if self.result["status"] == "running":
+                self.result["heartbeat"] = time.time()
+            write_json_atomic(self.dir / RESULT_FILE, self.result)
+
+    def update(self, **fields: Any) -> None:
+        with self._lock:
+            self.result.update(fields)
+
+    def restore(self, phases: List[Dict[str, Any]], columns: List[str], csv_text: str) -> None:
+        """The phases and metrics.csv rows a checkpoint recorded (a resumed run appends to them)."""
+        with self._lock:
+            self.result["phases"] = list(phases)
+        if csv_text:
+            with open(self.dir / METRICS_FILE, "w", newline="") as f:
+                f.write(csv_text)
+            self.columns = list(columns)
+            self._open_csv("a")
+            self.rows = len(csv_text.splitlines()) - 1
+        self.write()
+
+    def _open_csv(self, mode: str) -> None:
+        self._csv = open(self.dir / METRICS_FILE, mode, newline="")
+        self._writer = csv.DictWriter(self._csv, fieldnames=self.columns, extrasaction="ignore")
+
+    def csv_text(self) -> str:
+        """metrics.csv as written so far (for a checkpoint)."""
+        if self._csv is None:
+            return ""
+        self._csv.flush()
+        return (self.dir / METRICS_FILE).read_text()
 
     def epoch(self, row: Dict[str, Any]) -> None:
         if self._writer is None:
             self.columns += [k for k in row if k not in self.columns]
-            self._csv = open(self.dir / METRICS_FILE, "w", newline="")
-            self._writer = csv.DictWriter(self._csv, fieldnames=self.columns, extrasaction="ignore")
+            self._open_csv("w")
             self._writer.writeheader()
         self._writer.writerow(row)
         self._csv.flush()
@@ -77,14 +153,28 @@ class RunRecorder:
             self.tracker.epoch(self.rows, row)
 
     def phase(self, summary: Dict[str, Any]) -> None:
-        self.result["phases"].append(summary)
-        write_json_atomic(self.dir / RESULT_FILE, self.result)
+        with self._lock:
+            self.result["phases"].append(summary)
+        self.write()
 
     def finish(self, status: str, **fields: Any) -> Dict[str, Any]:
-        self.result.update(status=status, **fields)
+        """The final status, written even when closing metrics.csv fails (a full disk): the run
+        is then `failed`, saying why."""
+        self._stop.set()
         if self._csv is not None:
-            self._csv.close()
-        write_json_atomic(self.dir / RESULT_FILE, self.result)
+            try:
+                self._csv.close()
+            except OSError as e:
+                if status == "completed":
+                    status = "failed"
+                fields["error"] = f"writing {METRICS_FILE} failed: {type(e).__name__}: {e}"
+        with self._lock:
+            self.result.update(status=status, **fields)
+        try:
+            self.write()
+        except OSError:  # no room for a new file: overwrite the old one in place
+            with open(self.dir / RESULT_FILE, "w") as f:
+                json.dump(_clean(self.result), f, indent=2, default=str)
         if self.tracker:
             self.tracker.finish(self.result)
         return self.result

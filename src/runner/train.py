@@ -10,8 +10,11 @@ import logging
 import math
 import os
 import random
+import signal
 import time
 import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Dict, List, Optional
 
@@ -23,13 +26,14 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from methods.base import MethodStack
-from runner import ci, distributed
-from runner.checks import check_report, report_at
+from runner import checkpoint, ci, distributed
+from runner.checks import report_at
+from runner.config import validate
 from runner.context import RunContext, Stage
 from runner.data.stream import stream_splits
 from runner.data.synthetic import shapes_only
 from runner.data.tensors import Arrays, Pipeline, Splits, batches, split_train_val, subset_indices
-from runner.errors import Diverged, RunnerError
+from runner.errors import ConfigError, DataError, Diverged, Interrupted, RunnerError
 from runner.logs import batch_bar, environment, epoch_line, log_start
 from runner.models import params
 from runner.optim import Schedule, build_optimizer, set_hyper
@@ -53,13 +57,18 @@ def resolve_device(name: str, job: int = 0) -> torch.device:
     if name == "auto":
         n = torch.cuda.device_count()
         return torch.device(f"cuda:{job % n}" if n else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name!r} is not a device; valid: auto, cpu, cuda, cuda:N") from None
     if dev.type == "cuda" and (not torch.cuda.is_available()
                                or (dev.index or 0) >= torch.cuda.device_count()):
-        raise RunnerError(f"device={name!r} is not available here ({torch.cuda.device_count()} GPUs "
+        raise ConfigError(f"device={name!r} is not available here ({torch.cuda.device_count()} GPUs "
                           "visible); use device=cpu or device=auto")
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise RunnerError(f"device={name!r} is not available here; use device=cpu or device=auto")
+        raise ConfigError(f"device={name!r} is not available here; use device=cpu or device=auto")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device={name!r} is not supported; valid: auto, cpu, cuda, cuda:N")
     return dev
 
 
@@ -82,7 +91,9 @@ def set_determinism(deterministic: bool, device: torch.device) -> None:
 
 def call(node, where: str) -> Any:
     """Call the `_target_` of a config node with its other keys (nested `_target_`s are built
-    first). Errors inside the target propagate unchanged; a bad target or argument names `where`.
+    first). A bad target or argument names `where`, and so does a `ValueError` (a constructor's
+    way of refusing an option); other errors inside the target propagate unchanged. Which
+    targets may be named is checked before (`runner.config.validate`).
     """
     kwargs = OmegaConf.to_container(node, resolve=True) if not isinstance(node, dict) else dict(node)
     target = kwargs.pop("_target_", None)
@@ -102,7 +113,10 @@ def call(node, where: str) -> Any:
         inspect.signature(fn).bind(**kwargs)
     except TypeError as e:
         raise RunnerError(f"{where}: {e} (calling {target})") from None
-    return fn(**kwargs)
+    try:
+        return fn(**kwargs)
+    except ValueError as e:
+        raise RunnerError(f"{where}: {' '.join(str(e).split())} (calling {target})") from e
 
 
 def build_model(cfg) -> torch.nn.Module:
@@ -123,21 +137,30 @@ def expand_stages(cfg) -> List[Stage]:
     return stages
 
 
+@dataclass
+class PhaseProgress:
+    """Where a phase stands between epochs: what a mid-phase checkpoint records."""
+
+    next_epoch: int = 0
+    best: Optional[Dict[str, Any]] = None  # the best-validation row so far
+    best_state: Optional[Dict[str, torch.Tensor]] = None  # its weights (train.restore_best)
+    since_best: int = 0
+    end: Optional[Dict[str, Any]] = None  # the last evaluated row
+    schedule: Dict[str, Any] = field(default_factory=dict)
+
+
 class Trainer:
-    def __init__(self, cfg: DictConfig, recorder: RunRecorder, job: int = 0):
+    def __init__(self, cfg: DictConfig, recorder: RunRecorder, job: int = 0,
+                 device: Optional[torch.device] = None):
         self.cfg, self.rec = cfg, recorder
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.opts = SimpleNamespace(**OmegaConf.to_container(cfg.train, resolve=True))  # hot loop
-        if self.opts.loss not in LOSSES:
-            raise RunnerError(f"train.loss={self.opts.loss!r}; valid: {', '.join(LOSSES)}")
-        if self.opts.select_by not in ("val_loss", "val_acc"):
-            raise RunnerError(f"train.select_by={self.opts.select_by!r}; valid: val_loss, val_acc")
-        if self.opts.precision not in PRECISIONS:
-            raise RunnerError(f"train.precision={self.opts.precision!r}; valid: {', '.join(PRECISIONS)}")
         self.dist = distributed.setup(cfg.distributed, cfg.device)  # None: one process
-        self.device = self.dist.device if self.dist else resolve_device(cfg.device, job)
         self.ddp = None  # the model as the step calls it under distributed training
+        if device is None:
+            device = self.dist.device if self.dist else resolve_device(cfg.device, job)
+        self.device = device
         set_determinism(self.opts.deterministic, self.device)
         seed_everything(cfg.seed)
         self.amp = PRECISIONS[self.opts.precision]
@@ -164,6 +187,9 @@ class Trainer:
         self.aug_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 2)
         self.progress = cfg.progress
         self._device_data = None  # (dataset config key, splits on the device) for reuse
+        self.diverge_ref: Optional[float] = None  # the run's first batch loss
+        self.last_checkpoint = time.monotonic()
+        self.identity = ""  # the run's identity, stored in checkpoints (set by `run`)
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         model = model.to(self.device)
@@ -192,8 +218,13 @@ class Trainer:
                                seed=self.cfg.seed, dtype=ds.get("dtype", "uint8"))
         key = OmegaConf.to_yaml(ds.reader, resolve=True)  # interpolated options (seed) count
         if key not in _ARRAYS_CACHE:
-            _ARRAYS_CACHE[key] = call(ds.reader, "dataset.reader")
-        return _ARRAYS_CACHE[key]
+            arrays = call(ds.reader, "dataset.reader")
+            check_labels(arrays, ds.num_classes, ds.get("name", "dataset"))
+            _ARRAYS_CACHE[key] = arrays
+        arrays = _ARRAYS_CACHE[key]
+        if arrays.source is not None:
+            self.rec.update(data={**self.rec.result.get("data", {}), ds.get("name", "dataset"): arrays.source})
+        return arrays
 
     def device_splits(self, ds) -> Splits:
         """Train / val / test of a dataset on the device; reused while phases keep the dataset."""
@@ -224,6 +255,9 @@ class Trainer:
         splits = Splits(base.train, base.val, base.test)
         sub = stage.cfg.subset
         n = sub.n if sub.n is None or not ci.active(self.cfg) else min(sub.n, len(splits.train))
+        if n is not None and n > len(splits.train):
+            raise ConfigError(f"subset.n={n} of phase {stage.name!r} exceeds the {len(splits.train)} "
+                              f"training samples of {ds.get('name', 'the dataset')}; lower it")
         idx = subset_indices(len(splits.train), self.cfg.seed, sub.fraction, n, sub.chunks,
                              stage.repeat, sub.access)
         if idx is not None:
@@ -261,24 +295,29 @@ class Trainer:
 
     # -- loops --------------------------------------------------------------------------------
     def train_epoch(self, batch_size, limit, schedule=None, start=0) -> torch.Tensor:
-        """One epoch; returns the device tensor [loss sum, correct, samples] (no host sync).
-        A per-iteration `schedule` sets the lr before every step (`start`: the phase's first step)."""
+        """One epoch; returns the device tensor [loss sum, correct, samples, first batch loss]
+        (no host sync; the last entry only in the run's first epoch). A per-iteration
+        `schedule` sets the lr before every step (`start`: the phase's first step)."""
         ctx = self.ctx
         if not ctx.model.training:  # evaluate() leaves it in train mode; methods' choices stay
             ctx.model.train()
-        stats = torch.zeros(3, device=self.device)
+        stats = torch.zeros(4, device=self.device)
         epoch_batches = (self.dist.batches if self.dist else batches)(
             ctx.data.train, batch_size, self.order_gen, limit=limit)
+        first = self.diverge_ref is None
         for xb, yb in batch_bar(epoch_batches, len(ctx.data.train), batch_size, limit,  # logs.py
                                 self.progress):
             if schedule is not None:
                 lr = schedule.at_step(ctx.step - start)
                 for g in ctx.optimizer.param_groups:
                     g["lr"] = lr
-            self.train_step(xb, yb, stats)
+            loss = self.train_step(xb, yb, stats)
+            if first:
+                stats[3] = loss.detach().float()
+                first = False
         return stats
 
-    def train_step(self, xb: torch.Tensor, yb: torch.Tensor, stats: torch.Tensor) -> None:
+    def train_step(self, xb: torch.Tensor, yb: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
         ctx, m, masks = self.ctx, self.methods, self.ctx.masks
         x = ctx.pipeline(xb, True, self.aug_gen)
         ctx.batch = (x, yb)
@@ -311,8 +350,9 @@ class Trainer:
                 masks.project()
         ctx.step += 1
         n = len(yb)
-        stats += torch.stack([loss.detach().float() * n, (out.argmax(1) == yb).sum().float(),
-                              torch.tensor(float(n), device=stats.device)])
+        stats[:3] += torch.stack([loss.detach().float() * n, (out.argmax(1) == yb).sum().float(),
+                                  torch.tensor(float(n), device=stats.device)])
+        return loss
 
     @torch.no_grad()
     def weight_stats(self) -> torch.Tensor:
@@ -329,40 +369,46 @@ class Trainer:
                             torch.as_tensor(trained, device=self.device).float()])
 
     def call_hook(self, hook: str) -> None:
-        """A method hook, then the masks again (a method's write never beats a mask)."""
-        self.methods.call(hook, self.ctx)
+        """A method hook, then the masks again (a method's write never beats a mask). A
+        `ValueError` (a method refusing its options) is one line."""
+        try:
+            self.methods.call(hook, self.ctx)
+        except ValueError as e:
+            raise RunnerError(f"method {hook}: {' '.join(str(e).split())}") from e
         if len(self.ctx.masks):
             self.ctx.masks.project()
 
     # -- the run ------------------------------------------------------------------------------
-    def fit(self) -> None:
+    def fit(self, state: Optional[Dict[str, Any]] = None) -> None:
+        """Train every stage; from a checkpoint's `state` where given (runner.checkpoint)."""
         ctx = self.ctx
         self.load_stage_data(self.stages[0])
         ctx.init_state = params.snapshot(ctx.model)
         ctx.stage = self.stages[0]
         self.call_hook("setup")
         ctx.reset_optimizer()
+        start, progress = (0, None) if state is None else self.restore(state)
         if self.opts.compile:
             ctx.model = torch.compile(ctx.model)
         if self.dist:
             self.ddp = self.dist.wrap(ctx.model)
-        for stage in self.stages:
-            if stage.index > 0:
+        for stage in self.stages[start:]:
+            resumed = progress if stage.index == start else None
+            if stage.index > 0 and resumed is None:
                 self.load_stage_data(stage)
-            self.run_stage(stage)
+            self.run_stage(stage, resumed)
         self._device_data = None
         self.ctx.data = None
 
-    def run_stage(self, stage: Stage) -> None:
+    def score(self, row: Dict[str, Any]) -> float:
+        """What the best epoch minimizes: val_loss, or -val_acc (`train.select_by`)."""
+        return row["val_loss"] if self.opts.select_by == "val_loss" else -row["val_acc"]
+
+    def run_stage(self, stage: Stage, resumed: Optional[PhaseProgress] = None) -> None:
         cfg, ctx, opts = self.cfg, self.ctx, self.opts
         caps = cfg.ci if ci.active(cfg) else None
         ph = SimpleNamespace(**OmegaConf.to_container(stage.cfg, resolve=True))
-        ctx.stage, ctx.epoch = stage, 0
-        ctx.lr = cfg.optim.lr if ph.lr is None else ph.lr
-        ctx.weight_decay = cfg.optim.weight_decay if ph.weight_decay is None else ph.weight_decay
-        ctx.gamma = ph.gamma
-        if ph.reset_optimizer:
-            ctx.reset_optimizer()
+        ctx.stage = stage
         epochs = opts.epochs if ph.epochs is None else ph.epochs
         patience = opts.patience if ph.patience is None else ph.patience
         batch_size, limit, eval_limit = opts.batch_size, None, None
@@ -373,13 +419,24 @@ class Trainer:
         bs = n_train if batch_size is None else max(1, min(batch_size, n_train))
         ctx.steps_per_epoch = -(-n_train // bs) if limit is None else min(-(-n_train // bs), limit)
         ctx.total_steps = ctx.steps_per_epoch * epochs
-        self.call_hook("on_phase_start")  # may change ctx.lr, ctx.gamma, ctx.weight_decay
-        set_hyper(ctx.optimizer, cfg.optim, ctx.lr, ctx.weight_decay)
+        if resumed is None:  # the phase starts: its hyperparameters, then the methods' hook
+            ctx.epoch = 0
+            ctx.lr = cfg.optim.lr if ph.lr is None else ph.lr
+            ctx.weight_decay = cfg.optim.weight_decay if ph.weight_decay is None else ph.weight_decay
+            ctx.gamma = ph.gamma
+            if ph.reset_optimizer:
+                ctx.reset_optimizer()
+            self.call_hook("on_phase_start")  # may change ctx.lr, ctx.gamma, ctx.weight_decay
+            set_hyper(ctx.optimizer, cfg.optim, ctx.lr, ctx.weight_decay)
         schedule = Schedule(cfg.schedule, ctx.lr, ctx.gamma, ph.milestones)
+        p = resumed or PhaseProgress()
+        if resumed is not None:
+            schedule.load_state_dict(p.schedule)
 
-        best, best_score, best_state, since_best, end = None, None, None, 0, None
-        start, per_step = ctx.step, schedule if schedule.per_step else None
-        bar = tqdm(range(epochs), desc=f"{stage.name}", leave=False,
+        start = ctx.step - p.next_epoch * ctx.steps_per_epoch  # the phase's first step
+        per_step = schedule if schedule.per_step else None
+        bar = tqdm(range(p.next_epoch, epochs), desc=f"{stage.name}", leave=False,
+                   initial=p.next_epoch, total=epochs,
                    disable=None if self.progress is None else not self.progress)
         for epoch in bar:
             ctx.epoch = epoch
@@ -390,7 +447,7 @@ class Trainer:
             stats = self.train_epoch(batch_size, limit, per_step, start)
             lr = ctx.optimizer.param_groups[0]["lr"]  # a per-iteration schedule's last
             if self.dist:
-                self.dist.all_reduce(stats)
+                self.dist.all_reduce(stats[:3])  # loss sum, correct, samples over the ranks
             last = epoch + 1 == epochs
             evaluate = last or (epoch + 1) % opts.eval_every == 0
             nan = torch.full((2,), math.nan, device=self.device)
@@ -398,12 +455,12 @@ class Trainer:
             test = (torch.stack(ctx.evaluate(ctx.data.test, eval_limit))
                     if evaluate and opts.eval_test else nan)
             # the epoch's one host sync: every number of the row at once
-            (loss_sum, correct, n, val_loss, val_acc, test_loss, test_acc, norm, nonzero,
+            (loss_sum, correct, n, first_loss, val_loss, val_acc, test_loss, test_acc, norm, nonzero,
              trained) = torch.cat([stats, val.float(), test.float(), self.weight_stats()]).tolist()
             train_loss, train_acc = loss_sum / max(n, 1), correct / max(n, 1)
-            if not math.isfinite(train_loss):
-                raise Diverged(f"training loss became {train_loss} in phase {stage.name!r}, "
-                               f"epoch {epoch + 1}")
+            if self.diverge_ref is None:
+                self.diverge_ref = first_loss
+            self.check_divergence(train_loss, stage, epoch)
             if evaluate:
                 schedule.observe(val_loss if math.isfinite(val_loss) else train_loss)
             row = {"phase": stage.index, "phase_name": stage.name, "epoch": epoch + 1,
@@ -413,30 +470,121 @@ class Trainer:
                    "trained_weights": int(trained), "seconds": time.perf_counter() - t0}
             row.update(self.methods.collect("on_epoch_end", ctx))
             self.rec.epoch(row)
-            if not evaluate:
-                continue
-            log.info("%s", epoch_line(stage.name, epoch + 1, epochs, row))  # logs.py
-            end = row
-            score = val_loss if opts.select_by == "val_loss" else -val_acc
-            if best is None or not (score >= best_score):  # NaN val: keep the latest
-                best, best_score, since_best = row, score, 0
-                if opts.restore_best:
-                    best_state = copy.deepcopy(ctx.model.state_dict())
-            else:
-                since_best += 1
-                if patience is not None and since_best >= patience:
-                    break
+            if evaluate:
+                log.info("%s", epoch_line(stage.name, epoch + 1, epochs, row))  # logs.py
+                p.end = row
+                if p.best is None or not (self.score(row) >= self.score(p.best)):  # NaN: latest
+                    p.best, p.since_best = row, 0
+                    if opts.restore_best:
+                        p.best_state = copy.deepcopy(ctx.model.state_dict())
+                else:
+                    p.since_best += 1
+                    if patience is not None and p.since_best >= patience:
+                        break
+            if not last and self.checkpoint_due(epoch + 1):
+                p.next_epoch, p.schedule = epoch + 1, schedule.state_dict()
+                self.save_checkpoint(stage.index, p)
         bar.close()
-        if best_state is not None:
-            ctx.model.load_state_dict(best_state)
+        if p.best_state is not None:
+            ctx.model.load_state_dict(p.best_state)
         if self.dist:
             self.dist.check_same(ctx.model, ctx.masks, f"phase {stage.name!r}")
         keys = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
-        summary = {"index": stage.index, "name": stage.name, "epochs": end["epoch"],
-                   "steps": ctx.step, "best_epoch": best["epoch"],
-                   "end": {k: end[k] for k in keys}, "best": {k: best[k] for k in keys}}
+        summary = {"index": stage.index, "name": stage.name, "epochs": p.end["epoch"],
+                   "steps": ctx.step, "best_epoch": p.best["epoch"],
+                   "end": {k: p.end[k] for k in keys}, "best": {k: p.best[k] for k in keys}}
         summary.update(self.methods.collect("on_phase_end", ctx))
         self.rec.phase(summary)
+        if self.opts.checkpoint and stage.index + 1 < len(self.stages):  # the last: the run ends
+            self.save_checkpoint(stage.index + 1, None)
+
+    def check_divergence(self, train_loss: float, stage: Stage, epoch: int) -> None:
+        where = f"in phase {stage.name!r}, epoch {epoch + 1}"
+        if not math.isfinite(train_loss):
+            raise Diverged(f"training loss became {train_loss} {where}")
+        factor, ref = self.opts.diverge_factor, self.diverge_ref
+        if factor is not None and ref is not None and ref > 0 and train_loss > factor * ref:
+            raise Diverged(f"training loss {train_loss:.4g} {where} exceeds train.diverge_factor="
+                           f"{factor:g} times the first batch's loss {ref:.4g}")
+
+    # -- checkpoints (runner.checkpoint) ------------------------------------------------------
+    def generators(self) -> Dict[str, torch.Generator]:
+        return {"order": self.order_gen, "aug": self.aug_gen, "method": self.ctx.gen}
+
+    def checkpoint_due(self, epochs_done: int) -> bool:
+        o = self.opts
+        if not o.checkpoint:
+            return False
+        return bool((o.checkpoint_every and epochs_done % o.checkpoint_every == 0) or (
+            o.checkpoint_minutes and time.monotonic() - self.last_checkpoint >= 60 * o.checkpoint_minutes))
+
+    def save_checkpoint(self, next_stage: int, progress: Optional[PhaseProgress]) -> None:
+        """Everything needed to continue at stage `next_stage` (inside it at `progress`)."""
+        ctx = self.ctx
+        model = getattr(ctx.model, "_orig_mod", ctx.model)  # torch.compile's wrapper
+        names = {id(p): n for n, p in model.named_parameters()}
+        state = {
+            "identity": self.identity, "position": {"stage": next_stage},
+            "model": model.state_dict(), "masks": ctx.masks.state_dict(),
+            "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
+            "optimizer_params": [names[id(p)] for g in ctx.optimizer.param_groups for p in g["params"]],
+            "optimizer": ctx.optimizer.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "methods": self.methods.state_dict(),
+            "rng": checkpoint.rng_state(self.generators()),
+            "context": {"step": ctx.step, "epoch": ctx.epoch, "lr": ctx.lr,
+                        "weight_decay": ctx.weight_decay, "gamma": ctx.gamma},
+            "diverge_ref": self.diverge_ref,
+            "progress": None if progress is None else vars(progress),
+            "phases": self.rec.result["phases"], "columns": self.rec.columns,
+            "metrics_csv": self.rec.csv_text(),
+        }
+        checkpoint.save(self.rec.dir / checkpoint.CHECKPOINT_FILE, state)
+        self.last_checkpoint = time.monotonic()
+
+    def restore(self, state: Dict[str, Any]) -> tuple:
+        """Put a checkpoint's state back (after `setup`, which rebuilt what it derives from the
+        fresh model); returns (stage to run next, its PhaseProgress or None)."""
+        ctx = self.ctx
+        start = state["position"]["stage"]
+        progress = None if state["progress"] is None else PhaseProgress(**state["progress"])
+        if progress is not None and start > 0:
+            self.load_stage_data(self.stages[start])
+        self.methods.load_state_dict(state["methods"], ctx)  # may restructure the model (LW)
+        ctx.model.load_state_dict(state["model"])
+        ctx.masks.load_state_dict(state["masks"])
+        named = dict(ctx.model.named_parameters())
+        held = set(state["optimizer_params"])
+        for n, p in named.items():  # the optimizer over exactly the parameters it held
+            p.requires_grad_(n in held)
+        ctx.reset_optimizer()
+        for n, p in named.items():
+            p.requires_grad_(state["requires_grad"][n])
+        ctx.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        for k, v in state["context"].items():
+            setattr(ctx, k, v)
+        self.diverge_ref = state["diverge_ref"]
+        if progress is not None and progress.best_state is not None:
+            progress.best_state = {k: v.to(self.device) for k, v in progress.best_state.items()}
+        checkpoint.set_rng_state(state["rng"], self.generators())
+        self.rec.restore(state["phases"], state["columns"], state["metrics_csv"])
+        return start, progress
+
+
+def check_labels(arrays: Arrays, classes: int, name: str) -> None:
+    """Labels are integers in [0, classes), as many as the images."""
+    for part in ("train", "test"):
+        x, y = getattr(arrays, f"x_{part}"), getattr(arrays, f"y_{part}")
+        if len(x) != len(y):
+            raise DataError(f"{name}: {len(x)} {part} images but {len(y)} labels"
+                            + (f" (in {arrays.source})" if arrays.source else "")
+                            + "; the files do not belong together")
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= classes):
+            raise DataError(f"{name}: {part} labels span [{int(y.min())}, {int(y.max())}], outside "
+                            f"[0, {classes}) (num_classes={classes})"
+                            + (f"; files in {arrays.source}" if arrays.source else ""))
 
 
 def paper_value(cfg, choices: Dict[str, str]) -> Any:
@@ -462,35 +610,106 @@ def summarize(result: Dict[str, Any], cfg) -> Dict[str, Any]:
     return out
 
 
-def run(cfg: DictConfig, out_dir, choices: Optional[Dict[str, str]] = None,
-        overrides: Optional[List[str]] = None, job: int = 0) -> Dict[str, Any]:
-    """Train one configured run in `out_dir` (sweep job number `job`); returns its result.json."""
+@contextlib.contextmanager
+def interruptible():
+    """SIGTERM and SIGINT raise `Interrupted` (in the main thread, where their handlers are
+    Python's defaults: a launcher's own handler, as submitit's, stays in charge)."""
+    old = {}
+
+    def handler(signum, frame):
+        for sig, h in old.items():  # a second signal acts as it did before
+            signal.signal(sig, h)
+        raise Interrupted(signum)
+
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler):
+                old[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def prepare(cfg: DictConfig, job: int = 0):
+    """The config of this test level, validated, and the device: before anything is built."""
     cfg = ci.apply(cfg)
-    check_report(cfg)
-    choices = dict(choices or {})
+    validate(cfg)
+    return cfg, resolve_device(cfg.device, job)
+
+
+def run(cfg: DictConfig, out_dir, choices: Optional[Dict[str, str]] = None,
+        overrides: Optional[List[str]] = None, job: int = 0, search_root=None,
+        record_invalid: bool = False) -> Dict[str, Any]:
+    """Train one configured run in `out_dir` (sweep job number `job`); returns its result.json.
+
+    `resume` (config): a run directory to continue from its checkpoint, or `auto`: a completed
+    run of the same config below `search_root` is reused, an unfinished one continued.
+    `record_invalid` (sweeps): a config error is recorded as a failed result.json, so the sweep's
+    table counts it."""
+    choices, out_dir = dict(choices or {}), Path(out_dir)
+    try:
+        cfg, device = prepare(cfg, job)
+    except ConfigError as e:
+        if record_invalid:
+            RunRecorder(out_dir, {"name": OmegaConf.select(cfg, "name", default="run"),
+                                  "seed": OmegaConf.select(cfg, "seed", default=None),
+                                  "choices": choices, "overrides": list(overrides or []),
+                                  "config": None}, tracked=False).finish("failed", error=str(e))
+        raise
+    config = OmegaConf.to_container(cfg, resolve=True)
+    ident = checkpoint.identity(choices, config)
+    kind, where = checkpoint.previous_run(cfg.resume, out_dir, ident, search_root)
+    if kind == "completed":
+        return checkpoint.reuse(where, out_dir)
+    state = None
+    if kind == "checkpoint":
+        state = checkpoint.load(where / checkpoint.CHECKPOINT_FILE)
+        if state.get("identity") != ident:
+            raise ConfigError(f"resume={cfg.resume}: the checkpoint in {where} belongs to another "
+                              "config; resume with the run's own overrides only")
+        log.info("resuming %s from %s (stage %d)", cfg.name, where, state["position"]["stage"])
     t0 = time.time()
     base = {"name": cfg.name, "seed": cfg.seed, "choices": choices,
             "overrides": list(overrides or []), "paper_value": paper_value(cfg, choices),
-            "paper_source": cfg.paper.source, "config": OmegaConf.to_container(cfg, resolve=True)}
+            "paper_source": cfg.paper.source, "config": config}
+    if state is not None:
+        base["resumed_from"] = str(where)
     rec = distributed.recorder(out_dir, base)  # only rank 0 writes
     status, error = "completed", None
-    try:
-        trainer = Trainer(cfg, rec, job)
-        rec.result.update(device=str(trainer.device), deterministic=cfg.train.deterministic,
-                          precision=cfg.train.precision,
-                          environment=environment(trainer.device, out_dir))  # logs.py
-        log_start(cfg.name, cfg.seed, rec.result["environment"])
-        trainer.fit()
-    except Diverged as e:
-        status, error = "diverged", str(e)
-        log.warning("diverged: %s", e)
-    except BaseException as e:
-        rec.finish("failed", error=f"{type(e).__name__}: {e}", wall_time_s=time.time() - t0,
-                   summary=summarize(rec.result, cfg))
-        traceback.clear_frames(e.__traceback__)  # a sweep's next job gets the memory back
-        if torch.cuda.is_available():
-            gc.collect()
-            torch.cuda.empty_cache()
-        raise
-    return rec.finish(status, error=error, wall_time_s=time.time() - t0,
-                      summary=summarize(rec.result, cfg))
+    with interruptible():
+        try:
+            trainer = Trainer(cfg, rec, job, device)
+            trainer.identity = ident
+            rec.update(device=str(trainer.device), deterministic=cfg.train.deterministic,
+                       precision=cfg.train.precision,
+                       environment=environment(trainer.device, out_dir))  # logs.py
+            log_start(cfg.name, cfg.seed, rec.result["environment"])
+            trainer.fit(state)
+            if cfg.train.save_model:
+                model = trainer.ctx.model
+                checkpoint.save(out_dir / checkpoint.MODEL_FILE,
+                                getattr(model, "_orig_mod", model).state_dict())
+        except Diverged as e:
+            status, error = "diverged", str(e)
+            log.warning("diverged: %s", e)
+        except BaseException as e:
+            # an exit asked for while training (submitit requeues a timed-out job that way)
+            status = "interrupted" if isinstance(e, (Interrupted, SystemExit)) else "failed"
+            told = isinstance(e, (RunnerError, Interrupted, SystemExit))  # else a bug: keep where
+            extra = {} if told else {"traceback": traceback.format_exc()}
+            rec.finish(status, error=f"{type(e).__name__}: {e}", wall_time_s=time.time() - t0,
+                       summary=summarize(rec.result, cfg), **extra)
+            traceback.clear_frames(e.__traceback__)  # a sweep's next job gets the memory back
+            if torch.cuda.is_available():
+                gc.collect()
+                torch.cuda.empty_cache()
+            raise
+        result = rec.finish(status, error=error, wall_time_s=time.time() - t0,
+                            summary=summarize(rec.result, cfg))
+    if result["status"] == "completed":
+        (out_dir / checkpoint.CHECKPOINT_FILE).unlink(missing_ok=True)
+    return result

@@ -125,6 +125,12 @@ class ScaleOnce(Method):
     def on_phase_end(self, ctx) -> Dict[str, float]:
         return {"test_acc_after_scaling": self.after} if ctx.phase_index == self.at_phase else {}
 
+    def state_dict(self):
+        return {"after": self.after}
+
+    def load_state_dict(self, state, ctx) -> None:
+        self.after = state["after"]
+
 
 @torch.no_grad()
 def test_accuracy(ctx) -> float:

@@ -17,7 +17,7 @@ import torch
 
 from runner.data.readers import how_to_provide
 from runner.data.tensors import Arrays
-from runner.errors import DatasetMissing
+from runner.errors import DataError, DatasetMissing
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
@@ -28,11 +28,15 @@ def load_images(paths: Sequence[Path], size: Optional[int], channels: int = 3) -
     from PIL import Image
 
     def load(p):
-        with Image.open(p) as im:
-            im = im.convert("RGB" if channels == 3 else "L")
-            if size is not None and im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            a = np.asarray(im, dtype=np.uint8)
+        try:
+            with Image.open(p) as im:
+                im = im.convert("RGB" if channels == 3 else "L")
+                if size is not None and im.size != (size, size):
+                    im = im.resize((size, size), Image.BILINEAR)
+                a = np.asarray(im, dtype=np.uint8)
+        except OSError as e:
+            raise DataError(f"{p} cannot be read as an image ({' '.join(str(e).split())}); "
+                            f"replace or remove it") from None
         return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
@@ -64,7 +68,8 @@ def image_folder(name: str, root: str, train: str = "train", test: str = "test",
     if unknown:
         raise ValueError(f"{name}: test classes without training images: {unknown[:5]}")
     (ftr, ytr), (fte, yte) = _tree(dirs[0], classes), _tree(dirs[1], classes)
-    return Arrays(load_images(ftr, size, channels), ytr, load_images(fte, size, channels), yte)
+    return Arrays(load_images(ftr, size, channels), ytr, load_images(fte, size, channels), yte,
+                  source=str(r))
 
 
 def tiny_imagenet(root: str, size: Optional[int] = 64) -> Arrays:
@@ -93,4 +98,4 @@ def tiny_imagenet(root: str, size: Optional[int] = 64) -> Arrays:
             fte.append(base / "val" / "images" / fname)
             yte.append(index[wnid])
     return Arrays(load_images(ftr, size), torch.tensor(ytr), load_images(fte, size),
-                  torch.tensor(yte))
+                  torch.tensor(yte), source=str(base))

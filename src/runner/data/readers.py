@@ -1,8 +1,10 @@
 """Dataset readers: each returns `Arrays` (uint8 images N×C×H×W, int64 labels) on the CPU.
 
-A reader looks in the configured root (and, where one exists, a well-known system location),
-downloads only when asked to, and otherwise fails with `DatasetMissing`, which names the dataset,
-the paths it looked at and how to provide the data.
+A reader looks in the configured root (and, where one exists and no root was given, a well-known
+system location), downloads only when asked to, and otherwise fails with `DatasetMissing`, which
+names the dataset, the paths it looked at and how to provide the data. A file that cannot be
+parsed (truncated, corrupt) is a `DataError` naming it, and `Arrays.source` records the directory
+read (the trainer writes it into result.json and checks labels against the classes).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import pickle
 import shutil
 import struct
 import tempfile
+import zlib
 from functools import partial
 from pathlib import Path
 from typing import Iterable, List
@@ -20,20 +23,32 @@ import numpy as np
 import torch
 
 from runner.data.tensors import Arrays
-from runner.errors import DatasetMissing, DownloadFailed
+from runner.errors import DataError, DatasetMissing, DownloadFailed
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+
+
+def corrupt(path: Path, e: BaseException) -> DataError:
+    reason = " ".join(f"{type(e).__name__}: {e}".split())
+    return DataError(f"{path} is corrupt or truncated ({reason}); delete it and provide it again")
 
 
 def read_idx(path: Path) -> torch.Tensor:
     """An IDX file (the MNIST family's format), gzip-compressed or not."""
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+        zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+        shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    except (OSError, EOFError, struct.error, zlib.error) as e:
+        raise corrupt(path, e) from None
     if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file")
-    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+        raise DataError(f"{path} is not an unsigned-byte IDX file")
+    size = 4 + 4 * ndim + int(np.prod(shape))
+    if len(data) != size:
+        raise DataError(f"{path} holds {len(data)} bytes, its header promises {size} "
+                        f"(shape {tuple(shape)}): truncated or corrupt; provide it again")
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
     return torch.from_numpy(arr.copy())
 
@@ -48,15 +63,20 @@ def _find(dirs: Iterable[Path], name: str) -> Path | None:
 
 def idx_dataset(name: str, dirs: List[Path], prefixes=("train", "t10k"), how: str = "") -> Arrays:
     """Read the four IDX files `{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`."""
-    parts = []
+    files = []
     for prefix in prefixes:
         for kind in ("images-idx3", "labels-idx1"):
             f = _find(dirs, f"{prefix}-{kind}-ubyte")
             if f is None:
                 raise DatasetMissing(name, dirs, how)
-            parts.append(read_idx(f))
-    xtr, ytr, xte, yte = parts
-    return Arrays(xtr.unsqueeze(1), ytr.long(), xte.unsqueeze(1), yte.long())
+            files.append(f)
+    xtr, ytr, xte, yte = map(read_idx, files)
+    for (x, y), (fx, fy) in (((xtr, ytr), files[:2]), ((xte, yte), files[2:])):
+        if len(x) != len(y):
+            raise DataError(f"{name}: {fx} holds {len(x)} images but {fy} {len(y)} labels; "
+                            f"the files do not belong together")
+    return Arrays(xtr.unsqueeze(1), ytr.long(), xte.unsqueeze(1), yte.long(),
+                  source=str(files[0].parent))
 
 
 DOWNLOAD_HINT = ", or pass dataset.reader.download=true to fetch it with torchvision"
@@ -128,10 +148,13 @@ def mnist_family(name: str, tv_class: str, root: str, download: bool = False,
                          lambda: torchvision_download(tv_class, r))
 
 
-def fashion_mnist(root: str, download: bool = False) -> Arrays:
-    """Fashion-MNIST; also found in the Debian package `dataset-fashion-mnist`."""
-    return mnist_family("Fashion-MNIST", "FashionMNIST", root, download,
-                        extra_dirs=[DEBIAN_FASHION_MNIST])
+def fashion_mnist(root: str | None = None, download: bool = False, data_root: str = "data") -> Arrays:
+    """Fashion-MNIST from `root` alone when given; else from `data_root/fashion_mnist`, then
+    the Debian package `dataset-fashion-mnist`."""
+    if root is not None:
+        return mnist_family("Fashion-MNIST", "FashionMNIST", root, download)
+    return mnist_family("Fashion-MNIST", "FashionMNIST", str(Path(data_root) / "fashion_mnist"),
+                        download, extra_dirs=[DEBIAN_FASHION_MNIST])
 
 
 def mnist(root: str, download: bool = False) -> Arrays:
@@ -158,12 +181,18 @@ def emnist_letters(root: str, download: bool = False) -> Arrays:
 
 
 def _cifar_batches(files: List[Path], label_key: bytes):
+    """The pickled batches (pickles run code when loaded: only from a trusted source)."""
     xs, ys = [], []
     for f in files:
-        with open(f, "rb") as fh:
-            d = pickle.load(fh, encoding="bytes")
-        xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(d[label_key], dtype=np.int64))
+        try:
+            with open(f, "rb") as fh:
+                d = pickle.load(fh, encoding="bytes")
+            xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(d[label_key], dtype=np.int64))
+        except (OSError, EOFError, pickle.UnpicklingError, KeyError, ValueError, TypeError) as e:
+            raise corrupt(f, e) from None
+        if len(xs[-1]) != len(ys[-1]):
+            raise DataError(f"{f} holds {len(xs[-1])} images but {len(ys[-1])} labels")
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
 
@@ -176,7 +205,7 @@ def _cifar(name: str, tv_class: str, folder: str, train: List[str], test: List[s
         for d in dirs:
             if all((d / f).exists() for f in train + test):
                 return Arrays(*_cifar_batches([d / f for f in train], label_key),
-                              *_cifar_batches([d / f for f in test], label_key))
+                              *_cifar_batches([d / f for f in test], label_key), source=str(d))
         raise DatasetMissing(name, dirs, how_to_provide(f"the python-version batches "
                                                         f"{folder}/ ({', '.join(train + test)})", r))
     return with_download(read, download, partial(torchvision_download, tv_class, r))
@@ -209,15 +238,21 @@ def svhn(root: str, download: bool = False, extra: bool = False) -> Arrays:
         if f is None:
             raise DatasetMissing("SVHN", dirs, how_to_provide(
                 ", ".join(f"{p}_32x32.mat" for p in parts), r))
-        m = loadmat(f)
-        x = torch.from_numpy(np.ascontiguousarray(m["X"].transpose(3, 2, 0, 1)))
-        return x, torch.from_numpy(m["y"].astype(np.int64).reshape(-1) % 10)
+        try:
+            m = loadmat(f)
+            x = torch.from_numpy(np.ascontiguousarray(m["X"].transpose(3, 2, 0, 1)))
+            y = torch.from_numpy(m["y"].astype(np.int64).reshape(-1) % 10)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise corrupt(f, e) from None
+        if len(x) != len(y):
+            raise DataError(f"{f} holds {len(x)} images but {len(y)} labels")
+        return x, y, f.parent
 
     def read():
-        (xtr, ytr), (xte, yte), *more = [load(p) for p in parts]
+        (xtr, ytr, where), (xte, yte, _), *more = [load(p) for p in parts]
         if more:
             xtr, ytr = torch.cat([xtr, more[0][0]]), torch.cat([ytr, more[0][1]])
-        return Arrays(xtr, ytr, xte, yte)
+        return Arrays(xtr, ytr, xte, yte, source=str(where))
 
     splits = [{"split": p} for p in parts]
     return with_download(read, download, partial(torchvision_download, "SVHN", r / "svhn", splits))

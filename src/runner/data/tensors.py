@@ -22,6 +22,7 @@ class Arrays:
     y_train: torch.Tensor  # int64 (N,)
     x_test: torch.Tensor
     y_test: torch.Tensor
+    source: Optional[str] = None  # the directory or file read (recorded in result.json)
 
 
 @dataclass

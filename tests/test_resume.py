@@ -1,0 +1,205 @@
+"""Nothing lost: a run killed at a random point (SIGKILL) and resumed from its checkpoint ends
+bitwise as the run that never stopped; a killed sweep re-launched with `resume=auto` runs only
+its unfinished jobs and writes the same table; the submitit launcher (SLURM's code path) runs a
+sweep; checkpoints are loaded with weights_only=True."""
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from hydra.core.global_hydra import GlobalHydra
+
+from runner import app, checkpoint
+from runner.results import load_results
+
+# several phases (3 rounds of LW) with SWR stacked on, early stopping with restored best weights,
+# a checkpoint after every epoch: state in the model, masks, methods, RNGs and the phase
+FAULT = ["experiment=reinit_table1", "ci=smoke", "ci.checkpoints=true", "device=cpu",
+         "ci.n_train=64", "ci.n_test=32",
+         "ci.batch_size=16", "ci.max_batches=3", "ci.max_epochs=6", "ci.max_repeat=3",
+         "train.checkpoint_every=1", "train.val_fraction=0.25", "train.eval_every=1",
+         "train.patience=3", "train.restore_best=true",
+         "extra_methods=[{_target_: methods.swr.SWR, lam: 0.01}]"]
+
+
+def rows(run_dir: Path):
+    """metrics.csv without its wall-clock column."""
+    with open(run_dir / "metrics.csv") as f:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+
+def outcome(run_dir: Path):
+    r = json.loads((run_dir / "result.json").read_text())
+    return r["status"], r["phases"], r["summary"], rows(run_dir)
+
+
+def start(args, cwd):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def kill_after(proc, ready, timeout=300.0) -> bool:
+    """SIGKILL the process (group) once `ready()`; False if it ended first."""
+    deadline = time.time() + timeout
+    while not ready():
+        if proc.poll() is not None or time.time() > deadline:
+            return False
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return True
+
+
+def fault_trials(n, hydra_cli, tmp_path):
+    ref = tmp_path / "reference"
+    assert hydra_cli(*FAULT, f"hydra.run.dir={ref}") == 0
+    expected = outcome(ref)
+    total = len(expected[3])
+    rng = random.Random(13)
+    resumed = 0
+    for trial in range(n):
+        run_dir = tmp_path / f"trial{trial}"
+        proc = start(FAULT + [f"hydra.run.dir={run_dir}"], tmp_path)
+        at_row = rng.randint(1, total - 1)  # kill once this many epoch rows are written ...
+        delay = rng.uniform(0, 0.02)  # ... and a little later: inside a step, a save, a write
+
+        def ready():
+            m = run_dir / "metrics.csv"
+            if not (m.exists() and (run_dir / checkpoint.CHECKPOINT_FILE).exists()):
+                return False
+            if m.read_text().count("\n") - 1 < at_row:
+                return False
+            time.sleep(delay)
+            return True
+        killed = kill_after(proc, ready)
+        before = json.loads((run_dir / "result.json").read_text())["status"]
+        assert hydra_cli(f"resume={run_dir}") == 0
+        got = outcome(run_dir)
+        assert got == expected, f"trial {trial}: killed at row {at_row} (+{delay:.3f} s), status {before}"
+        resumed += killed and before == "running"
+        assert not list(run_dir.glob(checkpoint.CHECKPOINT_FILE))  # removed on completion
+    return resumed
+
+
+def test_killed_runs_resume_bitwise(hydra_cli, tmp_path):
+    assert fault_trials(3, hydra_cli, tmp_path) == 3
+
+
+@pytest.mark.sizes
+def test_twenty_killed_runs_resume_bitwise(hydra_cli, tmp_path):
+    assert fault_trials(20, hydra_cli, tmp_path) >= 18  # a kill may come after the run ended
+
+
+def test_checkpoints_load_with_weights_only(run_cfg, tmp_path):
+    run_cfg(FAULT + ["train.checkpoint_every=null", "train.save_model=true"])
+    [model] = tmp_path.rglob(checkpoint.MODEL_FILE)
+    weights = torch.load(model, weights_only=True)
+    assert any(k.endswith("weight") for k in weights)
+    bad = tmp_path / "bad.pt"
+    torch.save({"f": print}, bad)  # a pickled function: weights_only refuses it
+    with pytest.raises(Exception, match="cannot be read"):
+        checkpoint.load(bad)
+
+
+SWEEP = ["-m", "experiment=reinit_table1", "ci=smoke", "ci.checkpoints=true", "device=cpu",
+         "ci.max_epochs=8",
+         "ci.max_repeat=2", "ci.max_batches=4", "train.checkpoint_every=1", "method=lw,bl",
+         "seed=0,1,2"]
+
+
+@pytest.mark.sizes
+def test_killed_sweep_resumes_only_its_unfinished_jobs(hydra_cli, tmp_path, capsys):
+    whole = tmp_path / "a" / "sweep"
+    assert hydra_cli(*SWEEP, f"hydra.sweep.dir={whole}") == 0
+    first, second = tmp_path / "b" / "first", tmp_path / "b" / "second"
+    proc = start(SWEEP + [f"hydra.sweep.dir={first}"], tmp_path)
+
+    def three_done():
+        done = 0
+        for f in first.glob("*/result.json"):
+            try:
+                done += json.loads(f.read_text())["status"] == "completed"
+            except ValueError:
+                pass
+        return done >= 3
+    assert kill_after(proc, three_done)
+    finished = sum(r["status"] == "completed" for r in load_results([first]))
+    assert 3 <= finished < 6
+    capsys.readouterr()
+    assert hydra_cli(*SWEEP, "resume=auto", f"hydra.sweep.dir={second}") == 0
+    again = load_results([second])
+    assert sum("reused_from" in r for r in again) == finished  # the others ran (or resumed)
+    assert all(r["status"] == "completed" for r in again)
+    for name in ("table.md", "table.csv"):
+        assert (second / name).read_text() == (whole / name).read_text()
+
+
+@pytest.mark.sizes
+def test_submitit_local_sweep_writes_its_table(hydra_cli, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    code = hydra_cli("-m", "experiment=fmnist_mlp", "ci=smoke", "device=cpu", "seed=0,1",
+                     "optim.lr=0.001,0.01", "hydra/launcher=submitit_local",
+                     "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep}")
+    assert code == 0
+    results = load_results([sweep])
+    assert len(results) == 4 and all(r["status"] == "completed" for r in results)
+    table = (sweep / "table.md").read_text()
+    assert " ± " in table and "optim.lr" in table and "[" not in table.split("optim.lr")[1]
+
+
+class CrashOnce:
+    """A method that raises once, at its `step`-th training step in this process (the resumed
+    run passes that step again and goes on)."""
+
+    crashed = False
+
+    def __new__(cls, step: int):
+        from methods.base import Method
+
+        class Crash(Method):
+            def after_step(self, ctx):
+                if ctx.step == step and not CrashOnce.crashed:
+                    CrashOnce.crashed = True
+                    raise RuntimeError("injected fault")
+        return Crash()
+
+
+MASKED = ["experiment=fmnist_mlp", "ci=smoke", "ci.checkpoints=true", "device=cpu", "optim=adam",
+          "method=random_mask", "threads=1",
+          "method.kind=frozen", "method.density=0.5", "ci.max_epochs=3", "ci.max_batches=3",
+          "+phases=[{name: a}, {name: b, lr: 0.01, reset_optimizer: true}]",
+          "train.checkpoint_every=1", "target_allowlist=[test_resume]"]
+
+
+def compose_and_run(overrides, out_dir):
+    GlobalHydra.instance().clear()
+    try:
+        return app.compose_and_run(overrides, out_dir)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_masked_adam_run_resumes_bitwise_after_a_failure(tmp_path):
+    """Masks (frozen entries), Adam's moments and a phase's own lr survive a restart."""
+    ref, run_dir = tmp_path / "ref", tmp_path / "run"
+    crash = "extra_methods=[{_target_: test_resume.CrashOnce, step: %d}]"
+    assert compose_and_run(MASKED + [crash % 10**9], ref)["status"] == "completed"
+    CrashOnce.crashed = False
+    with pytest.raises(RuntimeError, match="injected fault"):
+        compose_and_run(MASKED + [crash % 14], run_dir)
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "failed"
+    resumed = compose_and_run(MASKED + [crash % 14, f"resume={run_dir}"], run_dir)
+    assert resumed["resumed_from"] == str(run_dir)
+    assert outcome(run_dir)[1:] == outcome(ref)[1:]
+    assert len(rows(run_dir)) == 6
