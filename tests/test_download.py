@@ -66,11 +66,12 @@ def test_complete_download_is_read(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["mnist"]  # no staging folder left
 
 
-def test_cli_prints_the_failed_download_as_one_error_line(tmp_path, monkeypatch, hydra_cli):
+def test_cli_prints_the_failed_download_as_one_error_line(tmp_path, monkeypatch, hydra_cli, capsys):
     monkeypatch.setattr(torchvision.datasets, "MNIST", FakeMNIST)
     monkeypatch.chdir(tmp_path)
     code = hydra_cli("experiment=fmnist_mlp", "dataset=mnist", "dataset.reader.download=true", "threads=1",
                      f"data_root={tmp_path}/data", f"hydra.run.dir={tmp_path}/run")
-    assert isinstance(code, str) and "\n" not in code
-    assert code.startswith("error: downloading MNIST failed (URLError")
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(err) == 1
+    assert err[0].startswith("error: downloading MNIST failed (URLError")
     assert not (tmp_path / "data").exists()

@@ -12,7 +12,7 @@ from methods.base import Method
 from runner.data.tensors import Arrays, Pipeline, Split
 
 N_TRAIN, N_TEST, TEST = 200, 40, 100_000
-BASE = ["experiment=fmnist_mlp", "dataset=reinit_synthetic", f"dataset.reader._target_={__name__}.numbered",
+BASE = ["experiment=fmnist_mlp", f"target_allowlist=[{__name__}]", "dataset=reinit_synthetic", f"dataset.reader._target_={__name__}.numbered",
         "dataset.shape=[1]", "dataset.num_classes=10", "model=mlp", "model.hidden=[4]",
         "method=vanilla", "train.epochs=1", "train.batch_size=64", "train.val_fraction=0.2",
         "device=cpu", "threads=1", "progress=false",
@@ -151,7 +151,7 @@ def test_the_model_sees_standardized_digits(run_cfg, augment):
     standardize what the model receives, with or without augmentation."""
     Inputs.batch = None
     more = ["+dataset.augment=[{_target_: runner.data.transforms.HFlip, p: 0.0}]"] if augment else []
-    result = run_cfg(["experiment=fmnist_mlp", "dataset=digits", "model=mlp", "model.hidden=[4]", "method=vanilla",
+    result = run_cfg(["experiment=fmnist_mlp", f"target_allowlist=[{__name__}]", "dataset=digits", "model=mlp", "model.hidden=[4]", "method=vanilla",
                       "train.epochs=1", "train.batch_size=1000", "device=cpu", "threads=1",
                       f"+extra_methods=[{{_target_: {__name__}.Inputs}}]"] + more)
     assert result["status"] == "completed"

@@ -30,7 +30,8 @@ def test_table_groups_cells_and_counts_statuses():
     df = table_from_results(results)
     assert list(df["method"]) == ["a", "b"] and list(df["experiment"]) == ["e", "e"]
     a, b = df.iloc[0], df.iloc[1]
-    assert (a["n"], a["diverged"], a["failed"], a["unfinished"]) == (2, 1, 1, 1)  # "running" apart
+    # "running" without a heartbeat or a live process: dead, counted apart from failures
+    assert (a["n"], a["diverged"], a["failed"], a["unfinished"], a["dead"]) == (2, 1, 1, 0, 1)
     assert math.isclose(a["mean"], 0.3) and math.isclose(a["std"], math.sqrt(0.02))
     assert a["paper"] == 0.9 and math.isnan(b["paper"])
     assert b["n"] == 1 and b["mean"] == 0.7 and math.isnan(b["std"])

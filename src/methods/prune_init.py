@@ -30,7 +30,6 @@ import torch
 from methods.base import Method
 from runner import pruning, storage
 from runner.masks import MASK_KINDS
-from runner.models.params import select
 
 
 class PruneAtInit(Method):
@@ -81,7 +80,7 @@ class PruneAtInit(Method):
 
     def setup(self, ctx) -> None:
         model, batches = ctx.model, self.calibration(ctx)
-        named = select(model, "weights")
+        named = pruning.weights(model)
         d = pruning.keep_count(sum(p.numel() for _, p in named), self.q)
         keep = self.keep(ctx, batches, d)
         self.seed = ctx.seed  # the seed that draws the initialization the frozen entries keep

@@ -2,9 +2,9 @@
 
 API (stable; chapter 3's methods and chapter 4's COPS build on it):
 - `scores(kind, model, batches, ...) -> {stored name: score tensor}`: one score per entry of
-  every stored *weight* tensor of `model` (`runner.models.params.select(model, "weights")`:
-  conv and linear weights, or the stored tensors of a parametrized weight; biases and
-  normalization parameters are never scored). Higher = more important (the Ch. 2 convention:
+  every stored *weight* tensor of `model` (`runner.models.transforms.prunable`: conv and linear
+  weights, or the coefficients of a filter-basis layer; filter bases, biases and normalization
+  parameters are never scored). Higher = more important (the Ch. 2 convention:
   keep the top d); Ch. 4 minimizes <s, m> with s = -score (eqs. 4.1-4.5).
   kinds (`SCORES`):
     random     |z|, z ~ N(0, 1) i.i.d. from `gen` (eq. 4.2): a uniform random subset
@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from runner.models import params
+from runner.models.transforms import prunable
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
 Scores = Dict[str, torch.Tensor]
@@ -54,8 +55,9 @@ SCOPES = ("global", "layer")
 
 
 def weights(model: nn.Module):
-    """The scored tensors: (stored name, parameter) of every weight."""
-    return params.select(model, "weights")
+    """The scored tensors: (stored name, parameter) of every weight, filter bases excepted (a
+    basis is shared and dense; its layers' coefficients are what pruning masks)."""
+    return prunable(model)
 
 
 def keep_count(total: int, q: float) -> int:
