@@ -13,6 +13,7 @@ from runner.train import summarize
 FITTED = "fitted, not stated by the paper"
 
 
+@pytest.mark.sizes  # composes every experiment (about 14 s): CI's second stage
 def test_report_position_follows_restore_best_in_every_experiment(compose_cfg):
     restored = []
     for name in EXPERIMENTS:

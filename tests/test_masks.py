@@ -155,7 +155,13 @@ MODELS = {"mlp": ["model=mlp"], "swr_cnn_bn": ["model=swr_cnn_bn"],
           "basis": ["model=swr_cnn_bn"]}
 METHODS = sorted(p.stem for p in (CONF / "method").glob("*.yaml") if p.stem != "random_mask")
 MATRIX = [(m, model, opt) for m in METHODS for model in MODELS for opt in OPTIMIZERS]
-EVERYDAY = [(m, model, opt) for i, (m, model, opt) in enumerate(MATRIX) if i % 13 == 0]
+# everyday: every method once, on the cheap models and the optimizers in turn, and torchvision's
+# ResNet under three methods; the rest of the matrix runs under `-m slow`
+CHEAP = [m for m in MODELS if m != "torchvision"]
+EVERYDAY = [(m, CHEAP[i % len(CHEAP)], list(OPTIMIZERS)[i % len(OPTIMIZERS)])
+            for i, m in enumerate(METHODS)]
+EVERYDAY += [(m, "torchvision", opt) for m, opt in (("swr", "sgd"), ("snip", "adam"),
+                                                     ("rigl", "adamw"))]
 
 
 # sparse-training methods act within the few steps of a test run (mask updates, rewinding)

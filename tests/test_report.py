@@ -108,6 +108,7 @@ def test_latex_and_csv(grid_runs, tmp_path, capsys):
     assert capsys.readouterr().out.strip() == tex.strip()
 
 
+@pytest.mark.sizes  # a 4-job sweep in a subprocess (about 8 s): CI's second stage
 def test_reinit_table1_sweep_prints_the_papers_layout(tmp_path):
     """The README's Table 1 command, shrunk by ci=smoke: alpha down, methods across in the
     paper's order whatever the command's order, each cell `ours ± std (paper)`."""
