@@ -91,6 +91,7 @@ def fault_trials(n, hydra_cli, tmp_path):
     return resumed
 
 
+@pytest.mark.sizes  # about 15 s; the 20-trial test below runs in the same stage
 def test_killed_runs_resume_bitwise(hydra_cli, tmp_path):
     assert fault_trials(3, hydra_cli, tmp_path) == 3
 
