@@ -151,6 +151,7 @@ def test_l2_penalty_gradient(convention, factor):
     assert torch.allclose(model.bias.grad, factor * 0.1 * model.bias)
 
 
+@pytest.mark.sizes  # a 3-job sweep in a subprocess (about 8 s): CI's second stage
 def test_cli_multirun_aggregates_seeds_and_survives_divergence(tmp_path):
     out = run_cli("-m", "experiment=fmnist_mlp", "ci=smoke", "seed=0,1,2", "optim=sgd",
                   "optim.lr=0.01,1e30", "ci.max_batches=3", f"hydra.sweep.dir={tmp_path}/sweep",
@@ -199,6 +200,7 @@ def test_missing_dataset_is_one_clear_line(tmp_path):
     assert last.startswith("error: dataset MNIST not found") and "download=true" in last
 
 
+@pytest.mark.sizes  # the real default run, 1,800 steps in a subprocess (about 8 s)
 def test_default_command_prints_a_table(tmp_path):
     """The README's `python -m runner`: offline, on data the install generates (the synthetic
     task), a table with the paper's value beside ours."""

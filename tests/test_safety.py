@@ -161,6 +161,7 @@ def in_process(args, out: Path) -> int:
     return 0
 
 
+@pytest.mark.sizes  # 62 configs through the app (about 12 s): CI's second stage
 def test_the_catalogue_of_bad_inputs(tmp_path, monkeypatch, capsys):
     """Every case: exit status != 0, one line on stderr naming the problem, no traceback, no
     `completed` run, and no file made by a refused target."""
@@ -228,6 +229,7 @@ def test_sweep_with_one_failing_job_writes_its_table_and_exits_1(hydra_cli, tmp_
     assert "[1 failed]" in (sweep / "table.md").read_text()
 
 
+@pytest.mark.sizes  # a subprocess run (about 5 s): CI's second stage
 def test_sigterm_ends_a_run_as_interrupted_with_143(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "runner", *SMOKE, "ci.max_epochs=100000",
