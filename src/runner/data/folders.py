@@ -54,10 +54,9 @@ def _tree(d: Path, classes: List[str]) -> Tuple[List[Path], torch.Tensor]:
     return files, torch.tensor(labels, dtype=torch.long)
 
 
-def image_folder(name: str, root: str, train: str = "train", test: str = "test",
-                 size: Optional[int] = 224, channels: int = 3) -> Arrays:
-    """`root/<train>/<class>/<image>` and `root/<test>/<class>/<image>`; classes are the sorted
-    sub-directory names of the training tree (the test tree must use the same names)."""
+def folder_tree(name: str, root: str, train: str, test: str):
+    """((train files, labels), (test files, labels)) of `root/<train|test>/<class>/<image>`;
+    classes are the sorted sub-directories of the training tree."""
     r = Path(root)
     dirs = [r / train, r / test]
     if not all(d.is_dir() for d in dirs):
@@ -67,9 +66,16 @@ def image_folder(name: str, root: str, train: str = "train", test: str = "test",
     unknown = sorted({p.name for p in dirs[1].iterdir() if p.is_dir()} - set(classes))
     if unknown:
         raise ValueError(f"{name}: test classes without training images: {unknown[:5]}")
-    (ftr, ytr), (fte, yte) = _tree(dirs[0], classes), _tree(dirs[1], classes)
+    return _tree(dirs[0], classes), _tree(dirs[1], classes)
+
+
+def image_folder(name: str, root: str, train: str = "train", test: str = "test",
+                 size: Optional[int] = 224, channels: int = 3) -> Arrays:
+    """`root/<train>/<class>/<image>` and `root/<test>/<class>/<image>`; classes are the sorted
+    sub-directory names of the training tree (the test tree must use the same names)."""
+    (ftr, ytr), (fte, yte) = folder_tree(name, root, train, test)
     return Arrays(load_images(ftr, size, channels), ytr, load_images(fte, size, channels), yte,
-                  source=str(r))
+                  source=str(Path(root)))
 
 
 def tiny_imagenet(root: str, size: Optional[int] = 64) -> Arrays:

@@ -29,10 +29,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from runner.data.folders import EXTENSIONS
-from runner.data.readers import how_to_provide
+from runner.data.folders import folder_tree
 from runner.data.tensors import Splits
-from runner.errors import DatasetMissing
 
 # torchvision 0.29 marks its JPEG decoder deprecated in favour of TorchCodec; it still works
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of "
@@ -49,28 +47,11 @@ class Files:
     y_test: torch.Tensor
 
 
-def _tree(d: Path, classes: Sequence[str]) -> Tuple[List[str], torch.Tensor]:
-    files, labels = [], []
-    for i, c in enumerate(classes):
-        found = sorted(str(p) for p in (d / c).rglob("*") if p.suffix.lower() in EXTENSIONS)
-        files += found
-        labels += [i] * len(found)
-    return files, torch.tensor(labels, dtype=torch.long)
-
-
 def folder_files(name: str, root: str, train: str = "train", test: str = "val") -> Files:
     """`root/<train>/<class>/<image>` and `root/<test>/<class>/<image>` (classes: the sorted
     sub-directories of the training tree, as `runner.data.folders.image_folder`)."""
-    r = Path(root)
-    dirs = [r / train, r / test]
-    if not all(d.is_dir() for d in dirs):
-        raise DatasetMissing(name, dirs, how_to_provide(
-            f"an ImageFolder tree ({train}/<class>/<image>, {test}/<class>/<image>)", r, False))
-    classes = sorted(p.name for p in dirs[0].iterdir() if p.is_dir())
-    unknown = sorted({p.name for p in dirs[1].iterdir() if p.is_dir()} - set(classes))
-    if unknown:
-        raise ValueError(f"{name}: test classes without training images: {unknown[:5]}")
-    return Files(*_tree(dirs[0], classes), *_tree(dirs[1], classes))
+    (ftr, ytr), (fte, yte) = folder_tree(name, root, train, test)
+    return Files([str(f) for f in ftr], ytr, [str(f) for f in fte], yte)
 
 
 class _Decoded(Dataset):
