@@ -5,6 +5,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import context
+from methods.prune_init import PruneAtInit
+from runner.data.tensors import Split, Splits
 from runner.models import params
 from runner.models.torchvision_resnet import torchvision_resnet
 from runner.models.transforms import filter_bases, filter_basis, prunable
@@ -116,6 +118,57 @@ def test_pruning_coefficients_leaves_the_spatial_filters_dense():
     ctx.optimizer.step()
     ctx.masks.project()
     assert (coef.detach()[~keep] == 0).all() and (model[0].weight.detach()[alive] != 0).all()
+
+
+@pytest.mark.parametrize("kind", ["pruned", "frozen"])  # IP-SNIP, IP-FreezeNet
+def test_snip_and_freezenet_in_the_interspace_mask_the_coefficients_and_train_the_basis(kind):
+    torch.manual_seed(0)
+    model = filter_basis(sharing="coarse")(nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 5)))  # standard FB init: W = C at initialization
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(32, 3, 6, 6, generator=g), torch.randint(0, 5, (32,), generator=g)
+    ctx = context(model, Splits(Split(x, y), Split(x[:0], y[:0]), Split(x, y)))
+    named, (basis,) = prunable(model), filter_bases(model)
+    # SNIP's scores by hand on the calibration batch (the first 16 samples): |dL/dC * C| over
+    # the coefficients and the linear weight, never the basis
+    grads = torch.autograd.grad(F.cross_entropy(model(x[:16]), y[:16]), [p for _, p in named])
+    s = torch.cat([(gr * p.detach()).abs().flatten() for gr, (_, p) in zip(grads, named)])
+    total, d = s.numel(), s.numel() // 4  # q = 0.75: floor(0.25 D), D without the basis
+    top = torch.zeros(total, dtype=torch.bool)
+    top[s.topk(d).indices] = True
+    init, basis0 = {n: p.detach().clone() for n, p in named}, basis.detach().clone()
+
+    method = PruneAtInit(score="snip", q=0.75, kind=kind, batch_size=16)
+    method.setup(ctx)
+    assert sorted(ctx.masks.names()) == sorted(n for n, _ in named)  # the basis is not masked
+    keep = torch.cat([ctx.masks[n].keep.flatten() for n, _ in named])
+    assert int(keep.sum()) == d and torch.equal(keep, top)
+    assert method.metrics["q"] == 1 - d / total and method.metrics["weights"] == total
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if kind == "pruned":  # at init (standard FB) the spatial filters are as sparse as C
+        assert sum(int(c.weight.count_nonzero()) for c in convs) == sum(
+            int(ctx.masks[n].keep.sum()) for n, _ in named[:2])
+
+    ctx.optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    for _ in range(3):
+        ctx.optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        ctx.optimizer.step()
+        ctx.masks.project()
+    assert not torch.equal(basis.detach(), basis0)  # the basis trains
+    for n, p in named:
+        m, now = ctx.masks[n].keep, p.detach()
+        assert torch.equal(now[~m], torch.zeros_like(now[~m]) if kind == "pruned" else init[n][~m])
+        assert (now[m] != init[n][m]).all(), n  # the kept entries train
+    for conv, (n, coef) in zip(convs, named):
+        w, alive = conv.weight.detach(), ctx.masks[n].keep.any(-1)
+        if kind == "frozen":
+            alive = torch.ones_like(alive)  # frozen coefficients keep their initial values
+        assert (w[alive] != 0).all() and (w[~alive] == 0).all()  # every live filter is dense
+        assert int(w.count_nonzero()) == 9 * int(alive.sum())
+        if kind == "pruned":  # more spatial non-zeros than kept coefficients
+            assert 9 * int(alive.sum()) > int(coef.count_nonzero())
 
 
 def test_shared_basis_is_one_parameter_to_the_optimizer_and_assign_keeps_it():

@@ -264,16 +264,18 @@ def mean_abs_gradient(model: nn.Module, batches: Iterable[Batch],
 @torch.no_grad()
 def sparsity(model: nn.Module, masks) -> Dict[str, object]:
     """What a masked model trains, stores and computes with (thesis Tables 3.1, 3.2, 3.4):
-    q (untrained share of the weights), q_beta (of all parameters: biases and normalization
-    parameters count and always train), trained / stored parameter counts, sizes in kB of fp32
+    q (untrained share of the weights: an FB layer's coefficients, not its filter basis),
+    q_beta (of all parameters: biases, normalization parameters and filter bases count and
+    always train), trained / stored parameter counts, sizes in kB of fp32
     values (1 kB = 1024 B, as Table 3.2), non-zero weights of the forward pass, per-weight-tensor
     densities and the tensors with no trained entry (`empty_layers`). A `frozen_wd` tensor stores
     all its entries (weight decay moves the frozen ones); `pruned` / `frozen` ones only the
     trained entries (the frozen ones come back from the seed). Host values, for setup and reports."""
     w_total = w_trained = w_stored = others = nonzero = 0
     density: Dict[str, float] = {}
+    scored = {name for name, _ in weights(model)}
     for name, p, kind in params.parameters(model):
-        if kind != "weights":
+        if name not in scored:
             others += p.numel()
             continue
         mask = masks[name] if name in masks else None
