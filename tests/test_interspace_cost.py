@@ -65,7 +65,7 @@ def fake_run(path, space, seed, phases, sparsity=None):
     import json
     path.mkdir(parents=True)
     result = {"status": "completed", "seed": seed, "choices": {"space": space, "method": "lth"},
-              "config": {"method": {"sparsity": sparsity}}, "phases": phases, "name": "x"}
+              "config": {"tuned": {"q": sparsity}}, "phases": phases, "name": "x"}
     (path / "result.json").write_text(json.dumps(result))
 
 

@@ -325,7 +325,8 @@ def grads(dirs: Sequence[str], out: Optional[str]):
     for i, r in enumerate(runs):
         m = metrics(r, "grad_abs_mean")
         x = range(1, len(m) + 1)
-        label = f"{value(r, 'method')} q={value(r, 'method.q')} seed {r.get('seed')}"
+        space = f" {value(r, 'space')}" if value(r, "space") else ""  # SP / IP (Fig. 5.6 b)
+        label = f"{value(r, 'method')}{space} q={value(r, 'method.q')} seed {r.get('seed')}"
         ax.plot(x, m.grad_abs_mean, color=f"C{i}", label=label)
         ax.fill_between(x, m.grad_abs_mean - m.grad_abs_std, m.grad_abs_mean + m.grad_abs_std,
                         color=f"C{i}", alpha=0.2, linewidth=0)

@@ -16,7 +16,7 @@
     python -m runner.analysis.interspace fig5_4 --out plots/fig5_4.png
     python -m runner.analysis.interspace speedup --repeats 5 --out plots/fig5_8b.png
     python -m runner.analysis.interspace rounds DIR          # LTH rounds (Figs. 5.7, 5.10)
-    python -m runner.analysis.interspace curve DIR --x method.sparsity --hue method space
+    python -m runner.analysis.interspace curve DIR --x tuned.q --hue method space
                                                              # q-curves (Figs. 5.5, 5.9, 5.11, 5.12)
     python -m runner.analysis.interspace cost               # CPU images/s, hours per run
 """
@@ -267,7 +267,8 @@ def main(argv=None) -> int:
     p.add_argument("dirs", nargs="*", help="rounds / curve: run or sweep directories")
     p.add_argument("--out", default=None, help="figure file (default: plots/<kind>.png, or "
                    "DIR/plots/ for rounds / curve)")
-    p.add_argument("--x", default="method.sparsity", help="curve: the x-axis config key")
+    p.add_argument("--x", default="tuned.q", help="curve: the x-axis config key (tuned.q: the "
+                   "q of SET and the PaI methods)")
     p.add_argument("--hue", nargs="*", default=["method", "space"], help="keys of a line")
     p.add_argument("--metric", default="test_acc")
     p.add_argument("--setups", nargs="*", default=list(COST_SETUPS), help="cost: the setups")
