@@ -12,7 +12,7 @@ from methods.rigl import RigL
 from methods.set import SET
 from methods.sparse_common import layer_counts
 from runner.context import Stage
-from runner.models.transforms import filter_basis, prunable
+from runner.models.transforms import filter_bases, filter_basis, prunable
 
 
 def small_cnn(basis=False):
@@ -169,3 +169,59 @@ def test_erk_densities_meet_the_budget_and_keep_small_layers_denser():
 def test_bad_options_are_refused(bad):
     with pytest.raises(ValueError):
         SET(**bad)
+
+
+@pytest.mark.parametrize("basis", [False, True])
+def test_finetune_keeps_the_top_d_magnitudes_and_pruned_weights_stay_zero_under_momentum(basis):
+    """FT: a dense phase (no mask), then at phase 1 exactly the d = round((1 - q) D) largest |w|
+    over all prunable weights (coefficients under IP; the basis is never masked) stay; the
+    pruned ones are 0 and stay 0 under SGD with momentum and weight decay, the dense phase's
+    momentum included (cleared at the pruned entries)."""
+    method = FineTune(sparsity=0.75, at_phase=1, scope="global")
+    ctx = setup(method, basis)
+    ctx.optimizer = torch.optim.SGD(ctx.model.parameters(), lr=0.05, momentum=0.9,
+                                    weight_decay=5e-4)
+    for i in range(4):
+        step(ctx, method, *data(i))
+    assert not len(ctx.masks) and method.on_phase_end(ctx) == {"sparsity": 0.0}
+    named = prunable(ctx.model)
+    magnitudes = torch.cat([p.detach().abs().flatten() for _, p in named])
+    d = round(0.25 * magnitudes.numel())
+    top = torch.zeros_like(magnitudes, dtype=torch.bool)
+    top[magnitudes.topk(d).indices] = True
+    bases = {id(b) for b in filter_bases(ctx.model)}
+    assert len(bases) == int(basis)
+    before = {id(p): p.detach().clone() for p in ctx.model.parameters()}
+
+    ctx.stage = Stage(1, 0, "finetune", None)
+    method.on_phase_start(ctx)
+    assert sorted(ctx.masks.names()) == sorted(n for n, _ in named)  # never a basis
+    keep = torch.cat([ctx.masks[n].keep.flatten() for n, _ in named])
+    assert torch.equal(keep, top) and int(keep.sum()) == d
+    for n, p in named:
+        m = ctx.masks[n].keep
+        assert (p.detach()[~m] == 0).all() and torch.equal(p.detach()[m], before[id(p)][m])
+        assert (ctx.optimizer.state[p]["momentum_buffer"][~m] == 0).all()
+    for i in range(6):
+        step(ctx, method, *data(10 + i))
+        for n, p in named:
+            m = ctx.masks[n].keep
+            assert (p.detach()[~m] == 0).all(), f"step {i}, {n}"
+    assert all((p.detach()[ctx.masks[n].keep] != before[id(p)][ctx.masks[n].keep]).all()
+               for n, p in named)  # the survivors fine-tune
+    assert all(not torch.equal(b.detach(), before[id(b)]) for b in filter_bases(ctx.model))
+    assert method.on_phase_end(ctx) == {"sparsity": 0.75}
+
+
+def test_finetune_experiment_has_two_equal_phases_with_the_same_schedule(compose_cfg):
+    """wimmer_table5_1_ft: dense then fine-tune, each train.epochs = 100 long, the pruning at
+    the second phase's start, a fresh optimizer there, and the same learning-rate schedule
+    (5 warm-up epochs, x 0.1 at 30 / 60 / 90) restarting in each phase (rewinding)."""
+    from runner.optim import Schedule
+    cfg = compose_cfg(["experiment=wimmer_table5_1_ft"])
+    assert [p.name for p in cfg.phases] == ["dense", "finetune"]
+    assert cfg.train.epochs == 100 and all(p.epochs is None for p in cfg.phases)
+    assert cfg.method.at_phase == 1 and cfg.phases[1].reset_optimizer
+    assert all(p.lr is None and p.milestones is None for p in cfg.phases)
+    lrs = [Schedule(cfg.schedule, cfg.optim.lr).lr(e) for e in (0, 4, 5, 29, 30, 60, 90, 99)]
+    assert lrs == pytest.approx([0.02, 0.1, 0.1, 0.1, 0.01, 1e-3, 1e-4, 1e-4])
