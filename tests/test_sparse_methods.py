@@ -225,3 +225,17 @@ def test_finetune_experiment_has_two_equal_phases_with_the_same_schedule(compose
     assert all(p.lr is None and p.milestones is None for p in cfg.phases)
     lrs = [Schedule(cfg.schedule, cfg.optim.lr).lr(e) for e in (0, 4, 5, 29, 30, 60, 90, 99)]
     assert lrs == pytest.approx([0.02, 0.1, 0.1, 0.1, 0.01, 1e-3, 1e-4, 1e-4])
+
+
+@pytest.mark.parametrize("method,key,paper", [("snip", "q", 0.937), ("set", "sparsity", 0.939)])
+def test_table5_2_one_knob_sets_q_of_snip_and_set_and_picks_their_paper_cell(compose_cfg, method,
+                                                                          key, paper):
+    """Table 5.2's sweep sets `tuned.q`; SNIP reads it as `q`, SET as `sparsity`, and the paper
+    value of the cell (method, space, q) is the thesis's (IP-coarse, q = 0.35)."""
+    from runner.train import paper_value
+    cfg = compose_cfg(["experiment=wimmer_table5_2", f"method={method}", "space=ip_coarse",
+                       "tuned.q=0.35"], hydra=True)
+    assert cfg.method[key] == 0.35
+    assert ("t_p" in cfg.method) == (method == "set")  # no SET option reaches SNIP
+    assert paper_value(cfg, dict(cfg.hydra.runtime.choices)) == paper
+    assert list(cfg.report.cols) == ["tuned.q"] and list(cfg.report.rows) == ["method", "space"]
