@@ -1,8 +1,10 @@
 """The COPS method (methods.cops): its mask is Algorithm 4.1 on the negated, L1-normalized scores
-of runner.pruning, set in ctx.masks as `pruned`; variants, alpha per q, the class subset T."""
+of runner.pruning, set in ctx.masks as `pruned`; variants, alpha per q; U-COPS's class subset T
+and its USNIP labels, uniform over all classes."""
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from conftest import context
 from methods.cops import Cops
@@ -73,14 +75,63 @@ def test_linear_baseline_alpha_per_q_and_errors():
         Cops(control="hessian")
 
 
-def test_u_cops_scores_on_the_known_classes_only_the_same_set_for_every_seed():
-    seen = []
+def test_u_cops_is_cops_on_the_class_subset_t_with_labels_uniform_over_all_classes():
+    """U-COPS (Sec. 4.4.3): both scores use only samples of the k known classes T, in data order;
+    S0 = SNIP with their true labels, S1 = USNIP, labels uniform over all 4 classes; the mask is
+    Algorithm 4.1 on those scores, computed here by hand from autograd, and keeps exactly d."""
+    g = torch.Generator().manual_seed(1)
+    y = torch.arange(64) % 4
+    centers = torch.randn(4, 8, generator=g) * 2  # classes differ, so T changes the scores
+    x = centers[y] + torch.randn(64, 8, generator=g)
+    data = Splits(Split(x, y), Split(x[:0], y[:0]), Split(x[:8], y[:8]))
+    sets, masks = [], []
     for seed in (0, 1):
-        ctx = make_ctx(seed)
-        method = Cops(control="usnip", classes=2, class_seed=5, q=0.8, batches=2, batch_size=8,
-                      store=False)
-        labels = torch.cat([y for _, y in method.calibration(ctx)])
-        assert len(labels) == 16 and len(labels.unique()) == 2
-        seen.append(set(labels.tolist()))
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 4))
+        ctx = context(model, data, seed=seed)
+        start = [p.detach().clone() for p in model.parameters()]
+        calls = []  # (inputs, labels) of every loss the method evaluates
+        model.register_forward_pre_hook(lambda m, a: calls.append([a[0].detach()]))
+        ctx.loss_fn = lambda out, lab: (calls[-1].append(lab.clone()),
+                                        F.cross_entropy(out, lab))[1]
+        method = Cops(control="usnip", classes=2, class_seed=5, alpha=0.9, q=0.8, batches=2,
+                      batch_size=8, store=False)
         method.setup(ctx)
-    assert seen[0] == seen[1]
+
+        rows = [(xb[:, None] == x[None]).all(-1).int().argmax(1) for xb, _ in calls]
+        assert all(torch.equal(x[r], xb) for r, (xb, _) in zip(rows, calls))
+        t = set(y[torch.cat(rows)].tolist())  # the classes of every scored sample
+        assert len(t) == 2
+        sets.append(t)
+        first = (torch.isin(y, torch.tensor(sorted(t)))).nonzero().squeeze(1)[:16]
+        assert all(torch.equal(r, first[:8]) or torch.equal(r, first[8:]) for r in rows)
+        true = [lab for (_, lab), r in zip(calls, rows) if torch.equal(lab, y[r])]
+        rand = [(r, lab) for (_, lab), r in zip(calls, rows) if not torch.equal(lab, y[r])]
+        assert len(rand) == 2 and len(true) == 6  # USNIP's 2 batches; SNIP, grad flow x2
+        rand_labels = torch.cat([lab for _, lab in rand])
+        assert set(rand_labels.tolist()) - t and set(rand_labels.tolist()) <= set(range(4))
+
+        # by hand: the weights at initialization, the mean gradient over the 2 batches
+        net = nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 4))
+        with torch.no_grad():
+            for p, s in zip(net.parameters(), start):
+                p.copy_(s)
+        ws = [net[0].weight, net[2].weight]
+
+        def snip(pairs):  # -|g * w| / L1 over all weights (the thesis's minimized sign)
+            gs = [torch.autograd.grad(F.cross_entropy(net(x[r]), lab), ws) for r, lab in pairs]
+            s = torch.cat([((a + b) / 2 * w).abs().flatten() for a, b, w in zip(*gs, ws)])
+            s = s.detach()
+            return -s / s.sum()
+
+        s0 = snip([(first[:8], y[first[:8]]), (first[8:], y[first[8:]])])
+        s1 = snip(rand)
+        d = pruning.keep_count(s0.numel(), 0.8)
+        want = cops.cops(s0, s1, d, 0.9).keep
+        got = flat(ctx.masks, ["0.weight", "2.weight"])
+        assert torch.equal(got, want) and int(got.sum()) == d
+        masks.append(got)
+        # the check can fail: all classes' first 16 samples (true labels) give another mask
+        s0_all = snip([(torch.arange(8), y[:8]), (torch.arange(8, 16), y[8:16])])
+        assert not torch.equal(cops.cops(s0_all, s1, d, 0.9).keep, want)
+    assert sets[0] == sets[1]  # T comes from class_seed, not from the run's seed

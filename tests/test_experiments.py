@@ -1,13 +1,20 @@
 """Every config composes, and every experiment runs end to end under ci=smoke (with no host
 sync in its training steps) and under ci=sizes (realistic data sizes; marked `sizes`)."""
+import copy
 import inspect
+import logging
+import re
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
 from conftest import CONF, EXPERIMENTS
 from expectations import check_run, method_events  # noqa: F401 (a fixture)
+from runner import ci
 from runner.train import Trainer
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -47,6 +54,53 @@ GROUPS = ["dataset", "model", "method", "optim", "schedule", "ci", "logger", "sp
 def test_every_group_option_composes(compose_cfg, group, option):
     cfg = compose_cfg([f"{group}={option}"])
     assert (cfg.model_transforms is not None) if group == "space" else cfg[group] is not None
+
+
+# Test-level overrides that an experiment drops on purpose. ci.apply skips an override whose key
+# the config lacks (by design: an experiment extending another, or a group swapped on the command
+# line, may drop the node), so a wrong key would silently leave the run at full size; every key
+# not listed here must exist in its experiment as written.
+DROPPED = {
+    # reinit_table2_* shrink their noise probe (extra_methods.0); these set `extra_methods: []`
+    *((e, f"extra_methods.0.{k}") for e in ("reinit_ablation", "reinit_appf_cifar", "reinit_fig3")
+      for k in ("draws", "sigmas")),
+    # wimmer_table5_1_rigl shrinks RigL's t_p and stop; finetune has neither, gmp no `stop`
+    ("wimmer_table5_1_ft", "method.t_p"), ("wimmer_table5_1_ft", "method.stop"),
+    ("wimmer_table5_1_gmp", "method.stop"),
+}
+
+
+def sets_ci(experiment: str) -> bool:
+    """Whether the experiment's file, or an experiment it extends, has a `ci:` block (only
+    experiment files set `ci.overrides`; the others have nothing for ci.apply to skip)."""
+    text = (CONF / "experiment" / f"{experiment}.yaml").read_text()
+    return bool(re.search(r"^ci:", text, re.M)) or any(
+        isinstance(d, str) and d in EXPERIMENTS and sets_ci(d)
+        for d in yaml.safe_load(text).get("defaults", []))
+
+
+def test_every_ci_override_key_exists_in_its_experiment(caplog):
+    """Each experiment's `ci.overrides` (and, at sizes, `ci.sizes_overrides`) as ci.apply applies
+    them at both test levels: every key reaches a node of the composed config, except DROPPED.
+    Compose only, in one Hydra context (its cache halves the time); one composition per
+    experiment serves both levels (no config reads `ci.*`)."""
+    checked, skipped = [e for e in EXPERIMENTS if sets_ci(e)], set()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"), \
+            caplog.at_level(logging.INFO, logger="runner"):
+        for experiment in checked:
+            cfg = compose("config", overrides=[f"experiment={experiment}", "ci=sizes"])
+            assert cfg.ci.overrides or cfg.ci.sizes_overrides, experiment
+            for level in ("smoke", "sizes"):
+                caplog.clear()
+                one = copy.deepcopy(cfg)
+                one.ci.level = level
+                ci.apply(one)
+                skipped |= {(experiment, r.args[0]) for r in caplog.records
+                            if r.msg.startswith("ci: %s is not in this config")}
+    GlobalHydra.instance().clear()
+    assert not skipped - DROPPED, f"ci.overrides keys not in their experiment: {skipped - DROPPED}"
+    assert not DROPPED - skipped, f"DROPPED lists keys the experiments have: {DROPPED - skipped}"
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -6,8 +6,8 @@ import math
 import pandas as pd
 from omegaconf import OmegaConf
 
-from runner.report import (AggregateOnMultirunEnd, _override_pairs, format_table, main,
-                           table_from_results, write_tables)
+from runner.report import (AggregateOnMultirunEnd, _override_pairs, deduplicate, format_table,
+                           key_value, main, metric_value, table_from_results, write_tables)
 
 
 def run(method="m", seed=0, value=0.5, status="completed", overrides=(), paper=None, **summary):
@@ -19,8 +19,42 @@ def run(method="m", seed=0, value=0.5, status="completed", overrides=(), paper=N
 
 def test_override_pairs_keep_what_defines_a_cell():
     pairs = _override_pairs(["+a.b=1", "~c=2", "++d=x=y", "seed=3", "device=cpu", "progress=true",
-                             "data_root=/d", "threads=1", "hydra.launcher.n_jobs=2", "lr=0.1"])
+                             "data_root=/d", "threads=1", "hydra.launcher.n_jobs=2", "lr=0.1",
+                             "logger.project=p"])
     assert pairs == {"a.b": "1", "c": "2", "d": "x=y", "lr": "0.1"}
+
+
+def test_a_layout_key_is_the_group_choice_else_the_config_value_else_the_command_line():
+    r = {"choices": {"method": "lw"}, "config": {"method": {"eta": 0.5}, "dataset": {"alpha": 2.0}},
+         "overrides": ["dataset.alpha=9", "tuned.x=3"]}
+    assert key_value(r, "method") == "lw"
+    assert key_value(r, "dataset.alpha") == "2.0"  # the resolved value over the command line's
+    assert key_value(r, "method.eta") == "0.5"
+    assert key_value(r, "tuned.x") == "3"  # not in the config: the command line's
+    assert key_value(r, "method.eta.deeper") == key_value(r, "tuned.y") == ""
+    assert key_value({"overrides": ["a=1"]}, "a") == "1"  # no choices, no config
+    assert key_value({}, "a") == ""
+
+
+def test_a_metric_missing_from_the_summary_is_read_at_the_report_position():
+    last = {"end": {"acc": 0.1}, "best": {"acc": 0.3}, "acc": 0.2, "frozen": 5}
+
+    def r(cfg):
+        return {"summary": {"loss": 1.0}, "phases": [{"end": {"acc": 9.0}}, last], "config": cfg}
+    assert metric_value(r({}), "acc") == 0.1  # the last phase, at its end by default
+    assert metric_value(r({"train": {"restore_best": True}}), "acc") == 0.3
+    assert metric_value(r({"report": {"at": "best"}}), "acc") == 0.3
+    assert metric_value(r({"report": {"at": "end"}, "train": {"restore_best": True}}), "acc") == 0.1
+    assert metric_value(r({}), "frozen") == 5  # not at the position: the phase's own value
+    assert metric_value(r({}), "loss") == 1.0 and metric_value(r({}), "none") is None
+    assert metric_value({"summary": {}}, "acc") is None
+
+
+def test_a_completed_run_wins_over_a_rerun_that_did_not_complete_else_the_later_one():
+    done, failed, again = run(value=0.5), run(value=None, status="failed"), run(value=0.7)
+    assert deduplicate([done, failed]) == ([done], 1)
+    assert deduplicate([failed, done]) == ([done], 1)
+    assert deduplicate([done, again]) == ([again], 1)
 
 
 def test_table_groups_cells_and_counts_statuses():
