@@ -66,7 +66,7 @@ PROBES = {
     "WELS": (["reinit_rounds"], []), "FC": (["reinit_rounds"], []),
     "LW": (["lw_block"], []), "SparseInit": (["init_sparsity"], []),
     "SET": ([], ["mask_updates", "density"]), "RigL": ([], ["mask_updates", "density"]),
-    "GMP": (["sparsity"], []), "LTH": (["lth_round", "sparsity"], []),
+    "GMP": (["sparsity"], []), "LTH": (["lth_round", "sparsity", "layer_density"], []),
     "FineTune": (["sparsity"], []),
     "PruneAtInit": (["q", "q_beta", "params_trained", "params_stored", "size_kb", "grad_flow",
                      "density", "empty_layers"], []),

@@ -137,7 +137,10 @@ def test_lth_rewinds_exactly_to_the_saved_iteration_and_prunes_20_percent(basis)
     ctx.stage = Stage(2, 2, "round3", None)
     method.on_phase_start(ctx)
     assert sum(ctx.masks[n].keep.sum().item() for n in named) == round(0.8 * round(0.8 * total))
-    assert abs(method.on_phase_end(ctx)["sparsity"] - 0.36) < 1e-3
+    summary = method.on_phase_end(ctx)
+    assert abs(summary["sparsity"] - 0.36) < 1e-3
+    assert summary["layer_density"] == {n: ctx.masks[n].keep.sum().item() / p.numel()
+                                        for n, p in named.items()}
 
 
 def test_finetune_prunes_the_smallest_magnitudes_at_its_phase():

@@ -5,7 +5,8 @@ end of the round); at the start of every round after the first, `prune_fraction`
 weights still kept is pruned by magnitude (`scope: global`, as OpenLTH does for VGG, or per
 layer), every stored parameter (weights, biases, norm, filter bases: thesis open question,
 rewound too) is reset to its saved value and the optimizer restarts. After r rounds the
-sparsity is 1 - 0.8^r.
+sparsity is 1 - 0.8^r. Every round's summary holds `sparsity` and `layer_density` (kept share
+of each masked tensor, by stored name: the FLOPs of Fig. 5.8 a, `runner.analysis.interspace`).
 """
 from __future__ import annotations
 
@@ -58,6 +59,12 @@ class LTH(Method):
         ctx.reset_optimizer()
         self.rounds += 1
 
-    def on_phase_end(self, ctx) -> Dict[str, float]:
+    @torch.no_grad()
+    def on_phase_end(self, ctx) -> Dict[str, object]:
         total = sum(p.numel() for _, p in self.named)
-        return {"lth_round": self.rounds, "sparsity": 1 - sum(self.kept) / max(total, 1)}
+        masked = [n for n, _ in self.named if n in ctx.masks]
+        kept = dict(zip(masked, torch.stack([ctx.masks[n].keep.sum() for n in masked]).tolist()
+                        if masked else []))  # one host read per round
+        density = {n: kept.get(n, p.numel()) / p.numel() for n, p in self.named}
+        return {"lth_round": self.rounds, "sparsity": 1 - sum(self.kept) / max(total, 1),
+                "layer_density": density}

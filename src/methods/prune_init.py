@@ -19,17 +19,22 @@ dense network's mean |g| over all weights, on the calibration batches: Fig. 3.1)
 of the last phase, for `pruned` and `frozen`, the bytes of the network stored as (trained entries,
 mask, seed) (`runner.storage`) beside the dense state_dict's, and `storage_exact` (1 when the
 network reloaded from them equals the trained one bitwise). Per epoch (`grad_stats`): mean and
-standard deviation of |g| over the trained weight entries and all steps of the epoch (Fig. 3.5b).
+standard deviation of |g| over the trained weight entries and all steps of the epoch (Fig. 3.5b),
+and the mean over the epoch's steps of lr x ||g||_2 (Fig. 5.6 a): `grad_norm_lr` over the
+trained entries of the KxK convolutions (spatial weights under SP, coefficients under IP),
+`grad_norm_lr_fb` over the filter bases (IP only). Under plain SGD that is the length of a step.
 """
 from __future__ import annotations
 
 from typing import Dict, Optional
 
 import torch
+from torch.nn.utils import parametrize
 
 from methods.base import Method
 from runner import pruning, storage
 from runner.masks import MASK_KINDS
+from runner.models.transforms import FilterBasis, fb_convs, filter_bases
 
 
 class PruneAtInit(Method):
@@ -100,27 +105,41 @@ class PruneAtInit(Method):
         self._w = [p for _, p in named]
         self._keep = [keep[n].to(p.dtype) for n, p in named]
         self._n = max(self.metrics["weights_trained"], 1)
-        self._sums = torch.zeros(3, device=ctx.device)  # sum |g|, sum g^2, steps
+        self._conv = kxk_weights(model)
+        self._bases = filter_bases(model)
+        # sum |g|, sum g^2, steps, sum lr ||g|| of the KxK convolutions, of the filter bases
+        self._sums = torch.zeros(5, device=ctx.device)
 
     def before_step(self, ctx) -> None:
         if not self.grad_stats:
             return
-        gs = [(p.grad, k) for p, k in zip(self._w, self._keep) if p.grad is not None]
+        gs = [(p.grad, k, id(p) in self._conv) for p, k in zip(self._w, self._keep)
+              if p.grad is not None]
         if not gs:
             return
-        g = torch._foreach_mul([g for g, _ in gs], [k for _, k in gs])  # m * grad (Alg. 3.1)
+        g = torch._foreach_mul([g for g, _, _ in gs], [k for _, k, _ in gs])  # m * grad (Alg. 3.1)
         one = torch.stack(torch._foreach_norm(g, 1)).sum()
-        two = torch.stack(torch._foreach_norm(g, 2)).pow(2).sum()
-        self._sums += torch.stack([one, two, torch.ones_like(one)]).float()
+        each = torch.stack(torch._foreach_norm(g, 2)).pow(2)
+        conv = [i for i, (_, _, c) in enumerate(gs) if c]
+        conv_sq = torch.stack([each[i] for i in conv]).sum() if conv else torch.zeros_like(one)
+        fb = [b.grad for b in self._bases if b.grad is not None]
+        fb_sq = torch.stack(torch._foreach_norm(fb, 2)).pow(2).sum() if fb else torch.zeros_like(one)
+        lr = ctx.optimizer.param_groups[0]["lr"]
+        self._sums += torch.stack([one, each.sum(), torch.ones_like(one), lr * conv_sq.sqrt(),
+                                   lr * fb_sq.sqrt()]).float()
 
     def on_epoch_end(self, ctx) -> Dict[str, float]:
         if not self.grad_stats:
             return {}
-        s1, s2, steps = self._sums.tolist()
+        s1, s2, steps, conv, fb = self._sums.tolist()
         self._sums.zero_()
         n = self._n * max(steps, 1)
         mean = s1 / n
-        return {"grad_abs_mean": mean, "grad_abs_std": max(s2 / n - mean * mean, 0.0) ** 0.5}
+        out = {"grad_abs_mean": mean, "grad_abs_std": max(s2 / n - mean * mean, 0.0) ** 0.5,
+               "grad_norm_lr": conv / max(steps, 1)}
+        if self._bases:
+            out["grad_norm_lr_fb"] = fb / max(steps, 1)
+        return out
 
     def on_phase_end(self, ctx) -> Dict[str, float]:
         out = dict(self.metrics)
@@ -131,3 +150,12 @@ class PruneAtInit(Method):
                        dense_bytes=storage.nbytes(ctx.model.state_dict()),
                        storage_exact=int(storage.identical(ctx.model, back)))
         return out
+
+
+def kxk_weights(model) -> set:
+    """ids of the stored weights of the KxK (K > 1) convolutions: the coefficients of the filter
+    basis layers, and the spatial weights of the square KxK convolutions without one."""
+    coef = {id(m.parametrizations.weight.original) for m in model.modules()
+            if parametrize.is_parametrized(m, "weight")
+            and isinstance(m.parametrizations.weight[0], FilterBasis)}
+    return coef | {id(m.weight) for m in fb_convs(model, None)}

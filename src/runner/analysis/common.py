@@ -98,6 +98,9 @@ def how_to_record(metric: str, run: dict) -> str:
     if metric == "balancedness":
         return ("rerun with extra_methods=[{_target_:runner.analysis.swr.BalancednessProbe}] "
                 "(as experiment=swr_fig5_cifar10_mlp does)")
+    if metric.startswith(("grad_abs_", "grad_norm_lr")):
+        return ("a run of a pruning-at-initialization method (method=snip, grasp, synflow, "
+                "random_prune, freezenet, ...) with method.grad_stats=true records it")
     if metric.startswith("val_"):
         return "rerun with a validation split, e.g. train.val_fraction=0.1"
     if metric.startswith("test_"):

@@ -11,11 +11,25 @@
   as an im2col product, dense (numpy), SP (the pruned spatial weights as a `scipy.sparse` CSR
   matrix) and IP (every input channel through the K^2 basis filters, dense, then the pruned
   coefficients as CSR), batch 1, the network's time summed over layers, median of `repeats`.
+- The theoretical speed-up of a trained network (Fig. 5.8 a): dense FLOPs / sparse FLOPs of one
+  image through every Conv2d and Linear layer (adds and multiplies; biases, normalization,
+  activations and pooling not counted), from the per-layer densities an LTH round records
+  (`layer_density`) and the layers' output sizes (the run's model rebuilt from its config on the
+  `meta` device). A spatial layer costs 2 x kept weights x output positions; an interspace layer
+  2 x kept coefficients x positions (the coefficient conv) plus 2 c_in n K^2 x positions (every
+  input channel through the n basis filters, times the number of bases for out_nc sharing); the
+  dense reference is the spatial network. One layer at density 1 - q gives Fig. 5.4's closed
+  forms.
+- lr x ||g||_2 per epoch (Fig. 5.6 a), recorded by the PaI methods (`grad_stats`, methods/
+  prune_init.py): the KxK convolutions' spatial weights (SP) or coefficients (IP), and the
+  filter bases (IP).
 
     python -m runner.analysis.interspace fig5_3 --out plots/fig5_3.png
     python -m runner.analysis.interspace fig5_4 --out plots/fig5_4.png
     python -m runner.analysis.interspace speedup --repeats 5 --out plots/fig5_8b.png
     python -m runner.analysis.interspace rounds DIR          # LTH rounds (Figs. 5.7, 5.10)
+    python -m runner.analysis.interspace flops DIR           # LTH rounds by FLOPs (Fig. 5.8 a)
+    python -m runner.analysis.interspace gradnorm DIR        # lr x ||g|| per epoch (Fig. 5.6 a)
     python -m runner.analysis.interspace curve DIR --x tuned.q --hue method space
                                                              # q-curves (Figs. 5.5, 5.9, 5.11, 5.12)
     python -m runner.analysis.interspace cost               # CPU images/s, hours per run
@@ -23,16 +37,18 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from fractions import Fraction
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from runner.analysis.common import (AnalysisError, cli, completed, figure_path, final, plt,
-                                     save, value)
+from runner.analysis.common import (AnalysisError, cli, completed, figure_path, final, metrics,
+                                     plt, save, value)
 
 VGG16_LTH = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
 
@@ -216,6 +232,154 @@ def curve(dirs: Sequence[str], x: str, hue: Sequence[str], metric: str,
     save(fig, figure_path(out, dirs, f"interspace_curve_{metric}"))
 
 
+@dataclass
+class LayerCost:
+    """One Conv2d / Linear layer for one input image: the stored tensor a pruning method masks
+    (`name`, `entries` of it), FLOPs per kept entry, the IP basis overhead, the dense FLOPs."""
+
+    name: str
+    entries: int
+    per_entry: float
+    overhead: float
+    dense: float
+
+
+def layer_costs(model, in_shape: Sequence[int]) -> List[LayerCost]:
+    """The FLOP terms of every Conv2d and Linear layer of `model` (one image of `in_shape`,
+    output sizes from a forward pass on the model's device, `meta` included)."""
+    import torch
+    from torch import nn
+    from torch.nn.utils import parametrize
+
+    from runner.models.transforms import FilterBasis
+    positions: Dict[nn.Module, int] = {}
+
+    def hook(mod, _, out):
+        positions[mod] = out.numel() // (out.shape[1] if isinstance(mod, nn.Conv2d) else out.shape[-1])
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [m.register_forward_hook(hook) for m in layers]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *in_shape, device=next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    names = {m: n for n, m in model.named_modules()}
+    out = []
+    for m in layers:
+        pos, dense = positions[m], 2.0 * m.weight.numel() * positions[m]
+        fb = (m.parametrizations.weight[0] if parametrize.is_parametrized(m, "weight") else None)
+        if isinstance(fb, FilterBasis):
+            coef = m.parametrizations.weight.original
+            g, n, k2 = fb.basis.shape
+            bases = g if fb.share == "out" else 1
+            out.append(LayerCost(f"{names[m]}.parametrizations.weight.original", coef.numel(),
+                                 2.0 * pos, 2.0 * m.in_channels * n * k2 * pos * bases, dense))
+        elif fb is not None:
+            raise AnalysisError(f"{names[m]}: FLOPs of a {type(fb).__name__} parametrization "
+                                f"are not counted (spatial and filter-basis layers are)")
+        else:
+            out.append(LayerCost(f"{names[m]}.weight", m.weight.numel(), 2.0 * pos, 0.0, dense))
+    return out
+
+
+def network_flops(costs: Sequence[LayerCost], density: Dict[str, float]) -> Tuple[float, float]:
+    """(dense, sparse) FLOPs of one image at the per-tensor `density` (by stored name; a layer
+    not named is dense)."""
+    unknown = sorted(set(density) - {c.name for c in costs})
+    if unknown:
+        raise AnalysisError(f"no Conv2d / Linear layer stores {', '.join(unknown)}: its FLOPs "
+                            f"are not counted")
+    sparse = sum(c.per_entry * density.get(c.name, 1.0) * c.entries + c.overhead for c in costs)
+    return sum(c.dense for c in costs), sparse
+
+
+def run_costs(run: dict) -> List[LayerCost]:
+    """`layer_costs` of a run's model, rebuilt from its config on the `meta` device."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from runner.train import build_model
+    cfg = OmegaConf.create(run["config"])
+    with torch.device("meta"):
+        model = build_model(cfg)
+    return layer_costs(model, list(cfg.dataset.shape))
+
+
+def flops(dirs: Sequence[str], hue: Sequence[str], metric: str, out: Optional[str]) -> None:
+    """Fig. 5.8 a: `metric` at the end of every LTH round against the round's theoretical
+    speed-up (dense / sparse FLOPs, per-layer densities), one line per `hue` cell, mean and std
+    over seeds; dashed: the spatial networks' dense first round."""
+    runs = completed(dirs, "runs of experiment=wimmer_lth_cifar10")
+    cache: Dict[str, List[LayerCost]] = {}
+    points: Dict[str, Dict[int, List[tuple]]] = {}
+    dense_acc: List[float] = []
+    for run in runs:
+        for phase in run["phases"]:
+            if "layer_density" not in phase:
+                raise AnalysisError(f"{run['_dir']}: phase {phase['name']} has no `layer_density` "
+                                    f"(a run of method=lth writes it)")
+        cfg = run.get("config", {})
+        key = json.dumps([cfg.get(k) for k in ("model", "model_transforms", "dataset")],
+                         sort_keys=True, default=str)
+        if key not in cache:
+            cache[key] = run_costs(run)
+        costs = cache[key]
+        label = ", ".join(f"{k}={value(run, k)}" for k in hue)
+        for i, phase in enumerate(run["phases"]):
+            dense, sparse = network_flops(costs, phase["layer_density"])
+            points.setdefault(label, {}).setdefault(i, []).append(
+                (dense / sparse, phase["sparsity"], phase["end"][metric]))
+            if i == 0 and phase["sparsity"] == 0 and not any(c.overhead for c in costs):
+                dense_acc.append(phase["end"][metric])
+    print(f"| {', '.join(hue)} | round | sparsity | theoretical speed-up | {metric} | runs |")
+    print("|---|---|---|---|---|---|")
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, by_round in sorted(points.items()):
+        rows = [np.array(by_round[i]) for i in sorted(by_round)]
+        xs = [float(r[:, 0].mean()) for r in rows]
+        ys, sd = [float(r[:, 2].mean()) for r in rows], [float(r[:, 2].std()) for r in rows]
+        ax.errorbar(xs, ys, yerr=sd, marker="o", capsize=2, label=label)
+        for i, (r, x, y) in enumerate(zip(rows, xs, ys)):
+            print(f"| {label} | {i + 1} | {r[:, 1].mean():.4f} | {x:.2f} | {y:.4f} | {len(r)} |")
+    if dense_acc:
+        ax.axhline(float(np.mean(dense_acc)), color="grey", ls="--", lw=1, label="dense (SP)")
+    ax.set_xscale("log")
+    ax.set_xlabel("theoretical speed-up (dense FLOPs / sparse FLOPs)")
+    ax.set_ylabel(metric)
+    ax.set_title("Fig. 5.8 a: LTH rounds by FLOPs")
+    ax.legend(fontsize=7)
+    save(fig, figure_path(out, dirs, "interspace_flops"))
+
+
+def gradnorm(dirs: Sequence[str], out: Optional[str]) -> None:
+    """Fig. 5.6 a: lr x ||g||_2 per epoch (mean over its steps), one colour per run: the KxK
+    convolutions' spatial weights (phi, SP) or coefficients (beta, IP), dashed the filter bases
+    (F, IP)."""
+    runs = completed(dirs, "runs of a pruning-at-initialization method, e.g. method=snip")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    positive = False
+    for i, r in enumerate(runs):
+        m = metrics(r, "grad_norm_lr")
+        positive |= bool((m.grad_norm_lr > 0).any())
+        ip = "grad_norm_lr_fb" in m.columns and m.grad_norm_lr_fb.notna().any()
+        label = f"{value(r, 'space') or ''} {value(r, 'method')} seed {r.get('seed')}".strip()
+        x = range(1, len(m) + 1)
+        ax.plot(x, m.grad_norm_lr, color=f"C{i}", label=f"{'β' if ip else 'ϕ'}: {label}")
+        if ip:
+            ax.plot(x, m.grad_norm_lr_fb, "--", color=f"C{i}", label=f"F: {label}")
+    if positive:  # all zero: a layer collapse (every KxK weight pruned)
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("lr × ‖gradient‖₂ (mean over the epoch's steps)")
+    ax.set_title("Fig. 5.6 a: gradient norm x learning rate")
+    ax.legend(fontsize=7)
+    save(fig, figure_path(out, dirs, "interspace_gradnorm"))
+
+
 COST_SETUPS = {  # (model, input side, classes, batch, images per run): thesis Table A.11
     "resnet50_imagenet": ("resnet50", 224, 1000, 32, 100 * 1_281_167),
     "vgg16_cifar10": ("vgg16", 32, 10, 128, 250 * 45_000),
@@ -263,10 +427,12 @@ def cost(setups: Sequence[str], spaces: Sequence[str]) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m runner.analysis.interspace",
                                 description=__doc__.split("\n")[0])
-    p.add_argument("kind", choices=["fig5_3", "fig5_4", "speedup", "rounds", "curve", "cost"])
-    p.add_argument("dirs", nargs="*", help="rounds / curve: run or sweep directories")
+    p.add_argument("kind", choices=["fig5_3", "fig5_4", "speedup", "rounds", "flops", "gradnorm",
+                                    "curve", "cost"])
+    p.add_argument("dirs", nargs="*", help="rounds / flops / gradnorm / curve: run or sweep "
+                   "directories")
     p.add_argument("--out", default=None, help="figure file (default: plots/<kind>.png, or "
-                   "DIR/plots/ for rounds / curve)")
+                   "DIR/plots/ for rounds / flops / gradnorm / curve)")
     p.add_argument("--x", default="tuned.q", help="curve: the x-axis config key (tuned.q: the "
                    "q of SET and the PaI methods)")
     p.add_argument("--hue", nargs="*", default=["method", "space"], help="keys of a line")
@@ -280,6 +446,10 @@ def main(argv=None) -> int:
         return cli(lambda: cost(a.setups, a.spaces))
     if a.kind == "rounds":
         return cli(lambda: rounds(a.dirs, a.hue, a.metric, a.out))
+    if a.kind == "flops":
+        return cli(lambda: flops(a.dirs, a.hue, a.metric, a.out))
+    if a.kind == "gradnorm":
+        return cli(lambda: gradnorm(a.dirs, a.out))
     if a.kind == "curve":
         return cli(lambda: curve(a.dirs, a.x, a.hue, a.metric, a.out))
     out = a.out or f"plots/{a.kind}.png"
