@@ -35,7 +35,10 @@ SOURCES = [  # (start of an analysis command, experiments its DIR holds), first 
     ("runner.plots DIR --y frozen_filters", "zilly_frozen_counts"),
     ("runner.analysis.zilly_figures boxplot", "cifar_blur_to_sharp"),
     ("runner.analysis.freezenet", "thesis_"), ("runner.plots", "swr_cl_"),
-    ("runner.analysis.interspace curve", "wimmer_fig5_5"), ("runner.report", "")]
+    ("runner.analysis.interspace curve", "wimmer_fig5_5"),
+    ("runner.analysis.interspace gradnorm", "wimmer_fig5_5"),
+    ("runner.analysis.interspace rounds", "wimmer_lth_"),
+    ("runner.analysis.interspace flops", "wimmer_lth_"), ("runner.report", "")]
 SCRATCH = "swr_gen_"
 # 224x224 models, about 30 s a smoke job on two CPU cores: their sweep and the analyses of its
 # directory run in CI's second stage (`pytest -m sizes`, part of the README's test command)

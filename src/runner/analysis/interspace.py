@@ -368,9 +368,9 @@ def gradnorm(dirs: Sequence[str], out: Optional[str]) -> None:
         ip = "grad_norm_lr_fb" in m.columns and m.grad_norm_lr_fb.notna().any()
         label = f"{value(r, 'space') or ''} {value(r, 'method')} seed {r.get('seed')}".strip()
         x = range(1, len(m) + 1)
-        ax.plot(x, m.grad_norm_lr, color=f"C{i}", label=f"{'β' if ip else 'ϕ'}: {label}")
+        ax.plot(x, m.grad_norm_lr, ".-", color=f"C{i}", label=f"{'β' if ip else 'ϕ'}: {label}")
         if ip:
-            ax.plot(x, m.grad_norm_lr_fb, "--", color=f"C{i}", label=f"F: {label}")
+            ax.plot(x, m.grad_norm_lr_fb, ".--", color=f"C{i}", label=f"F: {label}")
     if positive:  # all zero: a layer collapse (every KxK weight pruned)
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
