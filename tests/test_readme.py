@@ -5,8 +5,8 @@ or two; a sweep of more than MAX_JOBS jobs runs its first value of every list (s
 after every value of every list was checked to compose. Placeholders (PLACEHOLDERS): NAME is
 fmnist_mlp, my_method (the method a reader adds) is l2; an analysis command's DIR is the latest
 README sweep before it of the experiments it reads (SOURCES), SCRATCH_DIR the latest
-generalization sweep; `[DIR]` / `[DIR ...]` are left out. The heavy Table 2 sweep and its analysis
-run in the `sizes` stage (HEAVY), as do the ImageNet sweeps of Wimmer's Table 5.1, whose SLURM
+generalization sweep; `[DIR]` / `[DIR ...]` are left out. The heavy Table 2 sweep, the chapter-5
+sweeps and their analyses run in the `sizes` stage (HEAVY), as do the ImageNet sweeps of Wimmer's Table 5.1, whose SLURM
 launcher options are left out (CLUSTER).
 """
 import importlib
@@ -40,9 +40,10 @@ SOURCES = [  # (start of an analysis command, experiments its DIR holds), first 
     ("runner.analysis.interspace rounds", "wimmer_lth_"),
     ("runner.analysis.interspace flops", "wimmer_lth_"), ("runner.report", "")]
 SCRATCH = "swr_gen_"
-# 224x224 models, about 30 s a smoke job on two CPU cores: their sweep and the analyses of its
-# directory run in CI's second stage (`pytest -m sizes`, part of the README's test command)
-HEAVY = ("reinit_table2_", "wimmer_table5_1_")
+# 224x224 models, about 30 s a smoke job on two CPU cores, and the chapter-5 sweeps of 4-8 jobs
+# (3-6 s each): their sweeps and the analyses of their directories run in CI's second stage
+# (`pytest -m sizes`, part of the README's test command), which keeps the everyday stage < 5 min
+HEAVY = ("reinit_table2_", "wimmer_table5_1_", "wimmer_table5_2", "wimmer_fig5_5", "wimmer_lth_")
 # a SLURM sweep (hydra/launcher=submitit_slurm, distributed over its tasks) runs here as a local
 # sweep of one process: the launcher's options and `distributed.enabled=true` are left out
 CLUSTER = ("hydra/launcher=submitit_slurm", "hydra.launcher.", "distributed.enabled=true")
