@@ -32,7 +32,8 @@ def extends(path: Path) -> list:
     found = []
     for entry in load_yaml(path).get("defaults", []):
         if isinstance(entry, str) and entry != "_self_":
-            base = CONF / f"{entry[1:]}.yaml" if entry.startswith("/") else path.parent / f"{entry}.yaml"
+            base = (CONF / f"{entry[1:]}.yaml" if entry.startswith("/")
+                    else path.parent / f"{entry}.yaml")
             found += [base, *extends(base)]
     return found
 
