@@ -1,3 +1,4 @@
+import functools
 import logging
 import os
 import subprocess
@@ -5,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
@@ -16,6 +18,24 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 needs_fashion_mnist = pytest.mark.skipif(not FASHION_MNIST.exists(),
                                          reason="Debian package dataset-fashion-mnist not installed")
+
+
+@functools.lru_cache(maxsize=None)
+def load_yaml(path: Path):
+    """A config file's YAML, parsed once per session (libyaml's parser where installed)."""
+    return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+def extends(path: Path) -> list:
+    """The config files that the experiment or family base at `path` extends through its
+    defaults list (another experiment, a conf/family_*.yaml base), nearest first, transitively."""
+    found = []
+    for entry in load_yaml(path).get("defaults", []):
+        if isinstance(entry, str) and entry != "_self_":
+            base = (CONF / f"{entry[1:]}.yaml" if entry.startswith("/")
+                    else path.parent / f"{entry}.yaml")
+            found += [base, *extends(base)]
+    return found
 
 
 def run_cli(*args, cwd, module="runner"):

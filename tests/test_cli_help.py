@@ -26,6 +26,7 @@ def test_help_describes_the_tool_its_groups_experiments_and_commands(hydra_cli, 
     groups = dict(line.split(": ", 1) for line in out.splitlines()
                   if re.match(r"^[a-z_]+: [a-z0-9_]+(, [a-z0-9_]+)*$", line))
     assert groups["experiment"].split(", ") == EXPERIMENTS
+    assert "family_" not in out  # experiment bases (conf/family_*.yaml) are no choice
     assert {"dataset", "model", "method", "optim", "schedule", "ci"} <= set(groups)
     assert "_schema" not in out
     commands = set(re.findall(r"python -m (runner[.\w]*)", out))

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import CONF, EXPERIMENTS
+from conftest import CONF, EXPERIMENTS, extends
 from expectations import check_run, method_events  # noqa: F401 (a fixture)
 from runner import ci
 from runner.train import Trainer
@@ -73,12 +72,11 @@ DROPPED = {
 
 
 def sets_ci(experiment: str) -> bool:
-    """Whether the experiment's file, or an experiment it extends, has a `ci:` block (only
-    experiment files set `ci.overrides`; the others have nothing for ci.apply to skip)."""
-    text = (CONF / "experiment" / f"{experiment}.yaml").read_text()
-    return bool(re.search(r"^ci:", text, re.M)) or any(
-        isinstance(d, str) and d in EXPERIMENTS and sets_ci(d)
-        for d in yaml.safe_load(text).get("defaults", []))
+    """Whether the experiment's file, or a config it extends (another experiment, a family base),
+    has a `ci:` block (only these set `ci.overrides`; the others have nothing for ci.apply to
+    skip)."""
+    path = CONF / "experiment" / f"{experiment}.yaml"
+    return any(re.search(r"^ci:", f.read_text(), re.M) for f in [path, *extends(path)])
 
 
 @pytest.mark.sizes  # composes 35 experiments: about 7 s of CPU, kept out of the everyday stage

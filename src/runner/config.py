@@ -315,6 +315,10 @@ def validate(cfg: DictConfig) -> None:
     """Raise `ConfigError` (one line) at the first option outside its valid values."""
     from runner.checks import check_combinations
 
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:  # a base (conf/family_*.yaml) leaves a value to each experiment
+        raise ConfigError(f"{missing[0]} is not set (??? in the experiment's base); set it in the "
+                          f"experiment file or on the command line")
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
     except Exception as e:  # an interpolation that does not resolve
