@@ -329,7 +329,7 @@ def test_an_explicit_metric_leads_every_format(tmp_path):
 
 def test_a_sweep_with_jobs_that_did_not_complete_exits_1(tmp_path, capsys):
     write_runs(tmp_path / "sweep", [run("a", 0, 0.5, loss=1.0), run("a", 1, None, "failed"),
-                                    run("b", 0, None, "diverged")])
+                                    run("b", 0, 0.1, "diverged", loss=9.0)])  # 2 rows, 1 run
     with pytest.raises(SystemExit) as stop:
         AggregateOnMultirunEnd().on_multirun_end(OmegaConf.create(
             {"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}}))
