@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import CONF, EXPERIMENTS, run_cli
+from conftest import CONF, EXPERIMENTS
 from runner.checks import check_report, report_at
 from runner.errors import RunnerError
 from runner.train import summarize
@@ -51,10 +51,12 @@ def test_table_layout_keys_must_exist():
         check_report(cfg)
 
 
-def test_refusal_is_one_line_before_anything_runs(tmp_path):
-    out = run_cli("train.restore_best=true", "report.at=end", cwd=tmp_path)
-    assert out.returncode == 2 and "Traceback" not in out.stderr  # a config error
-    assert out.stderr.strip().splitlines()[-1].startswith(
+def test_refusal_is_one_line_before_anything_runs(hydra_cli, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert hydra_cli("train.restore_best=true", "report.at=end") == 2  # a config error
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(
         "error: report.at=end with train.restore_best=true")
     assert not list(tmp_path.rglob("result.json"))
 

@@ -5,9 +5,9 @@ or two; a sweep of more than MAX_JOBS jobs runs its first value of every list (s
 after every value of every list was checked to compose. Placeholders (PLACEHOLDERS): NAME is
 fmnist_mlp, my_method (the method a reader adds) is l2; an analysis command's DIR is the latest
 README sweep before it of the experiments it reads (SOURCES), SCRATCH_DIR the latest
-generalization sweep; `[DIR]` / `[DIR ...]` are left out. The heavy Table 2 sweep, the chapter-5
-sweeps and their analyses run in the `sizes` stage (HEAVY), as do the ImageNet sweeps of Wimmer's Table 5.1, whose SLURM
-launcher options are left out (CLUSTER).
+generalization sweep; `[DIR]` / `[DIR ...]` are left out. The heavy Table 2 sweep, the chapter-4
+and -5 sweeps and their analyses run in the `sizes` stage (HEAVY), as do the ImageNet sweeps of
+Wimmer's Table 5.1, whose SLURM launcher options are left out (CLUSTER).
 """
 import importlib
 import json
@@ -40,15 +40,17 @@ SOURCES = [  # (start of an analysis command, experiments its DIR holds), first 
     ("runner.analysis.interspace rounds", "wimmer_lth_"),
     ("runner.analysis.interspace flops", "wimmer_lth_"), ("runner.report", "")]
 SCRATCH = "swr_gen_"
-# 224x224 models, about 30 s a smoke job on two CPU cores, and the chapter-5 sweeps of 4-8 jobs
-# (3-6 s each): their sweeps and the analyses of their directories run in CI's second stage
+# 224x224 models, about 30 s a smoke job on two CPU cores, and the chapter-4 and -5 sweeps of
+# 4-8 jobs (3-6 s each): their sweeps and the analyses of their directories run in CI's second stage
 # (`pytest -m sizes`, part of the README's test command), which keeps the everyday stage < 5 min
-HEAVY = ("reinit_table2_", "wimmer_table5_1_", "wimmer_table5_2", "wimmer_fig5_5", "wimmer_lth_")
+HEAVY = ("reinit_table2_", "wimmer_table5_1_", "wimmer_table5_2", "wimmer_fig5_5", "wimmer_lth_",
+         "thesis_table4", "thesis_fig48")  # chapter 4: COPS sweeps of 4 jobs, 3-6 s each
 # a SLURM sweep (hydra/launcher=submitit_slurm, distributed over its tasks) runs here as a local
 # sweep of one process: the launcher's options and `distributed.enabled=true` are left out
 CLUSTER = ("hydra/launcher=submitit_slurm", "hydra.launcher.", "distributed.enabled=true")
-# analyses that score a model and solve many COPS problems (30-60 s on two loaded CPU cores)
-HEAVY_ANALYSES = ("runner.analysis.cops fig41", "runner.analysis.cops fig46")
+# analyses that score a model and solve many COPS problems (30-60 s on two loaded CPU cores), and
+# the streaming benchmark (DataLoader worker processes, about 5 s)
+HEAVY_ANALYSES = ("runner.analysis.cops fig41", "runner.analysis.cops fig46", "runner.data.stream bench")
 PLACEHOLDERS = {"=NAME": "=fmnist_mlp", "my_method": "l2"}
 TRACKERS = {"logger=tensorboard": "tensorboard", "logger=mlflow": "mlflow", "logger=wandb": "wandb"}
 

@@ -91,12 +91,12 @@ def fault_trials(n, hydra_cli, tmp_path):
     return resumed
 
 
-@pytest.mark.sizes  # about 15 s; the 20-trial test below runs in the same stage
+@pytest.mark.sizes  # about 15 s; the 20-trial test below is `slow` (about 130 s)
 def test_killed_runs_resume_bitwise(hydra_cli, tmp_path):
     assert fault_trials(3, hydra_cli, tmp_path) == 3
 
 
-@pytest.mark.sizes
+@pytest.mark.slow  # about 130 s on two cores: not in CI, whose sizes stage runs the 3 trials above
 def test_twenty_killed_runs_resume_bitwise(hydra_cli, tmp_path):
     assert fault_trials(20, hydra_cli, tmp_path) >= 18  # a kill may come after the run ended
 

@@ -175,28 +175,29 @@ def test_cli_multirun_aggregates_seeds_and_survives_divergence(tmp_path):
     ("optim.lr=abc", "optim.lr"),
     ("optim.lrr=0.1", "did you mean optim.lr"),
 ])
-def test_bad_config_gives_short_message(tmp_path, override, expect):
-    out = run_cli(override, cwd=tmp_path)
-    assert out.returncode != 0
-    text = out.stdout + out.stderr
+def test_bad_config_gives_short_message(hydra_cli, capsys, monkeypatch, tmp_path, override, expect):
+    monkeypatch.chdir(tmp_path)  # in-process (the console script and `python -m runner` print
+    assert hydra_cli(override) != 0  # the same: test_cli_help); the subprocess runs: `sizes`
+    text = "".join(capsys.readouterr())
     assert expect in text
     assert "Traceback" not in text
     assert not (tmp_path / "outputs").exists()  # nothing ran
 
 
-def test_sweep_key_that_only_a_swept_group_has_gets_a_hint(tmp_path):
-    out = run_cli("-m", "experiment=reinit_table1", "method=welsr,wels", "method.eta_init=default",
-                  cwd=tmp_path)
-    assert out.returncode != 0
-    assert "method.eta_init='choice(default)'" in out.stderr
+def test_sweep_key_that_only_a_swept_group_has_gets_a_hint(hydra_cli, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert hydra_cli("-m", "experiment=reinit_table1", "method=welsr,wels",
+                     "method.eta_init=default") != 0
+    assert "method.eta_init='choice(default)'" in capsys.readouterr().err
     assert not (tmp_path / "multirun").exists() and not (tmp_path / "outputs").exists()
 
 
-def test_missing_dataset_is_one_clear_line(tmp_path):
-    out = run_cli("experiment=fmnist_mlp", "dataset=mnist", f"data_root={tmp_path}/nowhere", cwd=tmp_path)
-    assert out.returncode == 1
-    assert "Traceback" not in out.stderr
-    last = out.stderr.strip().splitlines()[-1]
+def test_missing_dataset_is_one_clear_line(hydra_cli, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert hydra_cli("experiment=fmnist_mlp", "dataset=mnist", f"data_root={tmp_path}/nowhere") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
     assert last.startswith("error: dataset MNIST not found") and "download=true" in last
 
 
