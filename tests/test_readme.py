@@ -5,9 +5,9 @@ or two; a sweep of more than MAX_JOBS jobs runs its first value of every list (s
 after every value of every list was checked to compose. Placeholders (PLACEHOLDERS): NAME is
 fmnist_mlp, my_method (the method a reader adds) is l2; an analysis command's DIR is the latest
 README sweep before it of the experiments it reads (SOURCES), SCRATCH_DIR the latest
-generalization sweep; `[DIR]` / `[DIR ...]` are left out. The heavy Table 2 sweep, the chapter-4
-and -5 sweeps and their analyses run in the `sizes` stage (HEAVY), as do the ImageNet sweeps of
-Wimmer's Table 5.1, whose SLURM launcher options are left out (CLUSTER).
+generalization sweep; `[DIR]` / `[DIR ...]` are left out. The paper-table sweeps (HEAVY) and their
+analyses run in the `sizes` stage, among them the ImageNet sweeps of Wimmer's Table 5.1, whose
+SLURM launcher options are left out (CLUSTER).
 """
 import importlib
 import json
@@ -40,11 +40,11 @@ SOURCES = [  # (start of an analysis command, experiments its DIR holds), first 
     ("runner.analysis.interspace rounds", "wimmer_lth_"),
     ("runner.analysis.interspace flops", "wimmer_lth_"), ("runner.report", "")]
 SCRATCH = "swr_gen_"
-# 224x224 models, about 30 s a smoke job on two CPU cores, and the chapter-4 and -5 sweeps of
-# 4-8 jobs (3-6 s each): their sweeps and the analyses of their directories run in CI's second stage
-# (`pytest -m sizes`, part of the README's test command), which keeps the everyday stage < 5 min
-HEAVY = ("reinit_table2_", "wimmer_table5_1_", "wimmer_table5_2", "wimmer_fig5_5", "wimmer_lth_",
-         "thesis_table4", "thesis_fig48")  # chapter 4: COPS sweeps of 4 jobs, 3-6 s each
+# The paper-table sweeps of SWR, Zilly et al. and Wimmer's thesis (2-6 s each; Table 2's 224x224
+# models about 30 s): they and the analyses of their directories run in CI's second stage
+# (`pytest -m sizes`, part of the README's test command), which keeps the everyday stage < 5 min.
+# The everyday stage runs the quick-start commands and Alabdulmohsin et al.'s Tables 1 and 5.
+HEAVY = ("swr_", "zilly_", "cifar_blur_to_sharp", "reinit_table2_", "thesis_", "wimmer_")
 # a SLURM sweep (hydra/launcher=submitit_slurm, distributed over its tasks) runs here as a local
 # sweep of one process: the launcher's options and `distributed.enabled=true` are left out
 CLUSTER = ("hydra/launcher=submitit_slurm", "hydra.launcher.", "distributed.enabled=true")
