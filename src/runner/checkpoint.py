@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -36,7 +34,7 @@ import torch
 
 from runner.errors import ConfigError, RunnerError
 from runner.report import run_identity
-from runner.results import FILE_MODE, METRICS_FILE, RESULT_FILE, write_json_atomic
+from runner.results import METRICS_FILE, RESULT_FILE, write_atomic, write_json_atomic
 
 log = logging.getLogger("runner")
 
@@ -45,19 +43,7 @@ CHECKPOINT_FILE, MODEL_FILE = "checkpoint.pt", "model.pt"
 
 def save(path: Path, obj: Any) -> None:
     """torch.save to a temporary file beside `path`, renamed over it (readable by the group)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def load(path: Path) -> Dict[str, Any]:

@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import IO, Any, Callable, Dict, List, Optional
 
 from runner.loggers import open_tracker
 
@@ -43,13 +43,14 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
+def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """`write(f)` to a temporary file beside `path`, synced and renamed over it (readable by the
+    group): a reader sees the old file or the new one, never a part of either."""
     path = Path(path)
-    text = json.dumps(_clean(data), indent=2, default=str)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)
@@ -58,6 +59,11 @@ def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
+    text = json.dumps(_clean(data), indent=2, default=str).encode()
+    write_atomic(path, lambda f: f.write(text))
 
 
 def is_dead(result: Dict[str, Any], now: Optional[float] = None) -> bool:
