@@ -51,18 +51,31 @@ def test_random_crop_reaches_every_offset(padding, size, side):
         counts = torch.bincount(offsets.long(), minlength=last + 1)
         assert len(counts) == last + 1, "offset beyond the last window"
         assert counts.min() > 0.5 * N / (last + 1), f"offsets not all drawn: {counts.tolist()}"
+        assert counts.max() < 1.25 * N / (last + 1), f"offsets not uniform: {counts.tolist()}"
     assert torch.corrcoef(torch.stack([top, left]))[0, 1].abs() < 0.1  # drawn independently
 
 
 @pytest.mark.parametrize("flip,dim", [(HFlip, -1), (VFlip, -2)])
-@pytest.mark.parametrize("p", [0.3, 0.5])
+@pytest.mark.parametrize("p", [0.3, 0.5, None])
 def test_flips_happen_at_their_rate(flip, dim, p):
     x = coordinates(N, 4, 4)
-    out = flip(p)(x, gen())
+    out = (flip() if p is None else flip(p))(x, gen())
+    p = 0.5 if p is None else p  # the default: half the images
     flipped = (out == x.flip(dim)).flatten(1).all(1)
     kept = (out == x).flatten(1).all(1)
     assert bool((flipped ^ kept).all())  # each image is one or the other
     assert flipped.float().mean().item() == pytest.approx(p, abs=0.03)
+
+
+@pytest.mark.parametrize("flip", [HFlip, VFlip])
+def test_flip_with_p_0_never_flips_even_on_a_draw_of_exactly_0(flip):
+    g = gen(3)
+    torch.rand(1532311, generator=g)  # seed 3's stream has an exact 0.0 here
+    state = g.get_state()
+    assert torch.rand(1, generator=g).item() == 0.0
+    g.set_state(state)
+    x = coordinates(1, 4, 4)
+    assert torch.equal(flip(0.0)(x, g), x)
 
 
 def linear_parts(theta):
@@ -98,7 +111,7 @@ def test_shift_fractions_cover_plus_minus_fraction(fraction):
 def test_affine_parameters_cover_their_ranges():
     rot = linear_parts(RandomAffine(rotation=30).matrices(N, gen(), "cpu"))[0]
     angle = torch.atan2(rot[:, 1, 0], rot[:, 0, 0]) * 180 / math.pi
-    assert covers(angle, -30, 30)
+    assert covers(angle, -30, 30, slack=0.002)  # degrees exactly: 4000 draws reach 0.1 deg of the ends
     zoom = linear_parts(RandomAffine(scale=0.4).matrices(N, gen(), "cpu"))[0][:, 0, 0]
     assert covers(zoom, 0.6, 1.4)
     limit = math.tan(math.radians(40))
@@ -110,11 +123,12 @@ def test_affine_parameters_cover_their_ranges():
     assert covers(shift[:, 0], -0.2, 0.2) and covers(shift[:, 1], -0.2, 0.2)
 
 
-@pytest.mark.parametrize("levels", [4, 8])
+@pytest.mark.parametrize("levels", [4, 8, None])
 def test_random_blur_uses_every_level(levels):
     h = 16
     x = torch.rand(1, 1, h, h, generator=gen(3)).expand(800, 1, h, h).contiguous()
-    out = RandomBlur(0.3, levels=levels)(x, gen())
+    out = (RandomBlur() if levels is None else RandomBlur(0.3, levels=levels))(x, gen())
+    levels = levels or 8  # the default: 8 levels down to 30 % (Zilly et al.)
     candidates = []
     for s in np.linspace(0.3, 1.0, levels):  # what each level does to the image, by hand
         size = max(1, round(h * s))
@@ -126,6 +140,14 @@ def test_random_blur_uses_every_level(levels):
     assert bool((dist.min(1).values < 1e-5).all())  # every output is one of the levels
     counts = torch.bincount(level, minlength=levels)
     assert counts.min() > 0.5 * 800 / levels, counts.tolist()  # the first (0.3) and last (1.0) too
+
+
+def test_random_blur_of_a_tiny_image_reaches_one_pixel():
+    x = torch.rand(64, 2, 4, 4, generator=gen())
+    out = RandomBlur(0.25, levels=2)(x, gen())  # 4 x 0.25: down to 1x1, i.e. each image's mean
+    sharp = (out == x).flatten(1).all(1)
+    flat = (out - x.mean((2, 3), keepdim=True)).flatten(1).abs().amax(1) < 1e-6
+    assert bool((sharp ^ flat).all()) and sharp.any() and flat.any()
 
 
 def test_contrast_factors_cover_their_range():

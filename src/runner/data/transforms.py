@@ -36,14 +36,15 @@ class ToRGB:
 
 
 class Resize:
-    """Resize to `size` (bilinear); with `crop`, resize to `size` then center-crop to `crop`."""
+    """Resize to `size` (`mode`: bilinear, or bicubic / nearest / area, as F.interpolate with its
+    default align_corners=False); with `crop`, resize to `size` then center-crop to `crop`."""
 
     def __init__(self, size: int, crop: Optional[int] = None, mode: str = "bilinear"):
         self.size, self.crop, self.mode = size, crop, mode
 
     def __call__(self, x, gen=None):
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode=self.mode, align_corners=False)
+            x = F.interpolate(x, size=(self.size, self.size), mode=self.mode)
         if self.crop:
             o = (self.size - self.crop) // 2
             x = x[..., o:o + self.crop, o:o + self.crop]
