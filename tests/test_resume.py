@@ -204,3 +204,113 @@ def test_masked_adam_run_resumes_bitwise_after_a_failure(tmp_path):
     assert resumed["resumed_from"] == str(run_dir)
     assert outcome(run_dir)[1:] == outcome(ref)[1:]
     assert len(rows(run_dir)) == 6
+
+
+# -- continuing a Trainer from each of its checkpoints, in this process ------------------------
+# The bookkeeping tests' scripted run (their linear model is set to c x the perfect classifier
+# after every step): phase a trains on half the training set, phase b on all of it with its own
+# weight decay and gamma and its best epoch (c = 3) before its last, restored at its end; S&P is
+# the method (its state holds the initial weights); a checkpoint after every epoch.
+ROUND_TRIP = [
+    "method=shrink_perturb", "train.checkpoint_every=1", "train.restore_best=true",
+    "report.at=best",
+    "+phases=[{name: a, epochs: 3, subset: {fraction: 0.5}}, "
+    "{name: b, epochs: 3, weight_decay: 0.01, gamma: 0.5}]"]
+
+
+def context_of(trainer):
+    c = trainer.ctx
+    return {"step": c.step, "epoch": c.epoch, "lr": c.lr, "weight_decay": c.weight_decay,
+            "gamma": c.gamma, "diverge_ref": trainer.diverge_ref}
+
+
+def keep_checkpoints(trainer):
+    """Every checkpoint the trainer writes, as read back, with its context when written."""
+    saved, save = [], trainer.save_checkpoint
+
+    def spy(next_stage, progress):
+        save(next_stage, progress)
+        saved.append((checkpoint.load(trainer.rec.dir / checkpoint.CHECKPOINT_FILE),
+                      context_of(trainer)))
+    trainer.save_checkpoint = spy
+    return saved
+
+
+def scripted(compose_cfg, overrides):
+    from test_trainer_bookkeeping import BASE, script
+    return compose_cfg(BASE + [script([1, 2, 1.5], [3, 1, 2])] + overrides)
+
+
+def scripted_trainer(cfg, out_dir, scaler=None):
+    from runner.results import RunRecorder
+    from runner.train import Trainer
+    trainer = Trainer(cfg, RunRecorder(out_dir, {"name": "round_trip"}))
+    if scaler is not None:  # a stand-in for fp16 on a GPU (the trainer makes one there only)
+        trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0, growth_interval=1)
+    return trainer
+
+
+def written(trainer):
+    """The phases and metrics.csv rows a trainer has written."""
+    return trainer.rec.result["phases"], rows(trainer.rec.dir)
+
+
+def test_a_trainer_continues_from_each_of_its_checkpoints_bitwise(compose_cfg, tmp_path):
+    cfg = scripted(compose_cfg, ROUND_TRIP)
+    whole = scripted_trainer(cfg, tmp_path / "whole")
+    saved = keep_checkpoints(whole)
+    whole.fit()
+    positions = [(s["position"]["stage"], (s["progress"] or {}).get("next_epoch")) for s, _ in saved]
+    assert positions == [(0, 1), (0, 2), (1, None), (1, 1), (1, 2)]  # b is last: no phase-end one
+    expected = written(whole)
+    for i, (state, when) in enumerate(saved):
+        again = scripted_trainer(cfg, tmp_path / f"again{i}")
+        restored, restore = {}, again.restore
+
+        def spy(s):
+            out = restore(s)
+            restored.update(context_of(again))
+            return out
+        again.restore = spy
+        again.fit(state)
+        assert restored == when, f"checkpoint {i}: the context put back"
+        where = f"resumed at {positions[i]}"
+        assert written(again) == expected, where
+        assert again.diverge_ref == whole.diverge_ref, where
+        got, want = again.ctx.model.state_dict(), whole.ctx.model.state_dict()
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), where
+
+
+def test_the_gradient_scalers_state_survives_a_restart(compose_cfg, tmp_path):
+    cfg = scripted(compose_cfg, ["+phases=[{name: a, epochs: 3}]", "train.checkpoint_every=1"])
+    whole = scripted_trainer(cfg, tmp_path / "whole", scaler=True)
+    saved = keep_checkpoints(whole)
+    whole.fit()
+    state = saved[0][0]  # after epoch 1: 3 steps, each doubling the scale
+    assert state["scaler"]["scale"] == 2.0 * 2 ** 3
+    again = scripted_trainer(cfg, tmp_path / "again", scaler=True)
+    again.fit(state)
+    assert again.scaler.get_scale() == whole.scaler.get_scale() == 2.0 * 2 ** 9
+    assert written(again) == written(whole)
+    cpu = scripted_trainer(cfg, tmp_path / "cpu")  # no scaler (a GPU's fp16 run goes on on a CPU)
+    cpu.fit(state)
+    assert written(cpu) == written(whole)
+
+
+def test_a_checkpoint_of_a_compiled_model_has_the_models_own_names(compose_cfg, tmp_path):
+    """torch.compile wraps the model (its names gain `_orig_mod.`); the checkpoint holds the
+    model's own names, which the uncompiled fresh model of a resumed run loads."""
+    trainer = scripted_trainer(scripted(compose_cfg, ["+phases=[{name: a, epochs: 1}]"]), tmp_path)
+    trainer.fit()
+    model = trainer.ctx.model
+
+    class Compiled(torch.nn.Module):  # what torch.compile returns, without compiling
+        def __init__(self, inner):
+            super().__init__()
+            self._orig_mod = inner
+    trainer.ctx.model = Compiled(model)
+    trainer.save_checkpoint(1, None)
+    state = checkpoint.load(trainer.rec.dir / checkpoint.CHECKPOINT_FILE)
+    names = [n for n, _ in model.named_parameters()]
+    assert list(state["model"]) == list(model.state_dict()) and names
+    assert state["optimizer_params"] == names and list(state["requires_grad"]) == names

@@ -114,6 +114,18 @@ def test_paper_value_lookup():
     assert paper_value(cfg, {"method": "swr"}) is None
 
 
+def test_paper_value_takes_the_choice_first_and_only_a_number():
+    cfg = OmegaConf.create({"paper": {"by": ["method", "train.epochs"], "values": {
+        "l2": {"200": 0.97, "100": "n/a", "50": {"x": 1}}, "swr": 3, "None": {"200": 0.5}}},
+        "train": {"epochs": 200}, "method": None})
+    assert paper_value(cfg, {"method": "l2", "train.epochs": "200"}) == 0.97
+    assert paper_value(cfg, {"method": "l2", "train.epochs": "100"}) is None  # not a number
+    assert paper_value(cfg, {"method": "l2", "train.epochs": "50"}) is None
+    assert paper_value(cfg, {"method": "swr"}) is None  # the table stops before `train.epochs`
+    assert paper_value(cfg, {}) is None  # no method chosen: no cell (not the key "None")
+    assert paper_value(OmegaConf.merge(cfg, {"paper": {"values": None}}), {"method": "l2"}) is None
+
+
 def test_table_mean_std_and_paper():
     results = [{"choices": {"experiment": "e", "method": "m"}, "overrides": [f"seed={s}", "x=1"],
                 "status": "completed", "summary": {"test_acc": v}, "paper_value": 0.5}

@@ -12,14 +12,25 @@ must load, and each is checked against numbers computed here by hand.
 """
 import csv
 import math
+import re
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from conftest import CONF
 
 from methods.base import Method
+from runner.context import Stage
+from runner.data import transforms
+from runner.data.tensors import Arrays, Pipeline, Split, Splits
+from runner.errors import ConfigError, DataError, Diverged, RunnerError
 from runner.results import RunRecorder
-from runner.train import Trainer
+from runner.train import Trainer, check_labels, expand_stages, mse_one_hot, resolve_device, summarize
 
 BITS = torch.tensor([[(k >> b) & 1 for b in (2, 1, 0)] for k in range(8)], dtype=torch.float32)
 PERFECT = 2 * BITS - 1  # (8 classes, 3 inputs)
@@ -152,3 +163,179 @@ def test_restore_best_requires_report_at_best(run_cfg):
     with pytest.raises(Exception, match="restore_best"):
         run_cfg(BASE + [script(SCALES), "train.restore_best=true", "report.at=end"])
 
+
+
+# -- the trainer's pieces on their own (a Trainer of the config above, not fitted) -------------
+@pytest.fixture(scope="module")
+def base_cfg():
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose("config", overrides=BASE + ["+phases=[{name: a}, {name: b, repeat: 3}, {name: c, repeat: 1}]"])
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def with_(cfg, **keys):
+    """A copy of the config with dotted `keys` (a__b: a.b) set."""
+    cfg = cfg.copy()
+    for k, v in keys.items():
+        OmegaConf.update(cfg, k.replace("__", "."), v)
+    return cfg
+
+
+@pytest.fixture
+def trainer(base_cfg, tmp_path):
+    return Trainer(base_cfg, RunRecorder(tmp_path, {"name": "pieces"}))
+
+
+STAGE = Stage(0, 0, "warm", None)  # the trainer's own stages: a, b1, b2, b3, c
+
+
+def test_divergence_is_a_loss_above_factor_times_the_first_or_not_finite(trainer):
+    trainer.opts.diverge_factor, trainer.diverge_ref = 10.0, 0.5
+    trainer.check_divergence(5.0, STAGE, 2)  # exactly factor x reference: not yet
+    with pytest.raises(Diverged, match=re.escape(
+            "training loss 5.001 in phase 'warm', epoch 3 exceeds train.diverge_factor=10 times "
+            "the first batch's loss 0.5")):
+        trainer.check_divergence(5.001, STAGE, 2)
+    for loss in (math.nan, math.inf):
+        with pytest.raises(Diverged, match=f"^training loss became {loss} in phase 'warm', epoch 1$"):
+            trainer.check_divergence(loss, STAGE, 0)
+    for factor, ref in ((10.0, 0.0), (10.0, None), (None, 0.5)):  # no ratio to compare with
+        trainer.opts.diverge_factor, trainer.diverge_ref = factor, ref
+        trainer.check_divergence(1e30, STAGE, 0)
+
+
+def test_checkpoints_fall_due_every_n_epochs_and_after_the_minutes(trainer, monkeypatch):
+    o = trainer.opts
+    o.checkpoint, o.checkpoint_every, o.checkpoint_minutes = True, 3, None
+    assert [e for e in range(1, 10) if trainer.checkpoint_due(e)] == [3, 6, 9]
+    o.checkpoint_every, o.checkpoint_minutes = None, 2.0
+    monkeypatch.setattr(time, "monotonic", lambda: 1000.0)
+    trainer.last_checkpoint = 1000.0 - 119.5
+    assert not trainer.checkpoint_due(3)
+    trainer.last_checkpoint = 1000.0 - 120.0  # two minutes since the last one
+    assert trainer.checkpoint_due(1)
+    o.checkpoint_every = 3
+    assert trainer.checkpoint_due(1)
+    o.checkpoint = False  # never, whatever the cadence
+    assert not any(trainer.checkpoint_due(e) for e in range(1, 10))
+    o.checkpoint, o.checkpoint_every, o.checkpoint_minutes = True, None, None
+    assert not any(trainer.checkpoint_due(e) for e in range(1, 10))
+
+
+def test_the_input_cache_budget(trainer, monkeypatch):
+    trainer.opts.cache_mb = 3
+    assert trainer.cache_bytes() == 3 * 2**20  # the CPU: the configured MB
+    asked = []
+
+    def mem_get_info(device):
+        asked.append(device)
+        return 2 * 2**20 + 1, 8 * 2**30  # free, total
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    trainer.device = torch.device("cuda:1")  # a GPU: at most half of its free memory
+    assert trainer.cache_bytes() == 2**20 and isinstance(trainer.cache_bytes(), int)
+    trainer.opts.cache_mb = 0.5
+    assert trainer.cache_bytes() == 2**19 and asked == [torch.device("cuda:1")] * 3
+
+
+def test_float_bytes_counts_every_split_after_the_deterministic_transforms(trainer):
+    def split(n):
+        return Split(torch.zeros(n, 1, 4, 5, dtype=torch.uint8), torch.zeros(n, dtype=torch.long))
+    splits = Splits(split(6), split(2), split(3))
+    gray = Pipeline([0.5], [0.5], [], [], "cpu")
+    rgb = Pipeline([0.5], [0.5], [transforms.ToRGB()], [], "cpu")
+    assert trainer.float_bytes(splits, gray) == 4 * 11 * 20
+    assert trainer.float_bytes(splits, rgb) == 4 * 11 * 60
+
+
+def test_repeated_phases_expand_into_numbered_stages(base_cfg):
+    stages = expand_stages(base_cfg)
+    assert [(s.index, s.repeat, s.name, s.cfg.name) for s in stages] == [
+        (0, 0, "a", "a"), (1, 0, "b1", "b"), (2, 1, "b2", "b"), (3, 2, "b3", "b"), (4, 0, "c", "c")]
+    smoke = expand_stages(with_(base_cfg, ci__level="smoke", ci__max_repeat=2))
+    assert [(s.index, s.name) for s in smoke] == [(0, "a"), (1, "b1"), (2, "b2"), (3, "c")]
+
+
+def test_the_loss_options(base_cfg, tmp_path):
+    out, y = torch.tensor([[0.5, -1.0, 2.0], [0.0, 0.0, 0.0]]), torch.tensor([1, 0])
+    # squared distance to the one-hot target: 0.25 + 4 + 4 and 1 (class 2 has no sample)
+    assert mse_one_hot(out, y).item() == pytest.approx(4.625)
+    assert mse_one_hot(out, y, reduction="sum").item() == pytest.approx(9.25)
+    rec = RunRecorder(tmp_path, {"name": "loss"})
+    assert Trainer(with_(base_cfg, train__loss="mse"), rec).loss_fn is mse_one_hot
+    smooth = Trainer(with_(base_cfg, train__label_smoothing=0.2), rec).loss_fn
+    lse = math.log(math.exp(2) + 2)  # logits [2, 0, 0], class 0: (1 - e) CE + e mean_k(-log p_k)
+    assert smooth(torch.tensor([[2.0, 0, 0]]), torch.tensor([0])).item() == pytest.approx(
+        0.8 * (lse - 2) + 0.2 * (lse - 2 / 3))
+    with pytest.raises(RunnerError, match="train.label_smoothing needs train.loss=cross_entropy"):
+        Trainer(with_(base_cfg, train__label_smoothing=0.2, train__loss="mse"), rec)
+
+
+def labelled(source=None, **parts):
+    a = {"x_train": torch.zeros(4, 3), "y_train": torch.tensor([0, 1, 2, 9]),
+         "x_test": torch.zeros(3, 3), "y_test": torch.tensor([9, 0, 5])}
+    return Arrays(**{**a, **parts}, source=source)
+
+
+@pytest.mark.parametrize("part", ["train", "test"])
+def test_check_labels_names_the_part_and_the_files(part):
+    check_labels(labelled(), 10, "digits")  # labels 0 and 9 of 10 classes are fine
+    check_labels(labelled(x_test=torch.zeros(0, 3), y_test=torch.zeros(0, dtype=torch.long)), 10, "d")
+    n, y = (4, [0, 1, 2, 9]) if part == "train" else (3, [9, 0, 5])
+    short = {f"y_{part}": torch.tensor(y[:-1])}
+    with pytest.raises(DataError, match=re.escape(
+            f"digits: {n} {part} images but {n - 1} labels (in /d); the files do not belong together")):
+        check_labels(labelled("/d", **short), 10, "digits")
+    with pytest.raises(DataError, match=f"^digits: {n} {part} images but {n - 1} labels; the files"):
+        check_labels(labelled(**short), 10, "digits")
+    for bad, span in ((10, "[0, 10]"), (-1, "[-1, 9]")):
+        labels = torch.tensor([bad if v == (9 if bad > 0 else 0) else v for v in y])
+        with pytest.raises(DataError, match=re.escape(
+                f"digits: {part} labels span {span}, outside [0, 10) (num_classes=10); files in /d")):
+            check_labels(labelled("/d", **{f"y_{part}": labels}), 10, "digits")
+    with pytest.raises(DataError, match=r"outside \[0, 10\) \(num_classes=10\)$"):
+        check_labels(labelled(**{f"y_{part}": torch.tensor([10] * n)}), 10, "digits")
+
+
+def test_summary_reads_the_last_phase_at_the_report_position():
+    def phase(v):
+        return {"end": {"test_acc": v, "val_loss": v + 1}, "best": {"test_acc": v + 0.5, "val_loss": v + 1.5},
+                "sparsity": v + 0.25}  # a method's phase-end number
+    result = {"phases": [phase(0.0), phase(5.0), phase(10.0)]}
+
+    def cfg(at, restore_best=False, metric="test_acc", extra=("val_loss", "sparsity", "other")):
+        return OmegaConf.create({"report": {"metric": metric, "at": at, "extra": list(extra)},
+                                 "train": {"restore_best": restore_best}})
+    assert summarize(result, cfg("end")) == {"test_acc": 10.0, "val_loss": 11.0, "sparsity": 10.25, "other": None}
+    assert summarize(result, cfg("best")) == {"test_acc": 10.5, "val_loss": 11.5, "sparsity": 10.25, "other": None}
+    assert summarize(result, cfg(None, restore_best=True))["test_acc"] == 10.5
+    assert summarize(result, cfg(None))["test_acc"] == 10.0
+    assert summarize(result, cfg("end", metric="sparsity", extra=())) == {"sparsity": 10.25}
+    assert summarize({"phases": []}, cfg("end")) == {}
+
+
+def test_the_device_of_each_sweep_job(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert resolve_device("auto", 5) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert [str(resolve_device("auto", j)) for j in range(5)] == ["cuda:0", "cuda:1", "cuda:2", "cuda:0", "cuda:1"]
+    assert resolve_device("auto") == torch.device("cuda:0")
+    assert resolve_device("cuda:2") == torch.device("cuda:2") and resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match=re.escape(
+            "device='cuda:3' is not available here (3 GPUs visible); use device=cpu or device=auto")):
+        resolve_device("cuda:3")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda") == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"^device='cuda' is not available here \(1 GPUs visible\)"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"^device='mps' is not available here; use device=cpu or device=auto$"):
+        resolve_device("mps")
+    with pytest.raises(ConfigError, match=r"^device='banana' is not a device; valid: auto, cpu, cuda, cuda:N$"):
+        resolve_device("banana")
+    with pytest.raises(ConfigError, match=r"^device='meta' is not supported; valid: auto, cpu, cuda, cuda:N$"):
+        resolve_device("meta")
