@@ -135,3 +135,103 @@ def test_u_cops_is_cops_on_the_class_subset_t_with_labels_uniform_over_all_class
         s0_all = snip([(torch.arange(8), y[:8]), (torch.arange(8, 16), y[8:16])])
         assert not torch.equal(cops.cops(s0_all, s1, d, 0.9).keep, want)
     assert sets[0] == sets[1]  # T comes from class_seed, not from the run's seed
+
+
+def scores_of(ctx, method, kind, d=None):
+    batches = method.calibration(ctx)
+    return pruning.scores(kind, ctx.model, batches, loss_fn=ctx.loss_fn, gen=ctx.gen,
+                          temperature=method.temperature, d=d, iterations=method.iterations,
+                          normalize=True)
+
+
+def flat_of(masks, names):
+    return torch.cat([masks[n].flatten() for n in names])
+
+
+def smoothed(out, y):  # a loss whose gradients rank the weights unlike cross-entropy's
+    return F.cross_entropy(out, y, label_smoothing=0.6)
+
+
+@pytest.mark.parametrize("control,options", [
+    ("grasp", dict(temperature=3.0, eps=1e-3, lambda_plus=2.0, search=False, side="plus")),
+    ("synflow", dict(iterations=3, side="minus")), ("usnip", dict())])
+def test_every_option_reaches_algorithm_4_1_and_every_metric_is_the_masks(control, options):
+    """The mask and all metrics against Algorithm 4.1 run by hand on the negated, normalized
+    scores computed with the method's options, the run's loss and its generator."""
+    ctx = make_ctx()
+    ctx.loss_fn = smoothed
+    method = Cops(control=control, alpha=0.7, q=0.75, batches=2, batch_size=16, store=False,
+                  **options)
+    names = [n for n, _ in pruning.weights(ctx.model)]
+    D = sum(p.numel() for _, p in pruning.weights(ctx.model))
+    d = pruning.keep_count(D, 0.75)
+    gen = ctx.gen.get_state()
+    target = scores_of(ctx, method, "snip", d)
+    ctrl = scores_of(ctx, method, control, d)
+    ctx.gen.set_state(gen)
+    s0 = -torch.cat([target[n].flatten() for n in names])
+    s1 = -torch.cat([ctrl[n].flatten() for n in names])
+    args = {k: options.get(k, v) for k, v in
+            dict(eps=1e-6, lambda_plus=1.0, search=True, side="midpoint").items()}
+    want = cops.cops(s0, s1, d, 0.7, **args)
+    method.setup(ctx)
+    assert torch.equal(flat(ctx.masks, names), want.keep)
+    m = method.metrics
+    assert {k: m[k] for k in ("cops_lambda", "cops_kappa", "cops_kappa_min", "cops_evaluations")} \
+        == {"cops_lambda": want.lam, "cops_kappa": want.kappa, "cops_kappa_min": want.kappa_min,
+            "cops_evaluations": want.evaluations}
+    assert m["cops_s0"] == pytest.approx(float(s0[want.keep].sum()), rel=1e-5)
+    assert m["cops_s1"] == pytest.approx(float(s1[want.keep].sum()), rel=1e-5)
+    for key, s in (("sim_target", target), ("sim_control", ctrl)):
+        top = pruning.top_d(s, d)
+        assert m[key] == pytest.approx(cops.similarity(want.keep, flat_of(top, names))), key
+    assert m["q"] == pytest.approx(0.75, abs=1e-2)
+
+
+def test_linear_baseline_is_the_d_smallest_of_s0_plus_lambda_s1_and_q0_keeps_all():
+    ctx = make_ctx()
+    method = Cops(control="magnitude", lam=0.5, q=0.8, batches=1, batch_size=16, store=False)
+    names = [n for n, _ in pruning.weights(ctx.model)]
+    target, ctrl = scores_of(ctx, method, "snip"), scores_of(ctx, method, "magnitude")
+    s0 = -torch.cat([target[n].flatten() for n in names])
+    s1 = -torch.cat([ctrl[n].flatten() for n in names])
+    d = pruning.keep_count(s0.numel(), 0.8)
+    want = cops.select(s0, s1, 0.5, d)
+    method.setup(ctx)
+    assert torch.equal(flat(ctx.masks, names), want)
+    assert method.metrics["cops_lambda"] == 0.5 and "cops_kappa" not in method.metrics
+    assert method.metrics["cops_s0"] == pytest.approx(float(s0[want].sum()), rel=1e-5)
+    ctx = make_ctx()
+    dense = Cops(q=0.0, batches=1, batch_size=16, store=False)
+    dense.setup(ctx)
+    assert not len(ctx.masks) and "cops_lambda" not in dense.metrics
+    assert dense.metrics["sim_target"] == dense.metrics["sim_control"] == 1.0
+
+
+def test_prune_init_options_reach_the_cops_run():
+    """Storage, gradient statistics and the class subset pass through to prune_init."""
+    ctx = make_ctx()
+    method = Cops(control="magnitude", q=0.8, batches=1, batch_size=16, classes=4)
+    method.setup(ctx)
+    assert method.classes == 4 and "stored_bytes" in method.on_phase_end(ctx)
+    assert "grad_abs_mean" in method.on_epoch_end(ctx)
+    off = Cops(control="magnitude", q=0.8, batches=1, batch_size=16, store=False,
+               grad_stats=False)
+    off.setup(make_ctx())
+    assert "stored_bytes" not in off.on_phase_end(ctx) and off.on_epoch_end(ctx) == {}
+    assert (off.batches, off.batch_size, off.kind, off.scope) == (1, 16, "pruned", "global")
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(alpha={"0.9": 0.1, "0.99": 0.5}, q=0.95), r"it lists q = 0.9, 0.99 \(or set method"),
+    (dict(alpha=-0.1), r"alpha=-0.1; valid: \[0, 1\)"), (dict(alpha=1.5), "alpha=1.5"),
+    (dict(lam=-1.0), r"lambda=-1.0; valid: null \(COPS\) or >= 0"),
+    (dict(lam=float("inf")), "lambda=inf"), (dict(side="up"), "side='up'; valid: midpoint, plus"),
+    (dict(control="hessian"), "control='hessian'; valid: random, magnitude, snip"),
+    (dict(target="hessian"), "score='hessian'")])
+def test_cops_options_are_checked_with_one_clear_line(bad, match):
+    with pytest.raises(ValueError, match=match):
+        Cops(**bad)
+    for ok in (dict(alpha=0.0, lam=0.0, side="minus"), dict(lam=0.5), dict(alpha={0.9: 0.3})):
+        Cops(**ok)
+    assert Cops(alpha={0.9: 0.3}).alpha == 0.3 and Cops(lam=0.5).lam == 0.5

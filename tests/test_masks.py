@@ -265,3 +265,43 @@ def test_random_mask_keeps_exactly_its_density_of_every_weight_tensor():
         assert int(ctx.masks[name].keep.sum()) == round(0.25 * p.numel()), name
         assert ctx.masks[name].kind == "frozen"
     assert not any(n in ctx.masks for n, _ in params.select(model, "biases"))
+
+
+@pytest.mark.parametrize("params_,basis", [("weights", False), ("weights", True),
+                                           ("biases", False)])
+def test_random_mask_draws_its_entries_from_the_run_generator(params_, basis):
+    """Each chosen tensor (weights: every conv / linear weight, never a filter basis; or the
+    `params` kinds) keeps exactly round(density n) entries: the first of
+    torch.randperm(n, ctx.gen), tensor after tensor; `trained_share` is kept / total."""
+    from methods.random_mask import RandomMask
+    from runner.models.transforms import filter_bases, prunable
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Flatten(), nn.Linear(12, 5))
+    if basis:
+        filter_basis(sharing="coarse")(model)
+    ctx = context(model, seed=6)
+    torch.manual_seed(1)  # the global random state plays no part
+    method = RandomMask(density=0.3, kind="frozen", params=params_)
+    method.setup(ctx)
+    chosen = prunable(model) if params_ == "weights" else params.select(model, params_)
+    assert sorted(ctx.masks.names()) == sorted(n for n, _ in chosen)
+    assert not {id(b) for b in filter_bases(model)} & {id(p) for _, p in chosen}
+    g = torch.Generator().manual_seed(6)
+    kept = 0
+    for name, p in chosen:
+        k = round(0.3 * p.numel())
+        want = torch.zeros(p.numel(), dtype=torch.bool)
+        want[torch.randperm(p.numel(), generator=g)[:k]] = True
+        assert torch.equal(ctx.masks[name].keep.flatten(), want), name
+        assert ctx.masks[name].kind == "frozen"
+        kept += k
+    total = sum(p.numel() for _, p in chosen)
+    assert method.on_phase_end(ctx) == {"trained_share": kept / total}
+
+
+def test_random_mask_density_is_checked_and_its_ends_allowed():
+    from methods.random_mask import RandomMask
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=rf"^random_mask density={bad}; valid: \[0, 1\]$"):
+            RandomMask(density=bad)
+    assert RandomMask(density=0).density == 0.0 and RandomMask(density=1).density == 1.0

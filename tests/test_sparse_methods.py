@@ -242,3 +242,277 @@ def test_table5_2_one_knob_sets_q_of_snip_and_set_and_picks_their_paper_cell(com
     assert ("t_p" in cfg.method) == (method == "set")  # no SET option reaches SNIP
     assert paper_value(cfg, dict(cfg.hydra.runtime.choices)) == paper
     assert list(cfg.report.cols) == ["tuned.q"] and list(cfg.report.rows) == ["method", "space"]
+
+
+# -- sparse_common by hand ----------------------------------------------------------------------
+def test_check_accepts_the_valid_range_and_names_the_bad_value():
+    from methods.sparse_common import check
+    for ok in (0.0, 0.5, 0.999):
+        check(ok)  # the default distribution and scope are valid ones
+    check(0.5, "erk", "global")
+    for bad, match in [(dict(sparsity=1.0), r"sparsity=1.0; valid: \[0, 1\)"),
+                       (dict(sparsity=-0.1), "sparsity=-0.1"),
+                       (dict(sparsity=0.5, distribution="er"),
+                        "distribution='er'; valid: uniform, erk"),
+                       (dict(sparsity=0.5, scope="net"), "scope='net'; valid: layer, global")]:
+        with pytest.raises(ValueError, match=match):
+            check(**bad)
+
+
+def test_erk_counts_by_hand_with_layers_made_dense_in_two_rounds():
+    """Density 0.4 over 4 + 49 + 484 entries (budget 214.8), raw sum(shape) / n = 1, 2/7, 1/11.
+    Round 1: eps = 214.8 / 62, eps * 1 > 1: the first layer is dense. Round 2: eps = 210.8 / 58,
+    eps * 2/7 = 1.038 > 1: the second too. Round 3: eps = 161.8 / 44, the last keeps 161.8."""
+    shapes = [torch.Size([2, 2]), torch.Size([7, 7]), torch.Size([22, 22])]
+    assert layer_counts(shapes, 0.4, "erk") == [4, 49, 162]
+    # one round: 0.5 of 12 + 100 (budget 56); eps = 56 / 27 makes the first dense, then 2.2
+    assert layer_counts([torch.Size([4, 3]), torch.Size([10, 10])], 0.5, "erk") == [12, 44]
+    # nothing over 1: eps = 0.1 * 218 / (9 + 30), counts eps * 9 = 5.03 and eps * 30 = 16.8
+    assert layer_counts([torch.Size([3, 6]), torch.Size([10, 20])], 0.1, "erk") == [5, 17]
+    assert layer_counts([torch.Size([3, 6]), torch.Size([10, 20])], 0.25, "uniform") == [4, 50]
+
+
+def test_top_k_is_an_exact_bool_mask_on_the_scores_device():
+    from methods.sparse_common import top_k
+    score = torch.tensor([[0.3, 0.9, 0.1], [0.5, 0.2, 0.8]])
+    assert top_k(score, 1).tolist() == [[False, True, False], [False] * 3]
+    m = top_k(score, 3)
+    assert m.dtype == torch.bool and m.shape == score.shape
+    assert m.tolist() == [[False, True, False], [True, False, True]]
+    assert not top_k(score, 0).any() and top_k(score, 6).all()
+    assert top_k(torch.empty(5, device="meta"), 2).device.type == "meta"  # built where the score is
+
+
+def test_magnitude_masks_never_return_pruned_entries_per_layer_and_globally():
+    from methods.sparse_common import magnitude_masks
+    a = nn.Parameter(torch.tensor([[0.5, -0.05], [0.3, 0.2]]))
+    b = nn.Parameter(torch.tensor([0.4, -0.6, 0.01]))
+    named = [("a", a), ("b", b)]
+    keep = {"a": torch.tensor([[False, True], [True, True]])}  # 0.5 was pruned earlier (frozen)
+    layer = magnitude_masks(named, keep, [2, 1], "layer")
+    assert layer["a"].tolist() == [[False, False], [True, True]]  # not 0.5: it never returns
+    assert layer["b"].tolist() == [False, True, False]
+    glob = magnitude_masks(named, keep, 3, "global")
+    assert glob["a"].tolist() == [[False, False], [True, False]]  # 0.6, 0.4, 0.3
+    assert glob["b"].tolist() == [True, True, False]
+    assert magnitude_masks(named, {}, 1, "global")["b"].tolist() == [False, True, False]
+    # every kept entry smaller than 1: the pruned one stays out even with count = all kept
+    assert magnitude_masks(named, keep, [3, 3], "layer")["a"].tolist() == [[False, True],
+                                                                           [True, True]]
+
+
+def test_cosine_fraction_by_hand():
+    from methods.sparse_common import cosine_fraction
+    assert cosine_fraction(0.3, 0, 100) == pytest.approx(0.3)
+    assert cosine_fraction(0.3, 50, 100) == pytest.approx(0.15)
+    assert cosine_fraction(0.3, 25, 100) == pytest.approx(0.15 * (1 + 2 ** -0.5))
+    assert cosine_fraction(0.3, 100, 100) == pytest.approx(0.0, abs=1e-12)
+    assert cosine_fraction(0.3, 200, 100) == 0.0 and cosine_fraction(0.3, 150, 100) == 0.0
+
+
+# -- the methods' options, picks and counts -----------------------------------------------------
+@pytest.mark.parametrize("conf", ["set", "gmp", "lth", "finetune", "random_mask", "sparse_init",
+                                  "prune_init", "cops"])
+def test_python_defaults_are_the_config_files(conf):
+    """A method built in code (tests, notebooks) is `method=NAME`: built with no arguments it
+    equals the one built from conf/method/NAME.yaml's values (`oc.select`: its fallback)."""
+    import importlib
+    import re
+
+    from conftest import CONF, load_yaml
+    cfg = dict(load_yaml(CONF / "method" / f"{conf}.yaml"))
+    module, name = cfg.pop("_target_").rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), name)
+    for k, v in cfg.items():
+        if isinstance(v, str) and (m := re.fullmatch(r"\$\{oc\.select:[\w.]+,(.*)\}", v)):
+            cfg[k] = float(m.group(1))
+    if "lambda" in cfg:
+        cfg["lam"] = cfg.pop("lambda")
+    assert vars(cls()) == vars(cls(**cfg))
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(t_p=0), "t_p=0"), (dict(fraction=-0.1), "fraction=-0.1"),
+    (dict(fraction=1.5), "fraction=1.5"), (dict(stop=-0.5), r"stop=-0.5 \(in \[0, 1\]\)"),
+    (dict(stop=1.5), "stop=1.5"), (dict(sparsity=1.0), "sparsity=1.0"),
+    (dict(distribution="er"), "distribution='er'")])
+def test_set_refuses_bad_options_naming_them(bad, match):
+    with pytest.raises(ValueError, match=match):
+        SET(**bad)
+    for ok in (dict(t_p=1, fraction=0.0, stop=0.0), dict(fraction=1.0, stop=1.0)):
+        SET(**ok)
+
+
+def tiny_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2))  # 20 and 10 weights
+
+
+def mlp_setup(method, total_steps=40):
+    """`setup` on tiny_mlp: the method's setup, SGD, the phase start."""
+    ctx = context(tiny_mlp(), total_steps=total_steps)
+    method.setup(ctx)
+    ctx.optimizer = torch.optim.SGD(ctx.model.parameters(), lr=0.1)
+    method.on_phase_start(ctx)
+    return ctx
+
+
+def mlp_data(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(8, 4, generator=g), torch.randint(0, 2, (8,), generator=g)
+
+
+@pytest.mark.parametrize("cls", [SET, RigL])
+def test_set_and_rigl_pick_their_drops_and_growths_by_hand(cls):
+    """Setup: in each layer the k entries of largest torch.rand(shape, ctx.gen) (uniform q = 0.5:
+    k = 10, 5). An update at t = 1 of a phase (fraction 0.5, stop 1, 4 steps): fraction
+    0.25 (1 + cos(pi / 4)) = 0.427, so n = 4 of 10 and 2 of 5: the n kept entries of least |w|
+    are dropped and n regrown, largest score first, among all entries not kept after the drop:
+    SET's score is the next torch.rand(shape, ctx.gen), RigL's |grad|."""
+    model = tiny_mlp()
+    ctx = context(model, total_steps=4, seed=3)
+    method = cls(sparsity=0.5, t_p=1, fraction=0.5, stop=1.0, distribution="uniform")
+    method.setup(ctx)
+    named = prunable(model)
+    g = torch.Generator().manual_seed(3)
+    for name, p in named:
+        r = torch.rand(p.shape, generator=g).flatten()
+        want = torch.zeros(p.numel(), dtype=torch.bool)
+        want[r.argsort(descending=True)[:p.numel() // 2]] = True
+        assert torch.equal(ctx.masks[name].keep.flatten(), want), name
+    assert method.counts == [10, 5]
+    ctx.optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    ctx.step = 7  # the phase starts here: the first update comes after one step
+    method.on_phase_start(ctx)
+    x, y = torch.randn(8, 4, generator=g), torch.randint(0, 2, (8,), generator=g)
+    F.cross_entropy(model(x), y).backward()
+    before = {n: ctx.masks[n].keep.clone() for n, _ in named}
+    rand = torch.Generator()
+    rand.set_state(ctx.gen.get_state())
+    method.after_step(ctx)
+    for (name, p), n in zip(named, (4, 2)):
+        keep, w = before[name].flatten(), p.detach().abs().flatten()
+        idx = keep.nonzero().flatten()
+        dropped = idx[w[idx].argsort()[:n]]
+        after = keep.clone()
+        after[dropped] = False
+        score = (torch.rand(p.shape, generator=rand) if cls is SET else p.grad.abs()).flatten()
+        grown = score.masked_fill(after, -1.0).argsort(descending=True)[:n]
+        after[grown] = True
+        assert torch.equal(ctx.masks[name].keep.flatten(), after), name
+        assert int(after.sum()) == int(keep.sum())
+    assert method.on_phase_end(ctx) == {"mask_updates": 1, "density": 15 / 30}
+    for s in (8, 9, 10):  # t = 2, 3: fractions 0.25 and 0.073 (n = 1 of 10); t = 4 = stop: none
+        ctx.step = s
+        method.after_step(ctx)
+    assert method.on_phase_end(ctx)["mask_updates"] == 3
+
+
+def test_rigl_names_a_weight_without_gradient():
+    model = tiny_mlp()
+    ctx = context(model, total_steps=4)
+    method = RigL(sparsity=0.5, t_p=1, fraction=0.5, stop=1.0, distribution="uniform")
+    method.setup(ctx)
+    method.on_phase_start(ctx)
+    with pytest.raises(RuntimeError,
+                       match="^rigl: a prunable weight has no gradient at a mask update$"):
+        method.after_step(ctx)
+
+
+def test_one_weight_networks_report_their_density_and_share():
+    from methods.random_mask import RandomMask
+    model = nn.Linear(1, 1, bias=False)
+    method = SET(sparsity=0.0, distribution="uniform")
+    method.setup(context(model, total_steps=4))
+    assert method.on_phase_end(None)["density"] == 1.0
+    rm = RandomMask(density=1.0)
+    rm.setup(context(model))
+    assert rm.on_phase_end(None) == {"trained_share": 1.0}
+
+
+@pytest.mark.parametrize("bad,match", [(dict(t_p=0), "t_p=0"), (dict(t0=-1), "t0=-1"),
+                                       (dict(t0=5, t1=5), "t0=5 < t1=5"),
+                                       (dict(t0=6, t1=5), "t0=6 < t1=5"),
+                                       (dict(scope="net"), "scope='net'"),
+                                       (dict(sparsity=1.0), "sparsity=1.0")])
+def test_gmp_refuses_bad_options_naming_them(bad, match):
+    with pytest.raises(ValueError, match=match):
+        GMP(**bad)
+    GMP(t_p=1, t0=0, t1=1)
+
+
+def test_gmp_schedule_at_hand_picked_steps_and_its_summary():
+    """q_t = 0.9 (1 - (1 - (t - 10) / 20)^3) for 10 <= t <= 30: t = 20 -> 0.9 * 7/8 = 0.7875,
+    t = 15 -> 0.9 (1 - 27/64), t = 25 -> 0.9 (1 - 1/64)."""
+    assert gmp_sparsity(0.9, 9, 10, 30) == 0.0 and gmp_sparsity(0.9, 10, 10, 30) == 0.0
+    assert gmp_sparsity(0.9, 20, 10, 30) == pytest.approx(0.7875)
+    assert gmp_sparsity(0.9, 15, 10, 30) == pytest.approx(0.9 * 37 / 64)
+    assert gmp_sparsity(0.9, 25, 10, 30) == pytest.approx(0.9 * 63 / 64)
+    assert gmp_sparsity(0.9, 30, 10, 30) == pytest.approx(0.9)
+    assert gmp_sparsity(0.9, 31, 10, 30) == 0.9
+    method = GMP(sparsity=0.5, t_p=1, t0=0, t1=2, scope="global")
+    ctx = mlp_setup(method)
+    assert method.on_phase_end(ctx) == {"sparsity": 0.0}
+    for i in range(3):
+        step(ctx, method, *mlp_data(i))
+    assert method.on_phase_end(ctx) == {"sparsity": 0.5}
+
+
+@pytest.mark.parametrize("bad,match", [(dict(rewind_step=-1), r"rewind_step=-1; valid: >= 0"),
+                                       (dict(prune_fraction=1.0), "sparsity=1.0"),
+                                       (dict(scope="net"), "scope='net'")])
+def test_lth_refuses_bad_options_naming_them(bad, match):
+    with pytest.raises(ValueError, match=match):
+        LTH(**bad)
+
+
+def test_lth_rewinds_to_the_initialization_at_step_0_and_counts_its_rounds():
+    method = LTH(prune_fraction=0.5, rewind_step=0, scope="layer")
+    ctx = mlp_setup(method)
+    init = {n: p.detach().clone() for n, p in ctx.model.named_parameters()}
+    for i in range(3):
+        step(ctx, method, *mlp_data(i))
+    assert method.on_phase_end(ctx)["lth_round"] == 0
+    ctx.stage = Stage(1, 1, "round2", None)
+    method.on_phase_start(ctx)
+    named = prunable(ctx.model)
+    for n, p in ctx.model.named_parameters():
+        keep = ctx.masks[n].keep if n in ctx.masks else torch.ones_like(p, dtype=torch.bool)
+        assert torch.equal(p.detach()[keep], init[n][keep]), n
+    assert [int(ctx.masks[n].keep.sum()) for n, _ in named] == \
+        [round(0.5 * p.numel()) for _, p in named]
+    summary = method.on_phase_end(ctx)
+    assert summary["lth_round"] == 1 and summary["sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_lth_names_a_rewind_step_it_never_reached():
+    method = LTH(rewind_step=50)
+    ctx = mlp_setup(method)
+    step(ctx, method, *mlp_data(0))
+    ctx.stage = Stage(1, 1, "round2", None)
+    with pytest.raises(RuntimeError, match="rewind_step=50 was not reached"):
+        method.on_phase_start(ctx)
+
+
+@pytest.mark.parametrize("bad,match", [(dict(scope="net"), "scope='net'"),
+                                       (dict(sparsity=1.0), "sparsity=1.0")])
+def test_finetune_refuses_bad_options_naming_them(bad, match):
+    with pytest.raises(ValueError, match=match):
+        FineTune(**bad)
+
+
+def test_finetune_per_layer_keeps_each_tensors_largest_magnitudes():
+    method = FineTune(sparsity=0.5, at_phase=2, scope="layer")
+    ctx = mlp_setup(method)
+    ctx.stage = Stage(1, 0, "dense2", None)
+    method.on_phase_start(ctx)
+    assert not len(ctx.masks) and method.on_phase_end(ctx) == {"sparsity": 0.0}
+    named = prunable(ctx.model)
+    before = {n: p.detach().abs().clone() for n, p in named}
+    ctx.stage = Stage(2, 0, "finetune", None)
+    method.on_phase_start(ctx)
+    for n, p in named:
+        keep = ctx.masks[n].keep
+        assert int(keep.sum()) == round(0.5 * p.numel())
+        assert before[n][keep].min() >= before[n][~keep].max()
+    assert method.on_phase_end(ctx) == {"sparsity": 0.5}

@@ -213,3 +213,61 @@ def test_figures_are_written(tmp_path):
     assert zf.main(["boxplot", str(tmp_path / "none"), "--out", str(tmp_path / "x.png")]) == 2
     assert zf.cell(json.loads((runs / "r0" / "result.json").read_text()), None) == \
         "optim.weight_decay=0.0001"
+
+
+@torch.no_grad()
+def biased_net():
+    """bn_net with conv biases and non-zero normalization biases: every tensor silencing edits
+    starts away from 0."""
+    torch.manual_seed(2)
+    net = Network([nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()),
+                   nn.Sequential(nn.Conv2d(4, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                 nn.Flatten())],
+                  nn.Linear(4, 3))
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.uniform_(0.5, 1.5)
+            m.bias.uniform_(0.5, 1.5)
+    return net
+
+
+@pytest.mark.parametrize("noise", [0.0, 1e-4])
+def test_mutual_units_silence_exactly_their_row_bias_norm_and_columns(noise):
+    """`units: 2`: units 0 and 1 of both convs (the head is no unit): their rows, biases,
+    normalization weights and biases and their input columns in the consumer are 0 (or normal
+    noise of std `noise`, drawn from ctx.gen: the same seed repeats it whatever the global
+    random state); unit 2 onwards and everything else are untouched."""
+    nets = []
+    for global_seed in (0, 1):
+        net = biased_net()
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        torch.manual_seed(global_seed)
+        method = SparseInit("mutual", units=2, noise_std=noise)
+        method.setup(ctx_for(net, seed=5))
+        sd = net.state_dict()
+        silenced = {"blocks.0.0.weight": (slice(0, 2),), "blocks.0.0.bias": (slice(0, 2),),
+                    "blocks.0.1.weight": (slice(0, 2),), "blocks.0.1.bias": (slice(0, 2),),
+                    "blocks.1.0.weight": (slice(0, 2),), "blocks.1.0.bias": (slice(0, 2),),
+                    "head.weight": (slice(None), slice(0, 2))}
+        for k, v in sd.items():
+            if "running" in k or "num_batches" in k:
+                continue
+            rest = torch.ones_like(v, dtype=torch.bool)
+            if k in silenced:
+                rest[silenced[k]] = False
+                if k == "blocks.1.0.weight":  # its input columns 0, 1 (consumer of conv 1)
+                    rest[:, :2] = False
+                part = v[~rest]
+                assert part.numel() and (part.abs().max() < 10 * noise if noise else
+                                         (part == 0).all()), k
+                if noise:
+                    assert (part != 0).all(), k
+            assert torch.equal(v[rest], before[k][rest]), k
+        nets.append(sd)
+    assert all(torch.equal(nets[0][k], nets[1][k]) for k in nets[0])
+
+
+def test_sparse_init_names_a_bad_kind():
+    with pytest.raises(ValueError,
+                       match=r"^sparse_init kind='dense'; valid: mutual, double, mono$"):
+        SparseInit("dense")
