@@ -276,6 +276,23 @@ def test_synthetic_shapes(compose_cfg, tmp_path):
     cfg = compose_cfg(["dataset=synthetic", "dataset.shape=[3,8,8]", "dataset.num_classes=4"])
     a = instantiate(cfg.dataset.reader)
     assert a.x_train.shape == (512, 3, 8, 8) and set(a.y_train.tolist()) == {0, 1, 2, 3}
+    assert a.x_train.dtype == a.x_test.dtype == torch.uint8  # images, the full byte range
+    assert a.x_train.min() == 0 and a.x_train.max() == 255
+    assert a.y_train.bincount().tolist() == [128] * 4 and a.y_test.bincount().tolist() == [32] * 4
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_synthetic_data_follow_the_seed_alone(dtype):
+    def draw(seed, global_seed):
+        torch.manual_seed(global_seed)  # the global generator must not matter
+        return shapes_only([2, 3], 3, n_train=12, n_test=6, seed=seed, dtype=dtype)
+
+    a, again, other = draw(0, 1), draw(0, 2), draw(1, 1)
+    for part in ("x_train", "y_train", "x_test", "y_test"):
+        assert torch.equal(getattr(a, part), getattr(again, part)), part
+    assert not torch.equal(a.x_train, other.x_train) and not torch.equal(a.y_train, other.y_train)
+    assert a.x_train.shape == (12, 2, 3) and a.x_test.shape == (6, 2, 3)
+    assert a.x_train.dtype == getattr(torch, dtype) and a.y_test.bincount().tolist() == [2] * 3
 
 
 def write_png(path, color, size):
@@ -300,6 +317,24 @@ def test_tiny_imagenet_archive_layout(compose_cfg, tmp_path):
     a = read()
     assert a.x_train.shape == (4, 3, 64, 64) and a.y_train.tolist() == [0, 0, 1, 1]
     assert a.y_test.tolist() == [1] and abs(int(a.x_train[2, 0, 5, 5]) - 200) <= 2
+
+
+def test_tiny_imagenet_resizes_and_records_its_folder(tmp_path):
+    base = tmp_path  # the root itself may be the unpacked tiny-imagenet-200/
+    (base / "wnids.txt").write_text("n01\nn02\n")
+    for i, w in enumerate(["n01", "n02"]):
+        write_png(base / "train" / w / "images" / f"{w}_0.JPEG", (250 * i, 0, 0), 64)
+    for name, color in (("val 0.JPEG", (0, 0, 250)), ("val_1.JPEG", (0, 250, 0))):
+        write_png(base / "val" / "images" / name, color, 64)  # file names may hold spaces
+    (base / "val" / "val_annotations.txt").write_text("val 0.JPEG\tn02\t0\t0\t63\t63\n\n"
+                                                      "val_1.JPEG\tn01\t0\t0\t63\t63\n")
+    a = tiny_imagenet(str(tmp_path))
+    assert a.x_train.shape == (2, 3, 64, 64) and a.x_test.shape == (2, 3, 64, 64)
+    assert a.source == str(base) and a.y_test.tolist() == [1, 0]
+    small = tiny_imagenet(str(tmp_path), size=32)
+    assert small.x_train.shape == (2, 3, 32, 32) and small.x_test.shape == (2, 3, 32, 32)
+    assert small.x_test[0, 2].min() >= 245 and small.x_test[1, 1].min() >= 245  # blue, green
+    assert small.x_train[1, 0].min() >= 245 and small.y_train.tolist() == [0, 1]
 
 
 @pytest.mark.parametrize("name", FOLDERS)
