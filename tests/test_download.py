@@ -1,6 +1,7 @@
 """`dataset.reader.download=true`: a failed download is one line and leaves nothing behind; a
 complete one lands where the reader looks."""
 import gzip
+import shutil
 import struct
 from pathlib import Path
 from urllib.error import URLError
@@ -10,6 +11,19 @@ import torchvision
 
 from runner.data import readers
 from runner.errors import DatasetMissing, DownloadFailed
+
+
+@pytest.fixture(autouse=True)
+def rmtree_only_in_tmp_path(tmp_path, monkeypatch):
+    """A download's clean-up removes folders: these tests let it remove nothing outside their own
+    folder (a wrong path is a failure here, not a deleted machine, also under mutation testing)."""
+    rmtree = shutil.rmtree
+
+    def guarded(path, *args, **kwargs):
+        assert Path(path).absolute().is_relative_to(tmp_path), f"rmtree({path}) outside {tmp_path}"
+        return rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", guarded)
 
 
 def idx(path: Path, data: bytes, shape) -> None:

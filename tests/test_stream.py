@@ -110,6 +110,9 @@ def test_bench_command_line(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(stream, "bench", lambda *args: calls.append(args) or 1.0)
     assert stream.main(["bench"]) == 0 and calls == [(None, 2, 64, 8)]
     with pytest.raises(SystemExit):
+        stream.main(["benchmark"])  # the one command is `bench`
+    assert len(calls) == 1
+    with pytest.raises(SystemExit):
         stream.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert text.startswith("usage: python -m runner.data.stream [-h] ")
