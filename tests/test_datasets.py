@@ -51,7 +51,12 @@ def images(n, c, h, w, seed=0):
 TITLES = {"mnist": "MNIST", "kmnist": "KMNIST", "fashion_mnist": "Fashion-MNIST",
           "emnist_letters": "EMNIST letters", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
           "svhn": "SVHN", "tiny_imagenet": "Tiny ImageNet"}
-WHAT = {"emnist_letters": "emnist-letters-{train,test}-{images-idx3,labels-idx1}-ubyte.gz",
+IDX = "the four IDX files {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz"
+WHAT = {"mnist": IDX, "kmnist": IDX, "fashion_mnist": IDX,
+        "emnist_letters": "emnist-letters-{train,test}-{images-idx3,labels-idx1}-ubyte.gz",
+        "cifar10": "the python-version batches cifar-10-batches-py/ (data_batch_1, data_batch_2, "
+                   "data_batch_3, data_batch_4, data_batch_5, test_batch)",
+        "cifar100": "the python-version batches cifar-100-python/ (train, test)",
         "svhn": "train_32x32.mat, test_32x32.mat",
         "tiny_imagenet": "the unpacked tiny-imagenet-200.zip "
                          "(http://cs231n.stanford.edu/tiny-imagenet-200.zip)"}
@@ -69,7 +74,8 @@ def test_missing_dataset_is_one_clear_message(compose_cfg, tmp_path, monkeypatch
     assert msg.startswith(f"dataset {TITLES.get(name) or ds.reader.name} not found (looked in: ")
     assert ("download=true" in msg) == (name in DOWNLOADABLE)  # only where torchvision has it
     if name in WHAT:  # the fix names the files and where they go
-        assert f"put {WHAT[name]} into {ds.reader.root} (" in msg
+        where = ds.reader.root or f"{ds.reader.data_root}/{name}"  # Fashion-MNIST: data_root/...
+        assert f"put {WHAT[name]} into {where} (" in msg
 
 
 @needs_fashion_mnist
@@ -96,6 +102,19 @@ def test_idx_datasets(compose_cfg, tmp_path, name, sub, prefix):
     assert torch.equal(a.x_train[:, 0], torch.from_numpy(x)) and a.y_train.tolist() == [0, 1, 2, 3, 4]
     assert torch.equal(a.x_test[:, 0], torch.from_numpy(xt)) and a.y_test.tolist() == [9, 8, 7]
     assert a.x_train.shape[1:] == tuple(ds.shape)
+
+
+def test_idx_files_may_be_uncompressed(tmp_path):
+    x = images(2, 1, 28, 28)[:, 0]
+    for p in ("train", "t10k"):
+        write_idx(tmp_path / f"{p}-images-idx3-ubyte.gz", x)
+        write_idx(tmp_path / f"{p}-labels-idx1-ubyte.gz", [3, 4])
+        for kind in ("images-idx3", "labels-idx1"):  # as `gunzip` leaves them
+            gz = tmp_path / f"{p}-{kind}-ubyte.gz"
+            gz.with_suffix("").write_bytes(gzip.decompress(gz.read_bytes()))
+            gz.unlink()
+    a = readers.mnist(str(tmp_path))
+    assert torch.equal(a.x_test[:, 0], torch.from_numpy(x)) and a.y_train.tolist() == [3, 4]
 
 
 def test_emnist_letters_transposes_and_shifts_labels(compose_cfg, tmp_path):
@@ -262,6 +281,11 @@ def test_digits_from_scikit_learn(compose_cfg, tmp_path):
                                                                (a.x_test, a.y_test))
                    for x, y in zip(*part))
     assert ours == pairs and set(a.y_test.tolist()) == set(range(10))
+    assert a.y_train.dtype == torch.int64
+    torch.manual_seed(1)  # the split follows `seed` alone; the defaults are the config's
+    again, other = readers.digits(), readers.digits(seed=1)
+    assert torch.equal(again.y_test, a.y_test) and torch.equal(again.x_train, a.x_train)
+    assert not torch.equal(other.y_test, a.y_test)
 
 
 @pytest.mark.parametrize("name", ["digits", pytest.param("fashion_mnist", marks=needs_fashion_mnist)])

@@ -125,6 +125,8 @@ DOWNLOADS = [
     (readers.mnist, {}, "MNIST", "", [{"train": True}, {"train": False}]),
     (readers.kmnist, {}, "KMNIST", "", [{"train": True}, {"train": False}]),
     (readers.fashion_mnist, {}, "FashionMNIST", "", [{"train": True}, {"train": False}]),
+    (lambda root, **kw: readers.fashion_mnist(data_root=root, **kw), {}, "FashionMNIST",
+     "fashion_mnist", [{"train": True}, {"train": False}]),  # root: null (the config's)
     (readers.emnist_letters, {}, "EMNIST", "",
      [{"train": True, "split": "letters"}, {"train": False, "split": "letters"}]),
     (readers.cifar10, {}, "CIFAR10", "", [{"train": True}, {"train": False}]),
@@ -140,6 +142,7 @@ def test_each_reader_downloads_only_when_asked_with_torchvisions_arguments(
         tmp_path, monkeypatch, read, kwargs, cls, sub, splits):
     monkeypatch.setattr(torchvision.datasets, cls, type(cls, (Fetch,), {}))
     monkeypatch.setattr(Fetch, "calls", [])
+    monkeypatch.setattr(readers, "DEBIAN_FASHION_MNIST", str(tmp_path / "no_debian"))
     root = tmp_path / "data"
     with pytest.raises(DatasetMissing):
         read(root=str(root), **kwargs)  # download defaults to off
