@@ -12,8 +12,11 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import CONF, needs_fashion_mnist
+from runner.data import readers
+from runner.data.folders import tiny_imagenet
+from runner.data.synthetic import shapes_only
 from runner.data.tensors import split_train_val
-from runner.errors import DatasetMissing
+from runner.errors import DataError, DatasetMissing
 
 MINE = sorted(p.stem for p in (CONF / "dataset").glob("*.yaml") if p.stem != "reinit_synthetic")
 FOLDERS = ["oxford_pets", "stanford_dogs", "cars196", "caltech101", "cassava", "cub200_2010",
@@ -43,15 +46,36 @@ def images(n, c, h, w, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, c, h, w), dtype=np.uint8)
 
 
+# the name a missing-dataset message gives, and the files its fix asks for (readers not listed:
+# the config's `reader.name`)
+TITLES = {"mnist": "MNIST", "kmnist": "KMNIST", "fashion_mnist": "Fashion-MNIST",
+          "emnist_letters": "EMNIST letters", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
+          "svhn": "SVHN", "tiny_imagenet": "Tiny ImageNet"}
+IDX = "the four IDX files {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz"
+WHAT = {"mnist": IDX, "kmnist": IDX, "fashion_mnist": IDX,
+        "emnist_letters": "emnist-letters-{train,test}-{images-idx3,labels-idx1}-ubyte.gz",
+        "cifar10": "the python-version batches cifar-10-batches-py/ (data_batch_1, data_batch_2, "
+                   "data_batch_3, data_batch_4, data_batch_5, test_batch)",
+        "cifar100": "the python-version batches cifar-100-python/ (train, test)",
+        "svhn": "train_32x32.mat, test_32x32.mat",
+        "tiny_imagenet": "the unpacked tiny-imagenet-200.zip "
+                         "(http://cs231n.stanford.edu/tiny-imagenet-200.zip)"}
+DOWNLOADABLE = {"mnist", "kmnist", "fashion_mnist", "emnist_letters", "cifar10", "cifar100", "svhn"}
+
+
 @pytest.mark.parametrize("name", [n for n in MINE if n not in GENERATED])
 def test_missing_dataset_is_one_clear_message(compose_cfg, tmp_path, monkeypatch, name):
     monkeypatch.setattr("runner.data.readers.DEBIAN_FASHION_MNIST", str(tmp_path / "no_debian"))
-    _, read = reader(compose_cfg, name, tmp_path / "nothing")
+    ds, read = reader(compose_cfg, name, tmp_path / "nothing")
     with pytest.raises(DatasetMissing) as e:
         read()
     msg = str(e.value)
     assert str(tmp_path / "nothing") in msg and "dataset.reader.root" in msg
-    assert "not found" in msg
+    assert msg.startswith(f"dataset {TITLES.get(name) or ds.reader.name} not found (looked in: ")
+    assert ("download=true" in msg) == (name in DOWNLOADABLE)  # only where torchvision has it
+    if name in WHAT:  # the fix names the files and where they go
+        where = ds.reader.root or f"{ds.reader.data_root}/{name}"  # Fashion-MNIST: data_root/...
+        assert f"put {WHAT[name]} into {where} (" in msg
 
 
 @needs_fashion_mnist
@@ -78,6 +102,19 @@ def test_idx_datasets(compose_cfg, tmp_path, name, sub, prefix):
     assert torch.equal(a.x_train[:, 0], torch.from_numpy(x)) and a.y_train.tolist() == [0, 1, 2, 3, 4]
     assert torch.equal(a.x_test[:, 0], torch.from_numpy(xt)) and a.y_test.tolist() == [9, 8, 7]
     assert a.x_train.shape[1:] == tuple(ds.shape)
+
+
+def test_idx_files_may_be_uncompressed(tmp_path):
+    x = images(2, 1, 28, 28)[:, 0]
+    for p in ("train", "t10k"):
+        write_idx(tmp_path / f"{p}-images-idx3-ubyte.gz", x)
+        write_idx(tmp_path / f"{p}-labels-idx1-ubyte.gz", [3, 4])
+        for kind in ("images-idx3", "labels-idx1"):  # as `gunzip` leaves them
+            gz = tmp_path / f"{p}-{kind}-ubyte.gz"
+            gz.with_suffix("").write_bytes(gzip.decompress(gz.read_bytes()))
+            gz.unlink()
+    a = readers.mnist(str(tmp_path))
+    assert torch.equal(a.x_test[:, 0], torch.from_numpy(x)) and a.y_train.tolist() == [3, 4]
 
 
 def test_emnist_letters_transposes_and_shifts_labels(compose_cfg, tmp_path):
@@ -138,6 +175,94 @@ def test_svhn_mat_files(compose_cfg, tmp_path):
     a = read()
     assert torch.equal(a.x_train, torch.from_numpy(x)) and a.y_train.tolist() == [0, 1, 9]
     assert torch.equal(a.x_test, torch.from_numpy(xt)) and a.y_test.tolist() == [3, 0]
+    assert a.y_train.dtype == a.y_test.dtype == torch.int64 and a.source == str(d)
+
+
+def save_svhn(path, x, y):
+    from scipy.io import savemat
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    savemat(path, {"X": x.transpose(2, 3, 1, 0), "y": np.asarray(y).reshape(-1, 1)})
+
+
+def test_svhn_extra_joins_training_in_torchvisions_folder(tmp_path):
+    d = tmp_path / "svhn"  # torchvision's layout: root/svhn/*.mat
+    x, xt, xe = images(2, 3, 32, 32), images(1, 3, 32, 32, 1), images(3, 3, 32, 32, 2)
+    save_svhn(d / "train_32x32.mat", x, [10, 1])
+    save_svhn(d / "test_32x32.mat", xt, [2])
+    save_svhn(d / "extra_32x32.mat", xe, [3, 10, 4])
+    a = readers.svhn(str(tmp_path))
+    assert len(a.y_train) == 2 and a.source == str(d)
+    a = readers.svhn(str(tmp_path), extra=True)
+    assert torch.equal(a.x_train, torch.from_numpy(np.concatenate([x, xe])))
+    assert a.y_train.tolist() == [0, 1, 3, 0, 4] and a.y_test.tolist() == [2]
+
+
+def py2_pickle(d):
+    """What Python 2's cPickle.dump(d, f, 2) writes for a dict of str -> list of ints (the CIFAR
+    site's batches are such pickles: their keys load as bytes only with encoding="bytes")."""
+    out = b"\x80\x02}("  # PROTO 2, EMPTY_DICT, MARK
+    for k, v in d.items():
+        out += b"U" + bytes([len(k)]) + k  # SHORT_BINSTRING: a Python 2 str
+        out += b"](" + b"".join(b"K" + bytes([int(i)]) for i in v) + b"e"  # list of small ints
+    return out + b"u."  # SETITEMS, STOP
+
+
+def test_cifar_batches_as_python_2_wrote_them(tmp_path):
+    d = tmp_path / "cifar-100-python"
+    d.mkdir()
+    x = images(2, 3, 32, 32)
+    (d / "train").write_bytes(py2_pickle({b"data": x.reshape(-1), b"fine_labels": [5, 99],
+                                          b"coarse_labels": [1, 2]}))
+    (d / "test").write_bytes(py2_pickle({b"data": x[:1].reshape(-1), b"fine_labels": [7],
+                                         b"coarse_labels": [3]}))
+    a = readers.cifar100(str(tmp_path))
+    assert a.x_train.dtype == torch.uint8 and torch.equal(a.x_train, torch.from_numpy(x))
+    assert a.y_train.tolist() == [5, 99] and a.y_test.tolist() == [7]
+    assert a.y_train.dtype == torch.int64 and a.source == str(d)
+
+
+def error_line(parse, path):
+    """The one-line reason a parser gives for `path`, as a corrupt-file message quotes it."""
+    with pytest.raises(Exception) as e:
+        parse(path)
+    return " ".join(f"{type(e.value).__name__}: {e.value}".split())
+
+
+@pytest.mark.parametrize("keep", [0, 100, 1000])  # bytes left of a .mat cut short
+def test_a_corrupt_file_is_one_line_naming_it_and_the_reason(tmp_path, keep):
+    from scipy.io import loadmat
+
+    mat = tmp_path / "train_32x32.mat"
+    save_svhn(mat, images(2, 3, 32, 32), [1, 2])
+    save_svhn(tmp_path / "test_32x32.mat", images(1, 3, 32, 32), [1])
+    mat.write_bytes(mat.read_bytes()[:keep])
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        write_pickle(d / f, images(1, 3, 32, 32), [1], b"labels")
+    (d / "data_batch_3").write_bytes((d / "data_batch_3").read_bytes()[:keep + 50])
+    for read, bad, parse in ((readers.svhn, mat, loadmat),
+                             (readers.cifar10, d / "data_batch_3",
+                              lambda p: pickle.load(open(p, "rb"), encoding="bytes"))):
+        with pytest.raises(DataError) as e:
+            read(str(tmp_path))
+        assert str(e.value) == (f"{bad} is corrupt or truncated ({error_line(parse, bad)}); "
+                                f"delete it and provide it again")
+
+
+def test_images_and_labels_that_do_not_pair_up_name_the_file(tmp_path):
+    save_svhn(tmp_path / "svhn" / "train_32x32.mat", images(3, 3, 32, 32), [1, 2])
+    save_svhn(tmp_path / "svhn" / "test_32x32.mat", images(1, 3, 32, 32), [1])
+    with pytest.raises(DataError, match=f"^{tmp_path}/svhn/train_32x32.mat holds 3 images but 2 "
+                                        f"labels$"):
+        readers.svhn(str(tmp_path))
+    d = tmp_path / "cifar-100-python"
+    d.mkdir()
+    write_pickle(d / "train", images(2, 3, 32, 32), [1, 2, 3], b"fine_labels")
+    write_pickle(d / "test", images(1, 3, 32, 32), [1], b"fine_labels")
+    with pytest.raises(DataError, match=f"^{d}/train holds 2 images but 3 labels$"):
+        readers.cifar100(str(tmp_path))
 
 
 def test_digits_from_scikit_learn(compose_cfg, tmp_path):
@@ -156,6 +281,11 @@ def test_digits_from_scikit_learn(compose_cfg, tmp_path):
                                                                (a.x_test, a.y_test))
                    for x, y in zip(*part))
     assert ours == pairs and set(a.y_test.tolist()) == set(range(10))
+    assert a.y_train.dtype == torch.int64
+    torch.manual_seed(1)  # the split follows `seed` alone; the defaults are the config's
+    again, other = readers.digits(), readers.digits(seed=1)
+    assert torch.equal(again.y_test, a.y_test) and torch.equal(again.x_train, a.x_train)
+    assert not torch.equal(other.y_test, a.y_test)
 
 
 @pytest.mark.parametrize("name", ["digits", pytest.param("fashion_mnist", marks=needs_fashion_mnist)])
@@ -170,6 +300,23 @@ def test_synthetic_shapes(compose_cfg, tmp_path):
     cfg = compose_cfg(["dataset=synthetic", "dataset.shape=[3,8,8]", "dataset.num_classes=4"])
     a = instantiate(cfg.dataset.reader)
     assert a.x_train.shape == (512, 3, 8, 8) and set(a.y_train.tolist()) == {0, 1, 2, 3}
+    assert a.x_train.dtype == a.x_test.dtype == torch.uint8  # images, the full byte range
+    assert a.x_train.min() == 0 and a.x_train.max() == 255
+    assert a.y_train.bincount().tolist() == [128] * 4 and a.y_test.bincount().tolist() == [32] * 4
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_synthetic_data_follow_the_seed_alone(dtype):
+    def draw(seed, global_seed):
+        torch.manual_seed(global_seed)  # the global generator must not matter
+        return shapes_only([2, 3], 3, n_train=12, n_test=6, seed=seed, dtype=dtype)
+
+    a, again, other = draw(0, 1), draw(0, 2), draw(1, 1)
+    for part in ("x_train", "y_train", "x_test", "y_test"):
+        assert torch.equal(getattr(a, part), getattr(again, part)), part
+    assert not torch.equal(a.x_train, other.x_train) and not torch.equal(a.y_train, other.y_train)
+    assert a.x_train.shape == (12, 2, 3) and a.x_test.shape == (6, 2, 3)
+    assert a.x_train.dtype == getattr(torch, dtype) and a.y_test.bincount().tolist() == [2] * 3
 
 
 def write_png(path, color, size):
@@ -194,6 +341,24 @@ def test_tiny_imagenet_archive_layout(compose_cfg, tmp_path):
     a = read()
     assert a.x_train.shape == (4, 3, 64, 64) and a.y_train.tolist() == [0, 0, 1, 1]
     assert a.y_test.tolist() == [1] and abs(int(a.x_train[2, 0, 5, 5]) - 200) <= 2
+
+
+def test_tiny_imagenet_resizes_and_records_its_folder(tmp_path):
+    base = tmp_path  # the root itself may be the unpacked tiny-imagenet-200/
+    (base / "wnids.txt").write_text("n01\nn02\n")
+    for i, w in enumerate(["n01", "n02"]):
+        write_png(base / "train" / w / "images" / f"{w}_0.JPEG", (250 * i, 0, 0), 64)
+    for name, color in (("val 0.JPEG", (0, 0, 250)), ("val_1.JPEG", (0, 250, 0))):
+        write_png(base / "val" / "images" / name, color, 64)  # file names may hold spaces
+    (base / "val" / "val_annotations.txt").write_text("val 0.JPEG\tn02\t0\t0\t63\t63\n\n"
+                                                      "val_1.JPEG\tn01\t0\t0\t63\t63\n")
+    a = tiny_imagenet(str(tmp_path))
+    assert a.x_train.shape == (2, 3, 64, 64) and a.x_test.shape == (2, 3, 64, 64)
+    assert a.source == str(base) and a.y_test.tolist() == [1, 0]
+    small = tiny_imagenet(str(tmp_path), size=32)
+    assert small.x_train.shape == (2, 3, 32, 32) and small.x_test.shape == (2, 3, 32, 32)
+    assert small.x_test[0, 2].min() >= 245 and small.x_test[1, 1].min() >= 245  # blue, green
+    assert small.x_train[1, 0].min() >= 245 and small.y_train.tolist() == [0, 1]
 
 
 @pytest.mark.parametrize("name", FOLDERS)

@@ -130,6 +130,24 @@ def test_pipeline_normalizes_each_channel():
     torch.testing.assert_close(pipe(x, False, None).flatten(), torch.tensor([3.0, 1.0, 0.25]))
     gray_stats = Pipeline([0.2], [0.5], [], [], "cpu")  # one-channel stats of data made RGB
     torch.testing.assert_close(gray_stats(x, False, None).flatten(), torch.full((3,), 0.4))
+    gray = pipe(x[:, :1], False, None)  # and the other way: the stats' averages, same shape
+    assert gray.shape == (1, 1, 1, 1)
+    torch.testing.assert_close(gray.flatten(), (0.4 - torch.tensor([0.2])) * (10 + 5 + 2.5) / 3)
+
+
+def test_pipeline_augments_only_in_training_with_the_given_generator():
+    x = torch.full((2, 1, 1, 1), 51, dtype=torch.uint8)  # 0.2
+    seen = []
+
+    def shift(x, gen):
+        seen.append(gen)
+        return x + 1
+
+    pipe = Pipeline([0.0], [1.0], [], [shift], "cpu")
+    gen = torch.Generator()
+    torch.testing.assert_close(pipe(x, True, gen).flatten(), torch.full((2,), 1.2))
+    torch.testing.assert_close(pipe(x, False, gen).flatten(), torch.full((2,), 0.2))
+    assert seen == [gen]
 
 
 class Inputs(Method):

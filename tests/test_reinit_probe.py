@@ -23,6 +23,23 @@ def test_synthetic_task_encodes_the_label_in_binary():
     assert set(a.y_train.tolist()) == set(range(8))
 
 
+def test_synthetic_task_follows_its_seed_alone_and_defaults_to_the_papers_setup(compose_cfg):
+    def draw(seed, global_seed):
+        torch.manual_seed(global_seed)  # the global generator must not matter
+        return reinit_task(n_train=16, n_test=8, dim=5, seed=seed)
+
+    a, again, other = draw(0, 1), draw(0, 2), draw(1, 1)
+    for part in ("x_train", "y_train", "x_test", "y_test"):
+        assert torch.equal(getattr(a, part), getattr(again, part)), part
+        assert not torch.equal(getattr(a, part), getattr(other, part)), part
+    cfg = compose_cfg(["dataset=reinit_synthetic", "seed=0"]).dataset.reader  # Sec. 1.1
+    paper = reinit_task(**{k: v for k, v in cfg.items() if k != "_target_"})
+    default = reinit_task()
+    assert default.x_train.shape == (256, 128) and default.x_test.shape == (10000, 128)
+    for part in ("x_train", "y_train", "x_test", "y_test"):
+        assert torch.equal(getattr(default, part), getattr(paper, part)), part
+
+
 def Ctx(model, x, y):
     return context(model, Splits(Split(x, y), Split(x[:0], y[:0]), Split(x, y)))
 

@@ -228,6 +228,7 @@ def svhn(root: str, download: bool = False, extra: bool = False) -> Arrays:
     """SVHN cropped digits (Netzer et al. 2011): `{train,test[,extra]}_32x32.mat` in `root` (or
     torchvision's `root/svhn`). Label 10 stands for the digit 0 and becomes 0."""
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
     r = Path(root)
     dirs = [r, r / "svhn"]
@@ -242,7 +243,8 @@ def svhn(root: str, download: bool = False, extra: bool = False) -> Arrays:
             m = loadmat(f)
             x = torch.from_numpy(np.ascontiguousarray(m["X"].transpose(3, 2, 0, 1)))
             y = torch.from_numpy(m["y"].astype(np.int64).reshape(-1) % 10)
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, IndexError, MatReadError) as e:
+            # scipy's errors for a file cut short in its 128-byte header: MatReadError, IndexError
             raise corrupt(f, e) from None
         if len(x) != len(y):
             raise DataError(f"{f} holds {len(x)} images but {len(y)} labels")
