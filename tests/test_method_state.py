@@ -83,12 +83,12 @@ def optimizer(model, lr, wd):
 class Run:
     """A model, its methods and their context, trained the way `runner.train.Trainer` does."""
 
-    def __init__(self, names, model_seed=0):
+    def __init__(self, names, model_seed=0, device="cpu"):
         torch.manual_seed(model_seed)
-        model = make_model()
+        model = make_model().to(device)
         self.stack = MethodStack([build_method(n) for n in names])
         self.ctx = ctx = RunContext(
-            device=torch.device("cpu"), model=model, seed=0, loss_fn=F.cross_entropy,
+            device=torch.device(device), model=model, seed=0, loss_fn=F.cross_entropy,
             num_stages=STAGES, eval_batch_size=16, build_model=make_model,
             make_optimizer=optimizer, lr=LRS[0], weight_decay=1e-3)
         ctx.data, ctx.pipeline = DATA, (lambda x, train, gen: x)
@@ -151,7 +151,7 @@ class Run:
         names = {id(p): n for n, p in model.named_parameters()}
         buf = io.BytesIO()
         torch.save(self.stack.state_dict(), buf)
-        return {"position": (index, epoch), **copy.deepcopy({
+        return {"position": (index, epoch), "plain": plain(self.stack.methods), **copy.deepcopy({
             "model": model.state_dict(), "masks": ctx.masks.state_dict(),
             "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
             "optimizer_params": [names[id(p)] for g in ctx.optimizer.param_groups
@@ -207,6 +207,36 @@ def same(a, b, where="state") -> None:
         assert a == b or a != a and b != b, (where, a, b)  # NaN equals NaN
 
 
+def leaves(x):
+    if isinstance(x, dict):
+        x = list(x.values())
+    if isinstance(x, (list, tuple)):
+        return [leaf for v in x for leaf in leaves(v)]
+    return [x]
+
+
+def plain(x):
+    """The plain data among a method's attributes: numbers, strings, tensors that are not
+    parameters, and lists and string-keyed dicts of them (modules, slots, masks, parameters and
+    dicts keyed by object ids are left out: the model, masks and state_dict account for them)."""
+    if isinstance(x, (list, tuple)):
+        items = [plain(v) for v in x]
+        return SKIP if any(v is SKIP for v in items) else items
+    if isinstance(x, dict):
+        if not all(isinstance(k, str) for k in x):
+            return SKIP
+        items = {k: plain(v) for k, v in x.items()}
+        return {k: v for k, v in items.items() if v is not SKIP}
+    if isinstance(x, Method):
+        return plain(vars(x))
+    if isinstance(x, torch.Tensor) and not isinstance(x, torch.nn.Parameter):
+        return x.detach().clone()
+    return x if x is None or isinstance(x, (bool, int, float, str)) else SKIP
+
+
+SKIP = object()
+
+
 def model_state(run):
     return {k: v for k, v in run.ctx.model.state_dict().items()}
 
@@ -219,17 +249,28 @@ def test_a_resumed_method_ends_bitwise_as_the_uninterrupted_one(name):
     resumed = Run([name])
     resumed.restore(state)
     same(resumed.stack.state_dict(), state["methods"], f"{name}: restored state")
+    same(plain(resumed.stack.methods), state["plain"], f"{name}: restored attributes")
     resumed.resume(state)
     same(resumed.log, whole.log[whole.logged:], f"{name}: metrics after the checkpoint")
     same(model_state(resumed), model_state(whole), f"{name}: weights")
     same(resumed.ctx.masks.state_dict(), whole.ctx.masks.state_dict(), f"{name}: masks")
     same(resumed.stack.state_dict(), whole.stack.state_dict(), f"{name}: final state")
-    # load_state_dict puts back what state_dict gave, whatever setup saw (another model draw)
+    # load_state_dict puts back what state_dict gave, whatever setup saw (another model draw);
+    # a state can be taken right after setup too
     if state["methods"] == [{}]:
         return
     other = Run([name], model_seed=1)
+    torch.save(other.stack.state_dict(), io.BytesIO())
     other.stack.load_state_dict(state["methods"], other.ctx)
     same(other.stack.state_dict(), state["methods"], f"{name}: loaded after another setup")
+    # the state's weights and norms arrive on the CPU and go to the run's device ("meta" stands
+    # for one; index tensors stay where the method draws them, LW's calibration batch)
+    if any(isinstance(t, torch.Tensor) for t in leaves(state["methods"])):
+        meta = Run([name], device="meta")
+        meta.stack.load_state_dict(state["methods"], meta.ctx)
+        tensors = [t for t in leaves(meta.stack.state_dict())
+                   if isinstance(t, torch.Tensor) and t.is_floating_point()]
+        assert tensors and all(t.is_meta for t in tensors), f"{name}: state left off the device"
 
 
 def test_a_stack_loads_each_state_into_its_method_and_refuses_another_stack():
@@ -244,3 +285,12 @@ def test_a_stack_loads_each_state_into_its_method_and_refuses_another_stack():
     for wrong in (state[:1], state + [{}]):
         with pytest.raises(ValueError):
             Run(["swr", "frozen_probe"]).stack.load_state_dict(wrong, resumed.ctx)
+
+
+def test_l2_init_refuses_the_reference_of_another_parameter_selection():
+    from methods.l2_init import L2Init
+    run = Run(["l2_init"])
+    weights_only = L2Init(params="weights")
+    weights_only.setup(run.ctx)
+    with pytest.raises(ValueError):
+        run.stack.methods[0].load_state_dict(weights_only.state_dict(), run.ctx)
