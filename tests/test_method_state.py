@@ -8,6 +8,7 @@ The trainer is mimicked in a few lines (tests/test_resume.py runs the real one, 
 `sizes` stage); every method runs with options that make it act within the test's 12 steps."""
 import copy
 import functools
+import inspect
 import io
 
 import pytest
@@ -21,7 +22,7 @@ from runner.context import RunContext, Stage
 from runner.data.tensors import Split, Splits
 from runner.models import params
 from runner.models.cnn import swr_cnn
-from runner.train import call
+from runner.train import call, get_method
 
 METHODS = sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
 # options that make a method act within 3 phases x 2 epochs x 1 step (and stay cheap)
@@ -294,3 +295,26 @@ def test_l2_init_refuses_the_reference_of_another_parameter_selection():
     weights_only.setup(run.ctx)
     with pytest.raises(ValueError):
         run.stack.methods[0].load_state_dict(weights_only.state_dict(), run.ctx)
+
+
+def target(name: str):
+    return get_method(method_node(name)["_target_"])
+
+
+# the configs named after their class (not its variants: freezenet, g_cops, swr_reinit, ...)
+BASES = [n for n in METHODS if getattr(target(n), "name", None) == n and "__init__" in vars(target(n))]
+
+
+@pytest.mark.parametrize("name", BASES)
+def test_a_method_built_without_options_is_its_config(name):
+    """The defaults of a class's own constructor are the values of the config named after it
+    (without an experiment's tuned values): code that builds a method directly gets what a run
+    gets."""
+    options = OmegaConf.to_container(OmegaConf.create(method_node(name)), resolve=True)
+    cls = get_method(options.pop("_target_"))
+    if "lambda" in options:
+        options["lam"] = options.pop("lambda")
+    for key, p in inspect.signature(cls).parameters.items():
+        if p.default is not inspect.Parameter.empty:
+            default = list(p.default) if isinstance(p.default, tuple) else p.default
+            assert options[key] == default, f"{cls.__name__}({key}={p.default!r}), {name}.yaml: {options[key]!r}"

@@ -235,3 +235,81 @@ def test_lw_freeze_ablation_freezes_earlier_blocks(make_ctx):
     start_round(lw, ctx, 2)  # block 3
     grads = [all(p.requires_grad for p in u.parameters()) for u in lw.units]
     assert grads == [False, False, True, True]
+
+
+def small_ctx(hidden=(5, 4)):
+    """A real RunContext around an MLP (no Trainer): `build_model` draws a new MLP."""
+    from conftest import context
+    from runner.models.mlp import mlp
+
+    torch.manual_seed(0)
+    model = mlp([6], 3, hidden=list(hidden))
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    return context(model, Splits(Split(x, y), Split(x[:0], y[:0]), Split(x, y)),
+                   _build_model=lambda: mlp([6], 3, hidden=list(hidden)))
+
+
+def test_dsd_global_scope_reinitializes_the_globally_smallest():
+    ctx = small_ctx()
+    small, large = ctx.model.blocks[0][1].weight, ctx.model.head.weight
+    with torch.no_grad():
+        for p in ctx.model.parameters():
+            p.fill_(100.0)
+        small.fill_(0.01)  # 30 weights, the smallest of all
+    n = sum(p.numel() for _, p in select(ctx.model, "weights"))
+    start_round(DSD(fraction=30 / n, scope="global", params="weights", eta="zeros"), ctx, 1)
+    assert (small == 0).all() and (large == 100.0).all()  # a per-layer DSD zeroes some of both
+
+
+def test_smallest_masks_break_ties_by_position_on_the_weights_device():
+    p = torch.nn.Parameter(torch.ones(64))  # all magnitudes equal: the first ones are taken
+    assert smallest_masks([("w", p)], 0.25)["w"].tolist() == [True] * 16 + [False] * 48
+    meta = torch.nn.Parameter(torch.ones(8, device="meta"))
+    for scope in ("layer", "global"):
+        assert smallest_masks([("w", meta)], 0.5, scope)["w"].is_meta
+    with pytest.raises(ValueError, match="scope='layers'; valid: layer, global"):
+        smallest_masks([("w", p)], 0.5, "layers")
+
+
+def test_fc_passes_its_options_on():
+    ctx = small_ctx()
+    with torch.no_grad():
+        for p in ctx.model.parameters():
+            p.add_(0.1)
+    before = copy.deepcopy(ctx.model.state_dict())
+    start_round(FC(params="weights", eta="zeros"), ctx, 1)
+    after = ctx.model.state_dict()
+    assert torch.equal(after["head.weight"], torch.zeros_like(after["head.weight"]))
+    assert all(torch.equal(v, before[k]) for k, v in after.items() if k != "head.weight")
+
+
+def test_eta_init_redraws_with_another_initializer():
+    ctx = small_ctx()
+    rng = torch.random.get_rng_state()
+    start_round(WELSR(fraction=1.0, params="weights", eta="fresh", eta_init="pm_sigma"), ctx, 1)
+    assert torch.equal(torch.random.get_rng_state(), rng)  # the seed came from ctx.gen
+    for name, p in select(ctx.model, "weights"):
+        sigma = (2 / sum(p.shape)) ** 0.5  # pm_sigma: +-sqrt(2 / (fan_in + fan_out))
+        assert torch.allclose(p.abs(), torch.full_like(p, sigma)), name
+
+
+def test_lw_first_round_keeps_the_initialization():
+    ctx = small_ctx()
+    lw = LW(n=1)
+    lw.setup(ctx)
+    before = {id(p): p.detach().clone() for p in ctx.model.parameters()}
+    start_round(lw, ctx, 0)  # block 1 kept at its norms, nothing above redrawn
+    assert all(torch.equal(p, before[id(p)]) for p in ctx.model.parameters())
+    assert lw.on_phase_end(ctx) == {"lw_block": 1}
+
+
+def test_lw_freeze_keeps_the_stem_trainable_in_the_first_round():
+    ctx = small_ctx(hidden=(5, 4, 4))
+    lw = LW(n=1, stem=1, freeze=True)
+    lw.setup(ctx)
+    trainable = []
+    for r in (0, 1):
+        start_round(lw, ctx, r)
+        trainable.append([all(p.requires_grad for p in u.parameters()) for u in lw.units])
+    assert trainable == [[True] * 4, [False, False, True, True]]  # round 2: stem and block 1
+    assert lw.on_phase_end(ctx) == {"lw_block": 2}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from methods.dirac_reset import DiracReset, add_identity
+from methods.dirac_reset import DiracReset, add_identity, identity_like
 from methods.sparse_init import SparseInit
 from runner.analysis.fisher import class_fisher, fisher_score
 from runner.analysis.frozen import count_frozen
@@ -79,6 +79,23 @@ def test_dirac_reset_acts_at_task_changes_and_sets_the_retraining_hyperparameter
     assert torch.equal(model[0].weight, 1.5 * torch.eye(2))
     with pytest.raises(ValueError):
         DiracReset(one_d="double")
+
+
+def test_dirac_reset_phases_and_optimizer_reset():
+    assert [DiracReset().acts(i) for i in range(3)] == [False, True, True]
+    assert [DiracReset(phases=[0, 2]).acts(i) for i in range(3)] == [True, False, True]
+    for reset in (False, True):
+        resets = []
+        ctx = ctx_for(nn.Linear(2, 2), index=1)
+        ctx.reset_optimizer = lambda: resets.append(1)
+        DiracReset(reset_optimizer=reset).on_phase_start(ctx)
+        assert resets == [1] * reset
+
+
+def test_identity_on_the_weights_device():
+    for weight, module in ((torch.empty(3, 2, device="meta"), nn.Linear(2, 3)),
+                           (torch.empty(2, 2, 3, 3, device="meta"), nn.Conv2d(2, 2, 3))):
+        assert identity_like(weight, module).is_meta
 
 
 def bn_net():
