@@ -85,19 +85,20 @@ def test_swr_keeps_network_proportional_and_pulls_norms_to_init(builder, shape):
         assert w.norm().item() == pytest.approx(0.3 * n0 + 0.7 * nb, rel=1e-5)
 
 
-def test_swr_hand_computed_single_layer():
+@pytest.mark.parametrize("unit", [1.0, 0.01])  # norms above and below 1
+def test_swr_hand_computed_single_layer(unit):
     model = Network([], nn.Linear(2, 1))
     with torch.no_grad():
-        model.head.weight.copy_(torch.tensor([[3.0, 4.0]]))  # norm 5
+        model.head.weight.copy_(torch.tensor([[3.0, 4.0]]) * unit)  # norm 5 unit
         model.head.bias.fill_(2.0)
     ctx = context(model)
     swr = SWR(lam=0.5)
     swr.setup(ctx)
     with torch.no_grad():
-        model.head.weight.mul_(3.0)  # norm 15
+        model.head.weight.mul_(3.0)  # norm 15 unit
     swr.after_step(ctx)
     c = (0.5 * 5 + 0.5 * 15) / 15  # = 2/3
-    assert torch.allclose(model.head.weight, torch.tensor([[9.0, 12.0]]) * c)
+    assert torch.allclose(model.head.weight, torch.tensor([[9.0, 12.0]]) * unit * c)
     assert model.head.bias.item() == pytest.approx(2.0 * c)
 
 

@@ -313,3 +313,13 @@ def test_lw_freeze_keeps_the_stem_trainable_in_the_first_round():
         trainable.append([all(p.requires_grad for p in u.parameters()) for u in lw.units])
     assert trainable == [[True] * 4, [False, False, True, True]]  # round 2: stem and block 1
     assert lw.on_phase_end(ctx) == {"lw_block": 2}
+
+
+def test_reinit_rounds_are_counted_and_a_bad_eta_is_named():
+    ctx = small_ctx()
+    welsr = WELSR(eta="zeros")
+    for r in range(3):  # rounds at the starts of stages 1 and 2
+        start_round(welsr, ctx, r)
+    assert welsr.on_phase_end(ctx) == {"reinit_rounds": 2}
+    with pytest.raises(ValueError, match="eta='noise'; valid: fresh, init, zeros"):
+        WELSR(eta="noise")
