@@ -323,3 +323,35 @@ def test_reinit_rounds_are_counted_and_a_bad_eta_is_named():
     assert welsr.on_phase_end(ctx) == {"reinit_rounds": 2}
     with pytest.raises(ValueError, match="eta='noise'; valid: fresh, init, zeros"):
         WELSR(eta="noise")
+
+
+def test_eta_init_seeds_come_from_the_method_generator():
+    from methods.reinit_common import eta_for
+    from runner.models.init import initialize
+
+    names = [n for n, _ in select(small_ctx().model, "weights")]
+    draws = []
+    for global_seed in (1, 2):  # the global random state plays no part
+        ctx = small_ctx()
+        torch.manual_seed(global_seed)
+        draws.append(eta_for(ctx, names, "fresh", init="he_normal"))
+    twin = small_ctx().gen  # replay: the fresh model's seed, then the initializer's, from ctx.gen
+    torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=twin)))
+    model = small_ctx()._build_model()
+    torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=twin)))
+    expect = dict(select(initialize(model, "he_normal"), "weights"))
+    for name in names:
+        assert torch.equal(draws[0][name], draws[1][name]) and torch.equal(draws[0][name], expect[name])
+    with pytest.raises(ValueError, match="eta='noise'; valid: fresh, init, zeros"):
+        eta_for(small_ctx(), names, "noise")
+
+
+def test_lw_blocks_option_and_its_bounds():
+    ctx = small_ctx()  # two blocks and the head
+    lw = LW(blocks=1)
+    lw.setup(ctx)
+    assert lw.K == 1 and [lw.block_of_round(r) for r in range(3)] == [1, 1, 1]
+    for options in ({"blocks": 4}, {"blocks": 3, "stem": 1}, {"blocks": 0}):
+        with pytest.raises(ValueError, match=f"LW: {options['blocks']} blocks after a stem of "
+                                             f"{options.get('stem', 0)} requested; the model has 2"):
+            LW(**options).setup(ctx)
