@@ -272,6 +272,7 @@ def test_a_resumed_method_ends_bitwise_as_the_uninterrupted_one(name):
         tensors = [t for t in leaves(meta.stack.state_dict())
                    if isinstance(t, torch.Tensor) and t.is_floating_point()]
         assert tensors and all(t.is_meta for t in tensors), f"{name}: state left off the device"
+        assert all(t.is_meta for t in meta.ctx.model.state_dict().values()), f"{name}: modules"
 
 
 def test_a_stack_loads_each_state_into_its_method_and_refuses_another_stack():
