@@ -246,7 +246,7 @@ def small_ctx(hidden=(5, 4)):
     model = mlp([6], 3, hidden=list(hidden))
     x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
     return context(model, Splits(Split(x, y), Split(x[:0], y[:0]), Split(x, y)),
-                   _build_model=lambda: mlp([6], 3, hidden=list(hidden)))
+                   _build_model=lambda: mlp([6], 3, hidden=list(hidden)), init_state=snapshot(model))
 
 
 def test_dsd_global_scope_reinitializes_the_globally_smallest():
@@ -355,3 +355,29 @@ def test_lw_blocks_option_and_its_bounds():
         with pytest.raises(ValueError, match=f"LW: {options['blocks']} blocks after a stem of "
                                              f"{options.get('stem', 0)} requested; the model has 2"):
             LW(**options).setup(ctx)
+
+
+@pytest.mark.parametrize("method", ["lw", "welsr"])
+def test_rounds_reset_the_optimizer_after_the_first_only_if_asked(method):
+    for reset in (True, False):
+        ctx, resets = small_ctx(), []
+        ctx.reset_optimizer = lambda: resets.append(ctx.stage.index)
+        m = LW(n=1, reset_optimizer=reset) if method == "lw" else WELSR(reset_optimizer=reset)
+        m.setup(ctx)
+        for r in range(3):
+            start_round(m, ctx, r)
+        assert resets == ([1, 2] if reset else []), (method, reset)
+    assert (WELSR().fraction, WELSR().reset_optimizer) == (0.2, True)  # welsr.yaml's values
+
+
+@pytest.mark.parametrize("eta,scale", [("zeros", 0.5), ("init", 2.0)])
+def test_eta_scale_with_zeros_and_above_one(eta, scale):
+    ctx = small_ctx()
+    with torch.no_grad():
+        for p in ctx.model.parameters():
+            p.add_(1.0)
+    start_round(WELSR(fraction=1.0, params="weights", eta=eta, eta_scale=scale), ctx, 1)
+    for name, p in select(ctx.model, "weights"):
+        assert torch.equal(p, scale * ctx.init_state[name] if eta == "init" else torch.zeros_like(p))
+    meta = torch.nn.Parameter(torch.ones(8, device="meta"))
+    assert random_masks([("w", meta)], 0.5, torch.Generator())["w"].is_meta
