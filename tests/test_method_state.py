@@ -317,3 +317,15 @@ def test_a_method_built_without_options_is_its_config(name):
     own = [k for k, p in inspect.signature(vars(cls)["__init__"]).parameters.items()
            if p.default is not inspect.Parameter.empty]
     same(plain(cls(**{k: options[k] for k in own})), plain(cls()), f"{name}: the defaults")
+
+
+def test_a_stack_adds_the_loss_terms_of_its_methods():
+    run = Run(["l2", "vanilla", "l2_init"])
+    l2, _, l2_init = run.stack.methods
+    with torch.no_grad():
+        for p in run.ctx.model.parameters():
+            p.add_(0.5)
+    total = run.stack.loss_term(run.ctx)
+    assert total.item() == pytest.approx((l2.loss_term(run.ctx) + l2_init.loss_term(run.ctx)).item())
+    assert l2_init.loss_term(run.ctx).item() > 0
+    assert Run(["vanilla", "swr"]).stack.loss_term(run.ctx) is None

@@ -9,7 +9,7 @@ from methods.head_reset import HeadReset
 from methods.l2 import L2
 from methods.l2_init import L2Init
 from methods.shrink_perturb import ShrinkPerturb
-from methods.swr import SWR
+from methods.swr import SWR, classifier_modules
 from runner.models.base import Network
 from runner.models.mlp import mlp
 
@@ -114,6 +114,44 @@ def test_swr_lambda_c_is_the_classifier_and_lambda_f_the_features():
     swr.after_step(ctx)
     assert model.head.weight.norm().item() == pytest.approx(head0, rel=1e-5)
     assert [w.norm().item() for w in layer_weights(model.blocks)] == pytest.approx(feats, rel=1e-6)
+
+
+def test_swr_without_rescale_norm_leaves_normalization_scales_and_reads_a_deep_head():
+    model = make_cnn_bn()
+    ctx = context(model)
+    swr = SWR(lam=0.5, rescale_norm=False)
+    swr.setup(ctx)
+    grow(model)
+    bn = [m.weight.detach().clone() for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    conv = model.blocks[0][0].weight.norm().item()
+    swr.after_step(ctx)
+    assert all(torch.equal(m.weight, w) for m, w in
+               zip([m for m in model.modules() if isinstance(m, nn.BatchNorm2d)], bn))
+    assert model.blocks[0][0].weight.norm().item() != pytest.approx(conv)
+    deep = Network([nn.Linear(3, 4)], nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)))
+    assert classifier_modules(deep, "head") == [deep.head[0], deep.head[2]]
+    with pytest.raises(ValueError, match="classifier scope 'last'; valid: linear, head"):
+        classifier_modules(deep, "last")
+
+
+def test_swr_leaves_layers_without_weight_norm_alone_and_stays_on_the_models_device():
+    model = Network([nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, affine=False))],
+                    nn.Linear(4, 2))
+    with torch.no_grad():
+        model.blocks[0][0].weight.zero_()  # norm 0: c = 1, its bias is kept
+        model.blocks[0][0].bias.fill_(0.5)
+    ctx = context(model)
+    swr = SWR(lam=0.5)
+    swr.setup(ctx)
+    swr.after_step(ctx)
+    assert torch.equal(model.blocks[0][0].bias, torch.full((4,), 0.5))
+    meta = make_mlp().to("meta")
+    ctx = context(meta)
+    ctx.device = torch.device("meta")
+    swr = SWR(lam=0.5)
+    swr.setup(ctx)
+    swr.after_step(ctx)
+    assert all(t.is_meta for t in (swr.lam, swr.starts, swr.index, swr.n_init, swr.norms()))
 
 
 def test_swr_reinit_resets_reference_norms_when_lr_decays():

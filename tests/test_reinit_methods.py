@@ -381,3 +381,26 @@ def test_eta_scale_with_zeros_and_above_one(eta, scale):
         assert torch.equal(p, scale * ctx.init_state[name] if eta == "init" else torch.zeros_like(p))
     meta = torch.nn.Parameter(torch.ones(8, device="meta"))
     assert random_masks([("w", meta)], 0.5, torch.Generator())["w"].is_meta
+
+
+def test_fc_blocks_adds_the_top_blocks():
+    ctx = small_ctx(hidden=(5, 4, 4))
+    before = copy.deepcopy(ctx.model.state_dict())
+    start_round(FC(blocks=1, params="weights", eta="zeros"), ctx, 1)
+    after = ctx.model.state_dict()
+    for k in ("head.weight", "blocks.2.0.weight"):
+        assert not after[k].any(), k
+    assert all(torch.equal(v, before[k]) for k, v in after.items()
+               if k not in ("head.weight", "blocks.2.0.weight"))
+
+
+def test_wels_mask_covers_the_selected_parameters_and_comes_from_the_method_generator():
+    masks = []
+    for global_seed in (1, 2):
+        ctx = small_ctx()
+        torch.manual_seed(global_seed)
+        wels = WELS(params="weights")
+        wels.setup(ctx)
+        masks.append(wels.fixed)
+    assert list(masks[0]) == [n for n, _ in select(ctx.model, "weights")]
+    assert all(torch.equal(masks[0][n], masks[1][n]) for n in masks[0])
