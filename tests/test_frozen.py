@@ -1,8 +1,10 @@
 """Counting mutually frozen weights (runner.analysis.frozen) on hand-built networks whose frozen
 rows and columns are known."""
+import pytest
 import torch
 from torch import nn
 
+from runner.analysis.fisher import class_fisher
 from runner.analysis.frozen import count_frozen, pair_norms, trace_layers
 from runner.models.base import Network
 
@@ -134,3 +136,36 @@ def test_pair_norms_sum_row_and_columns():
     sums = pair_norms(trace_layers(net))
     assert set(sums) == {"blocks.0.0", "blocks.1.0"}
     assert torch.allclose(sums["blocks.0.0"], torch.tensor([8.0, 0.0, 0.0]))
+
+
+@torch.no_grad()
+def test_frozen_probe_reports_counts_at_start_and_end_with_their_denominators():
+    from conftest import context
+    from methods.frozen_probe import FrozenProbe
+    from runner.data.tensors import Split, Splits
+
+    torch.manual_seed(0)
+    net = mlp()
+    x, y = torch.randn(8, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    ctx = context(net, Splits(Split(x, y), Split(x, y), Split(x, y)))
+    probe = FrozenProbe(cutoff=0.05, every_epoch=True, per_layer=True, fisher_samples=6,
+                        fisher_classes=2)
+    probe.setup(ctx)
+    net.blocks[0][0].weight[1] = 0.01  # row norm 0.02: below the cutoff 0.05, above 1e-2
+    net.blocks[1][0].weight[:, 1] = 0.01
+    probe.on_phase_start(ctx)
+    net.blocks[0][0].weight[1] = 1.0  # unfrozen by the end
+    out = probe.on_phase_end(ctx)
+    end = count_frozen(net, cutoff=0.05)
+    assert {k: out[f"frozen_{k}"] for k in ("filters", "units", "double", "triple")} == {
+        k: end[k] for k in ("filters", "units", "double", "triple")}
+    assert (out["start_frozen_units"], out["start_frozen_double"], out["frozen_units"]) == (1, 7, 0)
+    assert out["frozen_layers"] == end["layers"]
+    totals = {"frozen_filters": 6, "frozen_units": 6, "frozen_double": 27, "frozen_triple": 27}
+    assert out["totals"] == {**totals, **{f"start_{k}": v for k, v in totals.items()}}
+    feats = net.features(x[:6])  # penultimate features of the first 6 test samples
+    assert out["fisher"] == pytest.approx(class_fisher(feats, y[:6], 2))  # classes 0 and 1
+    assert out["fisher"] != pytest.approx(class_fisher(feats, y[:6]))
+    assert probe.on_epoch_end(ctx) == {f"frozen_{k}": end[k]
+                                       for k in ("filters", "units", "double", "triple")}
+    assert FrozenProbe().on_epoch_end(ctx) == {}

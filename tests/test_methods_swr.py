@@ -1,4 +1,4 @@
-"""SWR, L2 Init, Shrink & Perturb and head reset against hand computations and invariants."""
+"""SWR, L2, L2 Init, Shrink & Perturb and head reset against hand computations and invariants."""
 from types import SimpleNamespace
 
 import pytest
@@ -6,9 +6,10 @@ import torch
 from torch import nn
 
 from methods.head_reset import HeadReset
+from methods.l2 import L2
 from methods.l2_init import L2Init
 from methods.shrink_perturb import ShrinkPerturb
-from methods.swr import SWR
+from methods.swr import SWR, classifier_modules
 from runner.models.base import Network
 from runner.models.mlp import mlp
 
@@ -84,19 +85,20 @@ def test_swr_keeps_network_proportional_and_pulls_norms_to_init(builder, shape):
         assert w.norm().item() == pytest.approx(0.3 * n0 + 0.7 * nb, rel=1e-5)
 
 
-def test_swr_hand_computed_single_layer():
+@pytest.mark.parametrize("unit", [1.0, 0.01])  # norms above and below 1
+def test_swr_hand_computed_single_layer(unit):
     model = Network([], nn.Linear(2, 1))
     with torch.no_grad():
-        model.head.weight.copy_(torch.tensor([[3.0, 4.0]]))  # norm 5
+        model.head.weight.copy_(torch.tensor([[3.0, 4.0]]) * unit)  # norm 5 unit
         model.head.bias.fill_(2.0)
     ctx = context(model)
     swr = SWR(lam=0.5)
     swr.setup(ctx)
     with torch.no_grad():
-        model.head.weight.mul_(3.0)  # norm 15
+        model.head.weight.mul_(3.0)  # norm 15 unit
     swr.after_step(ctx)
     c = (0.5 * 5 + 0.5 * 15) / 15  # = 2/3
-    assert torch.allclose(model.head.weight, torch.tensor([[9.0, 12.0]]) * c)
+    assert torch.allclose(model.head.weight, torch.tensor([[9.0, 12.0]]) * unit * c)
     assert model.head.bias.item() == pytest.approx(2.0 * c)
 
 
@@ -112,6 +114,44 @@ def test_swr_lambda_c_is_the_classifier_and_lambda_f_the_features():
     swr.after_step(ctx)
     assert model.head.weight.norm().item() == pytest.approx(head0, rel=1e-5)
     assert [w.norm().item() for w in layer_weights(model.blocks)] == pytest.approx(feats, rel=1e-6)
+
+
+def test_swr_without_rescale_norm_leaves_normalization_scales_and_reads_a_deep_head():
+    model = make_cnn_bn()
+    ctx = context(model)
+    swr = SWR(lam=0.5, rescale_norm=False)
+    swr.setup(ctx)
+    grow(model)
+    bn = [m.weight.detach().clone() for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    conv = model.blocks[0][0].weight.norm().item()
+    swr.after_step(ctx)
+    assert all(torch.equal(m.weight, w) for m, w in
+               zip([m for m in model.modules() if isinstance(m, nn.BatchNorm2d)], bn))
+    assert model.blocks[0][0].weight.norm().item() != pytest.approx(conv)
+    deep = Network([nn.Linear(3, 4)], nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)))
+    assert classifier_modules(deep, "head") == [deep.head[0], deep.head[2]]
+    with pytest.raises(ValueError, match="classifier scope 'last'; valid: linear, head"):
+        classifier_modules(deep, "last")
+
+
+def test_swr_leaves_layers_without_weight_norm_alone_and_stays_on_the_models_device():
+    model = Network([nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, affine=False))],
+                    nn.Linear(4, 2))
+    with torch.no_grad():
+        model.blocks[0][0].weight.zero_()  # norm 0: c = 1, its bias is kept
+        model.blocks[0][0].bias.fill_(0.5)
+    ctx = context(model)
+    swr = SWR(lam=0.5)
+    swr.setup(ctx)
+    swr.after_step(ctx)
+    assert torch.equal(model.blocks[0][0].bias, torch.full((4,), 0.5))
+    meta = make_mlp().to("meta")
+    ctx = context(meta)
+    ctx.device = torch.device("meta")
+    swr = SWR(lam=0.5)
+    swr.setup(ctx)
+    swr.after_step(ctx)
+    assert all(t.is_meta for t in (swr.lam, swr.starts, swr.index, swr.n_init, swr.norms()))
 
 
 def test_swr_reinit_resets_reference_norms_when_lr_decays():
@@ -158,6 +198,37 @@ def test_l2_init_gradient_matches_hand_computation(convention, factor):
     assert model.head.bias.grad.item() == pytest.approx(-0.2 * factor)
 
 
+def line(weight=(1.0, -2.0), bias=0.5):
+    model = Network([], nn.Linear(2, 1))
+    with torch.no_grad():
+        model.head.weight.copy_(torch.tensor([weight]))
+        model.head.bias.fill_(bias)
+    return model
+
+
+@pytest.mark.parametrize("convention,factor", [("code", 1.0), ("text", 0.5)])
+def test_l2_penalty_by_hand(convention, factor):
+    model = line()
+    ctx = context(model)
+    for params, squares in (("all", 1 + 4 + 0.25), ("weights", 1 + 4)):
+        method = L2(lam=0.1, params=params, convention=convention)
+        method.setup(ctx)
+        assert method.loss_term(ctx).item() == pytest.approx(factor * 0.1 * squares)
+    with pytest.raises(ValueError, match="convention='half'; valid: code, text"):
+        L2(convention="half")
+
+
+def test_l2_init_penalizes_only_the_selected_parameters():
+    model = line()
+    ctx = context(model)
+    method = L2Init(lam=0.1, params="weights")
+    method.setup(ctx)
+    with torch.no_grad():
+        model.head.weight.add_(torch.tensor([[2.0, 2.0]]))
+        model.head.bias.add_(5.0)  # not selected: no penalty
+    assert method.loss_term(ctx).item() == pytest.approx(0.1 * (4 + 4))
+
+
 @pytest.mark.parametrize("lam", [1.0, 0.25])
 def test_shrink_perturb_interpolates_toward_init(lam):
     model = make_mlp(norm="batch")
@@ -191,6 +262,47 @@ def test_shrink_perturb_fresh_variant_adds_a_new_initialization():
     fresh = context(make_mlp(), seed=5, builder=lambda: make_mlp(seed=None)).build_model()
     for p, p_old, p_new in zip(model.parameters(), before, fresh.parameters()):
         assert torch.allclose(p, 0.4 * p_old + 0.1 * p_new, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["init", "fresh"])
+def test_shrink_perturb_touches_only_the_selected_parameters(variant):
+    model = make_mlp()
+    ctx = context(model, seed=5, builder=lambda: make_mlp(seed=None))
+    method = ShrinkPerturb(lam=1.0, variant=variant, perturb=0.5, params="weights")
+    method.setup(ctx)
+    init = {k: v.detach().clone() for k, v in model.named_parameters()}
+    grow(model)
+    grown = {k: v.detach().clone() for k, v in model.named_parameters()}
+    ctx.phase_index = 1
+    method.on_phase_start(ctx)
+    fresh = dict(context(make_mlp(), seed=5, builder=lambda: make_mlp(seed=None))
+                 .build_model().named_parameters())
+    for k, v in model.named_parameters():
+        if k.endswith("bias"):
+            assert torch.equal(v, grown[k]), k
+        else:  # lam = 1: theta_0, or perturb * theta_fresh
+            assert torch.allclose(v, init[k] if variant == "init" else 0.5 * fresh[k]), k
+
+
+def test_shrink_perturb_and_head_reset_name_a_bad_option():
+    with pytest.raises(ValueError, match="variant 'ash'; valid: init, fresh"):
+        ShrinkPerturb(variant="ash")
+    with pytest.raises(ValueError, match="source 'zeros'; valid: init, fresh"):
+        HeadReset(source="zeros")
+
+
+def test_head_reset_fresh_draws_the_head_anew():
+    model = make_mlp()
+    ctx = context(model, seed=5, builder=lambda: make_mlp(seed=None))
+    method = HeadReset(layers="head", source="fresh")
+    method.setup(ctx)
+    grow(model)
+    grown = {k: v.clone() for k, v in model.state_dict().items()}
+    ctx.phase_index = 1
+    method.on_phase_start(ctx)
+    fresh = context(make_mlp(), seed=5, builder=lambda: make_mlp(seed=None)).build_model()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, fresh.state_dict()[k] if k.startswith("head.") else grown[k]), k
 
 
 @pytest.mark.parametrize("layers,reset", [("head", ["head"]), ("linear", ["head", "blocks.0.1", "blocks.1.0"])])

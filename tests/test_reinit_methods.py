@@ -235,3 +235,172 @@ def test_lw_freeze_ablation_freezes_earlier_blocks(make_ctx):
     start_round(lw, ctx, 2)  # block 3
     grads = [all(p.requires_grad for p in u.parameters()) for u in lw.units]
     assert grads == [False, False, True, True]
+
+
+def small_ctx(hidden=(5, 4)):
+    """A real RunContext around an MLP (no Trainer): `build_model` draws a new MLP."""
+    from conftest import context
+    from runner.models.mlp import mlp
+
+    torch.manual_seed(0)
+    model = mlp([6], 3, hidden=list(hidden))
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    return context(model, Splits(Split(x, y), Split(x[:0], y[:0]), Split(x, y)),
+                   _build_model=lambda: mlp([6], 3, hidden=list(hidden)), init_state=snapshot(model))
+
+
+def test_dsd_global_scope_reinitializes_the_globally_smallest():
+    ctx = small_ctx()
+    small, large = ctx.model.blocks[0][1].weight, ctx.model.head.weight
+    with torch.no_grad():
+        for p in ctx.model.parameters():
+            p.fill_(100.0)
+        small.fill_(0.01)  # 30 weights, the smallest of all
+    n = sum(p.numel() for _, p in select(ctx.model, "weights"))
+    start_round(DSD(fraction=30 / n, scope="global", params="weights", eta="zeros"), ctx, 1)
+    assert (small == 0).all() and (large == 100.0).all()  # a per-layer DSD zeroes some of both
+
+
+def test_smallest_masks_break_ties_by_position_on_the_weights_device():
+    p = torch.nn.Parameter(torch.ones(64))  # all magnitudes equal: the first ones are taken
+    assert smallest_masks([("w", p)], 0.25)["w"].tolist() == [True] * 16 + [False] * 48
+    meta = torch.nn.Parameter(torch.ones(8, device="meta"))
+    for scope in ("layer", "global"):
+        assert smallest_masks([("w", meta)], 0.5, scope)["w"].is_meta
+    with pytest.raises(ValueError, match="scope='layers'; valid: layer, global"):
+        smallest_masks([("w", p)], 0.5, "layers")
+
+
+def test_fc_passes_its_options_on():
+    ctx = small_ctx()
+    with torch.no_grad():
+        for p in ctx.model.parameters():
+            p.add_(0.1)
+    before = copy.deepcopy(ctx.model.state_dict())
+    start_round(FC(params="weights", eta="zeros"), ctx, 1)
+    after = ctx.model.state_dict()
+    assert torch.equal(after["head.weight"], torch.zeros_like(after["head.weight"]))
+    assert all(torch.equal(v, before[k]) for k, v in after.items() if k != "head.weight")
+
+
+def test_eta_init_redraws_with_another_initializer():
+    ctx = small_ctx()
+    rng = torch.random.get_rng_state()
+    start_round(WELSR(fraction=1.0, params="weights", eta="fresh", eta_init="pm_sigma"), ctx, 1)
+    assert torch.equal(torch.random.get_rng_state(), rng)  # the seed came from ctx.gen
+    for name, p in select(ctx.model, "weights"):
+        sigma = (2 / sum(p.shape)) ** 0.5  # pm_sigma: +-sqrt(2 / (fan_in + fan_out))
+        assert torch.allclose(p.abs(), torch.full_like(p, sigma)), name
+
+
+def test_lw_first_round_keeps_the_initialization():
+    ctx = small_ctx()
+    lw = LW(n=1)
+    lw.setup(ctx)
+    before = {id(p): p.detach().clone() for p in ctx.model.parameters()}
+    start_round(lw, ctx, 0)  # block 1 kept at its norms, nothing above redrawn
+    assert all(torch.equal(p, before[id(p)]) for p in ctx.model.parameters())
+    assert lw.on_phase_end(ctx) == {"lw_block": 1}
+
+
+def test_lw_freeze_keeps_the_stem_trainable_in_the_first_round():
+    ctx = small_ctx(hidden=(5, 4, 4))
+    lw = LW(n=1, stem=1, freeze=True)
+    lw.setup(ctx)
+    trainable = []
+    for r in (0, 1):
+        start_round(lw, ctx, r)
+        trainable.append([all(p.requires_grad for p in u.parameters()) for u in lw.units])
+    assert trainable == [[True] * 4, [False, False, True, True]]  # round 2: stem and block 1
+    assert lw.on_phase_end(ctx) == {"lw_block": 2}
+
+
+def test_reinit_rounds_are_counted_and_a_bad_eta_is_named():
+    ctx = small_ctx()
+    welsr = WELSR(eta="zeros")
+    for r in range(3):  # rounds at the starts of stages 1 and 2
+        start_round(welsr, ctx, r)
+    assert welsr.on_phase_end(ctx) == {"reinit_rounds": 2}
+    with pytest.raises(ValueError, match="eta='noise'; valid: fresh, init, zeros"):
+        WELSR(eta="noise")
+
+
+def test_eta_init_seeds_come_from_the_method_generator():
+    from methods.reinit_common import eta_for
+    from runner.models.init import initialize
+
+    names = [n for n, _ in select(small_ctx().model, "weights")]
+    draws = []
+    for global_seed in (1, 2):  # the global random state plays no part
+        ctx = small_ctx()
+        torch.manual_seed(global_seed)
+        draws.append(eta_for(ctx, names, "fresh", init="he_normal"))
+    twin = small_ctx().gen  # replay: the fresh model's seed, then the initializer's, from ctx.gen
+    torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=twin)))
+    model = small_ctx()._build_model()
+    torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=twin)))
+    expect = dict(select(initialize(model, "he_normal"), "weights"))
+    for name in names:
+        assert torch.equal(draws[0][name], draws[1][name]) and torch.equal(draws[0][name], expect[name])
+    with pytest.raises(ValueError, match="eta='noise'; valid: fresh, init, zeros"):
+        eta_for(small_ctx(), names, "noise")
+
+
+def test_lw_blocks_option_and_its_bounds():
+    ctx = small_ctx()  # two blocks and the head
+    lw = LW(blocks=1)
+    lw.setup(ctx)
+    assert lw.K == 1 and [lw.block_of_round(r) for r in range(3)] == [1, 1, 1]
+    for options in ({"blocks": 4}, {"blocks": 3, "stem": 1}, {"blocks": 0}):
+        with pytest.raises(ValueError, match=f"LW: {options['blocks']} blocks after a stem of "
+                                             f"{options.get('stem', 0)} requested; the model has 2"):
+            LW(**options).setup(ctx)
+
+
+@pytest.mark.parametrize("method", ["lw", "welsr"])
+def test_rounds_reset_the_optimizer_after_the_first_only_if_asked(method):
+    for reset in (True, False):
+        ctx, resets = small_ctx(), []
+        ctx.reset_optimizer = lambda: resets.append(ctx.stage.index)
+        m = LW(n=1, reset_optimizer=reset) if method == "lw" else WELSR(reset_optimizer=reset)
+        m.setup(ctx)
+        for r in range(3):
+            start_round(m, ctx, r)
+        assert resets == ([1, 2] if reset else []), (method, reset)
+    assert (WELSR().fraction, WELSR().reset_optimizer) == (0.2, True)  # welsr.yaml's values
+
+
+@pytest.mark.parametrize("eta,scale", [("zeros", 0.5), ("init", 2.0)])
+def test_eta_scale_with_zeros_and_above_one(eta, scale):
+    ctx = small_ctx()
+    with torch.no_grad():
+        for p in ctx.model.parameters():
+            p.add_(1.0)
+    start_round(WELSR(fraction=1.0, params="weights", eta=eta, eta_scale=scale), ctx, 1)
+    for name, p in select(ctx.model, "weights"):
+        assert torch.equal(p, scale * ctx.init_state[name] if eta == "init" else torch.zeros_like(p))
+    meta = torch.nn.Parameter(torch.ones(8, device="meta"))
+    assert random_masks([("w", meta)], 0.5, torch.Generator())["w"].is_meta
+
+
+def test_fc_blocks_adds_the_top_blocks():
+    ctx = small_ctx(hidden=(5, 4, 4))
+    before = copy.deepcopy(ctx.model.state_dict())
+    start_round(FC(blocks=1, params="weights", eta="zeros"), ctx, 1)
+    after = ctx.model.state_dict()
+    for k in ("head.weight", "blocks.2.0.weight"):
+        assert not after[k].any(), k
+    assert all(torch.equal(v, before[k]) for k, v in after.items()
+               if k not in ("head.weight", "blocks.2.0.weight"))
+
+
+def test_wels_mask_covers_the_selected_parameters_and_comes_from_the_method_generator():
+    masks = []
+    for global_seed in (1, 2):
+        ctx = small_ctx()
+        torch.manual_seed(global_seed)
+        wels = WELS(params="weights")
+        wels.setup(ctx)
+        masks.append(wels.fixed)
+    assert list(masks[0]) == [n for n, _ in select(ctx.model, "weights")]
+    assert all(torch.equal(masks[0][n], masks[1][n]) for n in masks[0])

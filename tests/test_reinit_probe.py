@@ -1,6 +1,7 @@
 """The synthetic task's encoding and the Sec. 4 probe (margins, weight size, noise)."""
 from types import SimpleNamespace
 
+import pytest
 import torch
 from torch import nn
 
@@ -60,6 +61,25 @@ def test_probe_margins_and_weight_size_by_hand():
     assert abs(out["weight_size"] - x.norm().item() * 2 ** 0.5) < 1e-5  # ||X||_F * ||I||_F
     loss = nn.functional.cross_entropy(x, y).item()
     assert abs(out["perturb"]["0.0"]["loss"] - loss) < 1e-6  # sigma 0: the unperturbed loss
+
+
+def test_probe_weight_size_on_a_random_batch_and_noise_on_a_copy():
+    torch.manual_seed(0)
+    model = Network([nn.Sequential(nn.Linear(3, 4), nn.ReLU())], nn.Linear(4, 2))
+    x, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+    ctx = Ctx(model, x, y)
+    ctx.seed = 7
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    probe = ReinitProbe(margins=4, sigmas=[0.0, 3.0], draws=2, batch=5)
+    out = probe.on_phase_end(ctx)
+    idx = torch.randperm(16, generator=torch.Generator().manual_seed(7))[:5]  # the seed's batch
+    with torch.no_grad():
+        inputs = model.blocks[0](x[idx])
+    assert out["weight_size"] == pytest.approx((inputs.norm() * model.head.weight.norm()).item())
+    clean = nn.functional.cross_entropy(model(x), y).item()
+    assert out["perturb"]["0.0"]["loss"] == pytest.approx(clean)
+    assert out["perturb"]["3.0"]["loss"] != pytest.approx(clean)  # noisy copies were evaluated
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # not the model
 
 
 def test_sweep_jobs_get_their_own_synthetic_data(compose_cfg):

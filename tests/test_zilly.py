@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from methods.dirac_reset import DiracReset, add_identity
+from methods.dirac_reset import DiracReset, add_identity, identity_like
 from methods.sparse_init import SparseInit
 from runner.analysis.fisher import class_fisher, fisher_score
 from runner.analysis.frozen import count_frozen
@@ -79,6 +79,36 @@ def test_dirac_reset_acts_at_task_changes_and_sets_the_retraining_hyperparameter
     assert torch.equal(model[0].weight, 1.5 * torch.eye(2))
     with pytest.raises(ValueError):
         DiracReset(one_d="double")
+
+
+def test_dirac_reset_phases_and_optimizer_reset():
+    assert [DiracReset().acts(i) for i in range(3)] == [False, True, True]
+    assert [DiracReset(phases=[0, 2]).acts(i) for i in range(3)] == [True, False, True]
+    for reset in (False, True):
+        resets = []
+        ctx = ctx_for(nn.Linear(2, 2), index=1)
+        ctx.reset_optimizer = lambda: resets.append(1)
+        DiracReset(reset_optimizer=reset).on_phase_start(ctx)
+        assert resets == [1] * reset
+
+
+@torch.no_grad()
+def test_dirac_reset_passes_one_d_value_and_params_on():
+    for one_d, expect in (("add", 0.5 + 0.25), ("set", 2.0)):
+        model = nn.Sequential(nn.Linear(2, 2))
+        model[0].bias.fill_(0.25)
+        weight = model[0].weight.clone()
+        DiracReset(alpha=0.5, one_d=one_d, value=2.0, params="biases").on_phase_start(ctx_for(model))
+        assert torch.equal(model[0].bias, torch.full((2,), expect)) and torch.equal(model[0].weight, weight)
+    with pytest.raises(ValueError, match="one_d='double'; valid: add, set"):
+        DiracReset(one_d="double")
+
+
+def test_identity_on_the_weights_device():
+    assert identity_like(torch.zeros(3, 2, dtype=torch.float64), nn.Linear(2, 3)).dtype == torch.float64
+    for weight, module in ((torch.empty(3, 2, device="meta"), nn.Linear(2, 3)),
+                           (torch.empty(2, 2, 3, 3, device="meta"), nn.Conv2d(2, 2, 3))):
+        assert identity_like(weight, module).is_meta
 
 
 def bn_net():

@@ -35,5 +35,11 @@ class FineTune(Method):
             ctx.masks.set(name, m, ctx.masks[name].kind if name in ctx.masks else "pruned")
         self.pruned = True
 
+    def state_dict(self):
+        return {"pruned": self.pruned}
+
+    def load_state_dict(self, state, ctx) -> None:
+        self.pruned = state["pruned"]
+
     def on_phase_end(self, ctx) -> Dict[str, float]:
         return {"sparsity": self.sparsity if self.pruned else 0.0}

@@ -56,5 +56,11 @@ class GMP(Method):
             ctx.masks.set(name, m, ctx.masks[name].kind if name in ctx.masks else "pruned")
         self.current = q
 
+    def state_dict(self):
+        return {"current": self.current}
+
+    def load_state_dict(self, state, ctx) -> None:
+        self.current = state["current"]
+
     def on_phase_end(self, ctx) -> Dict[str, float]:
         return {"sparsity": self.current}

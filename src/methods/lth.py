@@ -41,6 +41,14 @@ class LTH(Method):
         if ctx.step + 1 == self.rewind_step:
             self.saved = snapshot(ctx.model)
 
+    def state_dict(self):
+        return {"saved": self.saved, "kept": self.kept, "rounds": self.rounds}
+
+    def load_state_dict(self, state, ctx) -> None:
+        saved = state["saved"]
+        self.saved = None if saved is None else {n: t.to(ctx.device) for n, t in saved.items()}
+        self.kept, self.rounds = state["kept"], state["rounds"]
+
     @torch.no_grad()
     def on_phase_start(self, ctx) -> None:
         if ctx.phase_index == 0:

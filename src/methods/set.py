@@ -73,6 +73,12 @@ class SET(Method):
             self.seen[name] = ctx.masks[name]
         self.updates += 1
 
+    def state_dict(self):
+        return {"start": self.start, "updates": self.updates, "counts": self.counts}
+
+    def load_state_dict(self, state, ctx) -> None:
+        self.start, self.updates, self.counts = state["start"], state["updates"], state["counts"]
+
     def on_phase_end(self, ctx) -> Dict[str, float]:
         return {"mask_updates": self.updates, "density": sum(self.counts) /
                 max(1, sum(p.numel() for _, p in self.named))}
