@@ -27,18 +27,18 @@ def identity_like(weight: torch.Tensor, module: nn.Module) -> torch.Tensor:
     return nn.init.dirac_(torch.empty_like(weight), groups=getattr(module, "groups", 1))
 
 
-@torch.no_grad()
 def add_identity(model: nn.Module, alpha: float, one_d: str = "add", value: float = 1.0,
                  params: str | List[str] = "all") -> None:
     """Effective weights += alpha * identity; 1-D tensors += alpha (`add`) or = value (`set`)."""
-    for slot in slots(model, params):
-        w = slot.value()
-        if w.dim() >= 2:
-            slot.assign(w + alpha * identity_like(w, slot.module))
-        elif one_d == "add":
-            slot.assign(w + alpha)
-        else:
-            slot.assign(torch.full_like(w, value))
+    with torch.no_grad():
+        for slot in slots(model, params):
+            w = slot.value()
+            if w.dim() >= 2:
+                slot.assign(w + alpha * identity_like(w, slot.module))
+            elif one_d == "add":
+                slot.assign(w + alpha)
+            else:
+                slot.assign(torch.full_like(w, value))
 
 
 class DiracReset(Method):

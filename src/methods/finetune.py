@@ -23,17 +23,17 @@ class FineTune(Method):
         self.sparsity, self.at_phase, self.scope = sparsity, at_phase, scope
         self.pruned = False
 
-    @torch.no_grad()
     def on_phase_start(self, ctx) -> None:
-        if ctx.phase_index != self.at_phase:
-            return
-        named = prunable(ctx.model)
-        counts = [int(round((1 - self.sparsity) * p.numel())) for _, p in named]
-        if self.scope == "global":
-            counts = int(round((1 - self.sparsity) * sum(p.numel() for _, p in named)))
-        for name, m in magnitude_masks(named, {}, counts, self.scope).items():
-            ctx.masks.set(name, m, ctx.masks[name].kind if name in ctx.masks else "pruned")
-        self.pruned = True
+        with torch.no_grad():
+            if ctx.phase_index != self.at_phase:
+                return
+            named = prunable(ctx.model)
+            counts = [int(round((1 - self.sparsity) * p.numel())) for _, p in named]
+            if self.scope == "global":
+                counts = int(round((1 - self.sparsity) * sum(p.numel() for _, p in named)))
+            for name, m in magnitude_masks(named, {}, counts, self.scope).items():
+                ctx.masks.set(name, m, ctx.masks[name].kind if name in ctx.masks else "pruned")
+            self.pruned = True
 
     def state_dict(self):
         return {"pruned": self.pruned}

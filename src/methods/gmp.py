@@ -40,21 +40,21 @@ class GMP(Method):
     def setup(self, ctx) -> None:
         self.named = prunable(ctx.model)
 
-    @torch.no_grad()
     def after_step(self, ctx) -> None:
-        t = ctx.step + 1
-        if t % self.t_p:
-            return
-        q = gmp_sparsity(self.sparsity, t, self.t0, self.t1)
-        if q <= self.current:
-            return
-        keep = {n: ctx.masks[n].keep for n, _ in self.named if n in ctx.masks}
-        counts = [int(round((1 - q) * p.numel())) for _, p in self.named]
-        if self.scope == "global":
-            counts = int(round((1 - q) * sum(p.numel() for _, p in self.named)))
-        for name, m in magnitude_masks(self.named, keep, counts, self.scope).items():
-            ctx.masks.set(name, m, ctx.masks[name].kind if name in ctx.masks else "pruned")
-        self.current = q
+        with torch.no_grad():
+            t = ctx.step + 1
+            if t % self.t_p:
+                return
+            q = gmp_sparsity(self.sparsity, t, self.t0, self.t1)
+            if q <= self.current:
+                return
+            keep = {n: ctx.masks[n].keep for n, _ in self.named if n in ctx.masks}
+            counts = [int(round((1 - q) * p.numel())) for _, p in self.named]
+            if self.scope == "global":
+                counts = int(round((1 - q) * sum(p.numel() for _, p in self.named)))
+            for name, m in magnitude_masks(self.named, keep, counts, self.scope).items():
+                ctx.masks.set(name, m, ctx.masks[name].kind if name in ctx.masks else "pruned")
+            self.current = q
 
     def state_dict(self):
         return {"current": self.current}

@@ -79,13 +79,13 @@ def _eta(ctx, names: List[str], source: str, init: Optional[str]) -> Optional[Di
     raise ValueError(f"eta={source!r}; valid: {', '.join(ETA_SOURCES)}")
 
 
-@torch.no_grad()
 def reinitialize(params: List[Tuple[str, nn.Parameter]], masks: Masks,
                  eta: Optional[Dict[str, torch.Tensor]]) -> None:
     """w <- (1 - s) * w + s * eta in place (eta None: zeros)."""
-    for name, p in params:
-        s = masks[name]
-        p.copy_(torch.where(s, torch.zeros_like(p) if eta is None else eta[name].to(p.device), p))
+    with torch.no_grad():
+        for name, p in params:
+            s = masks[name]
+            p.copy_(torch.where(s, torch.zeros_like(p) if eta is None else eta[name].to(p.device), p))
 
 
 class MaskedReinit(Method):
@@ -139,7 +139,7 @@ class Standardize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
-    @torch.no_grad()
     def calibrate(self, z: torch.Tensor, eps: float = 1e-8) -> None:
-        self.mean = z.mean().to(self.mean)
-        self.std = z.std(unbiased=False).clamp_min(eps).to(self.std)
+        with torch.no_grad():
+            self.mean = z.mean().to(self.mean)
+            self.std = z.std(unbiased=False).clamp_min(eps).to(self.std)

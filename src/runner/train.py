@@ -354,19 +354,19 @@ class Trainer:
                                   torch.tensor(float(n), device=stats.device)])
         return loss
 
-    @torch.no_grad()
     def weight_stats(self) -> torch.Tensor:
         """[total norm of effective parameters, non-zero weights, trained weights] (device)."""
-        model, masks = self.ctx.model, self.ctx.masks
-        weights = params.slots(model, "weights")
-        nonzero = sum(s.value().count_nonzero() for s in weights)
-        trained = 0
-        for name, p, kind in params.parameters(model):
-            if kind == "weights" and p.requires_grad:
-                trained = trained + (masks[name].keep.sum() if name in masks else p.numel())
-        return torch.stack([params.total_norm(model).float(),
-                            torch.as_tensor(nonzero, device=self.device).float(),
-                            torch.as_tensor(trained, device=self.device).float()])
+        with torch.no_grad():
+            model, masks = self.ctx.model, self.ctx.masks
+            weights = params.slots(model, "weights")
+            nonzero = sum(s.value().count_nonzero() for s in weights)
+            trained = 0
+            for name, p, kind in params.parameters(model):
+                if kind == "weights" and p.requires_grad:
+                    trained = trained + (masks[name].keep.sum() if name in masks else p.numel())
+            return torch.stack([params.total_norm(model).float(),
+                                torch.as_tensor(nonzero, device=self.device).float(),
+                                torch.as_tensor(trained, device=self.device).float()])
 
     def call_hook(self, hook: str) -> None:
         """A method hook, then the masks again (a method's write never beats a mask). A
