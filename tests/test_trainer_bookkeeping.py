@@ -15,6 +15,7 @@ import math
 import re
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -557,3 +558,44 @@ def test_a_phase_uses_its_milestones_evaluates_test_only_if_asked_and_adds_metho
     assert [float(r["lr"]) for r in rows] == pytest.approx([0.5, 0.5, 0.05])
     assert [r["test_loss"] for r in rows] == ["nan"] * 3 and rows[2]["val_loss"] != "nan"
     assert trainer.rec.result["phases"][0]["phase_end_step"] == 9  # 48 samples in batches of 16
+
+
+def scaled_by(k):
+    """A model transform: multiplies the model's weights by `k`."""
+    def apply(model):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(k)
+    return apply
+
+
+def test_the_model_gets_its_transforms_and_the_trainer_its_methods(base_cfg, tmp_path):
+    from methods.vanilla import Vanilla
+    rec = RunRecorder(tmp_path, {"name": "built"})
+    plain = Trainer(base_cfg, rec)
+    assert [type(m) for m in plain.methods.methods] == [Vanilla]
+    cfg = with_(base_cfg, method=None)
+    OmegaConf.update(cfg, "model_transforms", [{"_target_": f"{__name__}.scaled_by", "k": 3.0}], merge=False)
+    scaled = Trainer(cfg, rec)  # same seed: the same initial weights, then x 3
+    assert scaled.methods.methods == []
+    torch.testing.assert_close(scaled.ctx.model.head[1].weight, 3 * plain.ctx.model.head[1].weight)
+
+
+def test_distributed_steps_go_through_the_wrapped_model(trainer):
+    from runner.data.tensors import batches
+
+    class Wrapped(torch.nn.Module):  # what DistributedDataParallel is to the step
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.calls = inner, 0
+
+        def forward(self, x):
+            self.calls += 1
+            return self.inner(x)
+    wrapped = []
+    trainer.dist = SimpleNamespace(
+        wrap=lambda m: wrapped.append(Wrapped(m)) or wrapped[-1], batches=batches,
+        all_reduce=lambda t: None, check_same=lambda *a: None)
+    trainer.stages = [phase(trainer, epochs=1)]
+    trainer.fit()
+    assert wrapped[0].inner is trainer.ctx.model and wrapped[0].calls == 3  # 48 samples / 16
