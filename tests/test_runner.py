@@ -1,6 +1,8 @@
 """The runner's contract: results on disk, statuses, reproducibility, phases, tables, errors."""
 import json
+import logging
 import math
+import signal
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,9 @@ from runner.data.tensors import subset_indices
 from runner.optim import Schedule, param_groups
 from runner.report import format_table, main as report_main, table_from_results
 from runner.results import load_results
-from runner.train import paper_value
+from methods.base import Method
+from runner.errors import Interrupted, RunnerError
+from runner.train import paper_value, run
 
 SMOKE = ["experiment=fmnist_mlp", "ci=smoke", "device=cpu"]
 
@@ -233,3 +237,53 @@ def test_every_package_ships_in_the_wheel():
     found = {".".join(p.parent.relative_to(root / "src").parts)
              for p in (root / "src").rglob("__init__.py")}
     assert found <= listed, f"add to pyproject's packages: {sorted(found - listed)}"
+
+
+# -- run(): the record, reuse, and how an ending is recorded (mutation testing, issue 17) -----
+class Stop(Method):
+    """Ends the run in its setup hook with the exception `kind`."""
+
+    def __init__(self, kind):
+        self.kind = kind
+
+    def setup(self, ctx):
+        raise {"told": RunnerError("train.x=3 is refused; lower it"), "bug": RuntimeError("a bug"),
+               "signal": Interrupted(signal.SIGTERM), "exit": SystemExit(3)}[self.kind]
+
+
+def test_a_run_records_what_it_is_and_a_completed_one_is_reused(compose_cfg, tmp_path):
+    cfg = compose_cfg(SMOKE + ["seed=5"])
+    result = run(cfg, tmp_path / "a" / "run", choices={"dataset": "fashion_mnist"}, overrides=["seed=5"])
+    assert (result["status"], result["name"], result["seed"]) == ("completed", cfg.name, 5)
+    assert result["choices"] == {"dataset": "fashion_mnist"} and result["overrides"] == ["seed=5"]
+    assert result["device"] == "cpu" and result["deterministic"] is cfg.train.deterministic
+    again = compose_cfg(SMOKE + ["seed=5", "resume=auto"])
+    elsewhere = tmp_path / "b" / "run"
+    reused = run(again, elsewhere, choices={"dataset": "fashion_mnist"}, search_root=tmp_path / "a")
+    assert reused["reused_from"] == str(tmp_path / "a" / "run")  # found below search_root
+    assert json.loads((elsewhere / "result.json").read_text())["phases"] == result["phases"]
+
+
+def test_a_divergence_is_logged(compose_cfg, tmp_path, caplog):
+    cfg = compose_cfg(SMOKE + ["optim=sgd", "optim.lr=1e30", "ci.max_batches=2"])
+    with caplog.at_level(logging.WARNING, logger="runner"):
+        assert run(cfg, tmp_path)["status"] == "diverged"
+    assert any(r.getMessage().startswith("diverged: training loss became") for r in caplog.records)
+
+
+@pytest.mark.parametrize("kind,status,error", [
+    ("told", "failed", "RunnerError: train.x=3 is refused; lower it"),
+    ("bug", "failed", "RuntimeError: a bug"),
+    ("signal", "interrupted", "Interrupted: interrupted by SIGTERM"),
+    ("exit", "interrupted", "SystemExit: 3")])
+def test_only_a_bug_keeps_its_traceback(compose_cfg, tmp_path, kind, status, error):
+    cfg = compose_cfg(SMOKE + ["target_allowlist=[test_runner]",
+                               f"extra_methods=[{{_target_: test_runner.Stop, kind: {kind}}}]"])
+    with pytest.raises(BaseException) as raised:
+        run(cfg, tmp_path)
+    assert f"{type(raised.value).__name__}: {raised.value}" == error
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert (result["status"], result["error"]) == (status, error)
+    assert ("traceback" in result) is (kind == "bug")
+    if kind == "bug":
+        assert "RuntimeError: a bug" in result["traceback"] and "in setup" in result["traceback"]

@@ -15,6 +15,7 @@ import math
 import re
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -30,7 +31,7 @@ from runner.data import transforms
 from runner.data.tensors import Arrays, Pipeline, Split, Splits
 from runner.errors import ConfigError, DataError, Diverged, RunnerError
 from runner.results import RunRecorder
-from runner.train import Trainer, check_labels, expand_stages, mse_one_hot, resolve_device, summarize
+from runner.train import Trainer, call, check_labels, expand_stages, mse_one_hot, resolve_device, summarize
 
 BITS = torch.tensor([[(k >> b) & 1 for b in (2, 1, 0)] for k in range(8)], dtype=torch.float32)
 PERFECT = 2 * BITS - 1  # (8 classes, 3 inputs)
@@ -339,3 +340,262 @@ def test_the_device_of_each_sweep_job(monkeypatch):
         resolve_device("banana")
     with pytest.raises(ConfigError, match=r"^device='meta' is not supported; valid: auto, cpu, cuda, cuda:N$"):
         resolve_device("meta")
+
+
+# -- targets, data and the step's pieces (mutation testing, issue 17) --------------------------
+class Box:
+    """A callable target: keeps its arguments; refuses `bad` as a constructor does."""
+
+    def __init__(self, v=None, inner=None, bad=None):
+        if bad is not None:
+            raise ValueError(f"bad   option\n  {bad}")
+        self.v, self.inner = v, inner
+
+
+def test_call_builds_nested_targets_and_names_where_a_value_is_refused():
+    box = call({"_target_": f"{__name__}.Box", "v": {"k": 1},
+                "inner": {"_target_": f"{__name__}.Box", "v": 2}}, "model")
+    assert isinstance(box.inner, Box) and box.inner.v == 2 and box.v == {"k": 1}  # no target: kept
+    with pytest.raises(RunnerError, match=re.escape(
+            f"model.inner: bad option x (calling {__name__}.Box)")):
+        call({"_target_": f"{__name__}.Box", "inner": {"_target_": f"{__name__}.Box", "bad": "x"}},
+             "model")
+    with pytest.raises(RunnerError, match=r"^m\._target_='len' is not a dotted path to a callable$"):
+        call({"_target_": "len"}, "m")
+    with pytest.raises(RunnerError, match="^m has no _target_"):
+        call(OmegaConf.create({"v": 1}), "m")
+
+
+def tiny_images(n_train=16, n_test=4, fail=False):
+    """A reader: uint8 one-channel 2x2 images, pixel value = the sample's index."""
+    if fail:
+        raise ValueError("no such files")
+    x = torch.arange(n_train + n_test, dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 2, 2)
+    y = torch.arange(n_train + n_test) % 2
+    return Arrays(x[:n_train].clone(), y[:n_train], x[n_train:].clone(), y[n_train:], source=None)
+
+
+class Add:
+    """An augmentation: adds `v` (to inputs already in [0, 1])."""
+
+    def __init__(self, v):
+        self.v = v
+
+    def __call__(self, x, gen):
+        return x + self.v
+
+
+def image_trainer(base_cfg, tmp_path, reader=(), **keys):
+    cfg = with_(base_cfg, dataset__shape=[1, 2, 2], dataset__num_classes=2, dataset__dtype="uint8",
+                train__val_fraction=0.0, **keys)
+    OmegaConf.update(cfg, "dataset.reader", {"_target_": f"{__name__}.tiny_images", **dict(reader)},
+                     merge=False)
+    return Trainer(cfg, RunRecorder(tmp_path, {"name": "images"}))
+
+
+def phase(trainer, **keys):
+    """A stage of the trainer's first phase with dotted `keys` (a__b: a.b) set."""
+    ph = trainer.stages[0].cfg.copy()
+    for k, v in keys.items():
+        OmegaConf.update(ph, k.replace("__", "."), v, merge=False)
+    return Stage(0, 0, "s", ph)
+
+
+def test_stage_data_takes_the_subset_and_the_phases_or_datasets_augmentation(base_cfg, tmp_path):
+    trainer = image_trainer(base_cfg, tmp_path, dataset__augment=[{"_target_": f"{__name__}.Add", "v": 2.0}])
+    ctx, x = trainer.ctx, torch.full((3, 1, 2, 2), 0.2)  # a batch of the cached (prepared) inputs
+    for augment, added in ((None, 2.0), ([{"_target_": f"{__name__}.Add", "v": 1.0}], 1.0), ([], 0.0)):
+        trainer.load_stage_data(phase(trainer, augment=augment))
+        assert len(ctx.data.train) == 16
+        torch.testing.assert_close(ctx.pipeline(x, True, trainer.aug_gen), torch.full_like(x, 0.2 + added))
+        torch.testing.assert_close(ctx.pipeline(x, False, trainer.aug_gen), x)
+    trainer.load_stage_data(phase(trainer, subset__n=5))
+    assert len(ctx.data.train) == 5 and len(set(ctx.data.train.x[:, 0, 0, 0].tolist())) == 5
+
+
+def test_a_reader_refusing_its_options_is_named(base_cfg, tmp_path):
+    trainer = image_trainer(base_cfg, tmp_path, reader={"fail": True})
+    with pytest.raises(RunnerError, match=r"^dataset\.reader: no such files \(calling"):
+        trainer.load_stage_data(trainer.stages[0])
+
+
+class Streamed:
+    """What a streamed split looks like to the trainer: it gives its own batches."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def batches(self, batch_size, gen, shuffle, limit):
+        return iter(())
+
+
+def test_streamed_datasets_get_their_options_and_are_not_cached(base_cfg, tmp_path, monkeypatch):
+    import runner.train as train_module
+    trainer = image_trainer(base_cfg, tmp_path)
+    OmegaConf.update(trainer.cfg, "dataset.stream", {"size": 8, "workers": "${seed}"}, force_add=True)
+    asked = []
+
+    def stream_splits(files, val_fraction, seed, device, **opts):
+        asked.append((files, val_fraction, seed, device, opts))
+        if len(asked) == 1:
+            raise OSError("unreadable")
+        return Splits(Streamed(6), Streamed(0), Streamed(2))
+    monkeypatch.setattr(train_module, "stream_splits", stream_splits)
+    with pytest.raises(OSError):
+        trainer.load_stage_data(trainer.stages[0])
+    trainer.load_stage_data(trainer.stages[0])  # a failed build leaves nothing half-made
+    files, val_fraction, seed, device, opts = asked[-1]
+    assert isinstance(files, Arrays) and len(files.x_train) == 16  # the reader's output
+    assert (val_fraction, seed, device, opts) == (0.0, trainer.cfg.seed, trainer.device,
+                                                  {"size": 8, "workers": trainer.cfg.seed})
+    assert isinstance(trainer.ctx.data.train, Streamed)  # used as it is, not prepared
+
+
+def test_channels_last_layout_passes_the_generator_on(trainer):
+    seen = []
+
+    def pipe(x, train, gen):
+        seen.append((train, gen))
+        return x
+    trainer.opts.channels_last = True
+    out = trainer.with_layout(pipe)(torch.zeros(2, 3, 4, 5), False, trainer.aug_gen)
+    assert out.is_contiguous(memory_format=torch.channels_last) and seen == [(False, trainer.aug_gen)]
+    assert trainer.with_layout(pipe)(torch.zeros(2, 3), True, None).shape == (2, 3)
+
+
+def indexed_trainer(trainer, n=12):
+    """The trainer on inputs 0..n-1 (labels = inputs), each step recording its labels."""
+    x = torch.arange(n, dtype=torch.float32).view(-1, 1)
+    trainer.ctx.data = Splits(Split(x, torch.arange(n)), Split(x[:0], torch.arange(0)), Split(x[:0], torch.arange(0)))
+    trainer.ctx.pipeline = lambda x, train, gen: x
+    seen = []
+
+    def step(xb, yb, stats):
+        seen.append(yb.tolist())
+        trainer.ctx.step += 1
+        stats[:3] += torch.tensor([1.0, 0.0, len(yb)])
+        return torch.tensor(0.5)
+    trainer.train_step = step
+    return seen
+
+
+def test_an_epoch_draws_its_order_from_the_order_generator_and_stops_at_the_limit(trainer):
+    seen = indexed_trainer(trainer)
+    trainer.order_gen.manual_seed(5)
+    stats = trainer.train_epoch(3, None)
+    first = [list(b) for b in seen]
+    assert len(first) == 4 and sorted(sum(first, [])) == list(range(12)) and stats[2] == 12
+    seen.clear()
+    torch.manual_seed(123)  # the global generator plays no part
+    trainer.order_gen.manual_seed(5)
+    trainer.train_epoch(3, None)
+    assert seen == first
+    seen.clear()
+    trainer.order_gen.manual_seed(6)
+    stats = trainer.train_epoch(3, 2)
+    assert len(seen) == 2 and seen != first[:2] and stats[2] == 6 and trainer.ctx.step == 10
+
+
+def test_a_per_step_schedule_counts_from_the_phases_first_step(trainer):
+    indexed_trainer(trainer)
+    trainer.ctx.optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    trainer.ctx.step = 7
+    asked = []
+
+    class PerStep:
+        def at_step(self, step):
+            asked.append(step)
+            return 0.1 * step
+    trainer.train_epoch(4, None, PerStep())
+    assert asked == [7, 8, 9]
+    trainer.train_epoch(4, None, PerStep(), start=7)
+    assert asked[3:] == [3, 4, 5] and trainer.ctx.optimizer.param_groups[0]["lr"] == pytest.approx(0.5)
+
+
+class SeeBatch(Method):
+    """Records, before each optimizer step, the batch the step trains on and the step count."""
+
+    def __init__(self):
+        self.seen = []
+
+    def before_step(self, ctx):
+        self.seen.append((ctx.batch, ctx.step))
+
+
+def test_a_step_shows_methods_its_batch_before_the_update(trainer):
+    from methods.base import MethodStack
+    trainer.load_stage_data(trainer.stages[0])
+    trainer.ctx.reset_optimizer()
+    spy = SeeBatch()
+    trainer.methods = MethodStack([spy])
+    xb, yb = trainer.ctx.data.train.x[:5], trainer.ctx.data.train.y[:5]
+    stats = torch.zeros(4)
+    loss = trainer.train_step(xb, yb, stats)
+    [((x, y), step)] = spy.seen
+    assert torch.equal(x, trainer.ctx.pipeline(xb, True, None)) and y is yb and step == 0
+    assert trainer.ctx.step == 1 and stats[2] == 5 and stats[0] == pytest.approx(5 * loss.item())
+
+
+class PhaseEnd(Method):
+    def on_phase_end(self, ctx):
+        return {"phase_end_step": ctx.step}
+
+
+def test_a_phase_uses_its_milestones_evaluates_test_only_if_asked_and_adds_methods_numbers(base_cfg, tmp_path):
+    from methods.base import MethodStack
+    cfg = with_(base_cfg, schedule__name="step", schedule__gamma=0.1, train__eval_test=False,
+                optim__lr=0.5)
+    trainer = Trainer(cfg, RunRecorder(tmp_path, {"name": "milestones"}))
+    trainer.methods = MethodStack([PhaseEnd()])
+    stage = phase(trainer, epochs=3, milestones=[2])
+    trainer.load_stage_data(stage)
+    trainer.ctx.reset_optimizer()
+    trainer.run_stage(stage)
+    rows = metrics(tmp_path)
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.5, 0.5, 0.05])
+    assert [r["test_loss"] for r in rows] == ["nan"] * 3 and rows[2]["val_loss"] != "nan"
+    assert trainer.rec.result["phases"][0]["phase_end_step"] == 9  # 48 samples in batches of 16
+
+
+def scaled_by(k):
+    """A model transform: multiplies the model's weights by `k`."""
+    def apply(model):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(k)
+    return apply
+
+
+def test_the_model_gets_its_transforms_and_the_trainer_its_methods(base_cfg, tmp_path):
+    from methods.vanilla import Vanilla
+    rec = RunRecorder(tmp_path, {"name": "built"})
+    plain = Trainer(base_cfg, rec)
+    assert [type(m) for m in plain.methods.methods] == [Vanilla]
+    cfg = with_(base_cfg, method=None)
+    OmegaConf.update(cfg, "model_transforms", [{"_target_": f"{__name__}.scaled_by", "k": 3.0}], merge=False)
+    scaled = Trainer(cfg, rec)  # same seed: the same initial weights, then x 3
+    assert scaled.methods.methods == []
+    torch.testing.assert_close(scaled.ctx.model.head[1].weight, 3 * plain.ctx.model.head[1].weight)
+
+
+def test_distributed_steps_go_through_the_wrapped_model(trainer):
+    from runner.data.tensors import batches
+
+    class Wrapped(torch.nn.Module):  # what DistributedDataParallel is to the step
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.calls = inner, 0
+
+        def forward(self, x):
+            self.calls += 1
+            return self.inner(x)
+    wrapped = []
+    trainer.dist = SimpleNamespace(
+        wrap=lambda m: wrapped.append(Wrapped(m)) or wrapped[-1], batches=batches,
+        all_reduce=lambda t: None, check_same=lambda *a: None)
+    trainer.stages = [phase(trainer, epochs=1)]
+    trainer.fit()
+    assert wrapped[0].inner is trainer.ctx.model and wrapped[0].calls == 3  # 48 samples / 16
