@@ -404,3 +404,36 @@ def test_wels_mask_covers_the_selected_parameters_and_comes_from_the_method_gene
         masks.append(wels.fixed)
     assert list(masks[0]) == [n for n, _ in select(ctx.model, "weights")]
     assert all(torch.equal(masks[0][n], masks[1][n]) for n in masks[0])
+
+
+def test_lw_rescales_shrunk_weights_up_and_calibrates_on_a_seeded_eval_batch(make_ctx):
+    """Weights whose norm fell below 1 are scaled back up to their initial norms; the calibration
+    batch comes from the method generator (not the global one) through the eval pipeline."""
+    ctx = make_ctx()
+    lw = LW(n=1, calib_size=16, reinit=False)
+    lw.setup(ctx)
+    with torch.no_grad():
+        for p in ctx.model.parameters():
+            p.mul_(1e-3)
+    ctx.pipeline = lambda x, train, gen: x + 100.0 if train else x
+    state = ctx.gen.get_state()
+    torch.manual_seed(1)
+    start_round(lw, ctx, 1)
+    for u in lw.units[:1]:
+        for _, p in select(u, "weights"):
+            assert p.norm().item() == pytest.approx(float(lw.init_norms[id(p)]), rel=1e-5)
+    first = lw.calib_index.clone()
+    with torch.no_grad():  # round 2: block 2's output, normalized
+        z = lw.units[1](ctx.model.blocks[0](ctx.data.train.x[first]))
+    assert lw.norms[1].mean.item() == pytest.approx(z.mean().item(), abs=1e-5)
+    ctx.gen.set_state(state)
+    torch.manual_seed(2)
+    lw.calibrate(ctx, 2)
+    assert torch.equal(lw.calib_index, first)
+
+
+def test_standardize_keeps_its_buffers_dtype():
+    s = Standardize()
+    s.calibrate(torch.tensor([1.0, 3.0], dtype=torch.float64))
+    assert s.mean.dtype == s.std.dtype == torch.float32
+    assert (s.mean.item(), s.std.item()) == (2.0, 1.0)

@@ -1,4 +1,5 @@
 """The synthetic task's encoding and the Sec. 4 probe (margins, weight size, noise)."""
+import copy
 from types import SimpleNamespace
 
 import pytest
@@ -93,3 +94,54 @@ def test_sweep_jobs_get_their_own_synthetic_data(compose_cfg):
     a, b, c = data("dataset.alpha=0.5"), data("dataset.alpha=2.0"), data("dataset.alpha=0.5", "seed=1")
     assert a.x_train[:, :3].abs().max() == 0.5 and b.x_train[:, :3].abs().max() == 2.0
     assert not torch.equal(a.x_train, c.x_train)
+
+
+def test_probe_noise_is_normal_with_std_sigma_from_the_seed_and_each_draw_is_scored():
+    """Every parameter + N(0, sigma^2) (Figure 5), from the run's seed alone (not the global
+    generator); "loss" and "acc" are the means over the draws of each noisy copy's loss and
+    accuracy."""
+    class Seen(ReinitProbe):
+        def outputs(self, ctx, model):
+            self.seen.append(copy.deepcopy(model))
+            return super().outputs(ctx, model)
+
+    torch.manual_seed(0)
+    model = Network([nn.Sequential(nn.Linear(40, 50), nn.ReLU())], nn.Linear(50, 3))
+    x, y = torch.randn(30, 40), torch.randint(0, 3, (30,))
+
+    def run(global_seed):
+        torch.manual_seed(global_seed)
+        probe = Seen(sigmas=[0.5], draws=3)
+        probe.seen = []
+        ctx = Ctx(model, x, y)
+        ctx.seed = 5
+        return probe.perturb(ctx), probe.seen
+
+    out, seen = run(1)
+    again, seen_again = run(2)
+    assert again == out and len(seen) == 3
+    orig = dict(model.named_parameters())
+    noise = [torch.cat([(p - orig[n]).flatten() for n, p in m.named_parameters()]) for m in seen]
+    for i, d in enumerate(noise):
+        assert abs(d.mean().item()) < 0.05 and d.std().item() == pytest.approx(0.5, rel=0.05)
+        assert torch.equal(d, torch.cat([(p - orig[n]).flatten()
+                                         for n, p in seen_again[i].named_parameters()]))
+    assert not torch.equal(noise[0], noise[1])  # fresh noise per draw
+    with torch.no_grad():
+        logits = [m(x) for m in seen]
+    loss = sum(nn.functional.cross_entropy(z, y).item() for z in logits) / 3
+    acc = sum((z.argmax(1) == y).float().mean().item() for z in logits) / 3
+    assert set(out["0.5"]) == {"loss", "acc"}
+    assert out["0.5"]["loss"] == pytest.approx(loss) and out["0.5"]["acc"] == pytest.approx(acc)
+    assert 0 < acc < 1
+
+
+def test_probe_weight_size_uses_the_eval_pipeline():
+    """The batch goes through the pipeline without augmentation (train=False)."""
+    head = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(2))
+    x, y = torch.tensor([[3.0, 4.0]]), torch.tensor([0])
+    ctx = Ctx(Network([nn.Identity()], head), x, y)
+    ctx.pipeline = lambda x, train, gen: x * 10 if train else x
+    assert ReinitProbe(batch=1).weight_size(ctx) == pytest.approx(5.0 * 2 ** 0.5)

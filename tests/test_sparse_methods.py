@@ -483,6 +483,9 @@ def test_lth_rewinds_to_the_initialization_at_step_0_and_counts_its_rounds():
         [round(0.5 * p.numel()) for _, p in named]
     summary = method.on_phase_end(ctx)
     assert summary["lth_round"] == 1 and summary["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    ctx.stage = Stage(2, 2, "round3", None)
+    method.on_phase_start(ctx)
+    assert method.on_phase_end(ctx)["lth_round"] == 2  # rounds count up
 
 
 def test_lth_names_a_rewind_step_it_never_reached():

@@ -301,3 +301,32 @@ def test_sparse_init_names_a_bad_kind():
     with pytest.raises(ValueError,
                        match=r"^sparse_init kind='dense'; valid: mutual, double, mono$"):
         SparseInit("dense")
+
+
+def test_add_identity_defaults_add_alpha_to_1d_tensors_and_set_to_one():
+    lin = nn.Linear(2, 2)
+    with torch.no_grad():
+        lin.weight.zero_(), lin.bias.fill_(0.25)
+    add_identity(lin, 0.5)  # default one_d: add
+    assert torch.equal(lin.bias, torch.full((2,), 0.75)) and torch.equal(lin.weight, 0.5 * torch.eye(2))
+    add_identity(lin, 0.5, "set")  # default value: 1.0
+    assert torch.equal(lin.bias, torch.ones(2))
+
+
+def test_mono_adds_one_to_every_1d_tensor_and_double_masks_follow_the_method_seed():
+    net = bn_net()
+    norm = {k: v.clone() for k, v in net.state_dict().items() if k.endswith(("1.weight", "1.bias"))}
+    SparseInit("mono", p=1.0).setup(ctx_for(net))
+    for k, v in norm.items():  # BatchNorm weight (1) and bias (0): + 1.0, as one_d: add
+        assert torch.equal(net.state_dict()[k], v + 1.0), k
+    assert torch.equal(net.head.bias, bn_net().head.bias + 1.0)
+
+    def double(global_seed, seed=3):
+        torch.manual_seed(global_seed)  # the global generator must not matter
+        n = bn_net()
+        SparseInit("double", p=0.5).setup(ctx_for(n, seed=seed))
+        return [w.detach() for w in (n.blocks[0][0].weight, n.blocks[1][0].weight, n.head.weight)]
+
+    a, b, other = double(1), double(2), double(1, seed=4)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert not all(torch.equal(u, v) for u, v in zip(a, other))
