@@ -335,3 +335,24 @@ def test_swr_bounds_weight_norm_under_steady_growth():
         swr.after_step(ctx)
     # fixed point: n = 0.9 (n + 0.05) + 0.1 n0  =>  n = n0 + 0.45
     assert model.head.weight.norm().item() == pytest.approx(n0 + 0.45, rel=1e-3)
+
+
+@pytest.mark.parametrize("proportional, bias_factors", [(True, [2.0, 6.0, 5.0]),
+                                                        (False, [2.0, 3.0, 5.0])])
+def test_rescale_multiplies_weights_by_c_and_biases_by_the_chain_product(proportional,
+                                                                          bias_factors):
+    """Linear, Linear, BatchNorm with c = (2, 3, 5): weights scale by c_l; a bias by the product
+    of c since the last norm layer (proportional: 2, 2*3, 5) or by c_l alone."""
+    from methods.swr import chain_starts, layer_slots, rescale_, rescale_layers
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.BatchNorm1d(2))
+    with torch.no_grad():
+        model[2].weight.uniform_(0.5, 1.5)
+        model[2].bias.uniform_(0.5, 1.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    layers = rescale_layers(model)
+    starts = chain_starts([norm for _, norm in layers])
+    assert starts.tolist() == [0, 0, 2]
+    rescale_(*layer_slots(model, layers), torch.tensor([2.0, 3.0, 5.0]), starts, proportional)
+    for i, (wf, bf) in enumerate(zip([2.0, 3.0, 5.0], bias_factors)):
+        assert torch.allclose(model[i].weight, before[f"{i}.weight"] * wf)
+        assert torch.allclose(model[i].bias, before[f"{i}.bias"] * bf)
