@@ -1,8 +1,11 @@
 """The runner's contract: results on disk, statuses, reproducibility, phases, tables, errors."""
+import gc
 import json
 import logging
 import math
+import re
 import signal
+import weakref
 from pathlib import Path
 
 import pytest
@@ -287,3 +290,68 @@ def test_only_a_bug_keeps_its_traceback(compose_cfg, tmp_path, kind, status, err
     assert ("traceback" in result) is (kind == "bug")
     if kind == "bug":
         assert "RuntimeError: a bug" in result["traceback"] and "in setup" in result["traceback"]
+
+
+def test_a_run_refused_before_it_starts_is_recorded_only_when_asked(compose_cfg, tmp_path, monkeypatch):
+    import runner.results
+    from runner.errors import ConfigError
+    opened = []
+    monkeypatch.setattr(runner.results, "open_tracker", lambda *a: opened.append(a))
+    cfg = compose_cfg(SMOKE + ["seed=4", "device=nope"])
+    with pytest.raises(ConfigError, match="device='nope'"):
+        run(cfg, tmp_path / "quiet")  # by default: nothing on disk
+    assert not (tmp_path / "quiet").exists()
+    with pytest.raises(ConfigError):
+        run(cfg, tmp_path / "a", choices={"m": "x"}, overrides=["seed=4"], record_invalid=True)
+    result = json.loads((tmp_path / "a" / "result.json").read_text())
+    assert (result["name"], result["seed"], result["choices"], result["overrides"]) == (
+        cfg.name, 4, {"m": "x"}, ["seed=4"])
+    assert result["config"] is None and result["status"] == "failed" and "nope" in result["error"]
+    assert opened == []  # a refused run has no tracker
+
+
+def test_a_checkpoint_of_another_config_is_refused_with_the_fix(compose_cfg, tmp_path, monkeypatch):
+    from runner import checkpoint
+    from runner.errors import ConfigError
+    (tmp_path / checkpoint.CHECKPOINT_FILE).write_bytes(b"")
+    monkeypatch.setattr(checkpoint, "load", lambda path: {"identity": "another", "position": {"stage": 0}})
+    cfg = compose_cfg(SMOKE + [f"resume={tmp_path}"])
+    with pytest.raises(ConfigError, match=re.escape(
+            f"resume={tmp_path}: the checkpoint in {tmp_path} belongs to another config; resume "
+            "with the run's own overrides only")):
+        run(cfg, tmp_path / "new")
+
+
+def test_a_completed_run_logs_its_name_and_drops_its_checkpoint(compose_cfg, tmp_path, caplog):
+    from runner import checkpoint
+    cfg = compose_cfg(SMOKE)
+    (tmp_path / checkpoint.CHECKPOINT_FILE).write_bytes(b"stale")  # as a run's last checkpoint
+    with caplog.at_level(logging.INFO, logger="runner"):
+        assert run(cfg, tmp_path)["status"] == "completed"
+    assert not (tmp_path / checkpoint.CHECKPOINT_FILE).exists()  # complete: nothing to resume
+    assert any(r.getMessage().startswith(f"run {cfg.name}, seed {cfg.seed}\n") for r in caplog.records)
+
+
+class Holds(Method):
+    """Fails in its setup hook while a local holds a tensor."""
+
+    def setup(self, ctx):
+        held = torch.ones(3)
+        Holds.ref = weakref.ref(held)
+        raise RuntimeError("a bug")
+
+
+def test_a_failed_run_lets_go_of_its_frames_memory(compose_cfg, tmp_path):
+    cfg = compose_cfg(SMOKE + ["target_allowlist=[test_runner]", "extra_methods=[{_target_: test_runner.Holds}]"])
+    with pytest.raises(RuntimeError) as raised:
+        run(cfg, tmp_path)
+    gc.collect()
+    assert raised.value.__traceback__ is not None and Holds.ref() is None  # a sweep's next job gets it
+
+
+def test_prepare_takes_the_first_gpu_by_default(compose_cfg, monkeypatch):
+    from runner.train import prepare
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    cfg = compose_cfg(SMOKE + ["device=auto"])
+    assert prepare(cfg)[1] == torch.device("cuda:0")
+    assert prepare(cfg, 3)[1] == torch.device("cuda:1")

@@ -599,3 +599,117 @@ def test_distributed_steps_go_through_the_wrapped_model(trainer):
     trainer.stages = [phase(trainer, epochs=1)]
     trainer.fit()
     assert wrapped[0].inner is trainer.ctx.model and wrapped[0].calls == 3  # 48 samples / 16
+
+
+# -- weight_stats and run_stage's rows (mutation testing, issue 17) ------------------------------
+def test_weight_stats_count_nonzero_and_trained_weights_by_hand(trainer):
+    from runner.masks import Masks
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4),
+                                torch.nn.Linear(4, 2, bias=False), torch.nn.Linear(2, 2, bias=False))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.rand_like(p) + 0.5)  # no zeros but the ones set below
+        model[2].weight[0, 0] = 0.0
+    model[2].weight.requires_grad_(False)  # frozen: its nonzeros count, it trains nothing
+    ctx = trainer.ctx
+    ctx.model, ctx.masks = model, Masks(model, lambda: None)
+    keep = torch.zeros(4, 3, dtype=torch.bool)
+    keep.view(-1)[[0, 3, 5, 7, 11]] = True
+    ctx.masks.set("0.weight", keep)  # pruned: 5 of 12 entries stay
+    norm, nonzero, trained = trainer.weight_stats().tolist()
+    assert nonzero == 5 + 7 + 4  # weights only: not the bias, not the LayerNorm's
+    assert trained == 5 + 4  # the mask's kept entries, the frozen weight not, the last in full
+    everything = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert norm == pytest.approx(everything.norm().item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("norm_only", [False, True])
+def test_weight_stats_live_on_the_trainers_device(trainer, norm_only):
+    # the meta device stands for a GPU: a number left on the CPU would not stack with the rest
+    model = torch.nn.LayerNorm(3) if norm_only else torch.nn.Linear(3, 2)
+    trainer.device = torch.device("meta")
+    trainer.ctx.model = model.to("meta")
+    from runner.masks import Masks
+    trainer.ctx.masks = Masks(trainer.ctx.model, lambda: None)
+    stats = trainer.weight_stats()
+    assert stats.device.type == "meta" and stats.shape == (3,)
+
+
+def one_sample_stage(trainer, name="warm", **keys):
+    """A 3-epoch stage of the trainer's first phase on one training sample (one step an epoch)."""
+    ph = trainer.stages[0].cfg.copy()
+    for k, v in {"epochs": 3, "subset.n": 1, **keys}.items():
+        OmegaConf.update(ph, k, v, merge=False)
+    stage = Stage(0, 0, name, ph)
+    trainer.load_stage_data(stage)
+    trainer.ctx.reset_optimizer()
+    return stage
+
+
+def scripted_trainer(base_cfg, tmp_path, scales, **keys):
+    cfg = with_(base_cfg, optim__lr=0.5, **keys)
+    OmegaConf.update(cfg, "extra_methods", [{"_target_": f"{__name__}.ScriptedScale", "scales": [scales]}],
+                     merge=False)
+    return Trainer(cfg, RunRecorder(tmp_path, {"name": "rows"}))
+
+
+def test_every_metrics_row_by_hand_on_one_sample_an_epoch(base_cfg, tmp_path):
+    scales = [1.5, 2.0, 3.0]
+    trainer = scripted_trainer(base_cfg, tmp_path, scales, schedule__name="step", schedule__gamma=0.1)
+    # the phase's own gamma (0.5, not the schedule's 0.1), its lr as an interpolation
+    stage = one_sample_stage(trainer, gamma=0.5, milestones=[2], lr="${optim.lr}")
+    ctx = trainer.ctx
+    with torch.no_grad():
+        out = ctx.model(ctx.pipeline(ctx.data.train.x, False, None))
+        first_loss = torch.nn.functional.cross_entropy(out, ctx.data.train.y).item()
+        first_acc = float(out.argmax(1).item() == ctx.data.train.y.item())
+    trainer.run_stage(stage)
+    assert ctx.gamma == 0.5
+    with open(tmp_path / "metrics.csv") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == ["phase", "phase_name", "epoch", "step", "lr", "train_loss",
+                                 "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+                                 "weight_norm", "seconds", "nonzero_weights", "trained_weights"]
+    # a step's loss is on the weights before it: the first epoch's the initial ones, later
+    # epochs' those the script set after the previous step. One sample: the sum is the mean.
+    train_losses = [first_loss] + [loss_at(c) for c in scales[:2]]
+    for e, (row, c) in enumerate(zip(rows, scales)):
+        assert (row["phase"], row["phase_name"], row["epoch"], row["step"]) == ("0", "warm", str(e + 1), str(e + 1))
+        assert float(row["lr"]) == pytest.approx([0.5, 0.5, 0.25][e])
+        assert float(row["train_loss"]) == pytest.approx(train_losses[e], rel=1e-5)
+        assert float(row["train_acc"]) == (first_acc if e == 0 else 1.0)
+        assert float(row["val_loss"]) == pytest.approx(loss_at(c), rel=1e-5)
+        assert float(row["val_acc"]) == float(row["test_acc"]) == 1.0
+        assert float(row["weight_norm"]) == pytest.approx(c * 24 ** 0.5, rel=1e-5)
+        assert (row["nonzero_weights"], row["trained_weights"]) == ("24", "24")
+        assert float(row["seconds"]) >= 0
+
+
+def test_a_per_step_schedule_is_used_only_when_the_schedule_is_per_step(base_cfg, tmp_path):
+    for name, lrs in (("step_iter", [0.5, 0.25, 0.125]), ("step", [0.5, 0.5, 0.25])):
+        trainer = scripted_trainer(base_cfg, tmp_path / name, [1.0] * 3, schedule__name=name,
+                                   schedule__gamma=0.5, schedule__step_size=1, schedule__milestones=[2])
+        given, epoch = [], trainer.train_epoch
+        trainer.train_epoch = lambda bs, limit, schedule=None, start=0: (
+            given.append(schedule) or epoch(bs, limit, schedule, start))
+        trainer.run_stage(one_sample_stage(trainer))
+        assert [float(r["lr"]) for r in metrics(tmp_path / name)] == pytest.approx(lrs)
+        assert all((s is not None) is (name == "step_iter") for s in given) and len(given) == 3
+
+
+def test_the_phase_bar_shows_the_stage_from_the_resumed_epoch_only_when_asked(base_cfg, tmp_path, capsys):
+    from runner.optim import Schedule
+    from runner.train import PhaseProgress
+    trainer = scripted_trainer(base_cfg, tmp_path, [1.0] * 3)
+    stage = one_sample_stage(trainer, name="warmphase")
+    resumed = PhaseProgress(next_epoch=2, schedule=Schedule(trainer.cfg.schedule, 0.5).state_dict())
+    trainer.progress = True
+    trainer.run_stage(stage, resumed)
+    err = capsys.readouterr().err
+    assert "warmphase: " in err and "| 2/3" in err
+    assert "0/3" not in err and "1/3" not in err  # it starts where the phase stood
+    trainer.progress = False
+    trainer.run_stage(one_sample_stage(trainer, name="quietphase"))
+    assert "quietphase" not in capsys.readouterr().err
