@@ -713,3 +713,48 @@ def test_the_phase_bar_shows_the_stage_from_the_resumed_epoch_only_when_asked(ba
     trainer.progress = False
     trainer.run_stage(one_sample_stage(trainer, name="quietphase"))
     assert "quietphase" not in capsys.readouterr().err
+
+
+def test_a_step_adds_the_methods_loss_terms(trainer):
+    """SGD on loss + lam ||theta||^2 (L2, `code` convention): the step differs from the plain
+    one by exactly -lr * 2 lam theta."""
+    from methods.base import MethodStack
+    from methods.l2 import L2
+    trainer.load_stage_data(trainer.stages[0])
+    xb, yb = trainer.ctx.data.train.x[:8], trainer.ctx.data.train.y[:8]
+    start = {k: v.clone() for k, v in trainer.ctx.model.state_dict().items()}
+    after = []
+    for methods in ([], [L2(lam=0.5)]):
+        trainer.ctx.model.load_state_dict(start)
+        for m in methods:
+            m.setup(trainer.ctx)
+        trainer.ctx.optimizer = torch.optim.SGD(trainer.ctx.model.parameters(), lr=0.1)
+        trainer.methods = MethodStack(methods)
+        trainer.train_step(xb, yb, torch.zeros(4))
+        after.append({k: v.clone() for k, v in trainer.ctx.model.state_dict().items()})
+    for k, w0 in start.items():
+        torch.testing.assert_close(after[1][k] - after[0][k], -0.1 * 2 * 0.5 * w0)
+
+
+def test_model_and_method_errors_name_their_config_group(base_cfg, tmp_path):
+    for group, target in (("model", "runner.models.mlp.mlp"), ("method", "methods.l2.L2")):
+        cfg = base_cfg.copy()
+        OmegaConf.update(cfg, group, {"_target_": target, "nope": 1}, merge=False)
+        with pytest.raises(RunnerError, match=rf"^{group}: .*\(calling {target}\)"):
+            Trainer(cfg, RunRecorder(tmp_path, {"name": "m"}))
+
+
+def test_a_subset_larger_than_the_training_set_names_the_dataset(base_cfg, tmp_path):
+    trainer = image_trainer(base_cfg, tmp_path, dataset__name="tiny")
+    with pytest.raises(ConfigError, match=r"subset.n=99 of phase 's' exceeds the 16 training "
+                                          r"samples of tiny; lower it"):
+        trainer.load_stage_data(phase(trainer, subset__n=99))
+
+
+def test_seeds_above_numpys_range_seed_everything():
+    import numpy as np
+    from runner.train import seed_everything
+    seed_everything(2**32 + 5)
+    a = np.random.rand()
+    seed_everything(5)
+    assert np.random.rand() == a
