@@ -314,3 +314,25 @@ def test_a_checkpoint_of_a_compiled_model_has_the_models_own_names(compose_cfg, 
     names = [n for n, _ in model.named_parameters()]
     assert list(state["model"]) == list(model.state_dict()) and names
     assert state["optimizer_params"] == names and list(state["requires_grad"]) == names
+
+
+def test_a_signal_during_a_checkpoint_write_stops_the_run_after_the_write(compose_cfg, tmp_path,
+                                                                         monkeypatch):
+    """SIGTERM in the middle of the trainer's torch.save: the checkpoint is written whole, then
+    `Interrupted` (before, torch's zip writer turned it into a RuntimeError: a `failed` run)."""
+    from runner.errors import Interrupted
+    from runner.train import interruptible
+    cfg = scripted(compose_cfg, ["+phases=[{name: a, epochs: 3}]", "train.checkpoint_every=1"])
+    trainer = scripted_trainer(cfg, tmp_path)
+    real_save = torch.save
+
+    def save_with_a_signal_inside(obj, f, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)  # Python runs the handler at the next bytecode
+        real_save(obj, f, **kw)
+
+    monkeypatch.setattr(torch, "save", save_with_a_signal_inside)
+    with pytest.raises(Interrupted), interruptible():
+        trainer.fit()
+    monkeypatch.undo()
+    state = checkpoint.load(tmp_path / checkpoint.CHECKPOINT_FILE)
+    assert state["context"]["epoch"] == 0 and state["progress"]["next_epoch"] == 1

@@ -539,7 +539,8 @@ class Trainer:
             "phases": self.rec.result["phases"], "columns": self.rec.columns,
             "metrics_csv": self.rec.csv_text(),
         }
-        checkpoint.save(self.rec.dir / checkpoint.CHECKPOINT_FILE, state)
+        with held_signals():
+            checkpoint.save(self.rec.dir / checkpoint.CHECKPOINT_FILE, state)
         self.last_checkpoint = time.monotonic()
 
     def restore(self, state: Dict[str, Any]) -> tuple:
@@ -610,6 +611,23 @@ def summarize(result: Dict[str, Any], cfg) -> Dict[str, Any]:
     return out
 
 
+_HELD = {"depth": 0, "signum": None}
+
+
+@contextlib.contextmanager
+def held_signals():
+    """A signal `interruptible` turns into `Interrupted` waits for the end of the block, so a
+    checkpoint is never cut in the middle of its write (torch.save would fail, not stop)."""
+    _HELD["depth"] += 1
+    try:
+        yield
+    finally:
+        _HELD["depth"] -= 1
+    if not _HELD["depth"] and _HELD["signum"] is not None:
+        signum, _HELD["signum"] = _HELD["signum"], None
+        raise Interrupted(signum)
+
+
 @contextlib.contextmanager
 def interruptible():
     """SIGTERM and SIGINT raise `Interrupted` (in the main thread, where their handlers are
@@ -619,7 +637,10 @@ def interruptible():
     def handler(signum, frame):
         for sig, h in old.items():  # a second signal acts as it did before
             signal.signal(sig, h)
-        raise Interrupted(signum)
+        if _HELD["depth"]:
+            _HELD["signum"] = signum
+        else:
+            raise Interrupted(signum)
 
     try:
         for sig in (signal.SIGTERM, signal.SIGINT):
