@@ -11,7 +11,7 @@ from typing import Dict
 import torch
 
 from methods.base import Method
-from methods.sparse_common import check, magnitude_masks
+from methods.sparse_common import check, density_counts, magnitude_masks, set_masks
 from runner.models.transforms import prunable
 
 
@@ -28,11 +28,8 @@ class FineTune(Method):
             if ctx.phase_index != self.at_phase:
                 return
             named = prunable(ctx.model)
-            counts = [int(round((1 - self.sparsity) * p.numel())) for _, p in named]
-            if self.scope == "global":
-                counts = int(round((1 - self.sparsity) * sum(p.numel() for _, p in named)))
-            for name, m in magnitude_masks(named, {}, counts, self.scope).items():
-                ctx.masks.set(name, m, ctx.masks[name].kind if name in ctx.masks else "pruned")
+            counts = density_counts(named, self.sparsity, self.scope)
+            set_masks(ctx, magnitude_masks(named, {}, counts, self.scope))
             self.pruned = True
 
     def state_dict(self):

@@ -13,7 +13,7 @@ from typing import Dict
 import torch
 
 from methods.base import Method
-from methods.sparse_common import check, magnitude_masks
+from methods.sparse_common import check, density_counts, magnitude_masks, set_masks
 from runner.models.transforms import prunable
 
 
@@ -49,11 +49,8 @@ class GMP(Method):
             if q <= self.current:
                 return
             keep = {n: ctx.masks[n].keep for n, _ in self.named if n in ctx.masks}
-            counts = [int(round((1 - q) * p.numel())) for _, p in self.named]
-            if self.scope == "global":
-                counts = int(round((1 - q) * sum(p.numel() for _, p in self.named)))
-            for name, m in magnitude_masks(self.named, keep, counts, self.scope).items():
-                ctx.masks.set(name, m, ctx.masks[name].kind if name in ctx.masks else "pruned")
+            counts = density_counts(self.named, q, self.scope)
+            set_masks(ctx, magnitude_masks(self.named, keep, counts, self.scope))
             self.current = q
 
     def state_dict(self):

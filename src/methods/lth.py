@@ -15,7 +15,7 @@ from typing import Dict
 import torch
 
 from methods.base import Method
-from methods.sparse_common import check, magnitude_masks
+from methods.sparse_common import check, magnitude_masks, set_masks
 from runner.models.params import select, snapshot
 from runner.models.transforms import prunable
 
@@ -62,8 +62,7 @@ class LTH(Method):
             masks = magnitude_masks(self.named, keep, counts, self.scope)
             for name, p in select(ctx.model):
                 p.copy_(self.saved[name])
-            for name, m in masks.items():
-                ctx.masks.set(name, m, ctx.masks[name].kind if name in ctx.masks else "pruned")
+            set_masks(ctx, masks)
             ctx.reset_optimizer()
             self.rounds += 1
 

@@ -65,6 +65,19 @@ def magnitude_masks(named: Named, keep: Dict[str, torch.Tensor], counts: Sequenc
             zip(named, flat.split([p.numel() for _, p in named]))}
 
 
+def density_counts(named: Named, q: float, scope: str) -> Sequence[int] | int:
+    """The entries kept at sparsity q: one count per tensor (scope layer) or over all (global)."""
+    if scope == "global":
+        return int(round((1 - q) * sum(p.numel() for _, p in named)))
+    return [int(round((1 - q) * p.numel())) for _, p in named]
+
+
+def set_masks(ctx, masks: Dict[str, torch.Tensor]) -> None:
+    """Put the masks in `ctx.masks`, each keeping its weight's kind (a frozen one stays frozen)."""
+    for name, m in masks.items():
+        ctx.masks.set(name, m, ctx.masks[name].kind if name in ctx.masks else "pruned")
+
+
 def cosine_fraction(alpha: float, t: int, end: int) -> float:
     """The update fraction of DST at step t: alpha / 2 * (1 + cos(pi t / end)) (RigL)."""
     return alpha / 2 * (1 + math.cos(math.pi * t / end)) if t < end else 0.0
