@@ -4,6 +4,7 @@ its unfinished jobs and writes the same table; the submitit launcher (SLURM's co
 sweep; checkpoints are loaded with weights_only=True."""
 import csv
 import json
+import logging
 import os
 import random
 import signal
@@ -191,7 +192,7 @@ def compose_and_run(overrides, out_dir):
         GlobalHydra.instance().clear()
 
 
-def test_masked_adam_run_resumes_bitwise_after_a_failure(tmp_path):
+def test_masked_adam_run_resumes_bitwise_after_a_failure(tmp_path, caplog):
     """Masks (frozen entries), Adam's moments and a phase's own lr survive a restart."""
     ref, run_dir = tmp_path / "ref", tmp_path / "run"
     crash = "extra_methods=[{_target_: test_resume.CrashOnce, step: %d}]"
@@ -200,8 +201,10 @@ def test_masked_adam_run_resumes_bitwise_after_a_failure(tmp_path):
     with pytest.raises(RuntimeError, match="injected fault"):
         compose_and_run(MASKED + [crash % 14], run_dir)
     assert json.loads((run_dir / "result.json").read_text())["status"] == "failed"
-    resumed = compose_and_run(MASKED + [crash % 14, f"resume={run_dir}"], run_dir)
+    with caplog.at_level(logging.INFO, logger="runner"):
+        resumed = compose_and_run(MASKED + [crash % 14, f"resume={run_dir}"], run_dir)
     assert resumed["resumed_from"] == str(run_dir)
+    assert f"resuming fmnist_mlp from {run_dir} (stage 1)" in [r.getMessage() for r in caplog.records]
     assert outcome(run_dir)[1:] == outcome(ref)[1:]
     assert len(rows(run_dir)) == 6
 

@@ -288,6 +288,7 @@ def test_only_a_bug_keeps_its_traceback(compose_cfg, tmp_path, kind, status, err
     result = json.loads((tmp_path / "result.json").read_text())
     assert (result["status"], result["error"]) == (status, error)
     assert ("traceback" in result) is (kind == "bug")
+    assert result["wall_time_s"] >= 0 and result["summary"] == {}  # stopped in setup: no phase
     if kind == "bug":
         assert "RuntimeError: a bug" in result["traceback"] and "in setup" in result["traceback"]
 
@@ -355,3 +356,10 @@ def test_prepare_takes_the_first_gpu_by_default(compose_cfg, monkeypatch):
     cfg = compose_cfg(SMOKE + ["device=auto"])
     assert prepare(cfg)[1] == torch.device("cuda:0")
     assert prepare(cfg, 3)[1] == torch.device("cuda:1")
+
+
+def test_result_json_carries_the_papers_value_and_source(run_cfg):
+    result = run_cfg(SMOKE + ["paper.by=[name]", "++paper.values={fmnist_mlp: 0.5, other: 0.25}",
+                              "paper.source='Table 9, row 1'"])
+    assert (result["paper_value"], result["paper_source"]) == (0.5, "Table 9, row 1")
+    assert json.loads((Path(result["_dir"]) / "result.json").read_text())["paper_value"] == 0.5

@@ -11,7 +11,10 @@ so the script fixes which epoch is best, when patience runs out and which weight
 must load, and each is checked against numbers computed here by hand.
 """
 import csv
+import json
+import logging
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -366,13 +369,13 @@ def test_call_builds_nested_targets_and_names_where_a_value_is_refused():
         call(OmegaConf.create({"v": 1}), "m")
 
 
-def tiny_images(n_train=16, n_test=4, fail=False):
-    """A reader: uint8 one-channel 2x2 images, pixel value = the sample's index."""
+def tiny_images(n_train=16, n_test=4, fail=False, start=0, source=None, classes=2):
+    """A reader: uint8 one-channel 2x2 images, pixel value = `start` + the sample's index."""
     if fail:
         raise ValueError("no such files")
-    x = torch.arange(n_train + n_test, dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 2, 2)
-    y = torch.arange(n_train + n_test) % 2
-    return Arrays(x[:n_train].clone(), y[:n_train], x[n_train:].clone(), y[n_train:], source=None)
+    x = (torch.arange(n_train + n_test) + start).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 2, 2)
+    y = torch.arange(n_train + n_test) % classes
+    return Arrays(x[:n_train].clone(), y[:n_train], x[n_train:].clone(), y[n_train:], source=source)
 
 
 class Add:
@@ -595,10 +598,13 @@ def test_distributed_steps_go_through_the_wrapped_model(trainer):
     wrapped = []
     trainer.dist = SimpleNamespace(
         wrap=lambda m: wrapped.append(Wrapped(m)) or wrapped[-1], batches=batches,
-        all_reduce=lambda t: None, check_same=lambda *a: None)
+        all_reduce=lambda t: None, check_same=lambda *a: checked.append(a))
+    checked = []
     trainer.stages = [phase(trainer, epochs=1)]
     trainer.fit()
     assert wrapped[0].inner is trainer.ctx.model and wrapped[0].calls == 3  # 48 samples / 16
+    # every rank ends the phase with the same weights and masks
+    assert checked == [(trainer.ctx.model, trainer.ctx.masks, "phase 's'")]
 
 
 # -- weight_stats and run_stage's rows (mutation testing, issue 17) ------------------------------
@@ -709,6 +715,7 @@ def test_the_phase_bar_shows_the_stage_from_the_resumed_epoch_only_when_asked(ba
     trainer.run_stage(stage, resumed)
     err = capsys.readouterr().err
     assert "warmphase: " in err and "| 2/3" in err
+    assert err.endswith("\r")  # erased when the phase ends, not left on the terminal
     assert "0/3" not in err and "1/3" not in err  # it starts where the phase stood
     trainer.progress = False
     trainer.run_stage(one_sample_stage(trainer, name="quietphase"))
@@ -758,3 +765,246 @@ def test_seeds_above_numpys_range_seed_everything():
     a = np.random.rand()
     seed_everything(5)
     assert np.random.rand() == a
+
+
+def test_each_evaluated_epoch_logs_its_line(base_cfg, tmp_path, caplog):
+    from runner.logs import epoch_line
+    trainer = scripted_trainer(base_cfg, tmp_path, [1.0, 2.0, 3.0])
+    with caplog.at_level(logging.INFO, logger="runner"):
+        trainer.run_stage(one_sample_stage(trainer, name="warm"))
+    lines = [r.getMessage() for r in caplog.records if " epoch " in r.getMessage()]
+    rows = metrics(tmp_path)
+    assert len(lines) == len(rows) == 3
+    for e, (line, row) in enumerate(zip(lines, rows)):
+        assert line == epoch_line("warm", e + 1, 3, {k: float(v) for k, v in row.items() if k != "phase_name"})
+        assert line.startswith(f"warm epoch {e + 1}/3 lr ")
+
+
+def test_the_batch_bar_counts_the_epochs_batches(trainer, capsys, monkeypatch):
+    from runner import logs
+    monkeypatch.setattr(logs, "BATCH_BAR_DELAY_S", 0.0)
+    trainer.progress = True
+    trainer.stages = [phase(trainer, epochs=1)]
+    trainer.fit()
+    bars = [b for b in capsys.readouterr().err.split("\r") if b.startswith("batches")]
+    assert bars and all("/3 [" in b for b in bars)  # 48 samples in batches of 16
+
+
+@pytest.mark.parametrize("budget, cached", [(1000, True), (999, False)])
+def test_inputs_are_prepared_once_when_they_fit_the_cache_budget(base_cfg, tmp_path, monkeypatch, budget, cached):
+    trainer = image_trainer(base_cfg, tmp_path)
+    monkeypatch.setattr(trainer, "float_bytes", lambda splits, pipe: 1000)
+    monkeypatch.setattr(trainer, "cache_bytes", lambda: budget)  # exactly the size still fits
+    trainer.load_stage_data(trainer.stages[0])
+    assert trainer.ctx.data.train.x.dtype == (torch.float32 if cached else torch.uint8)
+
+
+def test_a_refused_config_without_a_name_is_recorded_as_run(tmp_path, monkeypatch):
+    import runner.train as train_module
+
+    def refuse(cfg, job):
+        raise ConfigError("optim.lr=-1: must be positive")
+    monkeypatch.setattr(train_module, "prepare", refuse)
+    with pytest.raises(ConfigError):
+        train_module.run(OmegaConf.create({"seed": 3}), tmp_path, record_invalid=True)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert (result["name"], result["seed"], result["status"]) == ("run", 3, "failed")
+    assert result["error"] == "optim.lr=-1: must be positive"
+
+
+# -- what the trainer passes on: seeds, flags, devices, names (mutation testing, issue 17) -------
+@pytest.fixture
+def torch_flags():
+    """The global flags set_determinism changes, restored afterwards."""
+    cuda, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(),
+             cudnn.deterministic, cudnn.benchmark, cuda.allow_tf32, cudnn.allow_tf32)
+    yield cuda, cudnn
+    torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+    cudnn.deterministic, cudnn.benchmark, cuda.allow_tf32, cudnn.allow_tf32 = saved[2:]
+
+
+def test_determinism_sets_the_kernel_flags_and_the_cublas_workspace(torch_flags, monkeypatch):
+    from runner.train import set_determinism
+    cuda, cudnn = torch_flags
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    set_determinism(True, torch.device("cpu"))
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"  # cuBLAS's deterministic setting
+    assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    assert cudnn.deterministic and not cudnn.benchmark and not cuda.allow_tf32 and not cudnn.allow_tf32
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    set_determinism(True, torch.device("cpu"))
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"  # the user's own value stays
+    set_determinism(False, torch.device("cuda"))  # fast: autotuned convolutions and TF32
+    assert not torch.are_deterministic_algorithms_enabled() and not cudnn.deterministic
+    assert cudnn.benchmark and cuda.allow_tf32 and cudnn.allow_tf32
+    set_determinism(False, torch.device("cpu"))
+    assert not cudnn.benchmark
+
+
+def test_every_seed_gives_numpy_its_own_state():
+    import numpy as np
+    from runner.train import seed_everything
+    draws = []
+    for seed in (0, 2, 64):
+        seed_everything(seed)
+        draws.append(np.random.rand())
+    assert len(set(draws)) == 3
+
+
+def test_the_sweep_job_number_picks_the_device(compose_cfg, tmp_path, monkeypatch):
+    import runner.train as train_module
+    asked = []
+    monkeypatch.setattr(train_module, "resolve_device",
+                        lambda name, job=0: asked.append((name, job)) or torch.device("cpu"))
+    cfg = compose_cfg(BASE + ["train.epochs=1"])
+    train_module.Trainer(cfg, RunRecorder(tmp_path / "t", {"name": "t"}), job=3)
+    assert asked == [("cpu", 3)]
+    asked.clear()  # run: the device is resolved once, before anything is built, and passed on
+    assert train_module.run(cfg, tmp_path / "r", job=5)["status"] == "completed"
+    assert asked == [("cpu", 5)]
+
+
+def test_the_model_is_moved_to_the_trainers_device(trainer):
+    trainer.device = torch.device("meta")  # stands for a GPU
+    model = trainer.prepare_model(torch.nn.Linear(3, 2))
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+
+
+def test_each_stage_loads_its_data_once(trainer):
+    loaded, load = [], trainer.load_stage_data
+    trainer.load_stage_data = lambda stage: loaded.append(stage.name) or load(stage)
+    trainer.opts.epochs = 1
+    trainer.fit()
+    assert loaded == ["a", "b1", "b2", "b3", "c"]
+
+
+class EpochAtPhaseStart(Method):
+    seen = []
+
+    def on_phase_start(self, ctx):
+        self.seen.append(ctx.epoch)
+
+
+def test_a_phase_starts_at_epoch_zero(base_cfg, tmp_path):
+    cfg = with_(base_cfg, train__epochs=2)
+    OmegaConf.update(cfg, "extra_methods", [{"_target_": f"{__name__}.EpochAtPhaseStart"}], merge=False)
+    EpochAtPhaseStart.seen = []
+    Trainer(cfg, RunRecorder(tmp_path, {"name": "epochs"})).fit()
+    assert EpochAtPhaseStart.seen == [0] * 5  # not the previous phase's last epoch
+
+
+@pytest.mark.parametrize("n, steps", [(48, 3), (40, 3), (16, 1)])
+def test_steps_per_epoch_round_the_last_batch_up(trainer, n, steps):
+    trainer.opts.epochs = 2
+    trainer.stages = [phase(trainer, subset__n=n)]
+    trainer.fit()
+    assert (trainer.ctx.steps_per_epoch, trainer.ctx.total_steps, trainer.ctx.step) == (steps, 2 * steps, 2 * steps)
+
+
+def test_the_smoke_level_caps_the_batches_of_an_epoch(base_cfg, tmp_path):
+    cfg = with_(base_cfg, ci__level="smoke", ci__max_batches=2, ci__max_epochs=3, ci__batch_size=4)
+    trainer = Trainer(cfg, RunRecorder(tmp_path, {"name": "capped"}))
+    trainer.stages = [phase(trainer)]
+    trainer.fit()
+    assert (trainer.ctx.steps_per_epoch, trainer.ctx.step) == (2, 6)
+
+
+def test_smoke_data_follow_the_seed(base_cfg, tmp_path):
+    from runner.data.synthetic import shapes_only
+    for seed in (0, 1):
+        cfg = with_(base_cfg, ci__level="smoke", seed=seed)
+        got = Trainer(cfg, RunRecorder(tmp_path / str(seed), {"name": "smoke"})).arrays(cfg.dataset)
+        want = shapes_only(cfg.dataset.shape, cfg.dataset.num_classes, cfg.ci.n_train, cfg.ci.n_test,
+                           seed=seed, dtype=cfg.dataset.dtype)
+        assert torch.equal(got.x_train, want.x_train) and torch.equal(got.y_test, want.y_test)
+    assert not torch.equal(got.x_train, shapes_only(cfg.dataset.shape, cfg.dataset.num_classes,
+                                                    cfg.ci.n_train, cfg.ci.n_test, seed=0,
+                                                    dtype=cfg.dataset.dtype).x_train)
+
+
+def test_reader_options_interpolating_the_seed_read_again(base_cfg, tmp_path):
+    firsts = []
+    for seed in (0, 1, 0):
+        trainer = image_trainer(base_cfg, tmp_path / str(seed), reader={"start": "${seed}"}, seed=seed)
+        firsts.append(int(trainer.arrays(trainer.cfg.dataset).x_train[0, 0, 0, 0]))
+    assert firsts == [0, 1, 0]
+
+
+def test_the_data_source_is_recorded_under_the_datasets_name(base_cfg, tmp_path):
+    trainer = image_trainer(base_cfg, tmp_path / "named", reader={"source": "/data/tiny"},
+                            dataset__name="tiny")
+    trainer.arrays(trainer.cfg.dataset)
+    assert trainer.rec.result["data"] == {"tiny": "/data/tiny"}
+    trainer = image_trainer(base_cfg, tmp_path / "unnamed", reader={"source": "/data/tiny2"})
+    unnamed = OmegaConf.create({k: v for k, v in trainer.cfg.dataset.items() if k != "name"})
+    trainer.arrays(unnamed)
+    assert trainer.rec.result["data"] == {"dataset": "/data/tiny2"}
+    trainer = image_trainer(base_cfg, tmp_path / "none")
+    trainer.arrays(trainer.cfg.dataset)
+    assert "data" not in trainer.rec.result  # no files read: nothing to record
+
+
+def test_labels_outside_the_classes_name_the_dataset(base_cfg, tmp_path):
+    trainer = image_trainer(base_cfg, tmp_path, reader={"classes": 3}, dataset__name="tiny")
+    with pytest.raises(DataError, match=r"^tiny: train labels span \[0, 2\], outside \[0, 2\)"):
+        trainer.arrays(trainer.cfg.dataset)
+
+
+@pytest.mark.parametrize("access, chunk", [("limited", slice(4, 8)), ("full", slice(0, 8))])
+def test_a_continual_chunk_is_its_piece_of_the_seeds_order(base_cfg, tmp_path, access, chunk):
+    from runner.data.tensors import subset_indices
+    trainer = image_trainer(base_cfg, tmp_path)
+    ph = phase(trainer, subset__chunks=4, subset__access=access)
+    trainer.load_stage_data(phase(trainer))
+    whole = trainer.ctx.data.train.x
+    trainer.load_stage_data(Stage(1, 1, "s2", ph.cfg))  # the phase's second repeat: chunk 1
+    perm = torch.randperm(16, generator=torch.Generator().manual_seed(trainer.cfg.seed + 7919))
+    assert torch.equal(subset_indices(16, trainer.cfg.seed, chunks=4), perm[:4])  # the seed's order
+    assert torch.equal(trainer.ctx.data.train.x, whole[perm[chunk]])
+
+
+def test_augmentations_and_transforms_refusing_an_option_name_the_phase(base_cfg, tmp_path):
+    trainer = image_trainer(base_cfg, tmp_path)
+    bad = [{"_target_": f"{__name__}.Add", "nope": 1}]
+    for key in ("augment", "transform"):
+        with pytest.raises(RunnerError, match=rf"^s\.{key}: .*\(calling {__name__}\.Add\)"):
+            trainer.load_stage_data(phase(trainer, **{key: bad}))
+
+
+def test_training_batches_go_through_the_pipeline_as_training_data(trainer):
+    trainer.stages = [phase(trainer, epochs=1)]
+    trainer.load_stage_data(trainer.stages[0])
+    flags, pipe = [], trainer.ctx.pipeline
+    trainer.ctx.pipeline = lambda x, train, gen: flags.append(train) or pipe(x, train, gen)
+    trainer.ctx.reset_optimizer()
+    trainer.train_epoch(16, None)
+    assert flags == [True] * 3  # augmented, not evaluation batches
+
+
+def test_plateau_without_validation_data_watches_the_training_loss(base_cfg, tmp_path):
+    from runner.optim import Schedule
+    trainer = scripted_trainer(base_cfg, tmp_path, [3.0, 2.0, 1.0, 0.5], train__val_fraction=0.0,
+                               schedule__name="plateau", schedule__gamma=0.5, schedule__patience=1)
+    trainer.run_stage(one_sample_stage(trainer, epochs=4))
+    rows, replay = metrics(tmp_path), Schedule(trainer.cfg.schedule, 0.5)
+    for e, row in enumerate(rows):
+        assert float(row["lr"]) == replay.lr(e) and row["val_loss"] == "nan"
+        replay.observe(float(row["train_loss"]))
+    assert [float(r["lr"]) for r in rows] == [0.5, 0.5, 0.5, 0.25]  # losses fall, rise, rise
+
+
+def test_a_resumed_phase_continues_its_per_step_schedule(base_cfg, tmp_path):
+    from runner.optim import Schedule
+    from runner.train import PhaseProgress
+    keys = dict(schedule__name="step_iter", schedule__gamma=0.5, schedule__step_size=1, train__batch_size=1)
+    whole = scripted_trainer(base_cfg, tmp_path / "whole", [1.0] * 3, **keys)
+    whole.run_stage(one_sample_stage(whole, **{"subset.n": 2}))
+    trainer = scripted_trainer(base_cfg, tmp_path / "resumed", [1.0] * 3, **keys)
+    stage = one_sample_stage(trainer, **{"subset.n": 2})
+    trainer.ctx.step = 4  # two epochs of two steps done
+    resumed = PhaseProgress(next_epoch=2, schedule=Schedule(trainer.cfg.schedule, 0.5).state_dict())
+    trainer.run_stage(stage, resumed)
+    [last] = metrics(tmp_path / "resumed")
+    assert float(last["lr"]) == float(metrics(tmp_path / "whole")[-1]["lr"]) == 0.5 * 0.5 ** 5
