@@ -164,13 +164,14 @@ class CrashOnce:
     """A method that raises once, at its `step`-th training step in this process (the resumed
     run passes that step again and goes on)."""
 
-    crashed = False
+    crashed, steps = False, 0  # steps: after_step calls in this process
 
     def __new__(cls, step: int):
         from methods.base import Method
 
         class Crash(Method):
             def after_step(self, ctx):
+                CrashOnce.steps += 1
                 if ctx.step == step and not CrashOnce.crashed:
                     CrashOnce.crashed = True
                     raise RuntimeError("injected fault")
@@ -201,8 +202,10 @@ def test_masked_adam_run_resumes_bitwise_after_a_failure(tmp_path, caplog):
     with pytest.raises(RuntimeError, match="injected fault"):
         compose_and_run(MASKED + [crash % 14], run_dir)
     assert json.loads((run_dir / "result.json").read_text())["status"] == "failed"
+    CrashOnce.steps = 0
     with caplog.at_level(logging.INFO, logger="runner"):
         resumed = compose_and_run(MASKED + [crash % 14, f"resume={run_dir}"], run_dir)
+    assert CrashOnce.steps == 6  # from the checkpoint after step 12 (phase b, epoch 1) to step 18
     assert resumed["resumed_from"] == str(run_dir)
     assert f"resuming fmnist_mlp from {run_dir} (stage 1)" in [r.getMessage() for r in caplog.records]
     assert outcome(run_dir)[1:] == outcome(ref)[1:]

@@ -288,7 +288,7 @@ def test_only_a_bug_keeps_its_traceback(compose_cfg, tmp_path, kind, status, err
     result = json.loads((tmp_path / "result.json").read_text())
     assert (result["status"], result["error"]) == (status, error)
     assert ("traceback" in result) is (kind == "bug")
-    assert result["wall_time_s"] >= 0 and result["summary"] == {}  # stopped in setup: no phase
+    assert 0 <= result["wall_time_s"] < 60 and result["summary"] == {}  # stopped in setup: no phase
     if kind == "bug":
         assert "RuntimeError: a bug" in result["traceback"] and "in setup" in result["traceback"]
 

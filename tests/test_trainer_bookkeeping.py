@@ -390,7 +390,7 @@ class Add:
 
 def image_trainer(base_cfg, tmp_path, reader=(), **keys):
     cfg = with_(base_cfg, dataset__shape=[1, 2, 2], dataset__num_classes=2, dataset__dtype="uint8",
-                train__val_fraction=0.0, **keys)
+                **{"train__val_fraction": 0.0, **keys})
     OmegaConf.update(cfg, "dataset.reader", {"_target_": f"{__name__}.tiny_images", **dict(reader)},
                      merge=False)
     return Trainer(cfg, RunRecorder(tmp_path, {"name": "images"}))
@@ -1008,3 +1008,113 @@ def test_a_resumed_phase_continues_its_per_step_schedule(base_cfg, tmp_path):
     trainer.run_stage(stage, resumed)
     [last] = metrics(tmp_path / "resumed")
     assert float(last["lr"]) == float(metrics(tmp_path / "whole")[-1]["lr"]) == 0.5 * 0.5 ** 5
+
+
+def test_the_best_epoch_is_scored_by_the_chosen_metric(trainer):
+    row = {"val_loss": 0.4, "val_acc": 0.75}
+    assert trainer.score(row) == 0.4
+    trainer.opts.select_by = "val_acc"
+    assert trainer.score(row) == -0.75  # the lowest score is the best
+
+
+def test_a_later_phases_per_step_schedule_counts_from_its_own_first_step(base_cfg, tmp_path):
+    trainer = scripted_trainer(base_cfg, tmp_path, [1.0] * 3, schedule__name="step_iter",
+                               schedule__gamma=0.5, schedule__step_size=1, train__batch_size=1)
+    for name in ("first", "second"):
+        trainer.run_stage(one_sample_stage(trainer, name=name, **{"subset.n": 2}))
+    lrs = [float(r["lr"]) for r in metrics(tmp_path)]
+    assert trainer.ctx.step == 12 and lrs[3:] == lrs[:3] == [0.5 * 0.5 ** k for k in (1, 3, 5)]
+
+
+def test_the_trainer_joins_distributed_training_as_configured(base_cfg, tmp_path, monkeypatch):
+    from runner import distributed
+    asked = []
+    monkeypatch.setattr(distributed, "setup", lambda cfg, device: asked.append((cfg, device)))
+    trainer = Trainer(base_cfg, RunRecorder(tmp_path, {"name": "dist"}))
+    assert asked == [(base_cfg.distributed, "cpu")] and trainer.dist is None
+
+
+def test_a_streamed_reader_refusing_its_options_is_named(base_cfg, tmp_path):
+    trainer = image_trainer(base_cfg, tmp_path, reader={"fail": True})
+    OmegaConf.update(trainer.cfg, "dataset.stream", {"size": 8}, force_add=True)
+    with pytest.raises(RunnerError, match=r"^dataset\.reader: no such files \(calling"):
+        trainer.load_stage_data(trainer.stages[0])
+
+
+def test_fp16_gets_a_gradient_scaler_on_a_gpu_only(base_cfg, tmp_path):
+    trainer = Trainer(with_(base_cfg, train__precision="fp16"), RunRecorder(tmp_path, {"name": "fp16"}))
+    assert trainer.amp is torch.float16 and trainer.scaler is None  # the CPU: autocast alone
+
+
+class SeeGen:
+    """An augmentation that records the generator it draws from."""
+    gens = []
+
+    def __call__(self, x, gen):
+        self.gens.append(gen)
+        return x
+
+
+def test_cached_inputs_are_augmented_with_the_trainers_generator(base_cfg, tmp_path):
+    trainer = image_trainer(base_cfg, tmp_path, dataset__augment=[{"_target_": f"{__name__}.SeeGen"}])
+    trainer.load_stage_data(trainer.stages[0])
+    assert trainer.ctx.data.train.x.dtype == torch.float32  # cached: only the random part is left
+    SeeGen.gens = []
+    trainer.ctx.pipeline(trainer.ctx.data.train.x[:2], True, trainer.aug_gen)
+    assert SeeGen.gens == [trainer.aug_gen]
+
+
+def test_val_seed_fixes_the_validation_split_across_seeds(base_cfg, tmp_path):
+    def val(seed, val_seed):
+        trainer = image_trainer(base_cfg, tmp_path / f"{seed}-{val_seed}", seed=seed,
+                                train__val_fraction=0.25, train__val_seed=val_seed)
+        return sorted(trainer.device_splits(trainer.cfg.dataset).val.x[:, 0, 0, 0].tolist())
+    assert val(0, 7) == val(1, 7) == val(7, None)
+    assert val(0, None) != val(1, None)
+
+
+def test_compile_runs_the_compiled_model(trainer, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
+    trainer.opts.compile, trainer.opts.epochs = True, 1
+    trainer.stages = trainer.stages[:1]
+    trainer.fit()
+    assert compiled == [trainer.ctx.model] and trainer.ctx.step == 3
+
+
+def test_device_memory_is_given_back_on_a_gpu_only(trainer, monkeypatch):
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
+    trainer.free_device_memory()
+    assert emptied == []
+    trainer.device = torch.device("cuda")
+    trainer.free_device_memory()
+    assert emptied == [1]
+
+
+def test_an_apple_gpu_is_a_device_where_it_is_available(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("mps") == torch.device("mps")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="^device='mps' is not available here"):
+        resolve_device("mps")
+
+
+def test_an_unimportable_target_is_named():
+    with pytest.raises(RunnerError, match=r"(?s)^model\._target_='nowhere\.Net' cannot be imported \(.*No module named 'nowhere'"):
+        call({"_target_": "nowhere.Net"}, "model")
+
+
+def test_train_options_are_resolved_and_progress_is_taken_from_the_config(base_cfg, tmp_path):
+    for progress in (True, False, None):
+        cfg = with_(base_cfg, train__patience="${train.epochs}", progress=progress)
+        trainer = Trainer(cfg, RunRecorder(tmp_path, {"name": "opts"}))
+        assert trainer.opts.patience == 10 and trainer.progress is progress
+
+
+def test_resume_auto_without_a_search_root_looks_beside_the_run(compose_cfg, tmp_path):
+    from runner.train import run
+    cfg = compose_cfg(BASE + ["train.epochs=1", "resume=auto"])
+    first = run(cfg, tmp_path / "runs" / "a")
+    again = run(cfg, tmp_path / "runs" / "b")
+    assert first["status"] == "completed" and again["reused_from"] == str(tmp_path / "runs" / "a")
