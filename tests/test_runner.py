@@ -260,6 +260,7 @@ def test_a_run_records_what_it_is_and_a_completed_one_is_reused(compose_cfg, tmp
     assert (result["status"], result["name"], result["seed"]) == ("completed", cfg.name, 5)
     assert result["choices"] == {"dataset": "fashion_mnist"} and result["overrides"] == ["seed=5"]
     assert result["device"] == "cpu" and result["deterministic"] is cfg.train.deterministic
+    assert result["precision"] == cfg.train.precision == "fp32"
     again = compose_cfg(SMOKE + ["seed=5", "resume=auto"])
     elsewhere = tmp_path / "b" / "run"
     reused = run(again, elsewhere, choices={"dataset": "fashion_mnist"}, search_root=tmp_path / "a")

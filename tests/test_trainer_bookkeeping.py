@@ -860,7 +860,8 @@ def test_the_sweep_job_number_picks_the_device(compose_cfg, tmp_path, monkeypatc
                         lambda name, job=0: asked.append((name, job)) or torch.device("cpu"))
     cfg = compose_cfg(BASE + ["train.epochs=1"])
     train_module.Trainer(cfg, RunRecorder(tmp_path / "t", {"name": "t"}), job=3)
-    assert asked == [("cpu", 3)]
+    train_module.Trainer(cfg, RunRecorder(tmp_path / "t", {"name": "t"}))  # not a sweep: job 0
+    assert asked == [("cpu", 3), ("cpu", 0)]
     asked.clear()  # run: the device is resolved once, before anything is built, and passed on
     assert train_module.run(cfg, tmp_path / "r", job=5)["status"] == "completed"
     assert asked == [("cpu", 5)]
@@ -977,10 +978,10 @@ def test_training_batches_go_through_the_pipeline_as_training_data(trainer):
     trainer.stages = [phase(trainer, epochs=1)]
     trainer.load_stage_data(trainer.stages[0])
     flags, pipe = [], trainer.ctx.pipeline
-    trainer.ctx.pipeline = lambda x, train, gen: flags.append(train) or pipe(x, train, gen)
+    trainer.ctx.pipeline = lambda x, train, gen: flags.append((train, gen)) or pipe(x, train, gen)
     trainer.ctx.reset_optimizer()
     trainer.train_epoch(16, None)
-    assert flags == [True] * 3  # augmented, not evaluation batches
+    assert flags == [(True, trainer.aug_gen)] * 3  # augmented from the trainer's own generator
 
 
 def test_plateau_without_validation_data_watches_the_training_loss(base_cfg, tmp_path):
@@ -1118,3 +1119,145 @@ def test_resume_auto_without_a_search_root_looks_beside_the_run(compose_cfg, tmp
     first = run(cfg, tmp_path / "runs" / "a")
     again = run(cfg, tmp_path / "runs" / "b")
     assert first["status"] == "completed" and again["reused_from"] == str(tmp_path / "runs" / "a")
+
+
+def unnamed(trainer, drop=("name",)):
+    """The trainer's dataset config without its `name` (or the keys in `drop`)."""
+    node = OmegaConf.to_container(trainer.cfg.dataset)
+    trainer.cfg.dataset = OmegaConf.create({k: v for k, v in node.items() if k not in drop})
+    return trainer.cfg.dataset
+
+
+def test_an_unnamed_dataset_is_called_the_dataset_in_errors(base_cfg, tmp_path):
+    trainer = image_trainer(base_cfg, tmp_path / "labels", reader={"classes": 3})
+    with pytest.raises(DataError, match=r"^dataset: train labels span \[0, 2\]"):
+        trainer.arrays(unnamed(trainer))
+    trainer = image_trainer(base_cfg, tmp_path / "subset")
+    unnamed(trainer)
+    with pytest.raises(ConfigError, match=r"exceeds the 16 training samples of the dataset; lower it$"):
+        trainer.load_stage_data(phase(trainer, subset__n=99))
+
+
+def test_smoke_inputs_are_bytes_unless_the_dataset_says_otherwise(base_cfg, tmp_path):
+    trainer = image_trainer(base_cfg, tmp_path, ci__level="smoke")
+    assert trainer.arrays(unnamed(trainer, drop=("dtype",))).x_train.dtype == torch.uint8
+
+
+def test_checkpoints_fall_every_n_epochs_of_a_phase(trainer):
+    saved = []
+    trainer.save_checkpoint = lambda stage, p: saved.append((stage, p.next_epoch))
+    trainer.opts.checkpoint, trainer.opts.checkpoint_every, trainer.opts.checkpoint_minutes = True, 3, None
+    trainer.stages = [phase(trainer, epochs=7)]
+    trainer.fit()
+    assert saved == [(0, 3), (0, 6)]  # after epochs 3 and 6; the run's end needs none
+
+
+@pytest.mark.parametrize("precision", [torch.bfloat16, torch.float16])
+def test_mixed_precision_computes_in_its_dtype_on_the_trainers_device(trainer, precision):
+    trainer.amp = precision
+    with trainer.autocast():
+        assert torch.nn.Linear(4, 4)(torch.randn(2, 4)).dtype == precision
+    trainer.amp = None
+    with trainer.autocast():
+        assert torch.nn.Linear(4, 4)(torch.randn(2, 4)).dtype == torch.float32
+
+
+def test_training_accuracy_counts_each_samples_class(trainer):
+    trainer.load_stage_data(trainer.stages[0])
+    trainer.ctx.reset_optimizer()
+    for g in trainer.ctx.optimizer.param_groups:
+        g["lr"] = 0.0
+    with torch.no_grad():
+        trainer.ctx.model.head[1].weight.copy_(3 * PERFECT)  # every sample right
+    stats = trainer.train_epoch(16, None)
+    assert stats[1].item() == stats[2].item() == 48
+
+
+def test_label_smoothing_needs_cross_entropy(base_cfg, tmp_path):
+    cfg = with_(base_cfg, train__label_smoothing=0.1, train__loss="mse")
+    with pytest.raises(RunnerError, match=r"^train\.label_smoothing needs train\.loss=cross_entropy$"):
+        Trainer(cfg, RunRecorder(tmp_path, {"name": "ls"}))
+
+
+def test_on_a_terminal_the_phase_bar_shows_by_default(base_cfg, tmp_path, capsys, monkeypatch):
+    import sys
+    trainer = scripted_trainer(base_cfg, tmp_path, [1.0] * 3)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    trainer.progress = None  # progress unset: shown on a terminal only
+    trainer.run_stage(one_sample_stage(trainer, name="termphase"))
+    assert "termphase: " in capsys.readouterr().err
+
+
+def test_the_smoke_level_caps_the_batches_of_every_evaluation(base_cfg, tmp_path):
+    cfg = with_(base_cfg, ci__level="smoke", ci__eval_batches=2, ci__max_epochs=1, train__eval_test=True)
+    trainer = Trainer(cfg, RunRecorder(tmp_path, {"name": "capped"}))
+    trainer.stages = [phase(trainer)]
+    trainer.load_stage_data(trainer.stages[0])
+    trainer.ctx.reset_optimizer()
+    limits, evaluate = [], trainer.ctx.evaluate
+    trainer.ctx.evaluate = lambda split, limit=None: limits.append(limit) or evaluate(split, limit)
+    trainer.run_stage(trainer.stages[0])
+    assert limits == [2, 2]  # validation and test
+
+
+class Refuses(Method):
+    def setup(self, ctx):
+        raise ValueError("lam=-1 must be\n    positive")
+
+
+def test_a_method_refusing_its_options_is_one_line(base_cfg, tmp_path):
+    cfg = base_cfg.copy()
+    OmegaConf.update(cfg, "extra_methods", [{"_target_": f"{__name__}.Refuses"}], merge=False)
+    with pytest.raises(RunnerError, match=r"^method setup: lam=-1 must be positive$"):
+        Trainer(cfg, RunRecorder(tmp_path, {"name": "refused"})).fit()
+
+
+class OutputsTerm(Method):
+    """A loss term read from the step's context; records the context it was given."""
+
+    def loss_term(self, ctx):
+        self.ctx = ctx
+        return 0.0 * ctx.outputs.sum()
+
+
+def test_a_loss_term_gets_the_steps_context(trainer):
+    from methods.base import MethodStack
+    trainer.load_stage_data(trainer.stages[0])
+    trainer.ctx.reset_optimizer()
+    term = OutputsTerm()
+    trainer.methods = MethodStack([term])
+    trainer.train_step(trainer.ctx.data.train.x[:4], trainer.ctx.data.train.y[:4], torch.zeros(4))
+    assert term.ctx is trainer.ctx and term.ctx.outputs.shape == (4, 8)
+
+
+def test_inputs_are_normalized_by_the_datasets_mean_and_std(base_cfg, tmp_path):
+    x = torch.arange(16, dtype=torch.float32) / 255  # the pixel values of tiny_images' training set
+    for drop, want in (((), (x - 0.5) / 0.25), (("std",), x - 0.5)):  # no std given: 1
+        trainer = image_trainer(base_cfg, tmp_path, dataset__mean=[0.5], dataset__std=[0.25])
+        unnamed(trainer, drop=drop)
+        trainer.load_stage_data(trainer.stages[0])
+        got = trainer.ctx.data.train.x[:, 0, 0, 0]
+        torch.testing.assert_close(got.sort().values, want)
+
+
+def test_a_phase_trains_on_the_dataset_it_names(base_cfg, tmp_path):
+    trainer = image_trainer(base_cfg, tmp_path)
+    OmegaConf.update(trainer.cfg, "datasets", {"later": {**OmegaConf.to_container(trainer.cfg.dataset),
+                                                         "reader": {"_target_": f"{__name__}.tiny_images", "start": 100}}},
+                     merge=False, force_add=True)
+    trainer.load_stage_data(phase(trainer, dataset="later"))
+    assert trainer.ctx.data.train.x.min().item() == pytest.approx(100 / 255)
+    with pytest.raises(RunnerError, match=r"^phase dataset 'nope' is not in `datasets`; defined: \['later'\]"):
+        trainer.load_stage_data(phase(trainer, dataset="nope"))
+
+
+def test_the_run_context_carries_the_trainers_device(trainer):
+    assert trainer.ctx.device == trainer.device == torch.device("cpu")
+
+
+def test_call_gives_targets_plain_resolved_values_from_a_config():
+    root = OmegaConf.create({"n": 2, "m": {"_target_": f"{__name__}.Box", "v": [1, "${n}"],
+                                           "inner": {"_target_": f"{__name__}.Box", "v": {"a": "${n}"}}}})
+    box = call(root.m, "m")
+    assert type(box.v) is list and box.v == [1, 2]
+    assert isinstance(box.inner, Box) and type(box.inner.v) is dict and box.inner.v == {"a": 2}
