@@ -309,11 +309,7 @@ def test_a_checkpoint_of_a_compiled_model_has_the_models_own_names(compose_cfg, 
     trainer = scripted_trainer(scripted(compose_cfg, ["+phases=[{name: a, epochs: 1}]"]), tmp_path)
     trainer.fit()
     model = trainer.ctx.model
-
-    class Compiled(torch.nn.Module):  # what torch.compile returns, without compiling
-        def __init__(self, inner):
-            super().__init__()
-            self._orig_mod = inner
+    from test_trainer_bookkeeping import Compiled
     trainer.ctx.model = Compiled(model)
     trainer.save_checkpoint(1, None)
     state = checkpoint.load(trainer.rec.dir / checkpoint.CHECKPOINT_FILE)

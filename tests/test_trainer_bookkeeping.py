@@ -938,9 +938,11 @@ def test_the_data_source_is_recorded_under_the_datasets_name(base_cfg, tmp_path)
                             dataset__name="tiny")
     trainer.arrays(trainer.cfg.dataset)
     assert trainer.rec.result["data"] == {"tiny": "/data/tiny"}
+    later = OmegaConf.merge(trainer.cfg.dataset, {"name": "later", "reader": {"source": "/data/later"}})
+    trainer.arrays(later)  # a phase's other dataset: recorded beside the first
+    assert trainer.rec.result["data"] == {"tiny": "/data/tiny", "later": "/data/later"}
     trainer = image_trainer(base_cfg, tmp_path / "unnamed", reader={"source": "/data/tiny2"})
-    unnamed = OmegaConf.create({k: v for k, v in trainer.cfg.dataset.items() if k != "name"})
-    trainer.arrays(unnamed)
+    trainer.arrays(unnamed(trainer))
     assert trainer.rec.result["data"] == {"dataset": "/data/tiny2"}
     trainer = image_trainer(base_cfg, tmp_path / "none")
     trainer.arrays(trainer.cfg.dataset)
@@ -1232,7 +1234,7 @@ def test_a_loss_term_gets_the_steps_context(trainer):
 
 def test_inputs_are_normalized_by_the_datasets_mean_and_std(base_cfg, tmp_path):
     x = torch.arange(16, dtype=torch.float32) / 255  # the pixel values of tiny_images' training set
-    for drop, want in (((), (x - 0.5) / 0.25), (("std",), x - 0.5)):  # no std given: 1
+    for drop, want in (((), (x - 0.5) / 0.25), (("std",), x - 0.5), (("mean", "std"), x)):  # defaults 0, 1
         trainer = image_trainer(base_cfg, tmp_path, dataset__mean=[0.5], dataset__std=[0.25])
         unnamed(trainer, drop=drop)
         trainer.load_stage_data(trainer.stages[0])
@@ -1261,3 +1263,48 @@ def test_call_gives_targets_plain_resolved_values_from_a_config():
     box = call(root.m, "m")
     assert type(box.v) is list and box.v == [1, 2]
     assert isinstance(box.inner, Box) and type(box.inner.v) is dict and box.inner.v == {"a": 2}
+
+
+def test_channels_last_models_keep_their_weights_channels_last(trainer):
+    trainer.opts.channels_last = True
+    model = trainer.prepare_model(torch.nn.Conv2d(3, 4, 3))
+    assert model.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_full_batch_phase_takes_one_step_an_epoch(trainer):
+    trainer.opts.batch_size, trainer.opts.epochs = None, 2
+    trainer.stages = [phase(trainer)]
+    trainer.fit()
+    assert (trainer.ctx.steps_per_epoch, trainer.ctx.step) == (1, 2)
+
+
+def test_phases_on_the_same_dataset_share_its_device_splits(base_cfg, tmp_path):
+    trainer = image_trainer(base_cfg, tmp_path)
+    first = trainer.device_splits(trainer.cfg.dataset)
+    assert trainer.device_splits(trainer.cfg.dataset) is first  # not split again
+
+
+def test_the_smoke_level_caps_a_subset_at_the_training_set(base_cfg, tmp_path):
+    trainer = image_trainer(base_cfg, tmp_path, ci__level="smoke", ci__n_train=16)
+    trainer.load_stage_data(phase(trainer, subset__n=1000))
+    assert len(trainer.ctx.data.train) == 16
+
+
+class Compiled(torch.nn.Module):
+    """What torch.compile returns, without compiling: the model as `_orig_mod`."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self._orig_mod = inner
+
+    def forward(self, x):
+        return self._orig_mod(x)
+
+
+def test_a_compiled_runs_saved_model_has_the_models_own_names(compose_cfg, tmp_path, monkeypatch):
+    from runner import checkpoint
+    from runner.train import run
+    monkeypatch.setattr(torch, "compile", Compiled)
+    cfg = compose_cfg(BASE + ["train.epochs=1", "train.compile=true", "train.save_model=true"])
+    assert run(cfg, tmp_path)["status"] == "completed"
+    assert list(checkpoint.load(tmp_path / checkpoint.MODEL_FILE)) == ["head.1.weight"]
