@@ -2,6 +2,7 @@
 clear message; Fashion-MNIST from the Debian package splits 54,000 / 6,000 / 10,000."""
 import gzip
 import pickle
+import re
 import struct
 
 import numpy as np
@@ -383,3 +384,55 @@ def test_every_config_has_the_contract_keys(compose_cfg):
         assert {"name", "reader", "shape", "num_classes", "mean", "std", "augment"} <= set(ds)
         channels = ds.shape[0] if len(ds.shape) == 3 else None
         assert channels is None or len(ds.mean) == len(ds.std) in (1, channels), name
+
+
+def write_mnist(d, n_train, n_test=1):
+    d.mkdir(parents=True, exist_ok=True)
+    for p, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(d / f"{p}-images-idx3-ubyte.gz", images(n, 1, 28, 28)[:, 0])
+        write_idx(d / f"{p}-labels-idx1-ubyte.gz", [1] * n)
+
+
+def test_fashion_mnist_looks_in_the_data_directory_first(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_mnist(tmp_path / "data" / "fashion_mnist", 3)  # the default data_root: ./data
+    assert len(readers.fashion_mnist().y_train) == 3
+    write_mnist(tmp_path / "elsewhere" / "fashion_mnist", 2)
+    assert len(readers.fashion_mnist(data_root=str(tmp_path / "elsewhere")).y_train) == 2
+
+
+def test_idx_files_that_do_not_pair_up_or_are_cut_short_say_so(tmp_path):
+    write_mnist(tmp_path, 3)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", [1, 2])
+    with pytest.raises(DataError, match=(
+            f"^MNIST: {tmp_path}/train-images-idx3-ubyte.gz holds 3 images but "
+            f"{tmp_path}/train-labels-idx1-ubyte.gz 2 labels; the files do not belong together$")):
+        readers.mnist(str(tmp_path))
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    header = struct.pack(">HBB", 0, 0x08, 3) + struct.pack(">3I", 2, 28, 28)
+    (raw / "cut").write_bytes(header + bytes(100))
+    with pytest.raises(DataError, match=re.escape(
+            f"{raw}/cut holds 116 bytes, its header promises 1584 (shape (2, 28, 28)): "
+            "truncated or corrupt; provide it again")):
+        readers.read_idx(raw / "cut")
+
+
+def test_an_image_folder_reads_its_test_tree_in_the_asked_channels(tmp_path):
+    from runner.data.folders import image_folder
+    write_png(tmp_path / "train" / "a" / "1.png", (90, 90, 90), 6)
+    write_png(tmp_path / "test" / "a" / "1.png", (30, 30, 30), 6)  # the default test directory
+    a = image_folder("gray", str(tmp_path), size=4, channels=1)
+    assert a.x_train.shape == a.x_test.shape == (1, 1, 4, 4)
+    assert a.x_test.unique().tolist() == [30] and a.source == str(tmp_path)
+
+
+def test_images_are_resized_bilinearly_and_an_empty_list_keeps_its_shape(tmp_path):
+    from runner.data.folders import load_images
+    pixels = images(1, 3, 8, 8)[0].transpose(1, 2, 0)
+    Image.fromarray(pixels).save(tmp_path / "x.png")
+    got = load_images([tmp_path / "x.png"], 4)[0].permute(1, 2, 0).numpy()
+    want = {m: np.asarray(Image.fromarray(pixels).resize((4, 4), m)) for m in (Image.BILINEAR, Image.BICUBIC)}
+    assert np.array_equal(got, want[Image.BILINEAR]) and not np.array_equal(got, want[Image.BICUBIC])
+    assert load_images([], 4, 1).shape == (0, 1, 4, 4) and load_images([], None, 3).shape == (0, 3, 0, 0)
+    assert load_images([], 4).dtype == torch.uint8

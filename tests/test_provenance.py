@@ -124,6 +124,24 @@ def test_pipeline_normalizes_by_hand():
             torch.testing.assert_close(pipe.random(cached.x, train, None).flatten(), want)
 
 
+def test_pipeline_applies_its_deterministic_transforms_before_normalizing():
+    x = torch.tensor([0, 51], dtype=torch.uint8).view(2, 1, 1, 1)
+    pipe = Pipeline([0.5], [0.25], [lambda x, gen: 2 * x], [], "cpu")
+    torch.testing.assert_close(pipe(x, False, None).flatten(), (torch.tensor([0.0, 0.4]) - 0.5) / 0.25)
+
+
+def test_batches_keep_their_order_unless_shuffled_and_a_whole_batch_draws_nothing():
+    from runner.data.tensors import batches
+    split = Split(torch.arange(6).view(6, 1), torch.arange(6))
+    gen = torch.Generator().manual_seed(0)
+    state = gen.get_state()
+    assert [y.tolist() for _, y in batches(split, 4, gen, shuffle=False)] == [[0, 1, 2, 3], [4, 5]]
+    assert [y.tolist() for _, y in batches(split, 6, gen)] == [[0, 1, 2, 3, 4, 5]]  # one batch
+    assert torch.equal(gen.get_state(), state)  # nothing drawn: the next epochs' orders unchanged
+    shuffled = [y for _, y in batches(split, 4, gen)]
+    assert sorted(torch.cat(shuffled).tolist()) == list(range(6)) and not torch.equal(gen.get_state(), state)
+
+
 def test_pipeline_normalizes_each_channel():
     x = torch.full((1, 3, 1, 1), 102, dtype=torch.uint8)  # 0.4
     pipe = Pipeline([0.1, 0.2, 0.3], [0.1, 0.2, 0.4], [], [], "cpu")

@@ -134,3 +134,12 @@ def test_bench_without_a_tree_writes_the_fixture_its_help_names(monkeypatch, tmp
     assert "| 0 | 2 | 2 |" in capsys.readouterr().out
     with pytest.raises(DatasetMissing, match=f"^dataset bench not found \\(looked in: {tmp_path}"):
         stream.bench(str(tmp_path), 0, 2, 1)
+
+
+def test_stream_options_default_to_imagenets_and_a_generator_sets_the_crops(tree):
+    splits = stream_splits(folder_files("fixture", str(tree)), 0.25, 3, "cpu")
+    t = splits.train
+    assert (t.size, t.resize, tuple(t.scale), t.workers) == (224, 256, (0.08, 1.0), 4)
+    small = FolderSplit(t.files[:4], t.y_cpu[:4], True, "cpu", size=16, resize=20, workers=0)
+    crops = [next(small.batches(4, torch.Generator().manual_seed(s), shuffle=False))[0] for s in (0, 1, 0)]
+    assert not torch.equal(crops[0], crops[1]) and torch.equal(crops[0], crops[2])
