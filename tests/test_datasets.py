@@ -408,6 +408,12 @@ def test_idx_files_that_do_not_pair_up_or_are_cut_short_say_so(tmp_path):
             f"^MNIST: {tmp_path}/train-images-idx3-ubyte.gz holds 3 images but "
             f"{tmp_path}/train-labels-idx1-ubyte.gz 2 labels; the files do not belong together$")):
         readers.mnist(str(tmp_path))
+    bad = tmp_path / "t10k-images-idx3-ubyte.gz"
+    bad.write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match=re.escape(
+            f"{bad} is corrupt or truncated (BadGzipFile: Not a gzipped file (b'no')); delete it "
+            "and provide it again")):
+        readers.read_idx(bad)
     raw = tmp_path / "raw"
     raw.mkdir()
     header = struct.pack(">HBB", 0, 0x08, 3) + struct.pack(">3I", 2, 28, 28)

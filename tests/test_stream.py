@@ -140,6 +140,9 @@ def test_stream_options_default_to_imagenets_and_a_generator_sets_the_crops(tree
     splits = stream_splits(folder_files("fixture", str(tree)), 0.25, 3, "cpu")
     t = splits.train
     assert (t.size, t.resize, tuple(t.scale), t.workers) == (224, 256, (0.08, 1.0), 4)
+    assert FolderSplit(t.files, t.y_cpu, True, "cpu").resize == 256
     small = FolderSplit(t.files[:4], t.y_cpu[:4], True, "cpu", size=16, resize=20, workers=0)
-    crops = [next(small.batches(4, torch.Generator().manual_seed(s), shuffle=False))[0] for s in (0, 1, 0)]
-    assert not torch.equal(crops[0], crops[1]) and torch.equal(crops[0], crops[2])
+    crops = [next(batches(small, 4, torch.Generator().manual_seed(s), shuffle=False))[0] for s in (0, 1, 0)]
+    assert not torch.equal(crops[0], crops[1]) and torch.equal(crops[0], crops[2])  # random crops
+    [(x, y)] = list(small.batches(None, None, shuffle=False))  # the whole split in one batch
+    assert x.shape == (4, 3, 16, 16) and torch.equal(y, small.y_cpu)
