@@ -54,6 +54,17 @@ def run_cli(*args, cwd, module="runner"):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's tests: on a shared 2-core machine OpenMP's spinning
+    threads cost 10x."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def compose_cfg():
     """Compose the root config with overrides (Hydra's compose API, cleared afterwards)."""

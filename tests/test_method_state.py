@@ -24,6 +24,8 @@ from runner.models import params
 from runner.models.cnn import swr_cnn
 from runner.train import call, get_method
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 METHODS = sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
 # options that make a method act within 3 phases x 2 epochs x 1 step (and stay cheap)
 ACTING = {"set": {"t_p": 1, "stop": 1.0}, "rigl": {"t_p": 1, "stop": 1.0},
@@ -41,15 +43,6 @@ GEN = torch.Generator().manual_seed(5)
 X = torch.randn(48, 1, 8, 8, generator=GEN)
 Y = torch.randint(0, 3, (48,), generator=GEN)
 DATA = Splits(Split(X[:32], Y[:32]), Split(X[32:40], Y[32:40]), Split(X[40:], Y[40:]))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP's spinning threads cost 10x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def method_node(name: str) -> dict:

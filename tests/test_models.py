@@ -13,6 +13,8 @@ from runner.models.resnet import resnet
 from runner.models.torchvision_resnet import torchvision_resnet
 from runner.models.vgg import vgg
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # Each model config at the input shape and class count of the paper experiment that uses it.
 PAPER_INPUT = {
     "mlp": ([1, 28, 28], 10),  # SWR: MNIST
@@ -34,15 +36,6 @@ PAPER_INPUT = {
     "mobilenet_v1": ([3, 224, 224], 37),
 }
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP's spinning threads cost 10x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def n_params(model):

@@ -458,12 +458,13 @@ def test_gmp_schedule_at_hand_picked_steps_and_its_summary():
     assert method.on_phase_end(ctx) == {"sparsity": 0.5}
 
 
-@pytest.mark.parametrize("bad,match", [(dict(rewind_step=-1), r"rewind_step=-1; valid: >= 0"),
-                                       (dict(prune_fraction=1.0), "sparsity=1.0"),
-                                       (dict(scope="net"), "scope='net'")])
-def test_lth_refuses_bad_options_naming_them(bad, match):
+@pytest.mark.parametrize("cls,bad,match", [
+    ("LTH", dict(rewind_step=-1), r"rewind_step=-1; valid: >= 0"),
+    ("LTH", dict(prune_fraction=1.0), "sparsity=1.0"), ("LTH", dict(scope="net"), "scope='net'"),
+    ("FineTune", dict(scope="net"), "scope='net'"), ("FineTune", dict(sparsity=1.0), "sparsity=1.0")])
+def test_lth_and_finetune_refuse_bad_options_naming_them(cls, bad, match):
     with pytest.raises(ValueError, match=match):
-        LTH(**bad)
+        {"LTH": LTH, "FineTune": FineTune}[cls](**bad)
 
 
 def test_lth_rewinds_to_the_initialization_at_step_0_and_counts_its_rounds():
@@ -495,13 +496,6 @@ def test_lth_names_a_rewind_step_it_never_reached():
     ctx.stage = Stage(1, 1, "round2", None)
     with pytest.raises(RuntimeError, match="rewind_step=50 was not reached"):
         method.on_phase_start(ctx)
-
-
-@pytest.mark.parametrize("bad,match", [(dict(scope="net"), "scope='net'"),
-                                       (dict(sparsity=1.0), "sparsity=1.0")])
-def test_finetune_refuses_bad_options_naming_them(bad, match):
-    with pytest.raises(ValueError, match=match):
-        FineTune(**bad)
 
 
 def test_finetune_per_layer_keeps_each_tensors_largest_magnitudes():
