@@ -9,6 +9,10 @@ script per epoch. Every sample then has the same loss, known in closed form:
 
 so the script fixes which epoch is best, when patience runs out and which weights `restore_best`
 must load, and each is checked against numbers computed here by hand.
+
+The later sections test the trainer's other pieces on the same tiny task: data loading and
+caching, the step and the epoch, schedules, checkpoints, logs and bars, devices, seeds and the
+run record (most written against surviving mutants; see tests/MUTATION.md).
 """
 import csv
 import json
