@@ -133,3 +133,23 @@ def context(model, data=None, seed=0, eval_batch_size=1024, num_stages=1, **fiel
     for k, v in fields.items():
         setattr(ctx, k, v)
     return ctx
+
+
+def assert_same_selection(got, want, score, rtol=1e-5):
+    """Two bool masks that each keep the d smallest entries of (nearly) the same `score` agree
+    up to near-ties: same count, and every entry where they differ lies within `rtol` of the
+    score's range from the selection threshold (the d-th smallest score). Floating-point
+    reduction order differs between torch versions, so entries at a near-tie may flip."""
+    import torch
+    got, want, score = got.flatten(), want.flatten(), score.flatten().double()
+    d = int(want.sum())
+    assert int(got.sum()) == d, f"masks keep {int(got.sum())} and {d} entries"
+    differ = got != want
+    if not differ.any():
+        return
+    threshold = torch.kthvalue(score, d).values
+    eps = rtol * float(score.max() - score.min())
+    off = (score[differ] - threshold).abs()
+    assert bool((off <= eps).all()), (
+        f"{int(differ.sum())} entries differ; the farthest sits {float(off.max()):.3g} from the "
+        f"threshold {float(threshold):.6g}, more than a near-tie ({eps:.3g})")

@@ -5,7 +5,14 @@ import pytest
 import torch
 from scipy.optimize import linprog
 
+from conftest import assert_same_selection
 from runner import cops
+
+# cops() orders entries by lerp(s0, s1, w) (w = lam / (1 + lam)), select() by s0 + lam s1: the
+# same order in exact arithmetic, but rounded differently (and differently per torch version and
+# SIMD kernel), so their masks may differ at near-ties of the combined score (float64: far below
+# this fraction of its range)
+TIE = 1e-9
 
 
 def instance(gen, n):
@@ -40,7 +47,8 @@ def test_mask_keeps_d_meets_constraint_and_brackets_the_lp_optimum():
         plus = r.keep
         minus = cops.select(s0, s1, r.lam_minus, d)
         assert int(plus.sum()) == d and int(minus.sum()) == d
-        assert torch.equal(plus, cops.select(s0, s1, r.lam_plus, d))
+        assert_same_selection(plus, cops.select(s0, s1, r.lam_plus, d), s0 + r.lam_plus * s1,
+                              rtol=TIE)
         kappa_min = float(torch.topk(s1, d, largest=False).values.sum())
         assert r.kappa_min == pytest.approx(kappa_min, rel=1e-12)
         assert r.kappa == pytest.approx(alpha * kappa_min, rel=1e-12)
@@ -93,8 +101,8 @@ def reference(s0, s1, d, alpha, eps=1e-6):
 
 def test_narrowed_evaluations_follow_the_plain_bisection(monkeypatch):
     """The undecided-set narrowing and the sampled order statistics change nothing: the same
-    midpoints, the same lambda, the same mask as a sort per step (small SMALL / SAMPLE so that
-    the sampled path runs on small vectors)."""
+    midpoints, the same lambda, the same mask as a sort per step, up to near-ties of rounding
+    (small SMALL / SAMPLE so that the sampled path runs on small vectors)."""
     monkeypatch.setattr(cops, "SMALL", 256)
     monkeypatch.setattr(cops, "SAMPLE", 64)
     gen = torch.Generator().manual_seed(1)
@@ -107,8 +115,13 @@ def test_narrowed_evaluations_follow_the_plain_bisection(monkeypatch):
         sides = (("midpoint", lam), ("plus", hi), ("minus", lo))
         for side, want in sides if i < 2 else sides[:1]:
             r = cops.cops(s0, s1, d, alpha, side=side)
-            assert (r.lam, r.lam_minus, r.lam_plus) == (want, lo, hi)
-            assert torch.equal(r.keep, cops.select(s0, s1, want, d))
+            # the same decisions give the same dyadic midpoints; g' computed two ways can only
+            # disagree in sign at a near-tie at lambda*, and then each bisection ends within
+            # 2 eps of that point: 4 eps apart at most
+            assert (r.lam, r.lam_minus, r.lam_plus) == pytest.approx((want, lo, hi), rel=0,
+                                                                     abs=4e-6)
+            assert_same_selection(r.keep, cops.select(s0, s1, r.lam, d), s0 + r.lam * s1,
+                                  rtol=TIE)
 
 
 def test_alpha_moves_the_mask_from_the_target_to_the_control_mask():

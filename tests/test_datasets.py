@@ -307,7 +307,7 @@ def test_synthetic_shapes(compose_cfg, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "float32"])
-def test_synthetic_data_follow_the_seed_alone(dtype):
+def test_synthetic_data_follow_the_seed_alone_bitwise(dtype):
     def draw(seed, global_seed):
         torch.manual_seed(global_seed)  # the global generator must not matter
         return shapes_only([2, 3], 3, n_train=12, n_test=6, seed=seed, dtype=dtype)

@@ -11,7 +11,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from conftest import CONF
 from runner import ci
-from runner.distributed import Silent
+from runner.results import MemoryRecorder
 from runner.train import Trainer
 
 BASE = ["experiment=fmnist_mlp", "model=swr_cnn", "model.channels=4", "model.hidden=16",
@@ -26,7 +26,7 @@ def trained(overrides, distributed=False):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, f"distributed.enabled={distributed}"])
     GlobalHydra.instance().clear()
-    trainer = Trainer(ci.apply(cfg), Silent(None, {}))
+    trainer = Trainer(ci.apply(cfg), MemoryRecorder())
     trainer.fit()
     ctx = trainer.ctx
     return ({n: p.detach().clone() for n, p in ctx.model.named_parameters()},

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import context
+from conftest import assert_same_selection, context
 from methods.prune_init import PruneAtInit
 from runner.data.tensors import Split, Splits
 from runner.models import params
@@ -143,7 +143,9 @@ def test_snip_and_freezenet_in_the_interspace_mask_the_coefficients_and_train_th
     method.setup(ctx)
     assert sorted(ctx.masks.names()) == sorted(n for n, _ in named)  # the basis is not masked
     keep = torch.cat([ctx.masks[n].keep.flatten() for n, _ in named])
-    assert int(keep.sum()) == d and torch.equal(keep, top)
+    # the method's scores and these by-hand ones may round differently: equal up to near-ties
+    assert int(keep.sum()) == d
+    assert_same_selection(keep, top, -s)  # top keeps the largest s: the smallest of -s
     assert method.metrics["q"] == 1 - d / total and method.metrics["weights"] == total
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if kind == "pruned":  # at init (standard FB) the spatial filters are as sparse as C

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import assert_same_selection
 from methods.head_reset import HeadReset
 from methods.l2 import L2
 from methods.l2_init import L2Init
@@ -79,7 +80,10 @@ def test_swr_keeps_network_proportional_and_pulls_norms_to_init(builder, shape):
     k = ratio.median()
     assert k > 0
     assert torch.allclose(ratio, k.expand_as(ratio), rtol=1e-3), "logits not a common multiple"
-    assert torch.equal(after.argmax(1), before.argmax(1))
+    # the same predictions: each sample's top logit, up to near-ties that rounding may flip
+    for a, b in zip(after, before):
+        top = torch.arange(len(b))
+        assert_same_selection(top == a.argmax(), top == b.argmax(), -b, rtol=1e-3)
     for n0, nb, w in zip(n_init, n_before, layer_weights(model)):
         # Eq. 5: ||W|| - ||W^c|| = lam (||W|| - ||W0||), so the norm moves 30 % toward ||W0||
         assert w.norm().item() == pytest.approx(0.3 * n0 + 0.7 * nb, rel=1e-5)

@@ -25,7 +25,7 @@ def test_synthetic_task_encodes_the_label_in_binary():
     assert set(a.y_train.tolist()) == set(range(8))
 
 
-def test_synthetic_task_follows_its_seed_alone_and_defaults_to_the_papers_setup(compose_cfg):
+def test_synthetic_task_follows_its_seed_alone_bitwise_and_defaults_to_the_papers_setup(compose_cfg):
     def draw(seed, global_seed):
         torch.manual_seed(global_seed)  # the global generator must not matter
         return reinit_task(n_train=16, n_test=8, dim=5, seed=seed)

@@ -46,7 +46,7 @@ def test_same_seed_same_result_bitwise(run_cfg):
 
 
 @needs_fashion_mnist
-def test_same_seed_same_result_on_real_data(run_cfg):
+def test_same_seed_same_result_bitwise_on_real_data(run_cfg):
     args = ["experiment=fmnist_mlp", "device=cpu", "train.epochs=2", "phases.0.subset.n=3000", "seed=1"]
     a, b = run_cfg(args), run_cfg(args)
     assert a["status"] == "completed"

@@ -33,7 +33,7 @@ def step(ctx, method, x, y):
     ctx.step += 1
 
 
-def setup(method, basis=False, total_steps=40):
+def set_up(method, basis=False, total_steps=40):
     model = small_cnn(basis)
     ctx = context(model, total_steps=total_steps)
     method.setup(ctx)
@@ -52,7 +52,7 @@ def data(seed=0, n=16):
 @pytest.mark.parametrize("basis", [False, True])
 def test_set_and_rigl_keep_the_number_of_nonzeros_constant_at_every_step(cls, basis):
     method = cls(sparsity=0.7, t_p=2, fraction=0.5, stop=1.0, distribution="erk")
-    ctx = setup(method, basis)
+    ctx = set_up(method, basis)
     named = prunable(ctx.model)
     counts = [ctx.masks[n].keep.sum().item() for n, _ in named]
     assert counts == method.counts and abs(sum(counts) / sum(p.numel() for _, p in named) - 0.3) < 0.01
@@ -70,7 +70,7 @@ def test_set_and_rigl_keep_the_number_of_nonzeros_constant_at_every_step(cls, ba
 
 def test_rigl_regrows_the_largest_gradients_and_set_regrows_at_random():
     method = RigL(sparsity=0.5, t_p=1, fraction=0.3, stop=1.0, distribution="uniform")
-    ctx = setup(method, total_steps=10)
+    ctx = set_up(method, total_steps=10)
     name, p = prunable(ctx.model)[1]
     before = ctx.masks[name].keep.clone()
     x, y = data()
@@ -87,7 +87,7 @@ def test_rigl_regrows_the_largest_gradients_and_set_regrows_at_random():
 
 def test_gmp_sparsity_follows_its_cubic_schedule():
     method = GMP(sparsity=0.8, t_p=2, t0=4, t1=10, scope="layer")
-    ctx = setup(method)
+    ctx = set_up(method)
     named = prunable(ctx.model)
     for i in range(14):
         step(ctx, method, *data(i))
@@ -103,7 +103,7 @@ def test_gmp_sparsity_follows_its_cubic_schedule():
 
 def test_gmp_never_regrows_a_pruned_weight():
     method = GMP(sparsity=0.9, t_p=1, t0=0, t1=10, scope="global")
-    ctx = setup(method)
+    ctx = set_up(method)
     pruned = {}
     for i in range(12):
         step(ctx, method, *data(i))
@@ -117,7 +117,7 @@ def test_gmp_never_regrows_a_pruned_weight():
 @pytest.mark.parametrize("basis", [False, True])
 def test_lth_rewinds_exactly_to_the_saved_iteration_and_prunes_20_percent(basis):
     method = LTH(prune_fraction=0.2, rewind_step=3, scope="global")
-    ctx = setup(method, basis)
+    ctx = set_up(method, basis)
     saved = None
     for i in range(8):
         step(ctx, method, *data(i))
@@ -145,7 +145,7 @@ def test_lth_rewinds_exactly_to_the_saved_iteration_and_prunes_20_percent(basis)
 
 def test_finetune_prunes_the_smallest_magnitudes_at_its_phase():
     method = FineTune(sparsity=0.75, at_phase=1, scope="global")
-    ctx = setup(method)
+    ctx = set_up(method)
     assert not len(ctx.masks)
     ctx.stage = Stage(1, 0, "finetune", None)
     method.on_phase_start(ctx)
@@ -181,7 +181,7 @@ def test_finetune_keeps_the_top_d_magnitudes_and_pruned_weights_stay_zero_under_
     pruned ones are 0 and stay 0 under SGD with momentum and weight decay, the dense phase's
     momentum included (cleared at the pruned entries)."""
     method = FineTune(sparsity=0.75, at_phase=1, scope="global")
-    ctx = setup(method, basis)
+    ctx = set_up(method, basis)
     ctx.optimizer = torch.optim.SGD(ctx.model.parameters(), lr=0.05, momentum=0.9,
                                     weight_decay=5e-4)
     for i in range(4):

@@ -56,7 +56,11 @@ def test_scale_once_with_and_without_proportionality(proportional):
     x = torch.randn(64, 4)
     with torch.no_grad():
         before = model(x)
-    ctx = context(model, Splits(Split(x[:0], x[:0]), Split(x[:0], x[:0]), Split(x, before.argmax(1))),
+        # the labels: the predictions in the probe's eval batches of 16 (one batch of 64 may
+        # round otherwise); scaling by powers of two is exact, so the proportionally scaled
+        # network's predictions in those batches are these, bitwise
+        labels = torch.cat([model(b) for b in x.split(16)]).argmax(1)
+    ctx = context(model, Splits(Split(x[:0], x[:0]), Split(x[:0], x[:0]), Split(x, labels)),
                   eval_batch_size=16, stage=Stage(1, 0, "second", None))
     probe = analysis.ScaleOnce(factor=0.5, proportional=proportional)
     probe.on_phase_start(ctx)

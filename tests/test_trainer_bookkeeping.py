@@ -917,7 +917,7 @@ def test_the_smoke_level_caps_the_batches_of_an_epoch(base_cfg, tmp_path):
     assert (trainer.ctx.steps_per_epoch, trainer.ctx.step) == (2, 6)
 
 
-def test_smoke_data_follow_the_seed(base_cfg, tmp_path):
+def test_smoke_data_follow_the_seed_bitwise(base_cfg, tmp_path):
     from runner.data.synthetic import shapes_only
     for seed in (0, 1):
         cfg = with_(base_cfg, ci__level="smoke", seed=seed)

@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from runner import config as schema
-from runner import distributed
+from runner import distributed, extras
 from runner.errors import ConfigError, Interrupted, RunnerError
 from runner.report import format_table, table_from_results
 from runner.results import RESULT_FILE
@@ -98,8 +98,10 @@ def execute(cfg: DictConfig, out_dir: Path, overrides: List[str], choices: Dict[
                      record_invalid=not single, search_root=search_root)
     except Interrupted as e:
         log.error("%s", e)
-        print(f"error: {e}; the run is recorded as interrupted in {out_dir}; continue it with "
-              f"python -m runner resume={out_dir}", file=sys.stderr)
+        if distributed.rank() == 0:  # the rank that writes the run's record
+            launcher = "torchrun ... -m runner" if cfg.distributed.enabled else "python -m runner"
+            print(f"error: {e}; the run is recorded as interrupted in {out_dir}; continue it with "
+                  f"{launcher} resume={out_dir}", file=sys.stderr)
         sys.exit(128 + e.signum)
     except ConfigError as e:
         return fail(single, EXIT_CONFIG, str(e), fresh_dir)
@@ -179,6 +181,11 @@ def explain_failed_overrides(args: List[str]) -> None:
 def cli() -> None:
     """The command line of both entry points, `python -m runner` and the `runner` script: the
     Hydra app, and after Hydra rejected the command line, the valid keys beside each unknown one."""
+    try:
+        extras.check_command_line(sys.argv[1:])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
     sys.argv += distributed.worker_overrides()  # torchrun ranks > 0 write no files
     _started.clear()
     try:

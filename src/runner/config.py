@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from runner import extras
 from runner.errors import ConfigError
 
 ROW_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
@@ -334,4 +335,7 @@ def validate(cfg: DictConfig) -> None:
             v = (node or {}).get(k)
             if v is not None and not rule.ok(v):
                 raise _fail(f"{where}.{k}", v, rule)
+    logger = (resolved.get("logger") or {}).get("name")
+    if logger in extras.EXTRAS:  # set in an experiment file: refused before the run starts
+        extras.require(logger, f"logger={logger}")
     check_combinations(cfg)

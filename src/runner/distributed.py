@@ -14,7 +14,7 @@ gradients on every rank and draw from the same generator, so their masks, filter
 state stay identical; `check_same` verifies parameters and masks at the end of every phase.
 Epoch statistics are summed over ranks; every rank evaluates the whole validation and test
 splits. Only rank 0 writes: the other ranks run Hydra with nothing to write (`worker_overrides`)
-and a recorder that keeps its rows in memory (`Silent`).
+and a recorder that keeps its record in memory (`MemoryRecorder`).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from torch import nn
 
 from runner.data.tensors import batches
 from runner.errors import RunnerError
-from runner.results import RunRecorder
+from runner.results import MemoryRecorder, Recorder, RunRecorder
 
 
 def rank() -> int:
@@ -44,26 +44,9 @@ def worker_overrides() -> List[str]:
             "hydra/hydra_logging=disabled"]
 
 
-class Silent(RunRecorder):
-    """The recorder of ranks other than 0: the result in memory, no files, no tracker."""
-
-    def __init__(self, out_dir, base):
-        self.result = {**base, "status": "running", "phases": []}
-        self.rows, self.tracker = 0, None
-
-    def epoch(self, row) -> None:
-        self.rows += 1
-
-    def phase(self, summary) -> None:
-        self.result["phases"].append(summary)
-
-    def finish(self, status: str, **fields):
-        self.result.update(status=status, **fields)
-        return self.result
-
-
-def recorder(out_dir, base) -> RunRecorder:
-    return RunRecorder(out_dir, base) if rank() == 0 else Silent(out_dir, base)
+def recorder(out_dir, base) -> Recorder:
+    """Rank 0 writes the run's files; the other ranks keep their record in memory."""
+    return RunRecorder(out_dir, base) if rank() == 0 else MemoryRecorder(base)
 
 
 class Dist:

@@ -21,6 +21,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 
 from omegaconf import OmegaConf
 
+from runner import extras
 from runner.errors import RunnerError
 
 
@@ -144,8 +145,5 @@ def open_tracker(node: Optional[Dict[str, Any]], run_dir: Path):
         return None
     if name not in TRACKERS:
         raise RunnerError(f"logger.name={name!r}; valid: csv, {', '.join(TRACKERS)}")
-    try:
-        return TRACKERS[name](Path(run_dir), **options)
-    except ImportError as e:
-        raise RunnerError(f"logger={name} needs a package that is not installed ({e}); "
-                          f"install it with: pip install -e \".[{name}]\"") from None
+    extras.require(name, f"logger={name}")
+    return TRACKERS[name](Path(run_dir), **options)

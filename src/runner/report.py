@@ -291,6 +291,8 @@ class _Table:
 
     def ordered(self, keys: List[str]) -> List[Tuple[str, ...]]:
         """The distinct values of `keys`: in the paper's order where a layout is declared."""
+        if not keys:  # (pandas < 3 iterates no tuples over no columns)
+            return [()] if len(self.df) else []
         tuples = list(dict.fromkeys(self.df[keys].itertuples(index=False, name=None)))
         if not self.lay.keys:
             return tuples

@@ -17,6 +17,7 @@ import socket
 import tempfile
 import threading
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, List, Optional
 
@@ -84,7 +85,74 @@ def is_dead(result: Dict[str, Any], now: Optional[float] = None) -> bool:
     return not isinstance(beat, (int, float)) or (now or time.time()) - beat > DEAD_AFTER_S
 
 
-class RunRecorder:
+class Recorder(ABC):
+    """What a run records through: `result` (the record that becomes result.json), one row per
+    epoch, one summary per phase, and the final status. `dir` is where the run's files go, or
+    None when nothing is written (then the trainer saves no checkpoint)."""
+
+    dir: Optional[Path]
+    result: Dict[str, Any]
+    columns: List[str]
+    rows: int
+
+    @abstractmethod
+    def update(self, **fields: Any) -> None:
+        """Set top-level fields of the record."""
+
+    @abstractmethod
+    def epoch(self, row: Dict[str, Any]) -> None:
+        """One epoch's metrics row."""
+
+    @abstractmethod
+    def phase(self, summary: Dict[str, Any]) -> None:
+        """One finished phase's summary."""
+
+    @abstractmethod
+    def restore(self, phases: List[Dict[str, Any]], columns: List[str], csv_text: str) -> None:
+        """The phases and metrics rows a checkpoint recorded (a resumed run appends to them)."""
+
+    @abstractmethod
+    def csv_text(self) -> str:
+        """The metrics rows so far, as metrics.csv text (for a checkpoint)."""
+
+    @abstractmethod
+    def finish(self, status: str, **fields: Any) -> Dict[str, Any]:
+        """The final status and fields; returns the finished record."""
+
+
+class MemoryRecorder(Recorder):
+    """A recorder that writes nothing: the record in memory (ranks other than 0 of a distributed
+    run, analyses and tests that need a trainer but no run directory)."""
+
+    def __init__(self, base: Optional[Dict[str, Any]] = None):
+        self.dir = None
+        self.result = {**(base or {}), "status": "running", "phases": []}
+        self.columns, self.rows = list(COLUMNS), 0
+
+    def update(self, **fields: Any) -> None:
+        self.result.update(fields)
+
+    def epoch(self, row: Dict[str, Any]) -> None:
+        self.columns += [k for k in row if k not in self.columns]
+        self.rows += 1
+
+    def phase(self, summary: Dict[str, Any]) -> None:
+        self.result["phases"].append(summary)
+
+    def restore(self, phases: List[Dict[str, Any]], columns: List[str], csv_text: str) -> None:
+        self.result["phases"] = list(phases)
+        self.columns = list(columns)
+        self.rows = max(len(csv_text.splitlines()) - 1, 0)
+
+    def csv_text(self) -> str:
+        return ""
+
+    def finish(self, status: str, **fields: Any) -> Dict[str, Any]:
+        self.result.update(status=status, **fields)
+        return self.result
+
+
+class RunRecorder(Recorder):
     """Appends epoch rows to metrics.csv and keeps result.json up to date; passes the config,
     the rows and the final result to the tracker of `config.logger` (runner.loggers)."""
 

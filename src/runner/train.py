@@ -37,7 +37,7 @@ from runner.errors import ConfigError, DataError, Diverged, Interrupted, RunnerE
 from runner.logs import batch_bar, environment, epoch_line, log_start
 from runner.models import params
 from runner.optim import Schedule, build_optimizer, set_hyper
-from runner.results import RunRecorder
+from runner.results import Recorder, RunRecorder
 
 log = logging.getLogger("runner")
 _ARRAYS_CACHE: Dict[str, Arrays] = {}  # readers' output, shared by the jobs of one sweep
@@ -150,7 +150,7 @@ class PhaseProgress:
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, recorder: RunRecorder, job: int = 0,
+    def __init__(self, cfg: DictConfig, recorder: Recorder, job: int = 0,
                  device: Optional[torch.device] = None):
         self.cfg, self.rec = cfg, recorder
         if cfg.threads:
@@ -519,7 +519,10 @@ class Trainer:
             o.checkpoint_minutes and time.monotonic() - self.last_checkpoint >= 60 * o.checkpoint_minutes))
 
     def save_checkpoint(self, next_stage: int, progress: Optional[PhaseProgress]) -> None:
-        """Everything needed to continue at stage `next_stage` (inside it at `progress`)."""
+        """Everything needed to continue at stage `next_stage` (inside it at `progress`), in the
+        run directory (none for a recorder that writes nothing)."""
+        if self.rec.dir is None:
+            return
         ctx = self.ctx
         model = getattr(ctx.model, "_orig_mod", ctx.model)  # torch.compile's wrapper
         names = {id(p): n for n, p in model.named_parameters()}
@@ -710,7 +713,7 @@ def run(cfg: DictConfig, out_dir, choices: Optional[Dict[str, str]] = None,
                        environment=environment(trainer.device, out_dir))  # logs.py
             log_start(cfg.name, cfg.seed, rec.result["environment"])
             trainer.fit(state)
-            if cfg.train.save_model:
+            if cfg.train.save_model and rec.dir is not None:
                 model = trainer.ctx.model
                 checkpoint.save(out_dir / checkpoint.MODEL_FILE,
                                 getattr(model, "_orig_mod", model).state_dict())
@@ -731,6 +734,6 @@ def run(cfg: DictConfig, out_dir, choices: Optional[Dict[str, str]] = None,
             raise
         result = rec.finish(status, error=error, wall_time_s=time.time() - t0,
                             summary=summarize(rec.result, cfg))
-    if result["status"] == "completed":
+    if result["status"] == "completed" and rec.dir is not None:
         (out_dir / checkpoint.CHECKPOINT_FILE).unlink(missing_ok=True)
     return result

@@ -24,7 +24,6 @@ import argparse
 import copy
 import math
 import sys
-import tempfile
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -83,7 +82,7 @@ def _scored(experiment: str, data: str, batches: int, overrides: Sequence[str],
 
     from runner import ci
     from runner.app import conf_dir
-    from runner.results import RunRecorder
+    from runner.results import MemoryRecorder
     from runner.train import Trainer
 
     extra = [f"method.batches={batches}", "device=cpu"]
@@ -96,7 +95,7 @@ def _scored(experiment: str, data: str, batches: int, overrides: Sequence[str],
                                      "ci=smoke", "ci.overrides={}", f"ci.n_train={n}",
                                      *overrides])
     GlobalHydra.instance().clear()
-    trainer = Trainer(ci.apply(cfg), RunRecorder(tempfile.mkdtemp(), {}))
+    trainer = Trainer(ci.apply(cfg), MemoryRecorder())
     trainer.load_stage_data(trainer.stages[0])
     ctx, method = trainer.ctx, trainer.methods.methods[0]
     calib = method.calibration(ctx)

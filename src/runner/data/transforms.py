@@ -17,6 +17,15 @@ def _rand(n: int, gen: Optional[torch.Generator], device) -> torch.Tensor:
     return torch.rand(n, generator=gen, device=device)
 
 
+def _within_range(out: torch.Tensor, x: torch.Tensor, fill: Optional[float] = None) -> torch.Tensor:
+    """`out` clamped, image by image, to the range of `x` (and `fill`). Bilinear resampling
+    stays in that range in exact arithmetic; in floats it can step out by an ulp (1.0000001)."""
+    lo, hi = x.amin((1, 2, 3), keepdim=True), x.amax((1, 2, 3), keepdim=True)
+    if fill is not None:
+        lo, hi = lo.clamp(max=fill), hi.clamp(min=fill)
+    return torch.maximum(torch.minimum(out, hi), lo)
+
+
 def _gather_window(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: int, w: int
                    ) -> torch.Tensor:
     """x[b, :, top_b:top_b+h, left_b:left_b+w] for every b, as one indexing op."""
@@ -60,7 +69,8 @@ class Blur:
     def __call__(self, x, gen=None):
         h, w = x.shape[-2:]
         small = F.interpolate(x, scale_factor=self.factor, mode="area")
-        return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+        return _within_range(F.interpolate(small, size=(h, w), mode="bilinear",
+                                           align_corners=False), x)
 
 
 class RandomCrop:
@@ -148,7 +158,7 @@ class RandomAffine:
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         out = F.grid_sample(x - self.fill, grid, mode="bilinear", padding_mode="zeros",
                             align_corners=False)
-        return out + self.fill
+        return _within_range(out + self.fill, x, self.fill)
 
 
 class RandomShift(RandomAffine):
@@ -179,7 +189,7 @@ class RandomBlur:
             small = F.interpolate(x, size=size, mode="area")
             blurred = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
             out = torch.where((pick == i).view(-1, 1, 1, 1), blurred, out)
-        return out
+        return _within_range(out, x)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
