@@ -2,7 +2,7 @@
 
     python benchmarks/cops_speed.py [--repeats 5] [--threads 1] [--dtype float64]
 
-D is the parameter count of the thesis's VGG-16 for CIFAR-10 (experiment thesis_table41: 15,255,626).
+D is the parameter count of the thesis's VGG-16 for CIFAR-10 (experiment wimmer_table4_1: 15,255,626).
 Scores shaped like the thesis's: target s0 = -|g * theta| (SNIP), control s1 = -(h * theta)
 (GraSP, both signs), g, h, theta ~ N(0, 1) i.i.d., each L1-normalized (App. A.4); float32 by
 default, the dtype of the scores methods.cops solves. Prints the median and the range of `--repeats` timed calls
@@ -32,7 +32,7 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=thesis_table41"])
+        cfg = compose("config", overrides=["experiment=wimmer_table4_1"])
     n = sum(t.numel() for t in build_model(cfg).parameters())
     gen = torch.Generator().manual_seed(0)
     g, h, theta = (torch.randn(n, generator=gen) for _ in range(3))

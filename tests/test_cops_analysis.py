@@ -13,7 +13,7 @@ def fake_runs(tmp_path, rows):
         d = tmp_path / f"job{i}"
         d.mkdir()
         result = {"status": "completed", "name": "x",
-                  "choices": {"method": method, "experiment": "thesis_table43"},
+                  "choices": {"method": method, "experiment": "wimmer_table4_3"},
                   "config": {"method": opts, "dataset": {"num_classes": 10}},
                   "phases": [{"end": {"test_acc": test, "val_acc": val}}]}
         (d / "result.json").write_text(json.dumps(result))
@@ -47,7 +47,7 @@ def test_fig43_and_fig46_need_no_training(tmp_path):
     assert analysis.main(["fig43", "--out", str(tmp_path / "fig43.png")]) == 0
     narrow = ["model.layers=[4,M,4,M,8,M,8,M,8,M]", "model.classifier=[8]",
               "method.batch_size=8", "threads=1"]
-    analysis.fig46("thesis_table41", "synthetic", 1, narrow, tmp_path / "fig46.png",
+    analysis.fig46("wimmer_table4_1", "synthetic", 1, narrow, tmp_path / "fig46.png",
                    qs=(0.9,), alphas=(0.1, 0.99999))
     assert (tmp_path / "fig43.png").exists() and (tmp_path / "fig46.png").exists()
 

@@ -33,7 +33,7 @@ def trained(tmp_path, method, *overrides):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=[
-            "experiment=thesis_table32", "ci=smoke", "device=cpu", f"method={method}",
+            "experiment=wimmer_table3_2", "ci=smoke", "device=cpu", f"method={method}",
             "method.q=0.9", "ci.max_batches=4", f"optim.weight_decay={WD}", f"optim.lr={LR}",
             *overrides])
     GlobalHydra.instance().clear()
@@ -143,7 +143,7 @@ def test_table31_counts_on_every_model():
 
 
 def test_table31_measured_on_lenet5():
-    r = fz.table31_row("thesis_table32", q=0.99, check=True)
+    r = fz.table31_row("wimmer_table3_2", q=0.99, check=True)
     D, d = 430_500, 4_305
     assert (r["standard_nonzero"], r["standard_stored"]) == (D, D)
     assert (r["pruned_nonzero"], r["pruned_stored"]) == (d, d)

@@ -27,14 +27,14 @@ README = Path(__file__).parents[1] / "README.md"
 SMOKE = ["ci=smoke", "device=cpu", "threads=1"]
 MAX_JOBS = 4
 SOURCES = [  # (start of an analysis command, experiments its DIR holds), first match wins
-    ("runner.analysis.cops table43", "thesis_table43"),
-    ("runner.analysis.cops fig47", "thesis_table42_cifar100"),
-    ("runner.analysis.cops fig48", "thesis_fig48"),
+    ("runner.analysis.cops table43", "wimmer_table4_3"),
+    ("runner.analysis.cops fig47", "wimmer_table4_2_cifar100"),
+    ("runner.analysis.cops fig48", "wimmer_fig4_8"),
     ("runner.analysis.swr warm", "swr_warm_"), ("runner.analysis.swr scaling", "swr_fig1_"),
     ("runner.analysis.swr balance", "swr_fig5_"), ("runner.analysis.reinit", "reinit_table2_"),
     ("runner.plots DIR --y frozen_filters", "zilly_frozen_counts"),
     ("runner.analysis.zilly_figures boxplot", "cifar_blur_to_sharp"),
-    ("runner.analysis.freezenet", "thesis_"), ("runner.plots", "swr_cl_"),
+    ("runner.analysis.freezenet", "wimmer_"), ("runner.plots", "swr_cl_"),
     ("runner.analysis.interspace curve", "wimmer_fig5_5"),
     ("runner.analysis.interspace gradnorm", "wimmer_fig5_5"),
     ("runner.analysis.interspace rounds", "wimmer_lth_"),
@@ -44,7 +44,7 @@ SCRATCH = "swr_gen_"
 # models about 30 s): they and the analyses of their directories run in CI's second stage
 # (`pytest -m sizes`, part of the README's test command), which keeps the everyday stage < 5 min.
 # The everyday stage runs the quick-start commands and Alabdulmohsin et al.'s Tables 1 and 5.
-HEAVY = ("swr_", "zilly_", "cifar_blur_to_sharp", "reinit_table2_", "thesis_", "wimmer_")
+HEAVY = ("swr_", "zilly_", "cifar_blur_to_sharp", "reinit_table2_", "wimmer_")
 # a SLURM sweep (hydra/launcher=submitit_slurm, distributed over its tasks) runs here as a local
 # sweep of one process: the launcher's options and `distributed.enabled=true` are left out
 CLUSTER = ("hydra/launcher=submitit_slurm", "hydra.launcher.", "distributed.enabled=true")

@@ -15,7 +15,7 @@ the figure's title says which. fig46: sim(m(0), m(alpha)) (SNIP vs G-COPS), sim(
 (GraSP vs G-COPS) and sim(m(0), m(1)) over alpha_kappa at q = 0.9 and 0.995. fig41 left: the
 gradient flow at initialization, mean |g| over the kept weights of the pruned network divided by
 the dense network's over all weights, for random, SNIP, GraSP and G-COPS (alpha of the
-experiment's tuned.g_cops_alpha per q) over q; right, with DIRs of the thesis_table41 sweep: their
+experiment's tuned.g_cops_alpha per q) over q; right, with DIRs of the wimmer_table4_1 sweep: their
 test accuracy over q. fig47, fig48 and table43 read sweeps (commands in their experiments).
 """
 from __future__ import annotations
@@ -166,7 +166,7 @@ def fig41(dirs, experiment, data, batches, overrides, out, qs=(0.9, 0.95, 0.99, 
                    title=f"at initialization ({label})")
     axes[0][0].legend(fontsize=8)
     if dirs:
-        runs = completed(dirs, "fig41's right panel: thesis_table41 runs")
+        runs = completed(dirs, "fig41's right panel: wimmer_table4_1 runs")
         ax = axes[0][1]
         for name in kinds.values():
             pts = sorted((float(value(r, "method.q")), final(r, "test_acc")) for r in runs
@@ -191,7 +191,7 @@ def _means(runs, key: str, metric: str = "test_acc") -> Dict[object, float]:
 
 
 def table43(dirs) -> str:
-    runs = completed(dirs, "table43: thesis_table43 sweeps of g_cops and cops_linear")
+    runs = completed(dirs, "table43: wimmer_table4_3 sweeps of g_cops and cops_linear")
     rows, missing = [], []
     for method, key in (("g_cops", "method.alpha"), ("cops_linear", "method.lambda")):
         mine = [r for r in runs if r.get("choices", {}).get("method") == method]
@@ -216,7 +216,7 @@ def fig47(dirs, out) -> None:
             if r.get("choices", {}).get("method") == "g_cops"]
     qs = sorted({float(value(r, "method.q")) for r in runs})
     if not qs:
-        raise AnalysisError("fig47 needs g_cops runs (thesis_table42_cifar100 alpha sweep)")
+        raise AnalysisError("fig47 needs g_cops runs (wimmer_table4_2_cifar100 alpha sweep)")
     fig, axes = plt.subplots(1, len(qs), figsize=(6 * len(qs), 5), squeeze=False)
     for ax, q in zip(axes[0], qs):
         mine = [r for r in runs if float(value(r, "method.q")) == q]
@@ -279,8 +279,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                                 description=__doc__.split("\n")[0])
     p.add_argument("what", choices=["fig41", "fig43", "fig46", "fig47", "fig48", "table43"])
     p.add_argument("dirs", nargs="*", help="run or sweep directories")
-    p.add_argument("--experiment", default="thesis_table41",
-                   help="fig41 / fig46: the model and data to score (default thesis_table41)")
+    p.add_argument("--experiment", default="wimmer_table4_1",
+                   help="fig41 / fig46: the model and data to score (default wimmer_table4_1)")
     p.add_argument("--data", choices=["synthetic", "real"], default="synthetic",
                    help="fig41 / fig46: synthetic inputs of the dataset's shape, or the dataset")
     p.add_argument("--batches", type=int, default=1,

@@ -13,7 +13,7 @@ PyTorch's `meta` device, so VGG-16 and ResNet34 cost nothing); `table31 --check`
 models, masks them (SNIP, global) and takes one SGD step with momentum and weight decay, counting
 the non-zero weights of the forward pass, the stored weights and the weights that moved. Fig. 3.1
 (gradient flow at initialization) needs no training either: on Fashion-MNIST by default (LeNet-5-
-Caffe, `thesis_table32_fmnist`), or on synthetic inputs of an experiment's shapes
+Caffe, `wimmer_table3_2_fmnist`), or on synthetic inputs of an experiment's shapes
 (`--data synthetic`), which the figure's title says. `accuracy` draws Figs. 3.3, 3.4 and 3.6 (a
 final metric against q, mean +- std over seeds, with a q_beta axis on top) and 3.5(a); `grads`
 draws Fig. 3.5(b) (per-epoch mean +- std of |g| over the trained weights, one run per line).
@@ -39,8 +39,8 @@ from runner.analysis.common import (AnalysisError, cli, completed, figure_path, 
 from runner.masks import Masks  # noqa: E402
 from runner.models import params  # noqa: E402
 
-TABLE31_MODELS = {"lenet300_100": "thesis_fig33a", "lenet5_caffe": "thesis_table32",
-                  "vgg16_thesis": "thesis_table34_cifar10", "resnet34": "thesis_fig35a"}
+TABLE31_MODELS = {"lenet300_100": "wimmer_fig3_3a", "lenet5_caffe": "wimmer_table3_2",
+                  "vgg16_thesis": "wimmer_table3_4_cifar10", "resnet34": "wimmer_fig3_5a"}
 TABLE32_PAPER = {0.0: ("", "1,683.9", "1"), 0.9: ("0.899", "170.7", "9.9"),
                  0.99: ("0.989", "19.1", "88.2"), 0.995: ("0.994", "10.7", "157.4"),
                  0.999: ("0.998", "3.9", "431.8")}
@@ -164,13 +164,13 @@ def rate_rows(experiment: str, qs: Sequence[float]) -> List[Dict]:
 
 
 def table32_rows() -> List[Dict]:
-    return rate_rows("thesis_table32", list(TABLE32_PAPER))
+    return rate_rows("wimmer_table3_2", list(TABLE32_PAPER))
 
 
 def table32() -> str:
     lines = ["Table 3.2, LeNet-5-Caffe: the columns that need no training, ours (paper). The "
              "paper's factor is 1,683.9 kB / its rounded size; 170.7 kB at q = 0.9 disagrees with "
-             "the parameter count (notes Sec. 1). Accuracies: experiment thesis_table32.", "",
+             "the parameter count (notes Sec. 1). Accuracies: experiment wimmer_table3_2.", "",
              "| q | q_beta | trained parameters | network size (kB) | compression factor |",
              "|---|---|---|---|---|"]
     for r in table32_rows():
@@ -183,14 +183,14 @@ def table32() -> str:
 
 def table34_rows() -> Dict[int, List[Dict]]:
     return {c: rate_rows(e, list(TABLE34_PAPER)) for c, e in
-            ((10, "thesis_table34_cifar10"), (100, "thesis_table34_cifar100"))}
+            ((10, "wimmer_table3_4_cifar10"), (100, "wimmer_table3_4_cifar100"))}
 
 
 def table34() -> str:
     rows = table34_rows()
     lines = ["Table 3.4, VGG-16: trained parameters (floor((1-q) D) weights + biases + BatchNorm), "
              "ours (paper; one column printed for both datasets). Accuracies: experiments "
-             "thesis_table34_cifar10 / _cifar100.", "",
+             "wimmer_table3_4_cifar10 / _cifar100.", "",
              "| q | CIFAR-10 | CIFAR-100 | paper |", "|---|---|---|---|"]
     for r10, r100 in zip(rows[10], rows[100]):
         lines.append(f"| {r10['q']} | {r10['params_trained']:,} | {r100['params_trained']:,} | "
@@ -201,7 +201,7 @@ def table34() -> str:
 # -- Table 3.3 ----------------------------------------------------------------------------------
 def table33(dirs: Sequence[str]) -> str:
     ours: Dict[str, List[float]] = {}
-    for r in (completed(dirs, "runs of experiment thesis_table33") if dirs else []):
+    for r in (completed(dirs, "runs of experiment wimmer_table3_3") if dirs else []):
         q, method = value(r, "method.q"), str(value(r, "method"))
         key = "baseline" if q in (0, 0.0) else method
         ours.setdefault(key, []).append(100 * r["phases"][-1]["best"]["test_acc"])
@@ -289,7 +289,7 @@ def fig31(experiment: str, data: str, seeds: int, out: Optional[str]):
 def accuracy(dirs: Sequence[str], y: str, hue: str, out: Optional[str]):
     """`y` (at the reported epoch) against method.q, mean +- std over seeds, one line per `hue`,
     q_beta on a second axis (Figs. 3.3-3.6); q = 0 runs are the dense baseline (dashed)."""
-    runs = completed(dirs, "runs of a thesis_* experiment with method.q")
+    runs = completed(dirs, "runs of a wimmer_table3_* or wimmer_fig3_* experiment with method.q")
     rows = []
     for r in runs:
         q = value(r, "method.q")
@@ -348,7 +348,7 @@ def main(argv=None) -> int:
     t33.add_argument("dirs", nargs="*")
     sub.add_parser("table34", help="Table 3.4's trained-parameter column")
     f31 = sub.add_parser("fig31", help="gradient flow at initialization")
-    f31.add_argument("--experiment", default="thesis_table32_fmnist")
+    f31.add_argument("--experiment", default="wimmer_table3_2_fmnist")
     f31.add_argument("--data", choices=("real", "synthetic"), default="real")
     f31.add_argument("--seeds", type=int, default=3)
     acc = sub.add_parser("accuracy", help="a final metric against q (Figs. 3.3-3.6)")
