@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
 from runner.app import conf_dir
+from runner.config import prepare
 from runner.results import RunRecorder
 from runner.train import PRECISIONS, Trainer
 
@@ -40,6 +41,7 @@ def main() -> None:
         overrides += ["method=random_mask", f"method.density={1 - a.mask}", "method.kind=pruned"]
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
+    cfg = prepare(cfg)  # as a run's: a test level (--set ci=smoke) written into its options
     trainer = Trainer(cfg, RunRecorder(tempfile.mkdtemp(), {}))
     trainer.load_stage_data(trainer.stages[0])  # the first steps of Trainer.fit
     ctx = trainer.ctx

@@ -1,12 +1,13 @@
 """What a run's resolved config implies about its result, checked after the fact.
 
 `check_run(result, events)` asserts, from `result["config"]` alone:
-- the stages: one per phase repeat (capped by `ci.max_repeat` under ci), named as the trainer
+- the stages: one per phase repeat (capped by `train.max_repeat`), named as the trainer
   names them, in order;
 - the epochs and steps of each stage: never more epochs than configured (capped by
-  `ci.max_epochs`), exactly that many without patience, and, when the training-set size is known
-  (synthetic data under ci), steps = epochs x batches per epoch, from the val split, the phase's
-  subset, the batch size and `ci.max_batches`;
+  `train.max_epochs`), exactly that many without patience, and, when the training-set size is
+  known (synthetic data, as at a test level), steps = epochs x batches per epoch, from the val
+  split, the phase's subset, the batch size (capped by `train.max_batch_size`) and
+  `train.max_batches`;
 - the report metric is in `summary` (a finite number) and in `result.json` on disk;
 - the paper's value is the one `paper.values` declares for this cell, and `paper.by` names only
   keys that exist;
@@ -28,6 +29,7 @@ import torch
 from omegaconf import OmegaConf
 
 from methods.base import MethodStack
+from runner.ci import SYNTHETIC
 
 WATCHED = ("setup", "on_phase_start")
 
@@ -106,11 +108,16 @@ def method_events(monkeypatch) -> List[Event]:
     return events
 
 
+def capped(value, cap):
+    """min(value, cap); a None cap is no cap, a None value (full batch) is capped too."""
+    return value if cap is None else cap if value is None else min(value, cap)
+
+
 def expected_stages(cfg) -> List[tuple]:
     """(name, phase config, repeat index) of every stage the config runs."""
     out = []
     for phase in cfg.phases:
-        n = min(phase.repeat, cfg.ci.max_repeat) if (cfg.ci.level != "none") else phase.repeat
+        n = capped(phase.repeat, cfg.train.max_repeat)
         out += [(phase.name if phase.repeat == 1 else f"{phase.name}{r + 1}", phase, r)
                 for r in range(n)]
     return out
@@ -131,11 +138,18 @@ def train_size(cfg, phase, repeat: int, n_train: int) -> int:
 
 
 def batches_per_epoch(cfg, n: int) -> int:
-    bs = cfg.train.batch_size
-    if (cfg.ci.level != "none") and cfg.ci.batch_size is not None:  # full batch (None) is capped too
-        bs = cfg.ci.batch_size if bs is None else min(bs, cfg.ci.batch_size)
+    bs = capped(cfg.train.batch_size, cfg.train.max_batch_size)
     per_epoch = 1 if bs is None else math.ceil(n / bs)
-    return min(per_epoch, cfg.ci.max_batches) if (cfg.ci.level != "none") else per_epoch
+    return capped(per_epoch, cfg.train.max_batches)
+
+
+def synthetic_size(cfg) -> Optional[int]:
+    """The training samples of every dataset when all are synthetic of one size, else None."""
+    readers = [cfg.dataset.reader, *(d.reader for d in cfg.datasets.values())]
+    if any(r.get("_target_") != SYNTHETIC for r in readers):
+        return None
+    sizes = {r.n_train for r in readers}
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 def declared_paper_value(cfg, choices):
@@ -149,8 +163,8 @@ def declared_paper_value(cfg, choices):
 def check_run(result: dict, events: Optional[List[Event]] = None, n_train: Optional[int] = None):
     """Assert what the run's config implies (see the module's docstring)."""
     cfg = OmegaConf.create(result["config"])
-    if n_train is None and (cfg.ci.level != "none"):
-        n_train = cfg.ci.n_train
+    if n_train is None:
+        n_train = synthetic_size(cfg)
     phases = result["phases"]
 
     stages = expected_stages(cfg)
@@ -159,7 +173,7 @@ def check_run(result: dict, events: Optional[List[Event]] = None, n_train: Optio
     steps = 0
     for p, (name, phase, repeat) in zip(phases, stages):
         cap = cfg.train.epochs if phase.epochs is None else phase.epochs
-        cap = min(cap, cfg.ci.max_epochs) if (cfg.ci.level != "none") else cap
+        cap = capped(cap, cfg.train.max_epochs)
         patience = cfg.train.patience if phase.patience is None else phase.patience
         assert 1 <= p["epochs"] <= cap and (patience is not None or p["epochs"] == cap), \
             f"{name}: {p['epochs']} epochs, configured {cap} (patience {patience})"

@@ -16,7 +16,7 @@ from runner.train import Trainer
 
 BASE = ["experiment=fmnist_mlp", "model=swr_cnn", "model.channels=4", "model.hidden=16",
         "ci=smoke", "device=cpu", "threads=1", "optim=sgd", "optim.lr=0.1", "optim.momentum=0.9",
-        "ci.max_batches=3", "ci.max_epochs=2", "train.epochs=2"]  # 3 full batches of 8 per epoch
+        "train.max_batches=3", "train.max_epochs=2", "train.epochs=2"]  # 3 full batches of 8 per epoch
 RIGL = ["method=rigl", "method.sparsity=0.5", "method.t_p=2", "method.stop=1.0"]
 
 

@@ -2,7 +2,6 @@
 sync in its training steps) and under ci=sizes (realistic data sizes; marked `sizes`)."""
 import copy
 import inspect
-import logging
 import re
 from pathlib import Path
 
@@ -10,10 +9,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 
 from conftest import CONF, EXPERIMENTS, extends
 from expectations import check_run, method_events  # noqa: F401 (a fixture)
 from runner import ci
+from runner.errors import ConfigError
 from runner.train import Trainer
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -55,53 +56,59 @@ def test_every_group_option_composes(compose_cfg, group, option):
     assert (cfg.model_transforms is not None) if group == "space" else cfg[group] is not None
 
 
-# Test-level overrides that an experiment drops on purpose. ci.apply skips an override whose key
-# the config lacks (by design: an experiment extending another, or a group swapped on the command
-# line, may drop the node), so a wrong key would silently leave the run at full size; every key
-# not listed here must exist in its experiment as written.
-DROPPED = {
-    # reinit_table2_* shrink their noise probe (extra_methods.0); these set `extra_methods: []`
-    *((e, f"extra_methods.0.{k}") for e in ("reinit_ablation", "reinit_appf_cifar", "reinit_fig3")
-      for k in ("draws", "sigmas")),
-    # wimmer_table5_1_rigl shrinks RigL's t_p and stop; finetune has neither, gmp no `stop`
-    ("wimmer_table5_1_ft", "method.t_p"), ("wimmer_table5_1_ft", "method.stop"),
-    ("wimmer_table5_1_gmp", "method.stop"),
-    # wimmer_fig5_5 extends wimmer_table5_2 (SET's t_p and stop shrink) with SNIP, which has neither
-    ("wimmer_fig5_5", "method.t_p"), ("wimmer_fig5_5", "method.stop"),
-}
-
-
 def sets_ci(experiment: str) -> bool:
     """Whether the experiment's file, or a config it extends (another experiment, a family base),
-    has a `ci:` block (only these set `ci.overrides`; the others have nothing for ci.apply to
-    skip)."""
+    has a `ci:` block (only these set `ci.overrides`)."""
     path = CONF / "experiment" / f"{experiment}.yaml"
     return any(re.search(r"^ci:", f.read_text(), re.M) for f in [path, *extends(path)])
 
 
 @pytest.mark.sizes  # composes 35 experiments: about 7 s of CPU, kept out of the everyday stage
-def test_every_ci_override_key_exists_in_its_experiment(caplog):
+def test_every_ci_override_key_exists_in_its_experiment():
     """Each experiment's `ci.overrides` (and, at sizes, `ci.sizes_overrides`) as ci.apply applies
-    them at both test levels: every key reaches a node of the composed config, except DROPPED.
-    Compose only, in one Hydra context (its cache halves the time); one composition per
-    experiment serves both levels (no config reads `ci.*`)."""
-    checked, skipped = [e for e in EXPERIMENTS if sets_ci(e)], set()
+    them at both test levels: every key reaches a node of the composed config (else ci.apply
+    refuses the config). Compose only, in one Hydra context (its cache halves the time); one
+    composition per experiment serves both levels (no config reads `ci.level`)."""
+    checked = [e for e in EXPERIMENTS if sets_ci(e)]
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"), \
-            caplog.at_level(logging.INFO, logger="runner"):
-        for experiment in checked:
-            cfg = compose("config", overrides=[f"experiment={experiment}", "ci=sizes"])
-            assert cfg.ci.overrides or cfg.ci.sizes_overrides, experiment
-            for level in ("smoke", "sizes"):
-                caplog.clear()
-                one = copy.deepcopy(cfg)
-                one.ci.level = level
-                ci.apply(one)
-                skipped |= {(experiment, r.args[0]) for r in caplog.records
-                            if r.msg.startswith("ci: %s is not in this config")}
-    GlobalHydra.instance().clear()
-    assert not skipped - DROPPED, f"ci.overrides keys not in their experiment: {skipped - DROPPED}"
-    assert not DROPPED - skipped, f"DROPPED lists keys the experiments have: {DROPPED - skipped}"
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            for experiment in checked:
+                cfg = compose("config", overrides=[f"experiment={experiment}", "ci=sizes"])
+                assert cfg.ci.overrides or cfg.ci.sizes_overrides, experiment
+                for level in ("smoke", "sizes"):
+                    one = copy.deepcopy(cfg)
+                    one.ci.level = level
+                    ci.apply(one)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_a_ci_override_that_reaches_nothing_is_refused(compose_cfg):
+    cfg = compose_cfg(["experiment=fmnist_mlp", "ci=sizes"])
+    cfg.ci.overrides = {"method.t_p": 1}
+    with pytest.raises(ConfigError, match=r"^ci.overrides of fmnist_mlp names 'method.t_p', which "
+                                          r"reaches nothing in this config; fix the key, or [^\n]*$"):
+        ci.apply(cfg)
+    cfg.ci.overrides, cfg.ci.sizes_overrides = {"train.epochs": 2}, {"model.nope": 1}
+    with pytest.raises(ConfigError, match=r"^ci.sizes_overrides of fmnist_mlp names 'model.nope'"):
+        ci.apply(cfg)
+    cfg.ci.level = "smoke"  # sizes_overrides apply at sizes only
+    before = copy.deepcopy(cfg)
+    assert ci.apply(cfg).train.epochs == 2
+    assert cfg == before  # a new config; the argument is left as it was
+
+
+def test_a_test_level_reads_synthetic_data_of_every_datasets_shape_in_memory(compose_cfg):
+    cfg = compose_cfg(["experiment=zilly_cifar10_to_fmnist", "ci=smoke", "dataset=imagenet_stream"])
+    level = ci.apply(cfg)
+    assert cfg.dataset.stream is not None and cfg.dataset.reader._target_ != ci.SYNTHETIC
+    for ds, shape in ((level.dataset, [3, 224, 224]), (level.datasets.second, [1, 28, 28])):
+        assert ds.get("stream") is None  # no file-reading workers
+        assert OmegaConf.to_container(ds.reader, resolve=True) == {
+            "_target_": ci.SYNTHETIC, "shape": shape, "num_classes": ds.num_classes,
+            "n_train": 32, "n_test": 16, "seed": 0, "dtype": "uint8"}
+    assert (level.train.max_batches, level.train.checkpoint) == (2, False)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -125,5 +132,5 @@ FLAGSHIP = ("cifar_blur_to_sharp", "zilly_warm_start", "zilly_allcnn_blur_to_sha
 def test_experiment_runs_at_realistic_sizes(run_cfg, experiment):
     result = run_cfg([f"experiment={experiment}", "ci=sizes", "device=cpu"])
     assert result["status"] == "completed", result.get("error")
-    n_train = result["config"]["ci"]["n_train"]
+    n_train = result["config"]["dataset"]["reader"]["n_train"]
     assert n_train > result["config"]["train"]["eval_batch_size"]

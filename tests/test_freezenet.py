@@ -34,7 +34,7 @@ def trained(tmp_path, method, *overrides):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=[
             "experiment=wimmer_table3_2", "ci=smoke", "device=cpu", f"method={method}",
-            "method.q=0.9", "ci.max_batches=4", f"optim.weight_decay={WD}", f"optim.lr={LR}",
+            "method.q=0.9", "train.max_batches=4", f"optim.weight_decay={WD}", f"optim.lr={LR}",
             *overrides])
     GlobalHydra.instance().clear()
     t = Trainer(ci.apply(cfg), RunRecorder(tmp_path, {}))

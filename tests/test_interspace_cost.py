@@ -191,7 +191,7 @@ def test_recorded_gradient_norm_times_lr_is_the_length_of_the_sgd_step(tmp_path,
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=[
             "experiment=wimmer_fig5_5", "space=ip_fine", "tuned.q=0.5", "ci=smoke", "device=cpu",
-            "threads=1", "ci.max_batches=1", "ci.width=1.0", "train.epochs=1", "optim.momentum=0",
+            "threads=1", "train.max_batches=1", "ci.width=1.0", "train.epochs=1", "optim.momentum=0",
             "optim.weight_decay=0", "optim.lr=0.05"])
     GlobalHydra.instance().clear()
     t = Trainer(ci.apply(cfg), RunRecorder(tmp_path, {}))

@@ -9,7 +9,7 @@ import pytest
 
 from runner.errors import RunnerError
 
-SMOKE = ["experiment=fmnist_mlp", "ci=smoke", "device=cpu", "threads=1", "ci.max_epochs=2"]  # steps 1, 2
+SMOKE = ["experiment=fmnist_mlp", "ci=smoke", "device=cpu", "threads=1", "train.max_epochs=2"]  # steps 1, 2
 
 
 def epochs(result):

@@ -57,10 +57,10 @@ def test_sweep_log_lines_carry_the_job_number(tmp_path, monkeypatch, hydra_cli):
 
 def test_a_long_epoch_shows_a_bar_of_its_batches(run_cfg, capsys, monkeypatch):
     monkeypatch.setattr(logs, "BATCH_BAR_DELAY_S", 0.0)  # every epoch counts as long
-    run_cfg(SMOKE + ["progress=true", "ci.max_batches=3"])
+    run_cfg(SMOKE + ["progress=true", "train.max_batches=3"])
     err = capsys.readouterr().err
     assert "batches:   0%" in err and "| 0/3 [" in err and "batch/s]" in err
-    run_cfg(SMOKE + ["progress=false", "ci.max_batches=3"])
+    run_cfg(SMOKE + ["progress=false", "train.max_batches=3"])
     assert "batch" not in capsys.readouterr().err
 
 

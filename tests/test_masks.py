@@ -137,7 +137,7 @@ def make_trainer(tmp_path, overrides, method="vanilla", kind="pruned", transform
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=fmnist_mlp", "ci=smoke", "device=cpu",
-                                           f"method={method}", "ci.max_batches=3", *overrides])
+                                           f"method={method}", "train.max_batches=3", *overrides])
     GlobalHydra.instance().clear()
     with open_dict(cfg):
         cfg.extra_methods = [{"_target_": "methods.random_mask.RandomMask", "density": 0.1,
@@ -173,7 +173,7 @@ ACTING = {"set": ["method.t_p=1", "method.stop=1.0"], "rigl": ["method.t_p=1", "
 
 def check_masked_run(tmp_path, method, model, opt):
     kind = "pruned" if (METHODS.index(method) + list(MODELS).index(model)) % 2 else "frozen"
-    extra = ["phases.0.repeat=2", "ci.max_repeat=2",  # a second stage: phase-start methods act
+    extra = ["phases.0.repeat=2", "train.max_repeat=2",  # a second stage: phase-start methods act
              *ACTING.get(method, [])]
     t = make_trainer(tmp_path, [*MODELS[model], *OPTIMIZERS[opt], *extra], method, kind,
                      transforms=model == "basis")
@@ -252,9 +252,14 @@ def test_lw_restores_the_initial_norms_of_a_masked_model():
 def test_methods_never_read_the_config_and_only_the_core_knows_the_test_level():
     methods = "\n".join(p.read_text() for p in (SRC / "methods").glob("*.py"))
     assert "ctx.cfg" not in methods
-    outside = [p for p in SRC.rglob("*.py") if p.name not in ("ci.py", "train.py")
-               and re.search(r"ci\.(enabled|level)", p.read_text())]
+    outside = [p for p in SRC.rglob("*.py") if p.name != "ci.py"
+               and re.search(r"ci\.(enabled|level|active)", p.read_text())]
     assert not outside, outside
+    loop = [SRC / "runner" / n for n in ("train.py", "context.py")]  # the training loop reads
+    loop += [*(SRC / "runner" / "data").glob("*.py"), *(SRC / "methods").glob("*.py")]  # options only
+    asks = [p for p in loop if re.search(r"from runner import ([\w, ]*\b)?ci\b|runner\.ci\b|\bci\.\w",
+                                         p.read_text())]
+    assert not asks, asks
     assert not list(re.finditer(r"\$\{if:", "\n".join(p.read_text() for p in CONF.rglob("*.yaml"))))
 
 

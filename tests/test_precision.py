@@ -12,7 +12,7 @@ MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 def test_bf16_channels_last_forward_and_backward(run_cfg, model):
     result = run_cfg(["experiment=fmnist_mlp", "dataset=cifar10", f"model={model}", "ci=smoke",
                       "device=cpu", "train.precision=bf16", "train.channels_last=true",
-                      "ci.max_batches=1", "ci.eval_batches=1", "ci.n_test=8"])
+                      "train.max_batches=1", "train.max_eval_batches=1", "ci.n_test=8"])
     assert result["status"] == "completed", result.get("error")
     assert result["precision"] == "bf16"
 

@@ -24,7 +24,7 @@ from runner.results import load_results
 # a checkpoint after every epoch: state in the model, masks, methods, RNGs and the phase
 FAULT = ["experiment=reinit_table1", "ci=smoke", "ci.checkpoints=true", "device=cpu",
          "ci.n_train=64", "ci.n_test=32",
-         "ci.batch_size=16", "ci.max_batches=3", "ci.max_epochs=6", "ci.max_repeat=3",
+         "train.max_batch_size=16", "train.max_batches=3", "train.max_epochs=6", "train.max_repeat=3",
          "train.checkpoint_every=1", "train.val_fraction=0.25", "train.eval_every=1",
          "train.patience=3", "train.restore_best=true",
          "extra_methods=[{_target_: methods.swr.SWR, lam: 0.01}]"]
@@ -113,8 +113,8 @@ def test_checkpoints_load_with_weights_only(run_cfg, tmp_path):
 
 
 SWEEP = ["-m", "experiment=reinit_table1", "ci=smoke", "ci.checkpoints=true", "device=cpu",
-         "ci.max_epochs=8",
-         "ci.max_repeat=2", "ci.max_batches=4", "train.checkpoint_every=1", "method=lw,bl",
+         "train.max_epochs=8",
+         "train.max_repeat=2", "train.max_batches=4", "train.checkpoint_every=1", "method=lw,bl",
          "seed=0,1,2"]
 
 
@@ -165,7 +165,7 @@ class CrashOnce:
 
 MASKED = ["experiment=fmnist_mlp", "ci=smoke", "ci.checkpoints=true", "device=cpu", "optim=adam",
           "method=random_mask", "threads=1",
-          "method.kind=frozen", "method.density=0.5", "ci.max_epochs=3", "ci.max_batches=3",
+          "method.kind=frozen", "method.density=0.5", "train.max_epochs=3", "train.max_batches=3",
           "+phases=[{name: a}, {name: b, lr: 0.01, reset_optimizer: true}]",
           "train.checkpoint_every=1", "target_allowlist=[test_resume]"]
 

@@ -114,7 +114,7 @@ CASES = [  # (arguments after SMOKE, substrings of the one error line)
     (["report.at=middle"], ["report.at='middle'", "end, best"]),
     (["report.at=end", "train.restore_best=true"], ["report.at=end", "restore_best"]),
     (["report.scale=0"], ["report.scale=0"]),
-    (["ci.max_batches=0"], ["ci.max_batches=0"]),
+    (["train.max_batches=0"], ["train.max_batches=0"]),
     (["ci.level=bogus"], ["ci.level='bogus'"]),
     (["seed=-1"], ["seed=-1"]),
     (["threads=0"], ["threads=0"]),
@@ -232,7 +232,7 @@ def test_sweep_with_one_failing_job_writes_its_table_and_exits_1(hydra_cli, tmp_
 @pytest.mark.sizes  # a subprocess run (about 5 s): CI's second stage
 def test_sigterm_ends_a_run_as_interrupted_with_143(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "runner", *SMOKE, "ci.max_epochs=100000",
+    proc = subprocess.Popen([sys.executable, "-m", "runner", *SMOKE, "train.max_epochs=100000",
                              "train.epochs=100000", "train.checkpoint_every=1", "ci.checkpoints=true",
                              f"hydra.run.dir={tmp_path}/run"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -176,7 +176,7 @@ def test_fisher_score_by_hand():
 def test_probe_and_intervention_in_a_run(run_cfg, tmp_path):
     result = run_cfg(["experiment=fmnist_blur_to_sharp", "ci=smoke", "ci.width=1", "device=cpu",  # full width
                       "method=dirac_reset", "method.lr=0.0123",
-                      "method.gamma=0.5", "train.epochs=2", "ci.max_epochs=2",
+                      "method.gamma=0.5", "train.epochs=2", "train.max_epochs=2",
                       "extra_methods.0.every_epoch=true", "extra_methods.0.fisher_samples=32"])
     assert result["status"] == "completed", result.get("error")
     first, second = result["phases"]

@@ -1,31 +1,31 @@
 """Test levels (`ci=smoke`, `ci=sizes`): the one place that knows a run is a test.
 
-`apply` turns a composed config into its test-level version before anything is built: the
-experiment's own `ci.overrides` (and, at `sizes`, `ci.sizes_overrides`) are written into the
-config, and at `sizes` the synthetic data are made larger than every sample count the config
-names, so code that slices by those counts meets the sizes a real run meets. The trainer reads
-the caps (`n_train`, `max_batches`, ...) through `caps`; methods never see the level.
+A level is ordinary options. Its file (conf/ci/*.yaml) sets the trainer's caps (`train.max_epochs`,
+`train.max_batches`, ...), and `apply` writes the rest into a new config before anything is built
+(`runner.config.prepare`): the experiment's own `ci.overrides` (and, at `sizes`,
+`ci.sizes_overrides`), narrower layers, no checkpoints, and synthetic data of each dataset's shape
+as that dataset's reader (in memory: no streaming workers), with every phase's `subset.n` clipped
+to the synthetic training split. At `sizes` the synthetic data are larger than every sample count
+the config names, so code that slices by those counts meets the sizes a real run meets. The
+trainer and the methods read options only; none of them asks for the level.
 """
 from __future__ import annotations
 
-import logging
+import copy
 import math
 import re
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from runner.data.tensors import val_count
 from runner.errors import ConfigError
-
-log = logging.getLogger("runner")
 
 LEVELS = ("none", "smoke", "sizes")
 # keys whose integer value is a number of samples: batch sizes, Fisher / calibration samples, ...
 COUNT_KEY = re.compile(r"(^|_)(samples|batch|batch_size|calib_size|margins)$")
-
-
-def active(cfg) -> bool:
-    return cfg.ci.level != "none"
+SYNTHETIC = "runner.data.synthetic.shapes_only"  # the reader of every dataset at a test level
+_ABSENT = object()
 
 
 def sample_counts(node: Any, key: str = "") -> Iterator[int]:
@@ -69,34 +69,52 @@ def narrow(model: DictConfig, factor: float) -> None:
             model[key] = max(1, round(value * factor))
 
 
+def write_overrides(cfg: DictConfig, level: str) -> None:
+    """The experiment's own changes for this level; each must name a key of the config."""
+    changes = {k: ("ci.overrides", v) for k, v in cfg.ci.overrides.items()}
+    if level == "sizes":
+        changes.update({k: ("ci.sizes_overrides", v) for k, v in cfg.ci.sizes_overrides.items()})
+    for key, (field, value) in changes.items():
+        if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
+            raise ConfigError(
+                f"{field} of {cfg.name} names {key!r}, which reaches nothing in this config; fix "
+                f"the key, or override a node every run of the experiment has (a method's option "
+                f"through a `tuned` value that its method config reads, as conf/method/set.yaml)")
+        OmegaConf.update(cfg, key, value, merge=False)
+
+
+def synthetic_reader(ds: DictConfig, n_train: int, n_test: int) -> dict:
+    """The reader of synthetic data of the dataset's shape, classes and dtype (seeded by the run)."""
+    return {"_target_": SYNTHETIC,
+            "shape": OmegaConf.to_container(ds.shape, resolve=True),
+            "num_classes": ds.num_classes, "n_train": n_train, "n_test": n_test,
+            "seed": "${seed}", "dtype": ds.get("dtype", "uint8")}
+
+
 def apply(cfg: DictConfig) -> DictConfig:
-    """The config of this test level (unchanged at level `none`)."""
+    """A new config: `cfg` at its test level (a copy of it at level `none`); `cfg` is unchanged."""
     level = cfg.ci.level
     if level not in LEVELS:
         raise ConfigError(f"ci.level={level!r} is invalid; valid: one of {', '.join(LEVELS)}")
+    cfg = copy.deepcopy(cfg)
     if level == "none":
         return cfg
-    changes = dict(cfg.ci.overrides)
-    if level == "sizes":
-        changes.update(cfg.ci.sizes_overrides)
     with open_dict(cfg):
-        for key, value in changes.items():
-            if OmegaConf.select(cfg, key, default="<missing>") == "<missing>":
-                # an experiment that extends another may drop what the override changes
-                log.info("ci: %s is not in this config; its test-level override is skipped", key)
-                continue
-            OmegaConf.update(cfg, key, value, merge=False)
+        write_overrides(cfg, level)
         narrow(cfg.model, cfg.ci.width)
         cfg.train.checkpoint = cfg.train.checkpoint and cfg.ci.checkpoints
-        if level == "sizes":
-            n_train, n_test = sizes_data(cfg)
-            cfg.ci.n_train = cfg.ci.n_train or n_train
-            cfg.ci.n_test = cfg.ci.n_test or n_test
+        n_train, n_test = cfg.ci.n_train, cfg.ci.n_test
+        if n_train is None or n_test is None:  # sizes: larger than every count
+            larger_train, larger_test = sizes_data(cfg)
+            n_train, n_test = n_train or larger_train, n_test or larger_test
+        for ds in [cfg.dataset, *(cfg.datasets[k] for k in cfg.datasets)]:
+            if ds is None:
+                continue
+            ds.reader = synthetic_reader(ds, n_train, n_test)
+            if "stream" in ds:
+                ds.stream = None  # in memory: no file-reading workers
+        train_n = n_train - val_count(n_train, cfg.train.val_fraction)
+        for phase in cfg.phases:  # every dataset now has train_n training samples
+            if phase.subset.n is not None and phase.subset.n > train_n:
+                phase.subset.n = train_n
     return cfg
-
-
-def cap(value: Optional[int], limit: Optional[int]) -> Optional[int]:
-    """min(value, limit), where None means 'no limit' for the limit and 'all' for the value."""
-    if limit is None:
-        return value
-    return limit if value is None else min(value, limit)

@@ -9,6 +9,9 @@ Ranges live here too, beside each field (`valid(default, rule)`): `validate(cfg)
 field against its rule, every number in the config for finiteness, the free-form methods'
 `lambda` / `fraction` options, and the combinations of `runner.checks`, before anything is built.
 A failure is one `ConfigError` line naming the key, the value and the valid range.
+
+`prepare(cfg)` is the config a run trains: its test level written into ordinary options
+(`runner.ci.apply`), then validated; every run, sweep job and resumed run goes through it.
 """
 import math
 import typing
@@ -18,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from runner import extras
+from runner import ci, extras
 from runner.errors import ConfigError
 
 ROW_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
@@ -106,6 +109,12 @@ class TrainConfig:
     checkpoint_minutes: Optional[float] = valid(10.0, Range(0, lo_open=True, note="no timer"))
     # also after the first epoch ending this long after the last checkpoint
     save_model: bool = False  # keep the final weights as model.pt (a state_dict)
+    # caps (None: no cap) that shorten any run, as test levels do (conf/ci/*.yaml sets them):
+    max_epochs: Optional[int] = valid(None, at_least(1, "no cap"))  # epochs of every phase (train.epochs or the phase's own)
+    max_batches: Optional[int] = valid(None, at_least(1, "no cap"))  # training steps of an epoch
+    max_eval_batches: Optional[int] = valid(None, at_least(1, "the whole split"))  # evaluation batches of each split
+    max_batch_size: Optional[int] = valid(None, at_least(1, "no cap"))  # caps train.batch_size (a full batch too)
+    max_repeat: Optional[int] = valid(None, at_least(1, "no cap"))  # repeats of a phase (its stages)
 
 
 @dataclass
@@ -163,22 +172,20 @@ class PhaseConfig:
 
 @dataclass
 class CIConfig:
-    """Test levels that shrink any experiment (applied by `runner.ci`; `none` runs it as written).
+    """Test levels that shrink any experiment (`ci=smoke`, `ci=sizes`; `none` runs it as written).
 
-    smoke: synthetic data of the real shapes, tiny and fast; sizes: synthetic data larger than
-    every sample count the config uses (eval batches, Fisher samples, subsets), real batch sizes,
-    few steps. An experiment lists its own changes for test levels in `overrides` (every level)
-    and `sizes_overrides` (sizes only), as dotted keys; science code never asks for the level.
+    A level's file (conf/ci/*.yaml) sets the trainer's caps (`train.max_epochs`, ...) and this
+    node; `runner.ci.apply` writes the rest into ordinary options before the run is built:
+    synthetic data of each dataset's shape as its reader (`n_train`, `n_test`: at sizes larger
+    than every sample count the config uses), narrower layers (`width`), no checkpoints, and the
+    experiment's own changes for test levels, dotted keys in `overrides` (every level) and
+    `sizes_overrides` (sizes only), each of which must name a key of the config. Nothing that
+    trains reads this node.
     """
 
     level: str = valid("none", OneOf(("none", "smoke", "sizes")))
-    n_train: Optional[int] = valid(32, at_least(1, "sizes: larger than every count"))  # None: larger than every sample count in the config (sizes)
-    n_test: Optional[int] = valid(16, at_least(1, "sizes: larger than every count"))
-    max_epochs: int = valid(1, at_least(1))
-    max_batches: int = valid(2, at_least(1))  # training steps per epoch
-    eval_batches: Optional[int] = valid(2, at_least(1, "the whole split"))  # evaluation batches per split; None: the whole split
-    batch_size: Optional[int] = valid(8, at_least(1, "the experiment's own"))  # cap on train.batch_size; None: the experiment's own
-    max_repeat: int = valid(2, at_least(1))
+    n_train: Optional[int] = valid(32, at_least(1, "larger than every count"))  # synthetic training samples; None: larger than every sample count in the config
+    n_test: Optional[int] = valid(16, at_least(1, "larger than every count"))  # synthetic test samples
     width: float = valid(1.0, POSITIVE)  # multiplies the model's layer widths (`widths`, `layers`, `width`, ...)
     overrides: Dict[str, Any] = field(default_factory=dict)
     sizes_overrides: Dict[str, Any] = field(default_factory=dict)
@@ -339,3 +346,11 @@ def validate(cfg: DictConfig) -> None:
     if logger in extras.EXTRAS:  # set in an experiment file: refused before the run starts
         extras.require(logger, f"logger={logger}")
     check_combinations(cfg)
+
+
+def prepare(cfg: DictConfig) -> DictConfig:
+    """The config a run trains, before anything is built: a new config with its test level
+    written into ordinary options (`runner.ci.apply`; a copy as it is without one), validated."""
+    cfg = ci.apply(cfg)
+    validate(cfg)
+    return cfg

@@ -26,12 +26,11 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from methods.base import MethodStack
-from runner import checkpoint, ci, distributed
+from runner import checkpoint, distributed
 from runner.checks import report_at
-from runner.config import validate
+from runner.config import prepare as prepare_config
 from runner.context import RunContext, Stage
 from runner.data.stream import stream_splits
-from runner.data.synthetic import shapes_only
 from runner.data.tensors import Arrays, Pipeline, Splits, batches, split_train_val, subset_indices
 from runner.errors import ConfigError, DataError, Diverged, Interrupted, RunnerError
 from runner.logs import batch_bar, environment, epoch_line, log_start
@@ -40,7 +39,7 @@ from runner.optim import Schedule, build_optimizer, set_hyper
 from runner.results import Recorder, RunRecorder
 
 log = logging.getLogger("runner")
-_ARRAYS_CACHE: Dict[str, Arrays] = {}  # readers' output, shared by the jobs of one sweep
+_ARRAYS_CACHE: Dict[str, Arrays] = {}  # what readers read from files, shared by the jobs of one sweep
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -127,10 +126,18 @@ def build_model(cfg) -> torch.nn.Module:
     return model
 
 
+def capped(value: Optional[int], cap: Optional[int]) -> Optional[int]:
+    """min(value, cap), where None means 'no cap' for the cap and 'all' for the value."""
+    if cap is None:
+        return value
+    return cap if value is None else min(value, cap)
+
+
 def expand_stages(cfg) -> List[Stage]:
+    """One stage per repeat of each phase (at most `train.max_repeat`)."""
     stages = []
     for phase in cfg.phases:
-        n = min(phase.repeat, cfg.ci.max_repeat) if ci.active(cfg) else phase.repeat
+        n = capped(phase.repeat, cfg.train.max_repeat)
         for r in range(n):
             name = phase.name if phase.repeat == 1 else f"{phase.name}{r + 1}"
             stages.append(Stage(len(stages), r, name, phase))
@@ -212,16 +219,15 @@ class Trainer:
         return self.cfg.datasets[key]
 
     def arrays(self, ds) -> Arrays:
-        caps = self.cfg.ci
-        if ci.active(self.cfg):
-            return shapes_only(ds.shape, ds.num_classes, caps.n_train, caps.n_test,
-                               seed=self.cfg.seed, dtype=ds.get("dtype", "uint8"))
+        """The reader's arrays; those read from files (`source` set) are kept for the next run
+        of the same reader options, generated ones (synthetic data) are drawn again."""
         key = OmegaConf.to_yaml(ds.reader, resolve=True)  # interpolated options (seed) count
-        if key not in _ARRAYS_CACHE:
+        arrays = _ARRAYS_CACHE.get(key)
+        if arrays is None:
             arrays = call(ds.reader, "dataset.reader")
             check_labels(arrays, ds.num_classes, ds.get("name", "dataset"))
-            _ARRAYS_CACHE[key] = arrays
-        arrays = _ARRAYS_CACHE[key]
+            if arrays.source is not None:
+                _ARRAYS_CACHE[key] = arrays
         if arrays.source is not None:
             self.rec.update(data={**self.rec.result.get("data", {}), ds.get("name", "dataset"): arrays.source})
         return arrays
@@ -235,7 +241,7 @@ class Trainer:
         self._device_data = None  # free the previous dataset before building the next
         self.free_device_memory()
         val_seed = self.cfg.seed if tr.val_seed is None else tr.val_seed
-        if ds.get("stream") is not None and not ci.active(self.cfg):  # files read by workers
+        if ds.get("stream") is not None:  # files read by workers
             splits = stream_splits(call(ds.reader, "dataset.reader"), tr.val_fraction, val_seed,
                                    self.device, **OmegaConf.to_container(ds.stream, resolve=True))
         else:
@@ -254,11 +260,10 @@ class Trainer:
         base = self.device_splits(ds)
         splits = Splits(base.train, base.val, base.test)
         sub = stage.cfg.subset
-        n = sub.n if sub.n is None or not ci.active(self.cfg) else min(sub.n, len(splits.train))
-        if n is not None and n > len(splits.train):
-            raise ConfigError(f"subset.n={n} of phase {stage.name!r} exceeds the {len(splits.train)} "
+        if sub.n is not None and sub.n > len(splits.train):
+            raise ConfigError(f"subset.n={sub.n} of phase {stage.name!r} exceeds the {len(splits.train)} "
                               f"training samples of {ds.get('name', 'the dataset')}; lower it")
-        idx = subset_indices(len(splits.train), self.cfg.seed, sub.fraction, n, sub.chunks,
+        idx = subset_indices(len(splits.train), self.cfg.seed, sub.fraction, sub.n, sub.chunks,
                              stage.repeat, sub.access)
         if idx is not None:
             splits.train = splits.train.take(idx.to(self.device))
@@ -406,15 +411,12 @@ class Trainer:
 
     def run_stage(self, stage: Stage, resumed: Optional[PhaseProgress] = None) -> None:
         cfg, ctx, opts = self.cfg, self.ctx, self.opts
-        caps = cfg.ci if ci.active(cfg) else None
         ph = SimpleNamespace(**OmegaConf.to_container(stage.cfg, resolve=True))
         ctx.stage = stage
-        epochs = opts.epochs if ph.epochs is None else ph.epochs
+        epochs = capped(opts.epochs if ph.epochs is None else ph.epochs, opts.max_epochs)
         patience = opts.patience if ph.patience is None else ph.patience
-        batch_size, limit, eval_limit = opts.batch_size, None, None
-        if caps is not None:
-            epochs, limit, eval_limit = min(epochs, caps.max_epochs), caps.max_batches, caps.eval_batches
-            batch_size = ci.cap(batch_size, caps.batch_size)
+        batch_size = capped(opts.batch_size, opts.max_batch_size)
+        limit, eval_limit = opts.max_batches, opts.max_eval_batches
         n_train = len(ctx.data.train)
         bs = n_train if batch_size is None else max(1, min(batch_size, n_train))
         ctx.steps_per_epoch = -(-n_train // bs) if limit is None else min(-(-n_train // bs), limit)
@@ -659,9 +661,8 @@ def interruptible():
 
 
 def prepare(cfg: DictConfig, job: int = 0):
-    """The config of this test level, validated, and the device: before anything is built."""
-    cfg = ci.apply(cfg)
-    validate(cfg)
+    """The config the run trains (`runner.config.prepare`) and its device: before anything is built."""
+    cfg = prepare_config(cfg)
     return cfg, resolve_device(cfg.device, job)
 
 

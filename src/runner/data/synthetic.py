@@ -1,4 +1,6 @@
-"""Synthetic data: shape-only sets for smoke runs."""
+"""Synthetic data readers (`dataset.reader: {_target_: runner.data.synthetic.shapes_only, ...}`):
+shape-only sets (what test levels read instead of every dataset; conf/dataset/synthetic.yaml) and
+the synthetic task of the reinitialization paper."""
 from typing import Sequence
 
 import torch
@@ -8,7 +10,9 @@ from runner.data.tensors import Arrays
 
 def shapes_only(shape: Sequence[int], num_classes: int, n_train: int = 64, n_test: int = 32,
                 seed: int = 0, dtype: str = "uint8") -> Arrays:
-    """Random inputs of the given shape with random labels (every class present when n allows)."""
+    """Random inputs of the given shape with random labels (every class present when n allows);
+    uint8 images, or N(0, 1) floats for any other `dtype` (feature datasets). One generator
+    seeded with `seed` draws the training part, then the test part."""
     g = torch.Generator().manual_seed(seed)
 
     def part(n):

@@ -44,11 +44,16 @@ class Splits:
     test: Split
 
 
+def val_count(n: int, val_fraction: float) -> int:
+    """How many of a training set's n samples the validation split holds out."""
+    return int(round(val_fraction * n))
+
+
 def split_train_val(arrays: Arrays, val_fraction: float, seed: int, device) -> Splits:
     """Hold out `val_fraction` of the training set (a permutation drawn from `seed`)."""
     n = len(arrays.y_train)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = int(round(val_fraction * n))
+    n_val = val_count(n, val_fraction)
     train = Split(arrays.x_train, arrays.y_train).take(perm[n_val:])
     val = Split(arrays.x_train, arrays.y_train).take(perm[:n_val])
     test = Split(arrays.x_test, arrays.y_test)
