@@ -31,7 +31,7 @@ def _readers_run_under_mutmut():
 
 @functools.lru_cache(maxsize=None)
 def load_yaml(path: Path):
-    """A config file's YAML, parsed once per session (libyaml's parser where installed)."""
+    """A config file's YAML, parsed once per test run (libyaml's parser where installed)."""
     return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 

@@ -1,13 +1,16 @@
-"""Every `python -m runner...` command of the README runs, in README order, in-process.
+"""Every `python -m runner...` command of the README and of every docs/*.md page runs, each page
+in its own order, in-process (a command shown on an earlier page runs once, under that page's id;
+README.md first, then docs/ by name).
 
 A command is shortened, not rewritten: `ci=smoke` (and CPU, one thread, one joblib job), a seed
 or two; a sweep of more than MAX_JOBS jobs runs its first value of every list (still as a sweep)
 after every value of every list was checked to compose. Placeholders (PLACEHOLDERS): NAME is
-fmnist_mlp, my_method (the method a reader adds) is l2; an analysis command's DIR is the latest
-README sweep before it of the experiments it reads (SOURCES), SCRATCH_DIR the latest
-generalization sweep; `[DIR]` / `[DIR ...]` are left out. The paper-table sweeps (HEAVY) and their
-analyses run in the `sizes` stage, among them the ImageNet sweeps of Wimmer's Table 5.1, whose
-SLURM launcher options are left out (CLUSTER).
+fmnist_mlp, my_method (the method a reader adds) is l2 (a value a list then holds twice runs
+once); an analysis command's DIR is the latest sweep before it on its page of the experiments it
+reads (SOURCES), SCRATCH_DIR the latest generalization sweep; `[DIR]` / `[DIR ...]` are left out.
+The paper-table sweeps (HEAVY) and the analyses of their directories run in the `sizes` stage,
+among them the ImageNet sweeps of Wimmer's Table 5.1, whose SLURM launcher options are left out
+(CLUSTER).
 """
 import importlib
 import json
@@ -23,7 +26,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from conftest import CONF
 
-README = Path(__file__).parents[1] / "README.md"
+ROOT = Path(__file__).parents[1]
+README = ROOT / "README.md"
+PAGES = [README] + sorted((ROOT / "docs").glob("*.md"))  # each page's commands run in its order
 SMOKE = ["ci=smoke", "device=cpu", "threads=1"]
 MAX_JOBS = 4
 SOURCES = [  # (start of an analysis command, experiments its DIR holds), first match wins
@@ -34,7 +39,8 @@ SOURCES = [  # (start of an analysis command, experiments its DIR holds), first 
     ("runner.analysis.swr balance", "swr_fig5_"), ("runner.analysis.reinit", "reinit_table2_"),
     ("runner.plots DIR --y frozen_filters", "zilly_frozen_counts"),
     ("runner.analysis.zilly_figures boxplot", "cifar_blur_to_sharp"),
-    ("runner.analysis.freezenet", "wimmer_"), ("runner.plots", "swr_cl_"),
+    ("runner.analysis.freezenet", "wimmer_"), ("runner.plots DIR --hue method", ""),
+    ("runner.plots", "swr_cl_"),
     ("runner.analysis.interspace curve", "wimmer_fig5_5"),
     ("runner.analysis.interspace gradnorm", "wimmer_fig5_5"),
     ("runner.analysis.interspace rounds", "wimmer_lth_"),
@@ -43,7 +49,8 @@ SCRATCH = "swr_gen_"
 # The paper-table sweeps of SWR, Zilly et al. and Wimmer's thesis (2-6 s each; Table 2's 224x224
 # models about 30 s): they and the analyses of their directories run in CI's second stage
 # (`pytest -m sizes`, part of the README's test command), which keeps the everyday stage < 5 min.
-# The everyday stage runs the quick-start commands and Alabdulmohsin et al.'s Tables 1 and 5.
+# The everyday stage runs the quick-start and usage commands and Alabdulmohsin et al.'s Tables 1
+# and 5. A new family of experiments adds its prefix here when its sweeps are heavy.
 HEAVY = ("swr_", "zilly_", "cifar_blur_to_sharp", "reinit_table2_", "wimmer_")
 # a SLURM sweep (hydra/launcher=submitit_slurm, distributed over its tasks) runs here as a local
 # sweep of one process: the launcher's options and `distributed.enabled=true` are left out
@@ -55,11 +62,15 @@ PLACEHOLDERS = {"=NAME": "=fmnist_mlp", "my_method": "l2"}
 TRACKERS = {"logger=tensorboard": "tensorboard", "logger=mlflow": "mlflow", "logger=wandb": "wandb"}
 
 
-def readme_commands():
-    """The README's `python -m runner...` commands, in order: code-block lines (without their
+def page_name(path):
+    return path.relative_to(ROOT).as_posix()
+
+
+def page_commands(path):
+    """A page's `python -m runner...` commands, in order: code-block lines (without their
     trailing `# comment`) and inline code elsewhere (tables, prose)."""
     found = []
-    for i, part in enumerate(re.split(r"^```.*$", README.read_text(), flags=re.M)):
+    for i, part in enumerate(re.split(r"^```.*$", path.read_text(), flags=re.M)):
         if i % 2:
             found += [line.split("  #")[0].strip() for line in part.splitlines()
                       if line.startswith("python -m runner")]
@@ -68,7 +79,18 @@ def readme_commands():
     return list(dict.fromkeys(found))
 
 
-COMMANDS = readme_commands()
+def first_pages(on_page):
+    """(page, command) in page order; a command shown on several pages runs on the first."""
+    found = {}
+    for page, commands in on_page.items():
+        for c in commands:
+            found.setdefault(c, page)
+    return [(page, c) for c, page in found.items()]
+
+
+ON_PAGE = {page_name(p): page_commands(p) for p in PAGES}
+COMMANDS = first_pages(ON_PAGE)
+ALL = [c for commands in ON_PAGE.values() for c in commands]
 
 
 def split(command):
@@ -105,6 +127,18 @@ def source(command):
     return found[0]
 
 
+def is_sweep(command):
+    return split(command)[0] == "runner" and "-m" in split(command)[1]
+
+
+def sweep_read(page, command, prefix):
+    """The latest sweep before `command` on its page of experiments starting with `prefix`."""
+    before = ON_PAGE[page][:ON_PAGE[page].index(command)]
+    found = [c for c in before
+             if is_sweep(c) and all(e.startswith(prefix) for e in experiments_of(c))]
+    return found[-1] if found else None
+
+
 def shorten(args):
     """The runner arguments to run, the number of jobs they make, and one composition per value
     of every swept list (list i at position k % len)."""
@@ -112,7 +146,7 @@ def shorten(args):
     for a in args:
         s = sweep(a)
         if s:
-            lists[s[0]] = s[1]
+            lists[s[0]] = list(dict.fromkeys(s[1]))  # a placeholder may repeat a listed value
         elif a.startswith("hydra.launcher.n_jobs="):
             plain.append("hydra.launcher.n_jobs=1")
         elif "hydra/launcher=submitit_slurm" in args and a.startswith(CLUSTER):
@@ -132,39 +166,50 @@ def shorten(args):
     return plain + (swept if "-m" in args else [f"seed={seeds[0]}"]), jobs, checks
 
 
-def marks(command):
+def marks(page, command):
+    """`sizes` for a HEAVY sweep, an analysis of a HEAVY sweep's directory and HEAVY_ANALYSES."""
     module = split(command)[0]
-    heavy = (any(e.startswith(HEAVY) for e in experiments_of(command)) if module == "runner"
-             else "DIR" in command.replace("[DIR]", "") and source(command).startswith(HEAVY)
-             or " ".join(command.split()[2:]).startswith(HEAVY_ANALYSES))
+    if module == "runner":
+        heavy = any(e.startswith(HEAVY) for e in experiments_of(command))
+    else:
+        reads = ("DIR" in command.replace("[DIR]", "")
+                 and sweep_read(page, command, source(command)))
+        heavy = (bool(reads) and bool(marks(page, reads))
+                 or " ".join(command.split()[2:]).startswith(HEAVY_ANALYSES))
     return [pytest.mark.sizes] if heavy else []
 
 
 @pytest.fixture(scope="module")
 def sweeps():
-    """(experiments, directory) of every README sweep run so far, in README order."""
-    return []
+    """command -> directory of every sweep run so far (a command runs once, on its first page)."""
+    return {}
 
 
-def test_the_readme_shows_runner_commands():
-    modules = {split(c)[0] for c in COMMANDS}
+def test_the_readme_and_docs_show_runner_commands():
+    modules = {split(c)[0] for _, c in COMMANDS}
     assert {"runner", "runner.report", "runner.plots", "runner.analysis.swr",
             "runner.analysis.reinit", "runner.analysis.zilly_figures"} <= modules
-    assert not any("method=vanilla,l2 method.lambda" in c for c in COMMANDS)  # issue 15's failing sweep
+    assert any(split(c)[0] == "runner" for c in ON_PAGE["README.md"])
+    # a method's own option swept with a method that lacks it (`method=vanilla,l2
+    # method.lambda=...`) fails to compose: such sweeps are shown as two
+    assert not any("method=vanilla,l2 method.lambda" in c for c in ALL)
 
 
 def test_every_analysis_command_follows_the_sweep_it_reads():
-    for i, command in enumerate(COMMANDS):
-        if split(command)[0] == "runner" or "DIR" not in command.replace("[DIR]", ""):
-            continue
-        needs = [source(command)] + ([SCRATCH] if "SCRATCH_DIR" in command else [])
-        for prefix in needs:
-            assert any(all(e.startswith(prefix) for e in experiments_of(c)) and "-m" in c
-                       for c in COMMANDS[:i]), f"no README sweep of {prefix}* before: {command}"
+    for page, commands in ON_PAGE.items():
+        for command in commands:
+            if split(command)[0] == "runner" or "DIR" not in command.replace("[DIR]", ""):
+                continue
+            needs = [source(command)] + ([SCRATCH] if "SCRATCH_DIR" in command else [])
+            for prefix in needs:
+                assert sweep_read(page, command, prefix), \
+                    f"no sweep of {prefix}* before it on {page}: {command}"
 
 
-@pytest.mark.parametrize("command", [pytest.param(c, marks=marks(c)) for c in COMMANDS])
-def test_readme_command_runs(command, sweeps, hydra_cli, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("page, command", [pytest.param(page, c, marks=marks(page, c),
+                                                        id=f"{page}: {c}")
+                                           for page, c in COMMANDS])
+def test_readme_command_runs(page, command, sweeps, hydra_cli, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     module, args = split(command)
@@ -172,12 +217,12 @@ def test_readme_command_runs(command, sweeps, hydra_cli, tmp_path, monkeypatch, 
         if flag in args:
             pytest.importorskip(package)
     if module == "runner":
-        run_runner(args, sweeps, hydra_cli, tmp_path, capsys)
+        run_runner(command, args, sweeps, hydra_cli, tmp_path, capsys)
     else:
-        run_analysis(module, command, sweeps, tmp_path, capsys)
+        run_analysis(page, module, command, sweeps, tmp_path, capsys)
 
 
-def run_runner(args, sweeps, hydra_cli, tmp_path, capsys):
+def run_runner(command, args, sweeps, hydra_cli, tmp_path, capsys):
     argv, jobs, checks = shorten(args)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -198,25 +243,24 @@ def run_runner(args, sweeps, hydra_cli, tmp_path, capsys):
     assert all((p.parent / "metrics.csv").exists() for p in out.rglob("result.json"))
     if "-m" in args:
         assert (out / "table.md").exists() and (out / "table.csv").exists()
-        sweeps.append(({r["choices"]["experiment"] for r in results}, out))
+        sweeps[command] = out
 
 
-def latest(sweeps, prefix):
-    found = [d for exps, d in sweeps if all(e.startswith(prefix) for e in exps)]
-    if not found:
-        pytest.skip(f"the README sweep of {prefix}* did not run (deselected)")
-    return str(found[-1])
+def latest(sweeps, page, command, prefix):
+    reads = sweep_read(page, command, prefix)
+    if reads not in sweeps:
+        pytest.skip(f"the sweep of {prefix}* before it on {page} did not run (deselected)")
+    return str(sweeps[reads])
 
 
-def run_analysis(module, command, sweeps, tmp_path, capsys):
-    command = re.sub(r" \[DIR( \.\.\.)?\]", "", command)
-    _, args = split(command)
+def run_analysis(page, module, command, sweeps, tmp_path, capsys):
+    _, args = split(re.sub(r" \[DIR( \.\.\.)?\]", "", command))
     args = ["DIR" if re.fullmatch(r"(outputs/multirun/)?DIR(\.\.\.)?", a) else a for a in args]
     dirs = {}
     if "DIR" in args:
-        dirs["DIR"] = latest(sweeps, source(command))
+        dirs["DIR"] = latest(sweeps, page, command, source(command))
     if "SCRATCH_DIR" in args:
-        dirs["SCRATCH_DIR"] = latest(sweeps, SCRATCH)
+        dirs["SCRATCH_DIR"] = latest(sweeps, page, command, SCRATCH)
     argv = [dirs.get(a, a) for a in args]
     assert importlib.import_module(module).main(argv) == 0, capsys.readouterr().err
     out = capsys.readouterr().out

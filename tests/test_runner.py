@@ -38,9 +38,9 @@ def test_result_files_and_status(run_cfg, tmp_path):
 
 
 def test_same_seed_same_result_bitwise(run_cfg):
-    a = run_cfg(SMOKE + ["seed=3", "ci.max_batches=4"])
-    b = run_cfg(SMOKE + ["seed=3", "ci.max_batches=4"])
-    c = run_cfg(SMOKE + ["seed=4", "ci.max_batches=4"])
+    a = run_cfg(SMOKE + ["seed=3", "train.max_batches=4"])
+    b = run_cfg(SMOKE + ["seed=3", "train.max_batches=4"])
+    c = run_cfg(SMOKE + ["seed=4", "train.max_batches=4"])
     assert a["phases"] == b["phases"]
     assert a["phases"] != c["phases"]
 
@@ -55,7 +55,7 @@ def test_same_seed_same_result_bitwise_on_real_data(run_cfg):
 
 
 def test_divergence_is_a_status_not_a_crash(run_cfg):
-    result = run_cfg(SMOKE + ["optim=sgd", "optim.lr=1e30", "ci.max_batches=3"])
+    result = run_cfg(SMOKE + ["optim=sgd", "optim.lr=1e30", "train.max_batches=3"])
     assert result["status"] == "diverged"
     assert "loss became" in result["error"]
 
@@ -80,7 +80,7 @@ def test_warm_start_subset_is_nested_and_chunks_partition():
 def test_phases_override_lr_epochs_and_repeat(run_cfg):
     result = run_cfg(SMOKE + [
         "+phases=[{name: a, epochs: 1, lr: 0.5}, {name: b, repeat: 2, lr: 0.25}]",
-        "ci.max_repeat=5"])
+        "train.max_repeat=5"])
     names = [p["name"] for p in result["phases"]]
     assert names == ["a", "b1", "b2"]
     lrs = [row["lr"] for row in _metrics(result)]
@@ -173,7 +173,7 @@ def test_l2_penalty_gradient(convention, factor):
 @pytest.mark.sizes  # a 3-job sweep in a subprocess (about 8 s): CI's second stage
 def test_cli_multirun_aggregates_seeds_and_survives_divergence(tmp_path):
     out = run_cli("-m", "experiment=fmnist_mlp", "ci=smoke", "seed=0,1,2", "optim=sgd",
-                  "optim.lr=0.01,1e30", "ci.max_batches=3", f"hydra.sweep.dir={tmp_path}/sweep",
+                  "optim.lr=0.01,1e30", "train.max_batches=3", f"hydra.sweep.dir={tmp_path}/sweep",
                   cwd=tmp_path)
     assert out.returncode == 1, out.stderr[-2000:]  # the table is written, the exit says not all completed
     assert out.stderr.strip().splitlines()[-1] == "error: not every job completed (3 diverged); see the table"
@@ -242,7 +242,7 @@ def test_every_package_ships_in_the_wheel():
     assert found <= listed, f"add to pyproject's packages: {sorted(found - listed)}"
 
 
-# -- run(): the record, reuse, and how an ending is recorded (mutation testing, issue 17) -----
+# -- run(): the record, reuse, and how an ending is recorded (mutation testing) --------------------
 class Stop(Method):
     """Ends the run in its setup hook with the exception `kind`."""
 
@@ -269,7 +269,7 @@ def test_a_run_records_what_it_is_and_a_completed_one_is_reused(compose_cfg, tmp
 
 
 def test_a_divergence_is_logged(compose_cfg, tmp_path, caplog):
-    cfg = compose_cfg(SMOKE + ["optim=sgd", "optim.lr=1e30", "ci.max_batches=2"])
+    cfg = compose_cfg(SMOKE + ["optim=sgd", "optim.lr=1e30", "train.max_batches=2"])
     with caplog.at_level(logging.WARNING, logger="runner"):
         assert run(cfg, tmp_path)["status"] == "diverged"
     assert any(r.getMessage().startswith("diverged: training loss became") for r in caplog.records)

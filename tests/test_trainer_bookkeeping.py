@@ -12,7 +12,7 @@ must load, and each is checked against numbers computed here by hand.
 
 The later sections test the trainer's other pieces on the same tiny task: data loading and
 caching, the step and the epoch, schedules, checkpoints, logs and bars, devices, seeds and the
-run record (most written against surviving mutants; see tests/MUTATION.md).
+run record (most written against surviving mutants; see docs/testing.md).
 """
 import csv
 import json
@@ -262,8 +262,8 @@ def test_repeated_phases_expand_into_numbered_stages(base_cfg):
     stages = expand_stages(base_cfg)
     assert [(s.index, s.repeat, s.name, s.cfg.name) for s in stages] == [
         (0, 0, "a", "a"), (1, 0, "b1", "b"), (2, 1, "b2", "b"), (3, 2, "b3", "b"), (4, 0, "c", "c")]
-    smoke = expand_stages(with_(base_cfg, ci__level="smoke", ci__max_repeat=2))
-    assert [(s.index, s.name) for s in smoke] == [(0, "a"), (1, "b1"), (2, "b2"), (3, "c")]
+    capped = expand_stages(with_(base_cfg, train__max_repeat=2))
+    assert [(s.index, s.name) for s in capped] == [(0, "a"), (1, "b1"), (2, "b2"), (3, "c")]
 
 
 def test_the_loss_options(base_cfg, tmp_path):
@@ -349,7 +349,7 @@ def test_the_device_of_each_sweep_job(monkeypatch):
         resolve_device("meta")
 
 
-# -- targets, data and the step's pieces (mutation testing, issue 17) --------------------------
+# -- targets, data and the step's pieces (mutation testing) ----------------------------------------
 class Box:
     """A callable target: keeps its arguments; refuses `bad` as a constructor does."""
 
@@ -611,7 +611,7 @@ def test_distributed_steps_go_through_the_wrapped_model(trainer):
     assert checked == [(trainer.ctx.model, trainer.ctx.masks, "phase 's'")]
 
 
-# -- weight_stats and run_stage's rows (mutation testing, issue 17) ------------------------------
+# -- weight_stats and run_stage's rows (mutation testing) ------------------------------------------
 def test_weight_stats_count_nonzero_and_trained_weights_by_hand(trainer):
     from runner.masks import Masks
     torch.manual_seed(0)
@@ -816,7 +816,7 @@ def test_a_refused_config_without_a_name_is_recorded_as_run(tmp_path, monkeypatc
     assert result["error"] == "optim.lr=-1: must be positive"
 
 
-# -- what the trainer passes on: seeds, flags, devices, names (mutation testing, issue 17) -------
+# -- what the trainer passes on: seeds, flags, devices, names (mutation testing) -------------------
 @pytest.fixture
 def torch_flags():
     """The global flags set_determinism changes, restored afterwards."""
@@ -909,8 +909,8 @@ def test_steps_per_epoch_round_the_last_batch_up(trainer, n, steps):
     assert (trainer.ctx.steps_per_epoch, trainer.ctx.total_steps, trainer.ctx.step) == (steps, 2 * steps, 2 * steps)
 
 
-def test_the_smoke_level_caps_the_batches_of_an_epoch(base_cfg, tmp_path):
-    cfg = with_(base_cfg, ci__level="smoke", ci__max_batches=2, ci__max_epochs=3, ci__batch_size=4)
+def test_the_caps_limit_the_batches_of_an_epoch(base_cfg, tmp_path):
+    cfg = with_(base_cfg, train__max_batches=2, train__max_epochs=3, train__max_batch_size=4)
     trainer = Trainer(cfg, RunRecorder(tmp_path, {"name": "capped"}))
     trainer.stages = [phase(trainer)]
     trainer.fit()
@@ -918,9 +918,10 @@ def test_the_smoke_level_caps_the_batches_of_an_epoch(base_cfg, tmp_path):
 
 
 def test_smoke_data_follow_the_seed_bitwise(base_cfg, tmp_path):
+    from runner import ci
     from runner.data.synthetic import shapes_only
     for seed in (0, 1):
-        cfg = with_(base_cfg, ci__level="smoke", seed=seed)
+        cfg = ci.apply(with_(base_cfg, ci__level="smoke", seed=seed))
         got = Trainer(cfg, RunRecorder(tmp_path / str(seed), {"name": "smoke"})).arrays(cfg.dataset)
         want = shapes_only(cfg.dataset.shape, cfg.dataset.num_classes, cfg.ci.n_train, cfg.ci.n_test,
                            seed=seed, dtype=cfg.dataset.dtype)
@@ -1143,8 +1144,12 @@ def test_an_unnamed_dataset_is_called_the_dataset_in_errors(base_cfg, tmp_path):
 
 
 def test_smoke_inputs_are_bytes_unless_the_dataset_says_otherwise(base_cfg, tmp_path):
-    trainer = image_trainer(base_cfg, tmp_path, ci__level="smoke")
-    assert trainer.arrays(unnamed(trainer, drop=("dtype",))).x_train.dtype == torch.uint8
+    from runner import ci
+    cfg = with_(base_cfg, ci__level="smoke")
+    assert ci.apply(cfg).dataset.reader.dtype == "float32"  # reinit_synthetic's features
+    del cfg.dataset.dtype
+    trainer = Trainer(ci.apply(cfg), RunRecorder(tmp_path, {"name": "bytes"}))
+    assert trainer.arrays(trainer.cfg.dataset).x_train.dtype == torch.uint8
 
 
 def test_checkpoints_fall_every_n_epochs_of_a_phase(trainer):
@@ -1188,8 +1193,8 @@ def test_on_a_terminal_the_phase_bar_shows_by_default(base_cfg, tmp_path, capsys
     assert "termphase: " in capsys.readouterr().err
 
 
-def test_the_smoke_level_caps_the_batches_of_every_evaluation(base_cfg, tmp_path):
-    cfg = with_(base_cfg, ci__level="smoke", ci__eval_batches=2, ci__max_epochs=1, train__eval_test=True)
+def test_the_caps_limit_the_batches_of_every_evaluation(base_cfg, tmp_path):
+    cfg = with_(base_cfg, train__max_eval_batches=2, train__max_epochs=1, train__eval_test=True)
     trainer = Trainer(cfg, RunRecorder(tmp_path, {"name": "capped"}))
     trainer.stages = [phase(trainer)]
     trainer.load_stage_data(trainer.stages[0])
@@ -1283,9 +1288,14 @@ def test_phases_on_the_same_dataset_share_its_device_splits(base_cfg, tmp_path):
 
 
 def test_the_smoke_level_caps_a_subset_at_the_training_set(base_cfg, tmp_path):
-    trainer = image_trainer(base_cfg, tmp_path, ci__level="smoke", ci__n_train=16)
-    trainer.load_stage_data(phase(trainer, subset__n=1000))
-    assert len(trainer.ctx.data.train) == 16
+    from runner import ci
+    cfg = with_(base_cfg, ci__level="smoke", ci__n_train=20, phases__0__subset__n=1000,
+                phases__1__subset__n=15, phases__2__subset__n=14)
+    cfg = ci.apply(cfg)  # 20 samples, 5 of them (val_fraction 0.25) held out
+    assert [p.subset.n for p in cfg.phases] == [15, 15, 14]
+    trainer = Trainer(cfg, RunRecorder(tmp_path, {"name": "subset"}))
+    trainer.load_stage_data(trainer.stages[0])
+    assert len(trainer.ctx.data.train) == 15
 
 
 class Compiled(torch.nn.Module):

@@ -3,7 +3,7 @@
 - `code` (default): lam * sum ||theta||^2. The SWR authors' public code adds the sum of squares
   of all parameters times the coefficient, with no 1/2 (CILAB-RL-TEAM/soft-weight-rescaling,
   `src/common/interventions.py` `l2_regularization`, used as `loss += args.coef * l2_loss` in
-  `src/generalizaiton/run_l2.py`; notes/prior_implementations.md 1.4). The tuned lambdas of
+  `src/generalizaiton/run_l2.py`). The tuned lambdas of
   Oh et al. 2025 (Tables 2-4) were found with that code, so they mean this penalty.
 - `text`: lam/2 * sum ||theta||^2, as Oh et al. 2025 write it (App. D.2); gradient lam * theta.
 

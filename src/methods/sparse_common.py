@@ -1,5 +1,5 @@
-"""What the sparse-training methods share (Wimmer's thesis, Ch. 5; notes/thesis_cops_ip.md
-3.9): layer densities (uniform or Erdos-Renyi-kernel), exact top-k masks and the cosine update
+"""What the sparse-training methods share (Wimmer's thesis, Sec. 5.5.1; ERK densities: Evci et
+al. 2020, RigL): layer densities (uniform or Erdos-Renyi-kernel), exact top-k masks and the cosine update
 fraction. Masks are built on the device with host-known counts (topk), so a mask update inside
 a training step makes no host sync. The weights are `runner.models.transforms.prunable`: every
 conv and linear weight (an FB layer's coefficients, never its basis).

@@ -2,7 +2,7 @@
 
     torchrun --nproc_per_node=8 -m runner experiment=NAME distributed.enabled=true
 
-or, under SLURM, one job of several tasks through Hydra's submitit launcher (README).
+or, under SLURM, one job of several tasks through Hydra's submitit launcher (docs/usage.md).
 
 Every rank composes the same config and builds the same model, data, methods and masks from the
 same seed. A global batch (`train.batch_size`, in the same order on every rank) is cut into

@@ -1,4 +1,4 @@
-"""Interspace pruning without training (Wimmer's thesis Ch. 5; notes/thesis_cops_ip.md 3.7-3.8).
+"""Interspace pruning without training (Wimmer's thesis Secs. 5.3, 5.4.4.1 and 5.5.2.4).
 
 - FLOPs per conv layer (Sec. 5.4.4.1, adds and multiplies counted separately, output
   (d1 - K + 1) x (d2 - K + 1)): SP 2 (1 - q) c_out c_in K^2 d~1 d~2; IP adds 2 c_in K^4 d~1 d~2

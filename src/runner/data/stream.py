@@ -4,7 +4,7 @@ them (torchvision.transforms.v2), batches of uint8 images moved to the device, w
 dataset's pipeline normalizes them as it does every other dataset.
 
 - train: RandomResizedCrop(`size`, scale `scale`) and a horizontal flip (the standard ImageNet
-  augmentation; the thesis does not state its own, notes 4.1);
+  augmentation; the thesis's setup, App. A.5 / Table A.11, does not state its own);
 - validation and test: Resize(`resize`) and CenterCrop(`size`).
 
 The validation split is held out of the training files with the same seeded permutation as the
@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from runner.data.folders import folder_tree
-from runner.data.tensors import Splits
+from runner.data.tensors import Splits, val_count
 
 # torchvision 0.29 marks its JPEG decoder deprecated in favour of TorchCodec; it still works
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of "
@@ -149,7 +149,7 @@ def stream_splits(files: Files, val_fraction: float, seed: int, device, size: in
     """Train / val / test splits of `files` (the validation permutation of split_train_val)."""
     n = len(files.train)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = int(round(val_fraction * n))
+    n_val = val_count(n, val_fraction)
     opts = dict(size=size, resize=resize, scale=scale, workers=workers)
     whole = FolderSplit(files.train, files.y_train, True, device, **opts)
     val = FolderSplit(files.train, files.y_train, False, device, **opts).take(perm[:n_val])

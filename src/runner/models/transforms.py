@@ -1,8 +1,7 @@
 """Model transforms: applied to every model the run builds (`model_transforms` in the config),
 so the model, its fresh draws (`ctx.build_model`) and `init_state` share one structure.
 
-`filter_basis`: Wimmer's interspace representation (thesis Sec. 5.4, notes/thesis_cops_ip.md
-3.5-3.6). Every KxK convolution (K > 1, or K in `kernels`) computes its weight as coefficients
+`filter_basis`: Wimmer's interspace representation (thesis Secs. 5.4.1-5.4.3). Every KxK convolution (K > 1, or K in `kernels`) computes its weight as coefficients
 over a trainable filter basis (FB): W[o, i] = sum_b C[o, i, b] F[b], F[b] a KxK filter. The
 coefficients are the layer's stored weight (`parametrizations.weight.original`, what pruning
 methods mask); the FB is `parametrizations.weight.0.basis`, one `nn.Parameter` that several
@@ -13,7 +12,8 @@ layers may share (named once in `named_parameters`, so the optimizer sees it onc
   layer; `in_nc` / `out_nc`: one per `nc` neighbouring input / output channels of each layer.
   A 7x7 stem never shares with 3x3 layers (its own FB); `kernels: [3]` keeps it spatial
   (ResNet18 on ImageNet, thesis Table A.5). 1x1 convolutions always stay spatial.
-- init (Algorithm 5.1, typos fixed in the notes): `standard` F = the standard basis and
+- init (thesis Algorithm 5.1, Sec. 5.4.3.2; its line 19 divides by the variance sigma^2, read
+  here as the std sigma): `standard` F = the standard basis and
   C = the model's own initial weights, so the network computes exactly what its spatial twin
   computes; `orthonormal` F = Gram-Schmidt (QR) of a Gaussian matrix and C = F^T applied to the
   model's initial weights (again the same function at init; the thesis draws those weights
