@@ -319,6 +319,18 @@ def _check_targets(node: Any, key: str, allowed: Sequence[str]) -> None:
             _check_targets(v, f"{key}.{i}", allowed)
 
 
+def check_targets(cfg: DictConfig) -> Dict[str, Any]:
+    """The resolved config, after checking that every `_target_` in it may be imported."""
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as e:  # an interpolation that does not resolve
+        raise ConfigError(" ".join(str(e).split())) from None
+    allowed = list(TARGET_PREFIXES) + [p if p.endswith(".") else p + "."
+                                       for p in resolved.get("target_allowlist") or []]
+    _check_targets(resolved, "", allowed)
+    return resolved
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise `ConfigError` (one line) at the first option outside its valid values."""
     from runner.checks import check_combinations
@@ -327,13 +339,7 @@ def validate(cfg: DictConfig) -> None:
     if missing:  # a base (conf/family_*.yaml) leaves a value to each experiment
         raise ConfigError(f"{missing[0]} is not set (??? in the experiment's base); set it in the "
                           f"experiment file or on the command line")
-    try:
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-    except Exception as e:  # an interpolation that does not resolve
-        raise ConfigError(" ".join(str(e).split())) from None
-    allowed = list(TARGET_PREFIXES) + [p if p.endswith(".") else p + "."
-                                       for p in resolved.get("target_allowlist") or []]
-    _check_targets(resolved, "", allowed)
+    resolved = check_targets(cfg)
     _check_fields(RunnerConfig, cfg, "")
     _check_finite(resolved, "")
     for where, node in [("method", resolved.get("method"))] + [
@@ -351,6 +357,7 @@ def validate(cfg: DictConfig) -> None:
 def prepare(cfg: DictConfig) -> DictConfig:
     """The config a run trains, before anything is built: a new config with its test level
     written into ordinary options (`runner.ci.apply`; a copy as it is without one), validated."""
+    check_targets(cfg)  # what the config names, also where a test level replaces it
     cfg = ci.apply(cfg)
     validate(cfg)
     return cfg
