@@ -12,7 +12,11 @@ BASES = sorted(p.stem for p in CONF.glob("family_*.yaml"))
 MEMBERS = {  # a base and the name prefix of its members (the longest matching prefix decides)
     "family_swr_gen": "swr_gen_", "family_swr_gen_decay": "swr_gen_decay_",
     "family_swr_warm": "swr_warm_", "family_swr_cl_full": "swr_cl_full_",
-    "family_swr_cl_limited": "swr_cl_limited_", "family_zilly_imagenet": "zilly_imagenet_to_"}
+    "family_swr_cl_limited": "swr_cl_limited_", "family_zilly_imagenet": "zilly_imagenet_to_",
+    "family_reinit_table2": "reinit_table2_"}
+TASK_CHANGES = ("zilly_cifar10_to_cifar100", "zilly_cifar10_to_fmnist", "zilly_mnist_to_fmnist",
+                "zilly_svhn_to_cifar10", "zilly_allcnn_blur_to_sharp", "zilly_cifar_shift",
+                "cifar_blur_to_sharp")  # appendix Table 6, rows 1-7: family_zilly_task_change
 OUTSIDE = {"swr_gen_fmnist_mlp"}  # ours: 20 epochs, no paper layout; extends family_swr only
 
 
@@ -38,7 +42,9 @@ def sets(node, key):
 
 
 def test_every_member_extends_its_family_base():
-    assert sorted([*MEMBERS, "family_swr"]) == BASES
+    assert sorted([*MEMBERS, "family_swr", "family_zilly_task_change"]) == BASES
+    for e in TASK_CHANGES:
+        assert load_yaml(experiment_file(e))["defaults"][0] == "/family_zilly_task_change", e
     for base, prefix in MEMBERS.items():
         members = [e for e in EXPERIMENTS if e not in OUTSIDE and e.startswith(prefix)
                    and max((p for p in MEMBERS.values() if e.startswith(p)), key=len) == prefix]
