@@ -6,7 +6,7 @@ weights still kept is pruned by magnitude (`scope: global`, as OpenLTH does for 
 layer), every stored parameter (weights, biases, norm, filter bases: thesis open question,
 rewound too) is reset to its saved value and the optimizer restarts. After r rounds the
 sparsity is 1 - 0.8^r. Every round's summary holds `sparsity` and `layer_density` (kept share
-of each prunable tensor, by stored name: the FLOPs of Fig. 5.8 a, `runner.analysis.interspace`).
+of each prunable tensor, by stored name: the FLOPs of Fig. 5.8 a, the interspace analysis's `flops`).
 """
 from __future__ import annotations
 
