@@ -1,4 +1,4 @@
-"""Algorithm 4.1 (runner.cops) on VGG-16's parameter count, synthetic scores, eps = 1e-6.
+"""Algorithm 4.1 (runner.sparse.cops) on VGG-16's parameter count, synthetic scores, eps = 1e-6.
 
     python benchmarks/cops_speed.py [--repeats 5] [--threads 1] [--dtype float64]
 
@@ -6,7 +6,7 @@ D is the parameter count of the thesis's VGG-16 for CIFAR-10 (experiment wimmer_
 Scores shaped like the thesis's: target s0 = -|g * theta| (SNIP), control s1 = -(h * theta)
 (GraSP, both signs), g, h, theta ~ N(0, 1) i.i.d., each L1-normalized (App. A.4); float32 by
 default, the dtype of the scores methods.cops solves. Prints the median and the range of `--repeats` timed calls
-of `runner.cops.cops` (the lambda+ doubling, the bisection and the final mask) per q and
+of `runner.sparse.cops.cops` (the lambda+ doubling, the bisection and the final mask) per q and
 alpha_kappa, with the number of g' evaluations and lambda*.
 """
 import argparse
@@ -18,8 +18,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from runner.app import conf_dir
-from runner.cops import cops
-from runner.pruning import keep_count
+from runner.sparse.cops import cops
+from runner.sparse.keep import exact_density, keep_count
 from runner.train import build_model
 
 
@@ -45,7 +45,7 @@ def main() -> None:
     print("| q | alpha_kappa | median s | min-max s | g' evaluations | lambda* |")
     print("|---|---|---|---|---|---|")
     for q in (0.9, 0.995):
-        d = keep_count(n, q)
+        d = keep_count(n, exact_density(q), "floor")
         for alpha in (0.5, 0.99999):
             times = []
             for _ in range(a.repeats):

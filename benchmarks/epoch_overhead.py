@@ -8,7 +8,7 @@ epoch of its first phase's training set (Fashion-MNIST: 54,000 images). The refe
 the best case: images already normalized floats on the device, a device permutation, and the same
 options the runner runs with (autocast dtype, channels_last, torch.compile). `--mask 0.9` prunes
 90 % of every weight tensor at random: the runner through `method=random_mask` (its masks are
-enforced by runner.masks), the reference by multiplying each weight by its 0/1 mask after every
+enforced by runner.sparse.masks), the reference by multiplying each weight by its 0/1 mask after every
 step. Timings are interleaved and the median of each is compared; the printed ratio is
 runner / reference (1.00 = no overhead).
 """

@@ -1,4 +1,4 @@
-"""COPS mask math (runner.cops): Algorithm 4.1 against the LP it relaxes (scipy's linprog) and
+"""COPS mask math (runner.sparse.cops): Algorithm 4.1 against the LP it relaxes (scipy's linprog) and
 against a plain sort-per-step bisection; the bounds of Theorem 4.3.1; the errors."""
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import torch
 from scipy.optimize import linprog
 
 from conftest import assert_same_selection
-from runner import cops
+from runner.sparse import cops
 
 # cops() orders entries by lerp(s0, s1, w) (w = lam / (1 + lam)), select() by s0 + lam s1: the
 # same order in exact arithmetic, but rounded differently (and differently per torch version and

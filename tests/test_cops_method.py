@@ -1,5 +1,5 @@
 """The COPS method (methods.cops): its mask is Algorithm 4.1 on the negated, L1-normalized scores
-of runner.pruning, set in ctx.masks as `pruned`; variants, alpha per q; U-COPS's class subset T
+of runner.sparse.pruning, set in ctx.masks as `pruned`; variants, alpha per q; U-COPS's class subset T
 and its USNIP labels, uniform over all classes."""
 import pytest
 import torch
@@ -8,8 +8,9 @@ from torch.nn import functional as F
 
 from conftest import assert_same_selection, context
 from methods.cops import Cops
-from runner import cops, pruning
 from runner.data.tensors import Split, Splits
+from runner.sparse import cops, pruning
+from runner.sparse.keep import exact_density, keep_count
 
 
 def make_ctx(seed=0):
@@ -37,7 +38,7 @@ def test_mask_is_algorithm_4_1_on_the_negated_normalized_scores(control, side):
     names = list(target)
     s0 = -torch.cat([target[n].flatten() for n in names])
     s1 = -torch.cat([ctrl[n].flatten() for n in names])
-    d = pruning.keep_count(s0.numel(), 0.8)
+    d = keep_count(s0.numel(), exact_density(0.8), "floor")
     want = cops.cops(s0, s1, d, 0.9, side=side)
     method.setup(ctx)
     assert set(ctx.masks.names()) == set(names)
@@ -63,8 +64,8 @@ def test_linear_baseline_alpha_per_q_and_errors():
     batches = lin.calibration(ctx)
     target = pruning.scores("snip", ctx.model, batches, normalize=True)
     names = list(target)
-    assert int(flat(ctx.masks, names).sum()) == pruning.keep_count(
-        sum(t.numel() for t in target.values()), 0.8)
+    assert int(flat(ctx.masks, names).sum()) == keep_count(
+        sum(t.numel() for t in target.values()), exact_density(0.8), "floor")
     assert lin.metrics["cops_lambda"] == 3.0
     assert Cops(alpha={"0.9": 0.1, "0.99": 0.99999}, q=0.99).alpha == 0.99999
     with pytest.raises(ValueError, match="no value for q=0.95"):
@@ -126,7 +127,7 @@ def test_u_cops_is_cops_on_the_class_subset_t_with_labels_uniform_over_all_class
 
         s0 = snip([(first[:8], y[first[:8]]), (first[8:], y[first[8:]])])
         s1 = snip(rand)
-        d = pruning.keep_count(s0.numel(), 0.8)
+        d = keep_count(s0.numel(), exact_density(0.8), "floor")
         res = cops.cops(s0, s1, d, 0.9)
         want = res.keep
         got = flat(ctx.masks, ["0.weight", "2.weight"])
@@ -170,7 +171,7 @@ def test_every_option_reaches_algorithm_4_1_and_every_metric_is_the_masks(contro
                   **options)
     names = [n for n, _ in pruning.weights(ctx.model)]
     D = sum(p.numel() for _, p in pruning.weights(ctx.model))
-    d = pruning.keep_count(D, 0.75)
+    d = keep_count(D, exact_density(0.75), "floor")
     gen = ctx.gen.get_state()
     target = scores_of(ctx, method, "snip", d)
     ctrl = scores_of(ctx, method, control, d)
@@ -201,7 +202,7 @@ def test_linear_baseline_is_the_d_smallest_of_s0_plus_lambda_s1_and_q0_keeps_all
     target, ctrl = scores_of(ctx, method, "snip"), scores_of(ctx, method, "magnitude")
     s0 = -torch.cat([target[n].flatten() for n in names])
     s1 = -torch.cat([ctrl[n].flatten() for n in names])
-    d = pruning.keep_count(s0.numel(), 0.8)
+    d = keep_count(s0.numel(), exact_density(0.8), "floor")
     want = cops.select(s0, s1, 0.5, d)
     method.setup(ctx)
     assert torch.equal(flat(ctx.masks, names), want)

@@ -7,10 +7,12 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from conftest import CONF
-from runner import ci, pruning, storage
-from runner.models.transforms import filter_bases
+from runner import ci
 from runner.analysis import freezenet as fz
+from runner.models.transforms import filter_bases
 from runner.results import RunRecorder
+from runner.sparse import pruning, storage
+from runner.sparse.keep import exact_density, keep_count
 from runner.train import Trainer
 
 WD, LR, MOMENTUM = 0.05, 0.1, 0.9
@@ -87,7 +89,7 @@ def test_stored_network_reloads_bitwise_from_trained_entries_mask_and_seed(runs,
     stored, dense = storage.nbytes(blob), storage.nbytes(ctx.model.state_dict())
     assert stored < dense / 3  # q = 0.9: 10 % of the weights and a 1-bit mask
     values = sum(x["values"].numel() for x in blob["masked"].values())
-    assert values == pruning.keep_count(430_500, 0.9)
+    assert values == keep_count(430_500, exact_density(0.9), "floor")
     summary = t.rec.result["phases"][-1]
     assert summary["storage_exact"] == 1 and summary["stored_bytes"] == stored
 
@@ -133,7 +135,7 @@ def test_table31_counts_on_every_model():
     rows = fz.table31_rows(q=0.99)
     assert {r["model"] for r in rows} == set(fz.TABLE31_MODELS)
     for r in rows:
-        D, d = r["D"], pruning.keep_count(r["D"], 0.99)
+        D, d = r["D"], keep_count(r["D"], exact_density(0.99), "floor")
         assert (r["standard_nonzero"], r["standard_stored"]) == (D, D)
         assert (r["pruned_nonzero"], r["pruned_stored"]) == (d, d)
         assert (r["freezenet_nonzero"], r["freezenet_stored"]) == (D, d)
@@ -200,7 +202,7 @@ def test_prune_init_mask_is_top_d_of_the_score_on_the_first_batches(score, optio
     x, y = ctx.data.train.x, ctx.data.train.y
     batches = [(x[:5], y[:5]), (x[5:10], y[5:10])]
     named = pruning.weights(ctx.model)
-    d = pruning.keep_count(sum(p.numel() for _, p in named), 0.6)
+    d = keep_count(sum(p.numel() for _, p in named), exact_density(0.6), "floor")
     gen = torch.Generator().manual_seed(0)
     opts = {**dict(temperature=1.0, iterations=100, scope="global"), **options}
     want = pruning.top_d(pruning.scores(score, ctx.model, batches, loss_fn=smoothed, gen=gen,
@@ -281,7 +283,8 @@ def test_prune_init_reinit_redraws_the_network_from_a_seed_of_the_run_generator(
     for n, p in ctx.model.named_parameters():
         assert torch.equal(p.detach(), fresh[n].detach()), n
     first = {k: init[k].abs() for k, _ in pruning.weights(ctx.model)}
-    want = pruning.top_d(first, pruning.keep_count(sum(t.numel() for t in first.values()), 0.5))
+    d = keep_count(sum(t.numel() for t in first.values()), exact_density(0.5), "floor")
+    want = pruning.top_d(first, d)
     assert all(torch.equal(ctx.masks[n].keep, want[n]) for n in first)  # the first draw's mask
 
 

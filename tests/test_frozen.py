@@ -1,12 +1,12 @@
-"""Counting mutually frozen weights (runner.analysis.frozen) on hand-built networks whose frozen
+"""Counting mutually frozen weights (runner.models.frozen) on hand-built networks whose frozen
 rows and columns are known."""
 import pytest
 import torch
 from torch import nn
 
-from runner.analysis.fisher import class_fisher
-from runner.analysis.frozen import count_frozen, pair_norms, trace_layers
 from runner.models.base import Network
+from runner.models.fisher import class_fisher
+from runner.models.frozen import count_frozen, pair_norms, trace_layers
 
 
 def mlp(bias=False):

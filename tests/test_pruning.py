@@ -1,12 +1,13 @@
-"""Pruning scores at initialization and their masks (runner.pruning; Wimmer's thesis Ch. 2-4):
+"""Pruning scores at initialization and their masks (runner.sparse.pruning; Wimmer's thesis Ch. 2-4):
 each score against a hand computation, exact top-d masks, the exact keep counts."""
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runner import pruning
 from runner.models.transforms import filter_basis
+from runner.sparse import pruning
+from runner.sparse.keep import exact_density, keep_count, split_count
 
 
 def tiny_net(bn=False, dtype=torch.float32):
@@ -56,7 +57,7 @@ def test_snip_keeps_exactly_the_top_d_per_layer(d):
     model = tiny_net()
     s = pruning.scores("snip", model, [batch()])
     keep = pruning.top_d(s, d, "layer")
-    counts = pruning.layer_counts({n: t.numel() for n, t in s.items()}, d)
+    counts = split_count({n: t.numel() for n, t in s.items()}, d)
     assert sum(counts.values()) == d
     for n, t in s.items():
         assert int(keep[n].sum()) == counts[n]
@@ -66,9 +67,9 @@ def test_snip_keeps_exactly_the_top_d_per_layer(d):
     assert int(per["0.weight"].sum()) == 3 and int(per["3.weight"].sum()) == 0
 
 
-def test_layer_counts_are_proportional_with_largest_remainders():
-    assert pruning.layer_counts({"a": 48, "b": 24}, 7) == {"a": 5, "b": 2}  # 4.67, 2.33
-    assert pruning.layer_counts({"a": 10, "b": 10, "c": 10}, 2) == {"a": 1, "b": 1, "c": 0}
+def test_split_count_is_proportional_with_largest_remainders():
+    assert split_count({"a": 48, "b": 24}, 7) == {"a": 5, "b": 2}  # 4.67, 2.33
+    assert split_count({"a": 10, "b": 10, "c": 10}, 2) == {"a": 1, "b": 1, "c": 0}
 
 
 def test_ties_go_to_the_earlier_entry():
@@ -94,7 +95,8 @@ def test_bad_inputs_give_one_clear_error():
 
 def test_keep_count_is_exact_for_decimal_rates():
     # LeNet-5-Caffe's 430,500 weights at Table 3.2's rates; (1 - 0.9) * 430500 is 43049.99... in floats
-    assert [pruning.keep_count(430_500, q) for q in (0.9, 0.99, 0.995, 0.999, 1.0, 0.0)] == \
+    assert [keep_count(430_500, exact_density(q), "floor")
+            for q in (0.9, 0.99, 0.995, 0.999, 1.0, 0.0)] == \
         [43_050, 4_305, 2_152, 430, 0, 430_500]
 
 

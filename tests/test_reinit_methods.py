@@ -267,7 +267,7 @@ def test_smallest_masks_break_ties_by_position_on_the_weights_device():
     meta = torch.nn.Parameter(torch.ones(8, device="meta"))
     for scope in ("layer", "global"):
         assert smallest_masks([("w", meta)], 0.5, scope)["w"].is_meta
-    with pytest.raises(ValueError, match="scope='layers'; valid: layer, global"):
+    with pytest.raises(ValueError, match="scope='layers'; valid: global, layer"):
         smallest_masks([("w", p)], 0.5, "layers")
 
 

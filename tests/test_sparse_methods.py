@@ -10,9 +10,9 @@ from methods.gmp import GMP, gmp_sparsity
 from methods.lth import LTH
 from methods.rigl import RigL
 from methods.set import SET
-from methods.sparse_common import layer_counts
 from runner.context import Stage
 from runner.models.transforms import filter_bases, filter_basis, prunable
+from runner.sparse.keep import layer_counts
 
 
 def small_cnn(basis=False):
@@ -160,12 +160,12 @@ def test_finetune_prunes_the_smallest_magnitudes_at_its_phase():
 
 def test_erk_densities_meet_the_budget_and_keep_small_layers_denser():
     shapes = [torch.Size([16, 3, 3, 3]), torch.Size([64, 64, 3, 3]), torch.Size([10, 64])]
-    counts = layer_counts(shapes, 0.1, "erk")
+    counts = layer_counts(shapes, 0.1, "erk", "round")
     sizes = [s.numel() for s in shapes]
     assert abs(sum(counts) - 0.1 * sum(sizes)) <= 2
     densities = [c / n for c, n in zip(counts, sizes)]
     assert densities[0] >= densities[2] > densities[1] and densities[0] == 1.0
-    assert layer_counts(shapes, 0.1, "uniform") == [round(0.1 * n) for n in sizes]
+    assert layer_counts(shapes, 0.1, "uniform", "round") == [round(0.1 * n) for n in sizes]
 
 
 @pytest.mark.parametrize("bad", [dict(sparsity=1.0), dict(distribution="er"), dict(t_p=0)])
@@ -244,9 +244,9 @@ def test_table5_2_one_knob_sets_q_of_snip_and_set_and_picks_their_paper_cell(com
     assert list(cfg.report.cols) == ["tuned.q"] and list(cfg.report.rows) == ["method", "space"]
 
 
-# -- sparse_common by hand ----------------------------------------------------------------------
+# -- runner.sparse.training and runner.sparse.keep by hand --------------------------------------
 def test_check_accepts_the_valid_range_and_names_the_bad_value():
-    from methods.sparse_common import check
+    from runner.sparse.training import check
     for ok in (0.0, 0.5, 0.999):
         check(ok)  # the default distribution and scope are valid ones
     check(0.5, "erk", "global")
@@ -254,7 +254,7 @@ def test_check_accepts_the_valid_range_and_names_the_bad_value():
                        (dict(sparsity=-0.1), "sparsity=-0.1"),
                        (dict(sparsity=0.5, distribution="er"),
                         "distribution='er'; valid: uniform, erk"),
-                       (dict(sparsity=0.5, scope="net"), "scope='net'; valid: layer, global")]:
+                       (dict(sparsity=0.5, scope="net"), "scope='net'; valid: global, layer")]:
         with pytest.raises(ValueError, match=match):
             check(**bad)
 
@@ -264,16 +264,16 @@ def test_erk_counts_by_hand_with_layers_made_dense_in_two_rounds():
     Round 1: eps = 214.8 / 62, eps * 1 > 1: the first layer is dense. Round 2: eps = 210.8 / 58,
     eps * 2/7 = 1.038 > 1: the second too. Round 3: eps = 161.8 / 44, the last keeps 161.8."""
     shapes = [torch.Size([2, 2]), torch.Size([7, 7]), torch.Size([22, 22])]
-    assert layer_counts(shapes, 0.4, "erk") == [4, 49, 162]
+    assert layer_counts(shapes, 0.4, "erk", "round") == [4, 49, 162]
     # one round: 0.5 of 12 + 100 (budget 56); eps = 56 / 27 makes the first dense, then 2.2
-    assert layer_counts([torch.Size([4, 3]), torch.Size([10, 10])], 0.5, "erk") == [12, 44]
+    assert layer_counts([torch.Size([4, 3]), torch.Size([10, 10])], 0.5, "erk", "round") == [12, 44]
     # nothing over 1: eps = 0.1 * 218 / (9 + 30), counts eps * 9 = 5.03 and eps * 30 = 16.8
-    assert layer_counts([torch.Size([3, 6]), torch.Size([10, 20])], 0.1, "erk") == [5, 17]
-    assert layer_counts([torch.Size([3, 6]), torch.Size([10, 20])], 0.25, "uniform") == [4, 50]
+    assert layer_counts([torch.Size([3, 6]), torch.Size([10, 20])], 0.1, "erk", "round") == [5, 17]
+    assert layer_counts([torch.Size([3, 6]), torch.Size([10, 20])], 0.25, "uniform", "round") == [4, 50]
 
 
 def test_top_k_is_an_exact_bool_mask_on_the_scores_device():
-    from methods.sparse_common import top_k
+    from runner.sparse.keep import top_k
     score = torch.tensor([[0.3, 0.9, 0.1], [0.5, 0.2, 0.8]])
     assert top_k(score, 1).tolist() == [[False, True, False], [False] * 3]
     m = top_k(score, 3)
@@ -284,7 +284,7 @@ def test_top_k_is_an_exact_bool_mask_on_the_scores_device():
 
 
 def test_magnitude_masks_never_return_pruned_entries_per_layer_and_globally():
-    from methods.sparse_common import magnitude_masks
+    from runner.sparse.training import magnitude_masks
     a = nn.Parameter(torch.tensor([[0.5, -0.05], [0.3, 0.2]]))
     b = nn.Parameter(torch.tensor([0.4, -0.6, 0.01]))
     named = [("a", a), ("b", b)]
@@ -302,7 +302,7 @@ def test_magnitude_masks_never_return_pruned_entries_per_layer_and_globally():
 
 
 def test_cosine_fraction_by_hand():
-    from methods.sparse_common import cosine_fraction
+    from runner.sparse.training import cosine_fraction
     assert cosine_fraction(0.3, 0, 100) == pytest.approx(0.3)
     assert cosine_fraction(0.3, 50, 100) == pytest.approx(0.15)
     assert cosine_fraction(0.3, 25, 100) == pytest.approx(0.15 * (1 + 2 ** -0.5))

@@ -613,7 +613,7 @@ def test_distributed_steps_go_through_the_wrapped_model(trainer):
 
 # -- weight_stats and run_stage's rows (mutation testing) ------------------------------------------
 def test_weight_stats_count_nonzero_and_trained_weights_by_hand(trainer):
-    from runner.masks import Masks
+    from runner.sparse.masks import Masks
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4),
                                 torch.nn.Linear(4, 2, bias=False), torch.nn.Linear(2, 2, bias=False))
@@ -640,7 +640,7 @@ def test_weight_stats_live_on_the_trainers_device(trainer, norm_only):
     model = torch.nn.LayerNorm(3) if norm_only else torch.nn.Linear(3, 2)
     trainer.device = torch.device("meta")
     trainer.ctx.model = model.to("meta")
-    from runner.masks import Masks
+    from runner.sparse.masks import Masks
     trainer.ctx.masks = Masks(trainer.ctx.model, lambda: None)
     stats = trainer.weight_stats()
     assert stats.device.type == "meta" and stats.shape == (3,)

@@ -10,9 +10,9 @@ from torch import nn
 
 from methods.dirac_reset import DiracReset, add_identity, identity_like
 from methods.sparse_init import SparseInit
-from runner.analysis.fisher import class_fisher, fisher_score
-from runner.analysis.frozen import count_frozen
 from runner.models.base import Network
+from runner.models.fisher import class_fisher, fisher_score
+from runner.models.frozen import count_frozen
 
 
 def ctx_for(model, index=1, seed=0):

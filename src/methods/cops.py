@@ -1,13 +1,13 @@
 """COPS, controlled pruning before training (Wimmer's thesis, Ch. 4; Wimmer et al. 2021): prune
 at initialization to the d = floor((1 - q) D) weights that minimize a target score S0 subject to
 a control score S1 <= kappa = alpha_kappa * kappa_min (problem 4.11), solved through the dual of
-its LP relaxation by Algorithm 4.1 (`runner.cops`). Variants, by `target` / `control`:
+its LP relaxation by Algorithm 4.1 (`runner.sparse.cops`). Variants, by `target` / `control`:
 - G-COPS: snip / grasp;  M-COPS: snip / magnitude (Table 4.1);
 - U-COPS: snip / usnip with `classes: k` (Sec. 4.4.3, Fig. 4.8): both scores from the samples
   of k known labels only, USNIP's labels drawn uniformly from all classes;
 - `lambda` set: the "S0 + lambda S1" baseline of Table 4.3 (eq. 4.34), the d smallest entries of
   s0 + lambda s1 for the given lambda, instead of the constrained problem.
-Scores come from `runner.pruning` (higher = keep), L1-normalized over all weights (App. A.4) and
+Scores come from `runner.sparse.pruning` (higher = keep), L1-normalized over all weights (App. A.4) and
 negated: COPS minimizes s = -score (eqs. 4.1-4.5). The mask is global, over all weights;
 everything else (calibration batches, masking, metrics) is `prune_init`'s.
 
@@ -24,7 +24,7 @@ from typing import Dict, Mapping, Optional, Union
 import torch
 
 from methods.prune_init import PruneAtInit
-from runner import cops, pruning
+from runner.sparse import cops, pruning
 
 
 class Cops(PruneAtInit):

@@ -11,8 +11,8 @@ from typing import Dict
 import torch
 
 from methods.base import Method
-from methods.sparse_common import check, density_counts, magnitude_masks, set_masks
 from runner.models.transforms import prunable
+from runner.sparse.training import check, density_counts, magnitude_masks, set_masks
 
 
 class FineTune(Method):

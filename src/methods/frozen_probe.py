@@ -1,5 +1,5 @@
-"""A measurement, not an intervention: mutually frozen weights (runner.analysis.frozen) and the
-simplified Fisher score (runner.analysis.fisher), written to result.json and metrics.csv.
+"""A measurement, not an intervention: mutually frozen weights (runner.models.frozen) and the
+simplified Fisher score (runner.models.fisher), written to result.json and metrics.csv.
 
 Stack it after the method (`extra_methods`) so it measures what the method left. Per phase it
 records, in result.json, the counts at the end (`frozen_filters`, `frozen_units`,
@@ -19,8 +19,8 @@ from typing import Dict, Optional
 import torch
 
 from methods.base import Method
-from runner.analysis.fisher import class_fisher, penultimate
-from runner.analysis.frozen import CUTOFF, count_frozen, pair_norms, trace_layers
+from runner.models.fisher import class_fisher, penultimate
+from runner.models.frozen import CUTOFF, count_frozen, pair_norms, trace_layers
 
 KEYS = {"filters": "countable_units", "units": "countable_units", "double": "weights",
         "triple": "weights"}  # count -> its denominator in count_frozen

@@ -13,8 +13,8 @@ from typing import Dict
 import torch
 
 from methods.base import Method
-from methods.sparse_common import check, density_counts, magnitude_masks, set_masks
 from runner.models.transforms import prunable
+from runner.sparse.training import check, density_counts, magnitude_masks, set_masks
 
 
 def gmp_sparsity(q: float, t: int, t0: int, t1: int) -> float:

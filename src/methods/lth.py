@@ -6,7 +6,7 @@ weights still kept is pruned by magnitude (`scope: global`, as OpenLTH does for 
 layer), every stored parameter (weights, biases, norm, filter bases: thesis open question,
 rewound too) is reset to its saved value and the optimizer restarts. After r rounds the
 sparsity is 1 - 0.8^r. Every round's summary holds `sparsity` and `layer_density` (kept share
-of each prunable tensor, by stored name: the FLOPs of Fig. 5.8 a, `runner.analysis.interspace`).
+of each prunable tensor, by stored name: the FLOPs of Fig. 5.8 a, the interspace analysis's `flops`).
 """
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from typing import Dict
 import torch
 
 from methods.base import Method
-from methods.sparse_common import check, magnitude_masks, set_masks
 from runner.models.params import select, snapshot
 from runner.models.transforms import prunable
+from runner.sparse.keep import keep_count
+from runner.sparse.training import check, magnitude_masks, set_masks
 
 
 class LTH(Method):
@@ -57,7 +58,7 @@ class LTH(Method):
                 raise RuntimeError(f"lth: rewind_step={self.rewind_step} was not reached in the first "
                                    f"round ({ctx.step} steps); lower it or train longer")
             keep = {n: ctx.masks[n].keep for n, _ in self.named if n in ctx.masks}
-            self.kept = [int(round((1 - self.fraction) * k)) for k in self.kept]
+            self.kept = [keep_count(k, 1 - self.fraction, "round") for k in self.kept]
             counts = self.kept if self.scope == "layer" else sum(self.kept)
             masks = magnitude_masks(self.named, keep, counts, self.scope)
             for name, p in select(ctx.model):

@@ -1,5 +1,5 @@
 """Pruning and freezing at initialization (Wimmer's thesis, Ch. 3; Algorithm 3.1): score every
-weight entry once before training (`runner.pruning`: random, magnitude, SNIP, USNIP, GraSP,
+weight entry once before training (`runner.sparse.pruning`: random, magnitude, SNIP, USNIP, GraSP,
 SynFlow) from `batches` calibration batches of `batch_size` training samples, keep the top
 d = floor((1 - q) D) of them over all weights (`scope: global`) or per tensor (`layer`), and
 mask the rest in `ctx.masks` as
@@ -12,12 +12,12 @@ Biases and normalization parameters are never masked: they always train. q = 0 m
 only, drawn once from `class_seed` (the set T of Sec. 4.4.3 / Fig. 4.8: the same for every seed
 and method), though training uses all of them.
 
-Metrics (each phase's summary in result.json): the sparsity counts of `runner.pruning.sparsity`
+Metrics (each phase's summary in result.json): the sparsity counts of `runner.sparse.pruning.sparsity`
 (q, q_beta, trained / stored parameters, sizes, per-tensor density, empty layers), `grad_flow`
 (mean |g| of the loss gradient over the trained weights right after masking, divided by the
 dense network's mean |g| over all weights, on the calibration batches: Fig. 3.1), and at the end
 of the last phase, for `pruned` and `frozen`, the bytes of the network stored as (trained entries,
-mask, seed) (`runner.storage`) beside the dense state_dict's, and `storage_exact` (1 when the
+mask, seed) (`runner.sparse.storage`) beside the dense state_dict's, and `storage_exact` (1 when the
 network reloaded from them equals the trained one bitwise). Per epoch (`grad_stats`): mean and
 standard deviation of |g| over the trained weight entries and all steps of the epoch (Fig. 3.5b),
 and the mean over the epoch's steps of lr x ||g||_2 (Fig. 5.6 a): `grad_norm_lr` over the
@@ -32,9 +32,10 @@ import torch
 from torch.nn.utils import parametrize
 
 from methods.base import Method
-from runner import pruning, storage
-from runner.masks import MASK_KINDS
 from runner.models.transforms import FilterBasis, fb_convs, filter_bases
+from runner.sparse import pruning, storage
+from runner.sparse.keep import SCOPES, exact_density, keep_count
+from runner.sparse.masks import MASK_KINDS
 
 
 class PruneAtInit(Method):
@@ -47,8 +48,8 @@ class PruneAtInit(Method):
                  classes: Optional[int] = None, class_seed: int = 0):
         if score not in pruning.SCORES:
             raise ValueError(f"prune_init score={score!r}; valid: {', '.join(pruning.SCORES)}")
-        if scope not in pruning.SCOPES:
-            raise ValueError(f"prune_init scope={scope!r}; valid: {', '.join(pruning.SCOPES)}")
+        if scope not in SCOPES:
+            raise ValueError(f"prune_init scope={scope!r}; valid: {', '.join(SCOPES)}")
         if kind not in MASK_KINDS:
             raise ValueError(f"prune_init kind={kind!r}; valid: {', '.join(MASK_KINDS)}")
         if not 0.0 <= q <= 1.0:
@@ -86,7 +87,7 @@ class PruneAtInit(Method):
     def setup(self, ctx) -> None:
         model, batches = ctx.model, self.calibration(ctx)
         named = pruning.weights(model)
-        d = pruning.keep_count(sum(p.numel() for _, p in named), self.q)
+        d = keep_count(sum(p.numel() for _, p in named), exact_density(self.q), "floor")
         keep = self.keep(ctx, batches, d)
         self.seed = ctx.seed  # the seed that draws the initialization the frozen entries keep
         if self.reinit:

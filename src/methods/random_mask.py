@@ -2,7 +2,7 @@
 random-mask FreezeNet): in every weight tensor, exactly round(density * n) entries, drawn
 uniformly from the run's method generator, keep training; the rest are `pruned` (0), `frozen`
 at their initial values, or `frozen_wd` (moved by weight decay alone). The runner enforces the
-mask under every optimizer (runner.masks). Reports the share of weights that train.
+mask under every optimizer (runner.sparse.masks). Reports the share of weights that train.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 from methods.base import Method
 from runner.models.params import select
 from runner.models.transforms import prunable
+from runner.sparse.keep import keep_count
 
 
 class RandomMask(Method):
@@ -28,7 +29,7 @@ class RandomMask(Method):
         chosen = prunable(ctx.model) if self.params == "weights" else select(ctx.model, self.params)
         for name, p in chosen:  # filter bases are never masked
             keep = torch.zeros(p.numel(), dtype=torch.bool)
-            k = int(round(self.density * p.numel()))
+            k = keep_count(p.numel(), self.density, "round")
             keep[torch.randperm(p.numel(), generator=ctx.gen)[:k]] = True
             ctx.masks.set(name, keep.view(p.shape), self.kind)
             kept, total = kept + k, total + p.numel()

@@ -14,15 +14,16 @@ import torch
 from torch import nn
 
 from methods.base import Method
-from runner.models.params import select
 from runner.models.init import initialize
+from runner.models.params import select
+from runner.sparse.keep import SCOPES, keep_count, top_k_masks
 
 ETA_SOURCES = ("fresh", "init", "zeros")
 Masks = Dict[str, torch.Tensor]
 
 
 def count(numel: int, fraction: float) -> int:
-    return int(round(fraction * numel))
+    return keep_count(numel, fraction, "round")
 
 
 def random_masks(params: List[Tuple[str, nn.Parameter]], fraction: float,
@@ -39,20 +40,12 @@ def random_masks(params: List[Tuple[str, nn.Parameter]], fraction: float,
 def smallest_masks(params: List[Tuple[str, nn.Parameter]], fraction: float,
                    scope: str = "layer") -> Masks:
     """The round(fraction * n) smallest |w| of each tensor (`layer`) or of all of them (`global`)."""
-    if scope == "layer":
-        groups = [[item] for item in params]
-    elif scope == "global":
-        groups = [params]
-    else:
-        raise ValueError(f"scope={scope!r}; valid: layer, global")
-    masks = {}
-    for group in groups:
-        mags = torch.cat([p.detach().abs().flatten() for _, p in group])
-        flat = torch.zeros(mags.numel(), dtype=torch.bool, device=mags.device)
-        flat[torch.argsort(mags, stable=True)[:count(mags.numel(), fraction)]] = True
-        for (name, p), part in zip(group, flat.split([p.numel() for _, p in group])):
-            masks[name] = part.view(p.shape)
-    return masks
+    if scope not in SCOPES:
+        raise ValueError(f"scope={scope!r}; valid: {', '.join(SCOPES)}")
+    mags = {name: p.detach().abs() for name, p in params}
+    counts = ({n: count(m.numel(), fraction) for n, m in mags.items()} if scope == "layer"
+              else count(sum(m.numel() for m in mags.values()), fraction))
+    return top_k_masks(mags, counts, largest=False, ties="first")
 
 
 def eta_for(ctx, names: List[str], source: str, init: Optional[str] = None, scale: float = 1.0

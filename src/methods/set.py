@@ -16,8 +16,9 @@ from typing import Dict
 import torch
 
 from methods.base import Method
-from methods.sparse_common import check, cosine_fraction, layer_counts, top_k
 from runner.models.transforms import prunable
+from runner.sparse.keep import keep_count, layer_counts, top_k
+from runner.sparse.training import check, cosine_fraction
 
 
 class SET(Method):
@@ -36,7 +37,7 @@ class SET(Method):
     def setup(self, ctx) -> None:
         self.named = prunable(ctx.model)
         self.counts = layer_counts([p.shape for _, p in self.named], 1 - self.sparsity,
-                                   self.distribution)
+                                   self.distribution, "round")
         for (name, p), k in zip(self.named, self.counts):
             score = torch.rand(p.shape, generator=ctx.gen).to(p.device)
             ctx.masks.set(name, top_k(score, k))
@@ -62,7 +63,7 @@ class SET(Method):
                 if mask is not self.seen[name]:  # another method re-masked it: its count, its kind
                     self.counts[i] = int(mask.keep.sum())
                 k = self.counts[i]
-                n = min(k, int(round(frac * k)))
+                n = min(k, keep_count(k, frac, "round"))
                 if n == 0 or k == p.numel():
                     continue
                 keep = mask.keep

@@ -1,7 +1,7 @@
 """Sparsity at initialization, the three types of Zilly et al. 2021 (appendix Sec. 6.5, Table 1,
 Fig. 4 middle and right), applied once at setup:
 
-- `mutual`: every unit (output channel of a conv or linear layer, see runner.analysis.frozen)
+- `mutual`: every unit (output channel of a conv or linear layer, see runner.models.frozen)
   is chosen with probability p (or, with `units: k`, the first k units of every layer: the
   pairs the probe tracks for Fig. 4); its row, its bias, its normalization weight and bias and its
   columns in every consumer are set to zero (or, with `noise_std > 0`, to zero-mean normal
@@ -21,7 +21,7 @@ import torch
 
 from methods.base import Method
 from methods.dirac_reset import add_identity
-from runner.analysis.frozen import column, trace_layers
+from runner.models.frozen import column, trace_layers
 from runner.models.params import slots
 
 KINDS = ("mutual", "double", "mono")

@@ -1,7 +1,7 @@
 """What a method sees of a run (`ctx`), so that it never reads the config or imports the trainer.
 
 Fixed for the run: `device`, `model`, `seed`, `gen` (the methods' own random generator),
-`loss_fn(out, y, reduction)`, `num_stages`, `masks` (runner.masks), `init_state` (stored
+`loss_fn(out, y, reduction)`, `num_stages`, `masks` (runner.sparse.masks), `init_state` (stored
 parameters at setup, runner.models.params.snapshot), `eval_batch_size`, `autocast()`.
 Changing as it runs: `optimizer`, `stage` (index, repeat, name), `data` (train / val / test
 splits of the current phase), `pipeline(x, train, gen)`, `epoch`, `step`, `steps_per_epoch`,
@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 
 from runner.data.tensors import Split, Splits
-from runner.masks import Masks
+from runner.sparse.masks import Masks
 
 
 @dataclass

@@ -29,9 +29,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from runner import cops, pruning
 from runner.analysis.common import (AnalysisError, cli, completed, figure_path, final, plt,
                                     save, value)
+from runner.sparse import cops, pruning
+from runner.sparse.keep import exact_density, keep_count
 
 ALPHAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99, 0.999, 0.9999, 0.99999)
 PAPER_TABLE43 = {"g_cops": (0.9308, 0.9279, 0.9293, 0.0016),
@@ -121,7 +122,7 @@ def fig46(experiment, data, batches, overrides, out, qs=(0.9, 0.995), alphas=ALP
     s0, s1 = _flat(s["snip"]), _flat(s["grasp"])
     fig, axes = plt.subplots(1, len(qs), figsize=(5.5 * len(qs), 4), squeeze=False)
     for ax, q in zip(axes[0], qs):
-        d = pruning.keep_count(s0.numel(), q)
+        d = keep_count(s0.numel(), exact_density(q), "floor")
         m0, m1 = cops.select(s0, s1, 0.0, d), cops.select(s1, s0, 0.0, d)
         masks = [cops.cops(s0, s1, d, a).keep for a in alphas]
         x = np.arange(len(alphas))
@@ -138,7 +139,7 @@ def fig46(experiment, data, batches, overrides, out, qs=(0.9, 0.995), alphas=ALP
 
 def _keep_at(kind, s, q, alpha):
     s0 = _flat(s["snip"])
-    d = pruning.keep_count(s0.numel(), q)
+    d = keep_count(s0.numel(), exact_density(q), "floor")
     if kind == "g_cops":
         flat = cops.cops(s0, _flat(s["grasp"]), d, alpha).keep
         return _unflat(flat, s["snip"])

@@ -33,11 +33,12 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from runner import pruning  # noqa: E402
 from runner.analysis.common import (AnalysisError, cli, completed, figure_path, metrics,  # noqa: E402
                                     save, value)
-from runner.masks import Masks  # noqa: E402
 from runner.models import params  # noqa: E402
+from runner.sparse import pruning  # noqa: E402
+from runner.sparse.keep import exact_density, keep_count  # noqa: E402
+from runner.sparse.masks import Masks  # noqa: E402
 
 TABLE31_MODELS = {"lenet300_100": "wimmer_fig3_3a", "lenet5_caffe": "wimmer_table3_2",
                   "vgg16_thesis": "wimmer_table3_4_cifar10", "resnet34": "wimmer_fig3_5a"}
@@ -92,7 +93,7 @@ def table31_row(experiment: str, q: float = 0.99, check: bool = False) -> Dict:
     the weights one SGD step (momentum 0.9, weight decay 5e-4) moves and the gradient flow."""
     model, cfg = build(experiment, "cpu" if check else "meta")
     D, _ = counts(model)
-    d = pruning.keep_count(D, q)
+    d = keep_count(D, exact_density(q), "floor")
     name = {v: k for k, v in TABLE31_MODELS.items()}.get(experiment, experiment)
     row = {"model": name, "experiment": experiment, "q": q, "D": D, "d": d,
            "standard_nonzero": D, "standard_stored": D, "pruned_nonzero": d, "pruned_stored": d,
@@ -156,7 +157,7 @@ def rate_rows(experiment: str, qs: Sequence[float]) -> List[Dict]:
     D, others = counts(model)
     out = []
     for q in qs:
-        trained = pruning.keep_count(D, q) + others
+        trained = keep_count(D, exact_density(q), "floor") + others
         size = trained * 4 / 1024
         out.append({"q": q, "params_trained": trained, "q_beta": 1 - trained / (D + others),
                     "size_kb": size, "compression_factor": (D + others) * 4 / 1024 / size})
@@ -249,7 +250,7 @@ def fig31_curves(experiment: str, data: str, seeds: int, qs: Sequence[float]) ->
         grasp = pruning.scores("grasp", model, batch)
         D = sum(t.numel() for t in snip.values())
         for q in qs:
-            d = pruning.keep_count(D, q)
+            d = keep_count(D, exact_density(q), "floor")
             for method, s, pruned in (("FreezeNet", snip, False), ("SNIP", snip, True),
                                       ("GraSP", grasp, True)):
                 keep = pruning.top_d(s, d)

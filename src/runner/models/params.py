@@ -8,7 +8,7 @@ place then changes a temporary, and the stored names differ from the effective o
 Two views, used consistently by every method, init, probe and analysis:
 - **parameters** (`parameters`, `select`): the stored tensors the optimizer trains, named as in
   `model.named_parameters()` and `state_dict()`; penalties, reinitialization masks, snapshots
-  (`ctx.init_state`) and the runner's masks (`runner.masks`) address these;
+  (`ctx.init_state`) and the runner's masks (`runner.sparse.masks`) address these;
 - **slots** (`slots`): a module's `weight` / `bias` as the forward pass uses it, named
   `<module>.<weight|bias>`; read it with `Slot.value()`, write it with `Slot.assign` (through the
   parametrization's `right_inverse`), scale it with `scale_`. Norm-based methods (SWR, LW's

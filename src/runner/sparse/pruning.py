@@ -22,10 +22,11 @@ API (stable; chapter 3's methods and chapter 4's COPS build on it):
   (Appendix A.4); `scores(..., normalize=True)` applies it.
 - `top_d(scores, d, scope) -> {name: bool mask}`: exactly d entries kept (True), the d highest
   scores over all tensors (`scope="global"`) or in each tensor (`"layer"`: d split in
-  proportion to the tensors' sizes, largest remainders first, or a dict of per-tensor counts);
-  ties go to the earlier entry (parameter order, then row-major), so masks are deterministic.
-- `keep_count(total, q)`: d = floor((1 - q) * total), exact for decimal q (q = 0.9 of 430,500
-  keeps 43,050; the float product would give 43,049).
+  proportion to the tensors' sizes, largest remainders first (`keep.split_count`), or a dict of
+  per-tensor counts); ties go to the earlier entry (parameter order, then row-major), so masks
+  are deterministic (`keep.top_k_masks`, ties "first").
+- d, the kept count, is `runner.sparse.keep.keep_count(D, exact_density(q), "floor")`:
+  floor((1 - q) D), exact for decimal q.
 - `gradients(model, batches, ...)`, `mean_abs_gradient(model, batches, keep)`: the loss
   gradient of the weights, and its mean |g| over the kept entries (gradient flow, Fig. 3.1).
 
@@ -37,8 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
-from fractions import Fraction
 from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -47,24 +46,17 @@ from torch import nn
 
 from runner.models import params
 from runner.models.transforms import prunable
+from runner.sparse.keep import SCOPES, keep_count, split_count, top_k_masks
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
 Scores = Dict[str, torch.Tensor]
 SCORES = ("random", "magnitude", "snip", "usnip", "grasp", "synflow")
-SCOPES = ("global", "layer")
 
 
 def weights(model: nn.Module):
     """The scored tensors: (stored name, parameter) of every weight, filter bases excepted (a
     basis is shared and dense; its layers' coefficients are what pruning masks)."""
     return prunable(model)
-
-
-def keep_count(total: int, q: float) -> int:
-    """floor((1 - q) * total) with q read as the decimal it prints as (no float round-down)."""
-    if not 0.0 <= q <= 1.0:
-        raise ValueError(f"compression rate q={q}; valid: [0, 1]")
-    return math.floor((1 - Fraction(repr(float(q)))) * total)
 
 
 @contextlib.contextmanager
@@ -151,7 +143,8 @@ def _synflow(model: nn.Module, input_shape: Sequence[int], d: int, iterations: i
                     p.copy_(p0 * keep[n])
         grads = _grad(net(x).sum(), ps)
         s = {n: (g * p).detach().abs() for (n, p), g in zip(named, grads)}
-        dk = d if k == iterations else round(total * (d / max(total, 1)) ** (k / iterations))
+        dk = d if k == iterations else keep_count(total, (d / max(total, 1)) ** (k / iterations),
+                                                  "round")
         keep = top_d(s, dk, scope)
     dtypes = {n: p.dtype for n, p in weights(model)}
     return {n: t.to(dtypes[n]) for n, t in s.items()}
@@ -198,31 +191,6 @@ def l1_normalize(s: Mapping[str, torch.Tensor]) -> Scores:
     return {n: t / norm for n, t in s.items()}
 
 
-def _top(v: torch.Tensor, k: int) -> torch.Tensor:
-    """Bool mask of the k highest entries of flat `v`; ties to the lower index."""
-    n = v.numel()
-    if k in (0, n):
-        return torch.full((n,), k == n, dtype=torch.bool, device=v.device)
-    threshold = torch.kthvalue(v, n - k + 1).values  # the k-th highest score
-    keep = v > threshold
-    ties = (v == threshold).nonzero().flatten()
-    keep[ties[:k - int(keep.sum())]] = True
-    return keep
-
-
-def layer_counts(sizes: Mapping[str, int], d: int) -> Dict[str, int]:
-    """d split over tensors in proportion to their sizes: floors, then the largest remainders
-    (earlier tensor first on ties) get one more."""
-    total = sum(sizes.values())
-    exact = {n: Fraction(d * s, max(total, 1)) for n, s in sizes.items()}
-    counts = {n: math.floor(e) for n, e in exact.items()}
-    rest = d - sum(counts.values())
-    order = sorted(sizes, key=lambda n: -(exact[n] - counts[n]))  # sorted() is stable
-    for n in order[:rest]:
-        counts[n] += 1
-    return counts
-
-
 def top_d(s: Mapping[str, torch.Tensor], d: Union[int, Mapping[str, int]],
           scope: str = "global") -> Dict[str, torch.Tensor]:
     """Masks keeping exactly d entries: the d highest scores globally, or per tensor (`layer`:
@@ -238,16 +206,13 @@ def top_d(s: Mapping[str, torch.Tensor], d: Union[int, Mapping[str, int]],
     else:
         if not 0 <= d <= total:
             raise ValueError(f"keep d={d} entries of {total}; valid: 0..{total}")
-        counts = layer_counts(sizes, d) if scope == "layer" else None
+        counts = split_count(sizes, d) if scope == "layer" else None
     for n, t in s.items():
         if torch.isnan(t).any():
             raise ValueError(f"pruning scores of {n!r} contain NaN; check the model's loss")
         if counts is not None and not 0 <= counts[n] <= sizes[n]:
             raise ValueError(f"keep {counts[n]} entries of {n!r}; valid: 0..{sizes[n]}")
-    if counts is not None:
-        return {n: _top(t.flatten(), counts[n]).view(t.shape) for n, t in s.items()}
-    keep = _top(torch.cat([t.flatten() for t in s.values()]), d)
-    return {n: k.view(s[n].shape) for n, k in zip(s, keep.split(list(sizes.values())))}
+    return top_k_masks(s, d if counts is None else counts, ties="first")
 
 
 def mean_abs_gradient(model: nn.Module, batches: Iterable[Batch],

@@ -29,6 +29,8 @@ from typing import Mapping, Union
 
 import torch
 
+from runner.sparse.keep import top_k
+
 Masks = Union[torch.Tensor, Mapping[str, torch.Tensor]]
 
 SIDES = ("midpoint", "plus", "minus")
@@ -51,10 +53,7 @@ class CopsResult:
 def select(s0: torch.Tensor, s1: torch.Tensor, lam: float, d: int) -> torch.Tensor:
     """The mask m_lambda: the d smallest entries of s0 + lam * s1 (Lemma 4.3.1; with a fixed,
     user-chosen lam it is the "S0 + lambda S1" baseline of Table 4.3, eq. 4.34)."""
-    c = (s0 + lam * s1).flatten()
-    keep = torch.zeros(c.numel(), dtype=torch.bool, device=c.device)
-    keep[torch.topk(c, d, largest=False, sorted=False).indices] = True
-    return keep.view(s0.shape)
+    return top_k(s0 + lam * s1, d, largest=False)
 
 
 def similarity(m: Masks, other: Masks) -> float:
