@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 from runner.app import conf_dir
 from runner.cops import cops
 from runner.pruning import keep_count
-from runner.train import build_model
+from runner.instantiate import build_model
 
 
 def main() -> None:
