@@ -944,6 +944,17 @@ def test_reader_options_interpolating_the_seed_read_again(base_cfg, tmp_path):
     assert firsts == [0, 1, 0]
 
 
+def test_the_arrays_cache_keeps_the_most_recently_used_entries():
+    from runner.training.data import ArraysCache
+    cache = ArraysCache(2)
+    cache.put("a", "A"), cache.put("b", "B")
+    assert cache.get("a") == "A"  # used: "b" is now the oldest
+    cache.put("c", "C")
+    assert (cache.get("a"), cache.get("b"), cache.get("c")) == ("A", None, "C")
+    cache.clear()
+    assert cache.get("a") is None
+
+
 def test_the_data_source_is_recorded_under_the_datasets_name(base_cfg, tmp_path):
     trainer = image_trainer(base_cfg, tmp_path / "named", reader={"source": "/data/tiny"},
                             dataset__name="tiny")
