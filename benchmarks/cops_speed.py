@@ -18,9 +18,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from runner.app import conf_dir
+from runner.instantiate import build_model
 from runner.sparse.cops import cops
 from runner.sparse.keep import exact_density, keep_count
-from runner.train import build_model
 
 
 def main() -> None:

@@ -25,7 +25,8 @@ from hydra import compose, initialize_config_dir
 from runner.app import conf_dir
 from runner.config import prepare
 from runner.results import RunRecorder
-from runner.train import PRECISIONS, Trainer
+from runner.train import Trainer
+from runner.training.build import PRECISIONS
 
 
 def main() -> None:
@@ -43,14 +44,14 @@ def main() -> None:
         cfg = compose("config", overrides=overrides)
     cfg = prepare(cfg)  # as a run's: a test level (--set ci=smoke) written into its options
     trainer = Trainer(cfg, RunRecorder(tempfile.mkdtemp(), {}))
-    trainer.load_stage_data(trainer.stages[0])  # the first steps of Trainer.fit
+    trainer.data.load_stage_data(trainer.parts.stages[0])  # the first steps of Trainer.fit
     ctx = trainer.ctx
-    ctx.stage = trainer.stages[0]
+    ctx.stage = trainer.parts.stages[0]
     trainer.call_hook("setup")
     ctx.reset_optimizer()
     if cfg.train.compile:
         ctx.model = torch.compile(ctx.model)
-    device = trainer.device
+    device = trainer.parts.device
     train = ctx.data.train
     x_ref = ctx.pipeline(train.x, False, None)  # normalized floats (channels-last if asked)
     y_ref = train.y
@@ -80,7 +81,7 @@ def main() -> None:
                     torch._foreach_mul_(list(masks), list(masks.values()))
 
     def runner_epoch():
-        trainer.train_epoch(bs, None)
+        trainer.loop.train_epoch(bs, None)
 
     def timed(fn):
         if device.type == "cuda":

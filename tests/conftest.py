@@ -25,8 +25,8 @@ def _readers_run_under_mutmut():
     """mutmut runs each mutant's tests in a fork of a process whose reader cache is already
     filled; empty it there so a mutated reader or label check is called, not skipped."""
     if os.environ.get("MUTANT_UNDER_TEST"):
-        from runner import train
-        train._ARRAYS_CACHE.clear()
+        from runner.training import data
+        data.ARRAYS.clear()
 
 
 @functools.lru_cache(maxsize=None)

@@ -15,7 +15,7 @@ from conftest import CONF, EXPERIMENTS, extends
 from expectations import check_run, method_events  # noqa: F401 (a fixture)
 from runner import ci
 from runner.errors import ConfigError
-from runner.train import Trainer
+from runner.training.loop import Loop
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 SYNCS = [(torch.Tensor, n) for n in ("item", "__bool__", "__float__", "__int__", "tolist",
@@ -35,7 +35,7 @@ def step_syncs(monkeypatch):
                 calls.append(f"{_name} at {caller.f_code.co_filename}:{caller.f_lineno}")
             return _original(*args, **kwargs)
         monkeypatch.setattr(owner, name, counted)
-    step = Trainer.train_step
+    step = Loop.train_step
 
     def counting_step(self, *args):
         inside[0] = True
@@ -43,7 +43,7 @@ def step_syncs(monkeypatch):
             return step(self, *args)
         finally:
             inside[0] = False
-    monkeypatch.setattr(Trainer, "train_step", counting_step)
+    monkeypatch.setattr(Loop, "train_step", counting_step)
     return calls
 
 GROUPS = ["dataset", "model", "method", "optim", "schedule", "ci", "logger", "space"]

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from conftest import CONF, EXPERIMENTS
 from runner.checks import check_report, report_at
 from runner.errors import RunnerError
-from runner.train import summarize
+from runner.training.lifecycle import summarize
 
 FITTED = "fitted, not stated by the paper"
 

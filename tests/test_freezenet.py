@@ -48,7 +48,7 @@ def trained(tmp_path, method, *overrides):
 def test_pruned_stay_zero_and_frozen_keep_their_initial_value_bitwise(runs, method):
     t = runs(method)
     ctx = t.ctx
-    init = dict(ctx.build_model(t.methods.methods[0].seed).named_parameters())  # the seed's draw
+    init = dict(ctx.build_model(t.parts.methods.methods[0].seed).named_parameters())  # the seed's draw
     assert len(ctx.masks) == 4  # every weight tensor of LeNet-5-Caffe
     for name in ctx.masks.names():
         m, p = ctx.masks[name], ctx.masks.params[name].detach()
@@ -79,7 +79,7 @@ def test_freezenet_wd_frozen_entries_move_by_weight_decay_alone(runs):
 @pytest.mark.parametrize("method", ["snip", "freezenet", "freezenet_reinit"])
 def test_stored_network_reloads_bitwise_from_trained_entries_mask_and_seed(runs, method):
     t = runs(method)
-    ctx, m = t.ctx, t.methods.methods[0]
+    ctx, m = t.ctx, t.parts.methods.methods[0]
     blob = storage.pack(ctx.model, ctx.masks, m.seed)
     back = storage.unpack(blob, ctx.build_model)
     assert storage.identical(ctx.model, back)

@@ -88,8 +88,7 @@ def test_linear_warmup_and_label_smoothing(compose_cfg, tmp_path):
     import torch.nn.functional as F
 
     from runner import ci
-    from runner.results import MemoryRecorder
-    from runner.train import Trainer
+    from runner.training.build import Parts
 
     from runner.config import ScheduleConfig
     from runner.optim import Schedule
@@ -98,7 +97,7 @@ def test_linear_warmup_and_label_smoothing(compose_cfg, tmp_path):
     out, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
     cfg = compose_cfg(["experiment=fmnist_mlp", "ci=smoke", "device=cpu",
                        "train.label_smoothing=0.1"])
-    loss = Trainer(ci.apply(cfg), MemoryRecorder()).loss_fn
+    loss = Parts(ci.apply(cfg)).loss_fn
     assert torch.isclose(loss(out, y), F.cross_entropy(out, y, label_smoothing=0.1))
     assert not torch.isclose(loss(out, y), F.cross_entropy(out, y))
 

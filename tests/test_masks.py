@@ -256,6 +256,7 @@ def test_methods_never_read_the_config_and_only_the_core_knows_the_test_level():
                and re.search(r"ci\.(enabled|level|active)", p.read_text())]
     assert not outside, outside
     loop = [SRC / "runner" / n for n in ("train.py", "context.py")]  # the training loop reads
+    loop += [*(SRC / "runner" / "training").glob("*.py")]
     loop += [*(SRC / "runner" / "data").glob("*.py"), *(SRC / "methods").glob("*.py")]  # options only
     asks = [p for p in loop if re.search(r"from runner import ([\w, ]*\b)?ci\b|runner\.ci\b|\bci\.\w",
                                          p.read_text())]

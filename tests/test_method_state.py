@@ -14,15 +14,16 @@ import io
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra.utils import get_method
 from omegaconf import OmegaConf
 
 from conftest import CONF, load_yaml
 from methods.base import Method, MethodStack
 from runner.context import RunContext, Stage
 from runner.data.tensors import Split, Splits
+from runner.instantiate import instantiate
 from runner.models import params
 from runner.models.cnn import swr_cnn
-from runner.train import call, get_method
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -62,7 +63,7 @@ def method_options(name: str) -> dict:
 
 
 def build_method(name: str) -> Method:
-    return call(copy.deepcopy(method_options(name)), f"method {name}")
+    return instantiate(copy.deepcopy(method_options(name)), f"method {name}")
 
 
 def make_model():

@@ -14,16 +14,15 @@ from runner.data.synthetic import reinit_task
 from runner.data.tensors import Split, Splits
 from runner.context import Stage
 from runner.models.params import select, snapshot
-from runner.results import RunRecorder
-from runner.train import Trainer
+from runner.training.build import Parts
 
 
 @pytest.fixture
-def make_ctx(compose_cfg, tmp_path):
+def make_ctx(compose_cfg):
     def _make(hidden=(16, 12, 10)):
         cfg = compose_cfg(["experiment=reinit_table1", f"model.hidden=[{','.join(map(str, hidden))}]",
                            "seed=3", "device=cpu"])
-        ctx = Trainer(cfg, RunRecorder(tmp_path, {})).ctx
+        ctx = Parts(cfg).ctx
         a = reinit_task(n_train=64, n_test=8, alpha=1.0, seed=0)
         ctx.data = Splits(Split(a.x_train, a.y_train), Split(a.x_train[:0], a.y_train[:0]),
                           Split(a.x_test, a.y_test))

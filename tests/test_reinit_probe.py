@@ -85,11 +85,11 @@ def test_probe_weight_size_on_a_random_batch_and_noise_on_a_copy():
 
 def test_sweep_jobs_get_their_own_synthetic_data(compose_cfg):
     """The reader cache shared by a sweep's jobs keys on resolved options (alpha, seed)."""
-    from runner.train import Trainer
+    from runner.training.data import DataStager
 
     def data(*overrides):
         cfg = compose_cfg(["experiment=reinit_table1", "dataset.reader.n_test=10", *overrides])
-        return Trainer.arrays(SimpleNamespace(cfg=cfg), cfg.dataset)
+        return DataStager(SimpleNamespace(cfg=cfg), None).arrays(cfg.dataset)
 
     a, b, c = data("dataset.alpha=0.5"), data("dataset.alpha=2.0"), data("dataset.alpha=0.5", "seed=1")
     assert a.x_train[:, :3].abs().max() == 0.5 and b.x_train[:, :3].abs().max() == 2.0

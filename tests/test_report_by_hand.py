@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from runner.report import (AggregateOnMultirunEnd, Layout, _override_pairs, _tex_escape,
+from runner.report import (AggregateOnMultirunEnd, Layout, _tex_escape,
                            deduplicate, format_as, format_latex, format_table, key_value, main,
                            metric_value, not_done, paper_order, table_from_results, write_tables)
+from runner.tables import _override_pairs
 
 
 def run(method="m", seed=0, value=0.5, status="completed", overrides=(), paper=None, **summary):

@@ -212,7 +212,7 @@ ROUND_TRIP = [
 def context_of(trainer):
     c = trainer.ctx
     return {"step": c.step, "epoch": c.epoch, "lr": c.lr, "weight_decay": c.weight_decay,
-            "gamma": c.gamma, "diverge_ref": trainer.diverge_ref}
+            "gamma": c.gamma, "diverge_ref": trainer.loop.diverge_ref}
 
 
 def keep_checkpoints(trainer):
@@ -237,7 +237,7 @@ def scripted_trainer(cfg, out_dir, scaler=None):
     from runner.train import Trainer
     trainer = Trainer(cfg, RunRecorder(out_dir, {"name": "round_trip"}))
     if scaler is not None:  # a stand-in for fp16 on a GPU (the trainer makes one there only)
-        trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0, growth_interval=1)
+        trainer.parts.scaler = torch.amp.GradScaler("cpu", init_scale=2.0, growth_interval=1)
     return trainer
 
 
@@ -267,7 +267,7 @@ def test_a_trainer_continues_from_each_of_its_checkpoints_bitwise(compose_cfg, t
         assert restored == when, f"checkpoint {i}: the context put back"
         where = f"resumed at {positions[i]}"
         assert written(again) == expected, where
-        assert again.diverge_ref == whole.diverge_ref, where
+        assert again.loop.diverge_ref == whole.loop.diverge_ref, where
         got, want = again.ctx.model.state_dict(), whole.ctx.model.state_dict()
         assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), where
 
@@ -281,7 +281,7 @@ def test_the_gradient_scalers_state_survives_a_restart(compose_cfg, tmp_path):
     assert state["scaler"]["scale"] == 2.0 * 2 ** 3
     again = scripted_trainer(cfg, tmp_path / "again", scaler=True)
     again.fit(state)
-    assert again.scaler.get_scale() == whole.scaler.get_scale() == 2.0 * 2 ** 9
+    assert again.parts.scaler.get_scale() == whole.parts.scaler.get_scale() == 2.0 * 2 ** 9
     assert written(again) == written(whole)
     cpu = scripted_trainer(cfg, tmp_path / "cpu")  # no scaler (a GPU's fp16 run goes on on a CPU)
     cpu.fit(state)
@@ -308,7 +308,7 @@ def test_a_signal_during_a_checkpoint_write_stops_the_run_after_the_write(compos
     """SIGTERM in the middle of the trainer's torch.save: the checkpoint is written whole, then
     `Interrupted` (before, torch's zip writer turned it into a RuntimeError: a `failed` run)."""
     from runner.errors import Interrupted
-    from runner.train import interruptible
+    from runner.training.signals import interruptible
     cfg = scripted(compose_cfg, ["+phases=[{name: a, epochs: 3}]", "train.checkpoint_every=1"])
     trainer = scripted_trainer(cfg, tmp_path)
     real_save = torch.save

@@ -20,7 +20,7 @@ from runner.report import format_table, main as report_main, table_from_results
 from runner.results import load_results
 from methods.base import Method
 from runner.errors import Interrupted, RunnerError
-from runner.train import paper_value, run
+from runner.training.lifecycle import paper_value, run
 
 SMOKE = ["experiment=fmnist_mlp", "ci=smoke", "device=cpu"]
 
@@ -352,7 +352,7 @@ def test_a_failed_run_lets_go_of_its_frames_memory(compose_cfg, tmp_path):
 
 
 def test_prepare_takes_the_first_gpu_by_default(compose_cfg, monkeypatch):
-    from runner.train import prepare
+    from runner.training.lifecycle import prepare
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     cfg = compose_cfg(SMOKE + ["device=auto"])
     assert prepare(cfg)[1] == torch.device("cuda:0")

@@ -23,7 +23,7 @@ def small_cnn(basis=False):
 
 
 def step(ctx, method, x, y):
-    """One training step as the trainer makes it (runner.train.Trainer.train_step)."""
+    """One training step as the trainer makes it (runner.training.loop.Loop.train_step)."""
     ctx.optimizer.zero_grad(set_to_none=True)
     F.cross_entropy(ctx.model(x), y).backward()
     ctx.optimizer.step()
@@ -235,7 +235,7 @@ def test_table5_2_one_knob_sets_q_of_snip_and_set_and_picks_their_paper_cell(com
                                                                           key, paper):
     """Table 5.2's sweep sets `tuned.q`; SNIP reads it as `q`, SET as `sparsity`, and the paper
     value of the cell (method, space, q) is the thesis's (IP-coarse, q = 0.35)."""
-    from runner.train import paper_value
+    from runner.training.lifecycle import paper_value
     cfg = compose_cfg(["experiment=wimmer_table5_2", f"method={method}", "space=ip_coarse",
                        "tuned.q=0.35"], hydra=True)
     assert cfg.method[key] == 0.35

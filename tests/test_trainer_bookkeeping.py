@@ -38,7 +38,12 @@ from runner.data import transforms
 from runner.data.tensors import Arrays, Pipeline, Split, Splits
 from runner.errors import ConfigError, DataError, Diverged, RunnerError
 from runner.results import RunRecorder
-from runner.train import Trainer, call, check_labels, expand_stages, mse_one_hot, resolve_device, summarize
+from runner.instantiate import instantiate
+from runner.train import Trainer
+from runner.training.best import BestEpoch, score
+from runner.training.build import expand_stages, mse_one_hot, resolve_device
+from runner.training.data import check_labels
+from runner.training.lifecycle import summarize
 
 BITS = torch.tensor([[(k >> b) & 1 for b in (2, 1, 0)] for k in range(8)], dtype=torch.float32)
 PERFECT = 2 * BITS - 1  # (8 classes, 3 inputs)
@@ -145,7 +150,7 @@ def test_restore_best_loads_the_best_epochs_weights(compose_cfg, tmp_path, resto
         script(SCALES), "train.patience=3", f"train.restore_best={restore}", "report.at=best"])
     kept = 3 if restore else 0.5  # best epoch (4) or last epoch (7)
     torch.testing.assert_close(trainer.ctx.model.head[1].weight, kept * PERFECT)
-    trainer.load_stage_data(trainer.stages[0])  # fit() frees the data at its end
+    trainer.data.load_stage_data(trainer.parts.stages[0])  # fit() frees the data at its end
     val_loss, val_acc = (float(v) for v in trainer.ctx.evaluate(trainer.ctx.data.val))  # now
     assert val_loss == pytest.approx(loss_at(kept), rel=1e-5, abs=1e-6) and val_acc == 1.0
     key = "best" if restore else "end"
@@ -201,51 +206,51 @@ STAGE = Stage(0, 0, "warm", None)  # the trainer's own stages: a, b1, b2, b3, c
 
 
 def test_divergence_is_a_loss_above_factor_times_the_first_or_not_finite(trainer):
-    trainer.opts.diverge_factor, trainer.diverge_ref = 10.0, 0.5
-    trainer.check_divergence(5.0, STAGE, 2)  # exactly factor x reference: not yet
+    trainer.parts.opts.diverge_factor, trainer.loop.diverge_ref = 10.0, 0.5
+    trainer.loop.check_divergence(5.0, STAGE, 2)  # exactly factor x reference: not yet
     with pytest.raises(Diverged, match=re.escape(
             "training loss 5.001 in phase 'warm', epoch 3 exceeds train.diverge_factor=10 times "
             "the first batch's loss 0.5")):
-        trainer.check_divergence(5.001, STAGE, 2)
+        trainer.loop.check_divergence(5.001, STAGE, 2)
     for loss in (math.nan, math.inf):
         with pytest.raises(Diverged, match=f"^training loss became {loss} in phase 'warm', epoch 1$"):
-            trainer.check_divergence(loss, STAGE, 0)
+            trainer.loop.check_divergence(loss, STAGE, 0)
     for factor, ref in ((10.0, 0.0), (10.0, None), (None, 0.5)):  # no ratio to compare with
-        trainer.opts.diverge_factor, trainer.diverge_ref = factor, ref
-        trainer.check_divergence(1e30, STAGE, 0)
+        trainer.parts.opts.diverge_factor, trainer.loop.diverge_ref = factor, ref
+        trainer.loop.check_divergence(1e30, STAGE, 0)
 
 
 def test_checkpoints_fall_due_every_n_epochs_and_after_the_minutes(trainer, monkeypatch):
-    o = trainer.opts
+    o = trainer.parts.opts
     o.checkpoint, o.checkpoint_every, o.checkpoint_minutes = True, 3, None
-    assert [e for e in range(1, 10) if trainer.checkpoint_due(e)] == [3, 6, 9]
+    assert [e for e in range(1, 10) if trainer.cadence.due(e)] == [3, 6, 9]
     o.checkpoint_every, o.checkpoint_minutes = None, 2.0
     monkeypatch.setattr(time, "monotonic", lambda: 1000.0)
-    trainer.last_checkpoint = 1000.0 - 119.5
-    assert not trainer.checkpoint_due(3)
-    trainer.last_checkpoint = 1000.0 - 120.0  # two minutes since the last one
-    assert trainer.checkpoint_due(1)
+    trainer.cadence.last = 1000.0 - 119.5
+    assert not trainer.cadence.due(3)
+    trainer.cadence.last = 1000.0 - 120.0  # two minutes since the last one
+    assert trainer.cadence.due(1)
     o.checkpoint_every = 3
-    assert trainer.checkpoint_due(1)
+    assert trainer.cadence.due(1)
     o.checkpoint = False  # never, whatever the cadence
-    assert not any(trainer.checkpoint_due(e) for e in range(1, 10))
+    assert not any(trainer.cadence.due(e) for e in range(1, 10))
     o.checkpoint, o.checkpoint_every, o.checkpoint_minutes = True, None, None
-    assert not any(trainer.checkpoint_due(e) for e in range(1, 10))
+    assert not any(trainer.cadence.due(e) for e in range(1, 10))
 
 
 def test_the_input_cache_budget(trainer, monkeypatch):
-    trainer.opts.cache_mb = 3
-    assert trainer.cache_bytes() == 3 * 2**20  # the CPU: the configured MB
+    trainer.parts.opts.cache_mb = 3
+    assert trainer.data.cache_bytes() == 3 * 2**20  # the CPU: the configured MB
     asked = []
 
     def mem_get_info(device):
         asked.append(device)
         return 2 * 2**20 + 1, 8 * 2**30  # free, total
     monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
-    trainer.device = torch.device("cuda:1")  # a GPU: at most half of its free memory
-    assert trainer.cache_bytes() == 2**20 and isinstance(trainer.cache_bytes(), int)
-    trainer.opts.cache_mb = 0.5
-    assert trainer.cache_bytes() == 2**19 and asked == [torch.device("cuda:1")] * 3
+    trainer.parts.device = torch.device("cuda:1")  # a GPU: at most half of its free memory
+    assert trainer.data.cache_bytes() == 2**20 and isinstance(trainer.data.cache_bytes(), int)
+    trainer.parts.opts.cache_mb = 0.5
+    assert trainer.data.cache_bytes() == 2**19 and asked == [torch.device("cuda:1")] * 3
 
 
 def test_float_bytes_counts_every_split_after_the_deterministic_transforms(trainer):
@@ -254,8 +259,8 @@ def test_float_bytes_counts_every_split_after_the_deterministic_transforms(train
     splits = Splits(split(6), split(2), split(3))
     gray = Pipeline([0.5], [0.5], [], [], "cpu")
     rgb = Pipeline([0.5], [0.5], [transforms.ToRGB()], [], "cpu")
-    assert trainer.float_bytes(splits, gray) == 4 * 11 * 20
-    assert trainer.float_bytes(splits, rgb) == 4 * 11 * 60
+    assert trainer.data.float_bytes(splits, gray) == 4 * 11 * 20
+    assert trainer.data.float_bytes(splits, rgb) == 4 * 11 * 60
 
 
 def test_repeated_phases_expand_into_numbered_stages(base_cfg):
@@ -272,8 +277,8 @@ def test_the_loss_options(base_cfg, tmp_path):
     assert mse_one_hot(out, y).item() == pytest.approx(4.625)
     assert mse_one_hot(out, y, reduction="sum").item() == pytest.approx(9.25)
     rec = RunRecorder(tmp_path, {"name": "loss"})
-    assert Trainer(with_(base_cfg, train__loss="mse"), rec).loss_fn is mse_one_hot
-    smooth = Trainer(with_(base_cfg, train__label_smoothing=0.2), rec).loss_fn
+    assert Trainer(with_(base_cfg, train__loss="mse"), rec).parts.loss_fn is mse_one_hot
+    smooth = Trainer(with_(base_cfg, train__label_smoothing=0.2), rec).parts.loss_fn
     lse = math.log(math.exp(2) + 2)  # logits [2, 0, 0], class 0: (1 - e) CE + e mean_k(-log p_k)
     assert smooth(torch.tensor([[2.0, 0, 0]]), torch.tensor([0])).item() == pytest.approx(
         0.8 * (lse - 2) + 0.2 * (lse - 2 / 3))
@@ -360,17 +365,17 @@ class Box:
 
 
 def test_call_builds_nested_targets_and_names_where_a_value_is_refused():
-    box = call({"_target_": f"{__name__}.Box", "v": {"k": 1},
+    box = instantiate({"_target_": f"{__name__}.Box", "v": {"k": 1},
                 "inner": {"_target_": f"{__name__}.Box", "v": 2}}, "model")
     assert isinstance(box.inner, Box) and box.inner.v == 2 and box.v == {"k": 1}  # no target: kept
     with pytest.raises(RunnerError, match=re.escape(
             f"model.inner: bad option x (calling {__name__}.Box)")):
-        call({"_target_": f"{__name__}.Box", "inner": {"_target_": f"{__name__}.Box", "bad": "x"}},
+        instantiate({"_target_": f"{__name__}.Box", "inner": {"_target_": f"{__name__}.Box", "bad": "x"}},
              "model")
     with pytest.raises(RunnerError, match=r"^m\._target_='len' is not a dotted path to a callable$"):
-        call({"_target_": "len"}, "m")
+        instantiate({"_target_": "len"}, "m")
     with pytest.raises(RunnerError, match="^m has no _target_"):
-        call(OmegaConf.create({"v": 1}), "m")
+        instantiate(OmegaConf.create({"v": 1}), "m")
 
 
 def tiny_images(n_train=16, n_test=4, fail=False, start=0, source=None, classes=2):
@@ -402,7 +407,7 @@ def image_trainer(base_cfg, tmp_path, reader=(), **keys):
 
 def phase(trainer, **keys):
     """A stage of the trainer's first phase with dotted `keys` (a__b: a.b) set."""
-    ph = trainer.stages[0].cfg.copy()
+    ph = trainer.parts.stages[0].cfg.copy()
     for k, v in keys.items():
         OmegaConf.update(ph, k.replace("__", "."), v, merge=False)
     return Stage(0, 0, "s", ph)
@@ -412,18 +417,18 @@ def test_stage_data_takes_the_subset_and_the_phases_or_datasets_augmentation(bas
     trainer = image_trainer(base_cfg, tmp_path, dataset__augment=[{"_target_": f"{__name__}.Add", "v": 2.0}])
     ctx, x = trainer.ctx, torch.full((3, 1, 2, 2), 0.2)  # a batch of the cached (prepared) inputs
     for augment, added in ((None, 2.0), ([{"_target_": f"{__name__}.Add", "v": 1.0}], 1.0), ([], 0.0)):
-        trainer.load_stage_data(phase(trainer, augment=augment))
+        trainer.data.load_stage_data(phase(trainer, augment=augment))
         assert len(ctx.data.train) == 16
-        torch.testing.assert_close(ctx.pipeline(x, True, trainer.aug_gen), torch.full_like(x, 0.2 + added))
-        torch.testing.assert_close(ctx.pipeline(x, False, trainer.aug_gen), x)
-    trainer.load_stage_data(phase(trainer, subset__n=5))
+        torch.testing.assert_close(ctx.pipeline(x, True, trainer.parts.aug_gen), torch.full_like(x, 0.2 + added))
+        torch.testing.assert_close(ctx.pipeline(x, False, trainer.parts.aug_gen), x)
+    trainer.data.load_stage_data(phase(trainer, subset__n=5))
     assert len(ctx.data.train) == 5 and len(set(ctx.data.train.x[:, 0, 0, 0].tolist())) == 5
 
 
 def test_a_reader_refusing_its_options_is_named(base_cfg, tmp_path):
     trainer = image_trainer(base_cfg, tmp_path, reader={"fail": True})
     with pytest.raises(RunnerError, match=r"^dataset\.reader: no such files \(calling"):
-        trainer.load_stage_data(trainer.stages[0])
+        trainer.data.load_stage_data(trainer.parts.stages[0])
 
 
 class Streamed:
@@ -440,7 +445,7 @@ class Streamed:
 
 
 def test_streamed_datasets_get_their_options_and_are_not_cached(base_cfg, tmp_path, monkeypatch):
-    import runner.train as train_module
+    import runner.training.data as data_module
     trainer = image_trainer(base_cfg, tmp_path)
     OmegaConf.update(trainer.cfg, "dataset.stream", {"size": 8, "workers": "${seed}"}, force_add=True)
     asked = []
@@ -450,13 +455,13 @@ def test_streamed_datasets_get_their_options_and_are_not_cached(base_cfg, tmp_pa
         if len(asked) == 1:
             raise OSError("unreadable")
         return Splits(Streamed(6), Streamed(0), Streamed(2))
-    monkeypatch.setattr(train_module, "stream_splits", stream_splits)
+    monkeypatch.setattr(data_module, "stream_splits", stream_splits)
     with pytest.raises(OSError):
-        trainer.load_stage_data(trainer.stages[0])
-    trainer.load_stage_data(trainer.stages[0])  # a failed build leaves nothing half-made
+        trainer.data.load_stage_data(trainer.parts.stages[0])
+    trainer.data.load_stage_data(trainer.parts.stages[0])  # a failed build leaves nothing half-made
     files, val_fraction, seed, device, opts = asked[-1]
     assert isinstance(files, Arrays) and len(files.x_train) == 16  # the reader's output
-    assert (val_fraction, seed, device, opts) == (0.0, trainer.cfg.seed, trainer.device,
+    assert (val_fraction, seed, device, opts) == (0.0, trainer.cfg.seed, trainer.parts.device,
                                                   {"size": 8, "workers": trainer.cfg.seed})
     assert isinstance(trainer.ctx.data.train, Streamed)  # used as it is, not prepared
 
@@ -467,10 +472,10 @@ def test_channels_last_layout_passes_the_generator_on(trainer):
     def pipe(x, train, gen):
         seen.append((train, gen))
         return x
-    trainer.opts.channels_last = True
-    out = trainer.with_layout(pipe)(torch.zeros(2, 3, 4, 5), False, trainer.aug_gen)
-    assert out.is_contiguous(memory_format=torch.channels_last) and seen == [(False, trainer.aug_gen)]
-    assert trainer.with_layout(pipe)(torch.zeros(2, 3), True, None).shape == (2, 3)
+    trainer.parts.opts.channels_last = True
+    out = trainer.data.with_layout(pipe)(torch.zeros(2, 3, 4, 5), False, trainer.parts.aug_gen)
+    assert out.is_contiguous(memory_format=torch.channels_last) and seen == [(False, trainer.parts.aug_gen)]
+    assert trainer.data.with_layout(pipe)(torch.zeros(2, 3), True, None).shape == (2, 3)
 
 
 def indexed_trainer(trainer, n=12):
@@ -485,24 +490,24 @@ def indexed_trainer(trainer, n=12):
         trainer.ctx.step += 1
         stats[:3] += torch.tensor([1.0, 0.0, len(yb)])
         return torch.tensor(0.5)
-    trainer.train_step = step
+    trainer.loop.train_step = step
     return seen
 
 
 def test_an_epoch_draws_its_order_from_the_order_generator_and_stops_at_the_limit(trainer):
     seen = indexed_trainer(trainer)
-    trainer.order_gen.manual_seed(5)
-    stats = trainer.train_epoch(3, None)
+    trainer.parts.order_gen.manual_seed(5)
+    stats = trainer.loop.train_epoch(3, None)
     first = [list(b) for b in seen]
     assert len(first) == 4 and sorted(sum(first, [])) == list(range(12)) and stats[2] == 12
     seen.clear()
     torch.manual_seed(123)  # the global generator plays no part
-    trainer.order_gen.manual_seed(5)
-    trainer.train_epoch(3, None)
+    trainer.parts.order_gen.manual_seed(5)
+    trainer.loop.train_epoch(3, None)
     assert seen == first
     seen.clear()
-    trainer.order_gen.manual_seed(6)
-    stats = trainer.train_epoch(3, 2)
+    trainer.parts.order_gen.manual_seed(6)
+    stats = trainer.loop.train_epoch(3, 2)
     assert len(seen) == 2 and seen != first[:2] and stats[2] == 6 and trainer.ctx.step == 10
 
 
@@ -516,9 +521,9 @@ def test_a_per_step_schedule_counts_from_the_phases_first_step(trainer):
         def at_step(self, step):
             asked.append(step)
             return 0.1 * step
-    trainer.train_epoch(4, None, PerStep())
+    trainer.loop.train_epoch(4, None, PerStep())
     assert asked == [7, 8, 9]
-    trainer.train_epoch(4, None, PerStep(), start=7)
+    trainer.loop.train_epoch(4, None, PerStep(), start=7)
     assert asked[3:] == [3, 4, 5] and trainer.ctx.optimizer.param_groups[0]["lr"] == pytest.approx(0.5)
 
 
@@ -534,13 +539,13 @@ class SeeBatch(Method):
 
 def test_a_step_shows_methods_its_batch_before_the_update(trainer):
     from methods.base import MethodStack
-    trainer.load_stage_data(trainer.stages[0])
+    trainer.data.load_stage_data(trainer.parts.stages[0])
     trainer.ctx.reset_optimizer()
     spy = SeeBatch()
-    trainer.methods = MethodStack([spy])
+    trainer.parts.methods = MethodStack([spy])
     xb, yb = trainer.ctx.data.train.x[:5], trainer.ctx.data.train.y[:5]
     stats = torch.zeros(4)
-    loss = trainer.train_step(xb, yb, stats)
+    loss = trainer.loop.train_step(xb, yb, stats)
     [((x, y), step)] = spy.seen
     assert torch.equal(x, trainer.ctx.pipeline(xb, True, None)) and y is yb and step == 0
     assert trainer.ctx.step == 1 and stats[2] == 5 and stats[0] == pytest.approx(5 * loss.item())
@@ -556,9 +561,9 @@ def test_a_phase_uses_its_milestones_evaluates_test_only_if_asked_and_adds_metho
     cfg = with_(base_cfg, schedule__name="step", schedule__gamma=0.1, train__eval_test=False,
                 optim__lr=0.5)
     trainer = Trainer(cfg, RunRecorder(tmp_path, {"name": "milestones"}))
-    trainer.methods = MethodStack([PhaseEnd()])
+    trainer.parts.methods = MethodStack([PhaseEnd()])
     stage = phase(trainer, epochs=3, milestones=[2])
-    trainer.load_stage_data(stage)
+    trainer.data.load_stage_data(stage)
     trainer.ctx.reset_optimizer()
     trainer.run_stage(stage)
     rows = metrics(tmp_path)
@@ -580,11 +585,11 @@ def test_the_model_gets_its_transforms_and_the_trainer_its_methods(base_cfg, tmp
     from methods.vanilla import Vanilla
     rec = RunRecorder(tmp_path, {"name": "built"})
     plain = Trainer(base_cfg, rec)
-    assert [type(m) for m in plain.methods.methods] == [Vanilla]
+    assert [type(m) for m in plain.parts.methods.methods] == [Vanilla]
     cfg = with_(base_cfg, method=None)
     OmegaConf.update(cfg, "model_transforms", [{"_target_": f"{__name__}.scaled_by", "k": 3.0}], merge=False)
     scaled = Trainer(cfg, rec)  # same seed: the same initial weights, then x 3
-    assert scaled.methods.methods == []
+    assert scaled.parts.methods.methods == []
     torch.testing.assert_close(scaled.ctx.model.head[1].weight, 3 * plain.ctx.model.head[1].weight)
 
 
@@ -600,11 +605,11 @@ def test_distributed_steps_go_through_the_wrapped_model(trainer):
             self.calls += 1
             return self.inner(x)
     wrapped = []
-    trainer.dist = SimpleNamespace(
+    trainer.parts.dist = SimpleNamespace(
         wrap=lambda m: wrapped.append(Wrapped(m)) or wrapped[-1], batches=batches,
         all_reduce=lambda t: None, check_same=lambda *a: checked.append(a))
     checked = []
-    trainer.stages = [phase(trainer, epochs=1)]
+    trainer.parts.stages = [phase(trainer, epochs=1)]
     trainer.fit()
     assert wrapped[0].inner is trainer.ctx.model and wrapped[0].calls == 3  # 48 samples / 16
     # every rank ends the phase with the same weights and masks
@@ -627,7 +632,7 @@ def test_weight_stats_count_nonzero_and_trained_weights_by_hand(trainer):
     keep = torch.zeros(4, 3, dtype=torch.bool)
     keep.view(-1)[[0, 3, 5, 7, 11]] = True
     ctx.masks.set("0.weight", keep)  # pruned: 5 of 12 entries stay
-    norm, nonzero, trained = trainer.weight_stats().tolist()
+    norm, nonzero, trained = trainer.loop.weight_stats().tolist()
     assert nonzero == 5 + 7 + 4  # weights only: not the bias, not the LayerNorm's
     assert trained == 5 + 4  # the mask's kept entries, the frozen weight not, the last in full
     everything = torch.cat([p.detach().flatten() for p in model.parameters()])
@@ -638,21 +643,21 @@ def test_weight_stats_count_nonzero_and_trained_weights_by_hand(trainer):
 def test_weight_stats_live_on_the_trainers_device(trainer, norm_only):
     # the meta device stands for a GPU: a number left on the CPU would not stack with the rest
     model = torch.nn.LayerNorm(3) if norm_only else torch.nn.Linear(3, 2)
-    trainer.device = torch.device("meta")
+    trainer.parts.device = torch.device("meta")
     trainer.ctx.model = model.to("meta")
     from runner.sparse.masks import Masks
     trainer.ctx.masks = Masks(trainer.ctx.model, lambda: None)
-    stats = trainer.weight_stats()
+    stats = trainer.loop.weight_stats()
     assert stats.device.type == "meta" and stats.shape == (3,)
 
 
 def one_sample_stage(trainer, name="warm", **keys):
     """A 3-epoch stage of the trainer's first phase on one training sample (one step an epoch)."""
-    ph = trainer.stages[0].cfg.copy()
+    ph = trainer.parts.stages[0].cfg.copy()
     for k, v in {"epochs": 3, "subset.n": 1, **keys}.items():
         OmegaConf.update(ph, k, v, merge=False)
     stage = Stage(0, 0, name, ph)
-    trainer.load_stage_data(stage)
+    trainer.data.load_stage_data(stage)
     trainer.ctx.reset_optimizer()
     return stage
 
@@ -701,8 +706,8 @@ def test_a_per_step_schedule_is_used_only_when_the_schedule_is_per_step(base_cfg
     for name, lrs in (("step_iter", [0.5, 0.25, 0.125]), ("step", [0.5, 0.5, 0.25])):
         trainer = scripted_trainer(base_cfg, tmp_path / name, [1.0] * 3, schedule__name=name,
                                    schedule__gamma=0.5, schedule__step_size=1, schedule__milestones=[2])
-        given, epoch = [], trainer.train_epoch
-        trainer.train_epoch = lambda bs, limit, schedule=None, start=0: (
+        given, epoch = [], trainer.loop.train_epoch
+        trainer.loop.train_epoch = lambda bs, limit, schedule=None, start=0: (
             given.append(schedule) or epoch(bs, limit, schedule, start))
         trainer.run_stage(one_sample_stage(trainer))
         assert [float(r["lr"]) for r in metrics(tmp_path / name)] == pytest.approx(lrs)
@@ -711,17 +716,16 @@ def test_a_per_step_schedule_is_used_only_when_the_schedule_is_per_step(base_cfg
 
 def test_the_phase_bar_shows_the_stage_from_the_resumed_epoch_only_when_asked(base_cfg, tmp_path, capsys):
     from runner.optim import Schedule
-    from runner.train import PhaseProgress
     trainer = scripted_trainer(base_cfg, tmp_path, [1.0] * 3)
     stage = one_sample_stage(trainer, name="warmphase")
-    resumed = PhaseProgress(next_epoch=2, schedule=Schedule(trainer.cfg.schedule, 0.5).state_dict())
-    trainer.progress = True
+    resumed = BestEpoch(next_epoch=2, schedule=Schedule(trainer.cfg.schedule, 0.5).state_dict())
+    trainer.parts.progress = True
     trainer.run_stage(stage, resumed)
     err = capsys.readouterr().err
     assert "warmphase: " in err and "| 2/3" in err
     assert "warmphase" not in err.split("\r")[-1]  # erased when the phase ends, not left behind
     assert "0/3" not in err and "1/3" not in err  # it starts where the phase stood
-    trainer.progress = False
+    trainer.parts.progress = False
     trainer.run_stage(one_sample_stage(trainer, name="quietphase"))
     assert "quietphase" not in capsys.readouterr().err
 
@@ -731,7 +735,7 @@ def test_a_step_adds_the_methods_loss_terms(trainer):
     one by exactly -lr * 2 lam theta."""
     from methods.base import MethodStack
     from methods.l2 import L2
-    trainer.load_stage_data(trainer.stages[0])
+    trainer.data.load_stage_data(trainer.parts.stages[0])
     xb, yb = trainer.ctx.data.train.x[:8], trainer.ctx.data.train.y[:8]
     start = {k: v.clone() for k, v in trainer.ctx.model.state_dict().items()}
     after = []
@@ -740,8 +744,8 @@ def test_a_step_adds_the_methods_loss_terms(trainer):
         for m in methods:
             m.setup(trainer.ctx)
         trainer.ctx.optimizer = torch.optim.SGD(trainer.ctx.model.parameters(), lr=0.1)
-        trainer.methods = MethodStack(methods)
-        trainer.train_step(xb, yb, torch.zeros(4))
+        trainer.parts.methods = MethodStack(methods)
+        trainer.loop.train_step(xb, yb, torch.zeros(4))
         after.append({k: v.clone() for k, v in trainer.ctx.model.state_dict().items()})
     for k, w0 in start.items():
         torch.testing.assert_close(after[1][k] - after[0][k], -0.1 * 2 * 0.5 * w0)
@@ -759,12 +763,12 @@ def test_a_subset_larger_than_the_training_set_names_the_dataset(base_cfg, tmp_p
     trainer = image_trainer(base_cfg, tmp_path, dataset__name="tiny")
     with pytest.raises(ConfigError, match=r"subset.n=99 of phase 's' exceeds the 16 training "
                                           r"samples of tiny; lower it"):
-        trainer.load_stage_data(phase(trainer, subset__n=99))
+        trainer.data.load_stage_data(phase(trainer, subset__n=99))
 
 
 def test_seeds_above_numpys_range_seed_everything():
     import numpy as np
-    from runner.train import seed_everything
+    from runner.training.build import seed_everything
     seed_everything(2**32 + 5)
     a = np.random.rand()
     seed_everything(5)
@@ -787,8 +791,8 @@ def test_each_evaluated_epoch_logs_its_line(base_cfg, tmp_path, caplog):
 def test_the_batch_bar_counts_the_epochs_batches(trainer, capsys, monkeypatch):
     from runner import logs
     monkeypatch.setattr(logs, "BATCH_BAR_DELAY_S", 0.0)
-    trainer.progress = True
-    trainer.stages = [phase(trainer, epochs=1)]
+    trainer.parts.progress = True
+    trainer.parts.stages = [phase(trainer, epochs=1)]
     trainer.fit()
     bars = [b for b in capsys.readouterr().err.split("\r") if b.startswith("batches")]
     assert bars and all("/3 [" in b for b in bars)  # 48 samples in batches of 16
@@ -797,20 +801,20 @@ def test_the_batch_bar_counts_the_epochs_batches(trainer, capsys, monkeypatch):
 @pytest.mark.parametrize("budget, cached", [(1000, True), (999, False)])
 def test_inputs_are_prepared_once_when_they_fit_the_cache_budget(base_cfg, tmp_path, monkeypatch, budget, cached):
     trainer = image_trainer(base_cfg, tmp_path)
-    monkeypatch.setattr(trainer, "float_bytes", lambda splits, pipe: 1000)
-    monkeypatch.setattr(trainer, "cache_bytes", lambda: budget)  # exactly the size still fits
-    trainer.load_stage_data(trainer.stages[0])
+    monkeypatch.setattr(trainer.data, "float_bytes", lambda splits, pipe: 1000)
+    monkeypatch.setattr(trainer.data, "cache_bytes", lambda: budget)  # exactly the size still fits
+    trainer.data.load_stage_data(trainer.parts.stages[0])
     assert trainer.ctx.data.train.x.dtype == (torch.float32 if cached else torch.uint8)
 
 
 def test_a_refused_config_without_a_name_is_recorded_as_run(tmp_path, monkeypatch):
-    import runner.train as train_module
+    import runner.training.lifecycle as lifecycle
 
     def refuse(cfg, job):
         raise ConfigError("optim.lr=-1: must be positive")
-    monkeypatch.setattr(train_module, "prepare", refuse)
+    monkeypatch.setattr(lifecycle, "prepare", refuse)
     with pytest.raises(ConfigError):
-        train_module.run(OmegaConf.create({"seed": 3}), tmp_path, record_invalid=True)
+        lifecycle.run(OmegaConf.create({"seed": 3}), tmp_path, record_invalid=True)
     result = json.loads((tmp_path / "result.json").read_text())
     assert (result["name"], result["seed"], result["status"]) == ("run", 3, "failed")
     assert result["error"] == "optim.lr=-1: must be positive"
@@ -830,7 +834,7 @@ def torch_flags():
 
 
 def test_determinism_sets_the_kernel_flags_and_the_cublas_workspace(torch_flags, monkeypatch):
-    from runner.train import set_determinism
+    from runner.training.build import set_determinism
     cuda, cudnn = torch_flags
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # recorded, so that the test's value is undone
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
@@ -850,7 +854,7 @@ def test_determinism_sets_the_kernel_flags_and_the_cublas_workspace(torch_flags,
 
 def test_every_seed_gives_numpy_its_own_state():
     import numpy as np
-    from runner.train import seed_everything
+    from runner.training.build import seed_everything
     draws = []
     for seed in (0, 2, 64):
         seed_everything(seed)
@@ -859,29 +863,30 @@ def test_every_seed_gives_numpy_its_own_state():
 
 
 def test_the_sweep_job_number_picks_the_device(compose_cfg, tmp_path, monkeypatch):
-    import runner.train as train_module
+    import runner.training.build as build
+    from runner.training.lifecycle import run
     asked = []
-    monkeypatch.setattr(train_module, "resolve_device",
+    monkeypatch.setattr(build, "resolve_device",
                         lambda name, job=0: asked.append((name, job)) or torch.device("cpu"))
     cfg = compose_cfg(BASE + ["train.epochs=1"])
-    train_module.Trainer(cfg, RunRecorder(tmp_path / "t", {"name": "t"}), job=3)
-    train_module.Trainer(cfg, RunRecorder(tmp_path / "t", {"name": "t"}))  # not a sweep: job 0
+    Trainer(cfg, RunRecorder(tmp_path / "t", {"name": "t"}), job=3)
+    Trainer(cfg, RunRecorder(tmp_path / "t", {"name": "t"}))  # not a sweep: job 0
     assert asked == [("cpu", 3), ("cpu", 0)]
     asked.clear()  # run: the device is resolved once, before anything is built, and passed on
-    assert train_module.run(cfg, tmp_path / "r", job=5)["status"] == "completed"
+    assert run(cfg, tmp_path / "r", job=5)["status"] == "completed"
     assert asked == [("cpu", 5)]
 
 
 def test_the_model_is_moved_to_the_trainers_device(trainer):
-    trainer.device = torch.device("meta")  # stands for a GPU
-    model = trainer.prepare_model(torch.nn.Linear(3, 2))
+    trainer.parts.device = torch.device("meta")  # stands for a GPU
+    model = trainer.parts.prepare_model(torch.nn.Linear(3, 2))
     assert {p.device.type for p in model.parameters()} == {"meta"}
 
 
 def test_each_stage_loads_its_data_once(trainer):
-    loaded, load = [], trainer.load_stage_data
-    trainer.load_stage_data = lambda stage: loaded.append(stage.name) or load(stage)
-    trainer.opts.epochs = 1
+    loaded, load = [], trainer.data.load_stage_data
+    trainer.data.load_stage_data = lambda stage: loaded.append(stage.name) or load(stage)
+    trainer.parts.opts.epochs = 1
     trainer.fit()
     assert loaded == ["a", "b1", "b2", "b3", "c"]
 
@@ -903,8 +908,8 @@ def test_a_phase_starts_at_epoch_zero(base_cfg, tmp_path):
 
 @pytest.mark.parametrize("n, steps", [(48, 3), (40, 3), (16, 1)])
 def test_steps_per_epoch_round_the_last_batch_up(trainer, n, steps):
-    trainer.opts.epochs = 2
-    trainer.stages = [phase(trainer, subset__n=n)]
+    trainer.parts.opts.epochs = 2
+    trainer.parts.stages = [phase(trainer, subset__n=n)]
     trainer.fit()
     assert (trainer.ctx.steps_per_epoch, trainer.ctx.total_steps, trainer.ctx.step) == (steps, 2 * steps, 2 * steps)
 
@@ -912,7 +917,7 @@ def test_steps_per_epoch_round_the_last_batch_up(trainer, n, steps):
 def test_the_caps_limit_the_batches_of_an_epoch(base_cfg, tmp_path):
     cfg = with_(base_cfg, train__max_batches=2, train__max_epochs=3, train__max_batch_size=4)
     trainer = Trainer(cfg, RunRecorder(tmp_path, {"name": "capped"}))
-    trainer.stages = [phase(trainer)]
+    trainer.parts.stages = [phase(trainer)]
     trainer.fit()
     assert (trainer.ctx.steps_per_epoch, trainer.ctx.step) == (2, 6)
 
@@ -922,7 +927,7 @@ def test_smoke_data_follow_the_seed_bitwise(base_cfg, tmp_path):
     from runner.data.synthetic import shapes_only
     for seed in (0, 1):
         cfg = ci.apply(with_(base_cfg, ci__level="smoke", seed=seed))
-        got = Trainer(cfg, RunRecorder(tmp_path / str(seed), {"name": "smoke"})).arrays(cfg.dataset)
+        got = Trainer(cfg, RunRecorder(tmp_path / str(seed), {"name": "smoke"})).data.arrays(cfg.dataset)
         want = shapes_only(cfg.dataset.shape, cfg.dataset.num_classes, cfg.ci.n_train, cfg.ci.n_test,
                            seed=seed, dtype=cfg.dataset.dtype)
         assert torch.equal(got.x_train, want.x_train) and torch.equal(got.y_test, want.y_test)
@@ -935,30 +940,41 @@ def test_reader_options_interpolating_the_seed_read_again(base_cfg, tmp_path):
     firsts = []
     for seed in (0, 1, 0):
         trainer = image_trainer(base_cfg, tmp_path / str(seed), reader={"start": "${seed}"}, seed=seed)
-        firsts.append(int(trainer.arrays(trainer.cfg.dataset).x_train[0, 0, 0, 0]))
+        firsts.append(int(trainer.data.arrays(trainer.cfg.dataset).x_train[0, 0, 0, 0]))
     assert firsts == [0, 1, 0]
+
+
+def test_the_arrays_cache_keeps_the_most_recently_used_entries():
+    from runner.training.data import ArraysCache
+    cache = ArraysCache(2)
+    cache.put("a", "A"), cache.put("b", "B")
+    assert cache.get("a") == "A"  # used: "b" is now the oldest
+    cache.put("c", "C")
+    assert (cache.get("a"), cache.get("b"), cache.get("c")) == ("A", None, "C")
+    cache.clear()
+    assert cache.get("a") is None
 
 
 def test_the_data_source_is_recorded_under_the_datasets_name(base_cfg, tmp_path):
     trainer = image_trainer(base_cfg, tmp_path / "named", reader={"source": "/data/tiny"},
                             dataset__name="tiny")
-    trainer.arrays(trainer.cfg.dataset)
+    trainer.data.arrays(trainer.cfg.dataset)
     assert trainer.rec.result["data"] == {"tiny": "/data/tiny"}
     later = OmegaConf.merge(trainer.cfg.dataset, {"name": "later", "reader": {"source": "/data/later"}})
-    trainer.arrays(later)  # a phase's other dataset: recorded beside the first
+    trainer.data.arrays(later)  # a phase's other dataset: recorded beside the first
     assert trainer.rec.result["data"] == {"tiny": "/data/tiny", "later": "/data/later"}
     trainer = image_trainer(base_cfg, tmp_path / "unnamed", reader={"source": "/data/tiny2"})
-    trainer.arrays(unnamed(trainer))
+    trainer.data.arrays(unnamed(trainer))
     assert trainer.rec.result["data"] == {"dataset": "/data/tiny2"}
     trainer = image_trainer(base_cfg, tmp_path / "none")
-    trainer.arrays(trainer.cfg.dataset)
+    trainer.data.arrays(trainer.cfg.dataset)
     assert "data" not in trainer.rec.result  # no files read: nothing to record
 
 
 def test_labels_outside_the_classes_name_the_dataset(base_cfg, tmp_path):
     trainer = image_trainer(base_cfg, tmp_path, reader={"classes": 3}, dataset__name="tiny")
     with pytest.raises(DataError, match=r"^tiny: train labels span \[0, 2\], outside \[0, 2\)"):
-        trainer.arrays(trainer.cfg.dataset)
+        trainer.data.arrays(trainer.cfg.dataset)
 
 
 @pytest.mark.parametrize("access, chunk", [("limited", slice(4, 8)), ("full", slice(0, 8))])
@@ -966,9 +982,9 @@ def test_a_continual_chunk_is_its_piece_of_the_seeds_order(base_cfg, tmp_path, a
     from runner.data.tensors import subset_indices
     trainer = image_trainer(base_cfg, tmp_path)
     ph = phase(trainer, subset__chunks=4, subset__access=access)
-    trainer.load_stage_data(phase(trainer))
+    trainer.data.load_stage_data(phase(trainer))
     whole = trainer.ctx.data.train.x
-    trainer.load_stage_data(Stage(1, 1, "s2", ph.cfg))  # the phase's second repeat: chunk 1
+    trainer.data.load_stage_data(Stage(1, 1, "s2", ph.cfg))  # the phase's second repeat: chunk 1
     perm = torch.randperm(16, generator=torch.Generator().manual_seed(trainer.cfg.seed + 7919))
     assert torch.equal(subset_indices(16, trainer.cfg.seed, chunks=4), perm[:4])  # the seed's order
     assert torch.equal(trainer.ctx.data.train.x, whole[perm[chunk]])
@@ -979,17 +995,17 @@ def test_augmentations_and_transforms_refusing_an_option_name_the_phase(base_cfg
     bad = [{"_target_": f"{__name__}.Add", "nope": 1}]
     for key in ("augment", "transform"):
         with pytest.raises(RunnerError, match=rf"^s\.{key}: .*\(calling {__name__}\.Add\)"):
-            trainer.load_stage_data(phase(trainer, **{key: bad}))
+            trainer.data.load_stage_data(phase(trainer, **{key: bad}))
 
 
 def test_training_batches_go_through_the_pipeline_as_training_data(trainer):
-    trainer.stages = [phase(trainer, epochs=1)]
-    trainer.load_stage_data(trainer.stages[0])
+    trainer.parts.stages = [phase(trainer, epochs=1)]
+    trainer.data.load_stage_data(trainer.parts.stages[0])
     flags, pipe = [], trainer.ctx.pipeline
     trainer.ctx.pipeline = lambda x, train, gen: flags.append((train, gen)) or pipe(x, train, gen)
     trainer.ctx.reset_optimizer()
-    trainer.train_epoch(16, None)
-    assert flags == [(True, trainer.aug_gen)] * 3  # augmented from the trainer's own generator
+    trainer.loop.train_epoch(16, None)
+    assert flags == [(True, trainer.parts.aug_gen)] * 3  # augmented from the trainer's own generator
 
 
 def test_plateau_without_validation_data_watches_the_training_loss(base_cfg, tmp_path):
@@ -1006,14 +1022,13 @@ def test_plateau_without_validation_data_watches_the_training_loss(base_cfg, tmp
 
 def test_a_resumed_phase_continues_its_per_step_schedule(base_cfg, tmp_path):
     from runner.optim import Schedule
-    from runner.train import PhaseProgress
     keys = dict(schedule__name="step_iter", schedule__gamma=0.5, schedule__step_size=1, train__batch_size=1)
     whole = scripted_trainer(base_cfg, tmp_path / "whole", [1.0] * 3, **keys)
     whole.run_stage(one_sample_stage(whole, **{"subset.n": 2}))
     trainer = scripted_trainer(base_cfg, tmp_path / "resumed", [1.0] * 3, **keys)
     stage = one_sample_stage(trainer, **{"subset.n": 2})
     trainer.ctx.step = 4  # two epochs of two steps done
-    resumed = PhaseProgress(next_epoch=2, schedule=Schedule(trainer.cfg.schedule, 0.5).state_dict())
+    resumed = BestEpoch(next_epoch=2, schedule=Schedule(trainer.cfg.schedule, 0.5).state_dict())
     trainer.run_stage(stage, resumed)
     [last] = metrics(tmp_path / "resumed")
     assert float(last["lr"]) == float(metrics(tmp_path / "whole")[-1]["lr"]) == 0.5 * 0.5 ** 5
@@ -1021,9 +1036,9 @@ def test_a_resumed_phase_continues_its_per_step_schedule(base_cfg, tmp_path):
 
 def test_the_best_epoch_is_scored_by_the_chosen_metric(trainer):
     row = {"val_loss": 0.4, "val_acc": 0.75}
-    assert trainer.score(row) == 0.4
-    trainer.opts.select_by = "val_acc"
-    assert trainer.score(row) == -0.75  # the lowest score is the best
+    assert score(row, trainer.parts.opts.select_by) == 0.4
+    trainer.parts.opts.select_by = "val_acc"
+    assert score(row, trainer.parts.opts.select_by) == -0.75  # the lowest score is the best
 
 
 def test_a_later_phases_per_step_schedule_counts_from_its_own_first_step(base_cfg, tmp_path):
@@ -1040,19 +1055,19 @@ def test_the_trainer_joins_distributed_training_as_configured(base_cfg, tmp_path
     asked = []
     monkeypatch.setattr(distributed, "setup", lambda cfg, device: asked.append((cfg, device)))
     trainer = Trainer(base_cfg, RunRecorder(tmp_path, {"name": "dist"}))
-    assert asked == [(base_cfg.distributed, "cpu")] and trainer.dist is None
+    assert asked == [(base_cfg.distributed, "cpu")] and trainer.parts.dist is None
 
 
 def test_a_streamed_reader_refusing_its_options_is_named(base_cfg, tmp_path):
     trainer = image_trainer(base_cfg, tmp_path, reader={"fail": True})
     OmegaConf.update(trainer.cfg, "dataset.stream", {"size": 8}, force_add=True)
     with pytest.raises(RunnerError, match=r"^dataset\.reader: no such files \(calling"):
-        trainer.load_stage_data(trainer.stages[0])
+        trainer.data.load_stage_data(trainer.parts.stages[0])
 
 
 def test_fp16_gets_a_gradient_scaler_on_a_gpu_only(base_cfg, tmp_path):
     trainer = Trainer(with_(base_cfg, train__precision="fp16"), RunRecorder(tmp_path, {"name": "fp16"}))
-    assert trainer.amp is torch.float16 and trainer.scaler is None  # the CPU: autocast alone
+    assert trainer.parts.amp is torch.float16 and trainer.parts.scaler is None  # the CPU: autocast alone
 
 
 class SeeGen:
@@ -1066,18 +1081,18 @@ class SeeGen:
 
 def test_cached_inputs_are_augmented_with_the_trainers_generator(base_cfg, tmp_path):
     trainer = image_trainer(base_cfg, tmp_path, dataset__augment=[{"_target_": f"{__name__}.SeeGen"}])
-    trainer.load_stage_data(trainer.stages[0])
+    trainer.data.load_stage_data(trainer.parts.stages[0])
     assert trainer.ctx.data.train.x.dtype == torch.float32  # cached: only the random part is left
     SeeGen.gens = []
-    trainer.ctx.pipeline(trainer.ctx.data.train.x[:2], True, trainer.aug_gen)
-    assert SeeGen.gens == [trainer.aug_gen]
+    trainer.ctx.pipeline(trainer.ctx.data.train.x[:2], True, trainer.parts.aug_gen)
+    assert SeeGen.gens == [trainer.parts.aug_gen]
 
 
 def test_val_seed_fixes_the_validation_split_across_seeds(base_cfg, tmp_path):
     def val(seed, val_seed):
         trainer = image_trainer(base_cfg, tmp_path / f"{seed}-{val_seed}", seed=seed,
                                 train__val_fraction=0.25, train__val_seed=val_seed)
-        return sorted(trainer.device_splits(trainer.cfg.dataset).val.x[:, 0, 0, 0].tolist())
+        return sorted(trainer.data.device_splits(trainer.cfg.dataset).val.x[:, 0, 0, 0].tolist())
     assert val(0, 7) == val(1, 7) == val(7, None)
     assert val(0, None) != val(1, None)
 
@@ -1085,8 +1100,8 @@ def test_val_seed_fixes_the_validation_split_across_seeds(base_cfg, tmp_path):
 def test_compile_runs_the_compiled_model(trainer, monkeypatch):
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda model: compiled.append(Compiled(model)) or compiled[-1])
-    trainer.opts.compile, trainer.opts.epochs = True, 1
-    trainer.stages = trainer.stages[:1]
+    trainer.parts.opts.compile, trainer.parts.opts.epochs = True, 1
+    trainer.parts.stages = trainer.parts.stages[:1]
     trainer.fit()
     assert len(compiled) == 1 and trainer.ctx.model is compiled[0] and trainer.ctx.step == 3
 
@@ -1094,10 +1109,10 @@ def test_compile_runs_the_compiled_model(trainer, monkeypatch):
 def test_device_memory_is_given_back_on_a_gpu_only(trainer, monkeypatch):
     emptied = []
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
-    trainer.free_device_memory()
+    trainer.data.free_device_memory()
     assert emptied == []
-    trainer.device = torch.device("cuda")
-    trainer.free_device_memory()
+    trainer.parts.device = torch.device("cuda")
+    trainer.data.free_device_memory()
     assert emptied == [1]
 
 
@@ -1108,18 +1123,18 @@ def test_an_apple_gpu_is_a_device_where_it_is_available(monkeypatch):
 
 def test_an_unimportable_target_is_named():
     with pytest.raises(RunnerError, match=r"(?s)^model\._target_='nowhere\.Net' cannot be imported \(.*No module named 'nowhere'"):
-        call({"_target_": "nowhere.Net"}, "model")
+        instantiate({"_target_": "nowhere.Net"}, "model")
 
 
 def test_train_options_are_resolved_and_progress_is_taken_from_the_config(base_cfg, tmp_path):
     for progress in (True, False, None):
         cfg = with_(base_cfg, train__patience="${train.epochs}", progress=progress)
         trainer = Trainer(cfg, RunRecorder(tmp_path, {"name": "opts"}))
-        assert trainer.opts.patience == 10 and trainer.progress is progress
+        assert trainer.parts.opts.patience == 10 and trainer.parts.progress is progress
 
 
 def test_resume_auto_without_a_search_root_looks_beside_the_run(compose_cfg, tmp_path):
-    from runner.train import run
+    from runner.training.lifecycle import run
     cfg = compose_cfg(BASE + ["train.epochs=1", "resume=auto"])
     first = run(cfg, tmp_path / "runs" / "a")
     again = run(cfg, tmp_path / "runs" / "b")
@@ -1136,11 +1151,11 @@ def unnamed(trainer, drop=("name",)):
 def test_an_unnamed_dataset_is_called_the_dataset_in_errors(base_cfg, tmp_path):
     trainer = image_trainer(base_cfg, tmp_path / "labels", reader={"classes": 3})
     with pytest.raises(DataError, match=r"^dataset: train labels span \[0, 2\]"):
-        trainer.arrays(unnamed(trainer))
+        trainer.data.arrays(unnamed(trainer))
     trainer = image_trainer(base_cfg, tmp_path / "subset")
     unnamed(trainer)
     with pytest.raises(ConfigError, match=r"exceeds the 16 training samples of the dataset; lower it$"):
-        trainer.load_stage_data(phase(trainer, subset__n=99))
+        trainer.data.load_stage_data(phase(trainer, subset__n=99))
 
 
 def test_smoke_inputs_are_bytes_unless_the_dataset_says_otherwise(base_cfg, tmp_path):
@@ -1149,38 +1164,38 @@ def test_smoke_inputs_are_bytes_unless_the_dataset_says_otherwise(base_cfg, tmp_
     assert ci.apply(cfg).dataset.reader.dtype == "float32"  # reinit_synthetic's features
     del cfg.dataset.dtype
     trainer = Trainer(ci.apply(cfg), RunRecorder(tmp_path, {"name": "bytes"}))
-    assert trainer.arrays(trainer.cfg.dataset).x_train.dtype == torch.uint8
+    assert trainer.data.arrays(trainer.cfg.dataset).x_train.dtype == torch.uint8
 
 
 def test_checkpoints_fall_every_n_epochs_of_a_phase(trainer):
     saved = []
     trainer.save_checkpoint = lambda stage, p: saved.append((stage, p.next_epoch))
-    trainer.opts.checkpoint, trainer.opts.checkpoint_every, trainer.opts.checkpoint_minutes = True, 3, None
-    trainer.stages = [phase(trainer, epochs=7)]
+    trainer.parts.opts.checkpoint, trainer.parts.opts.checkpoint_every, trainer.parts.opts.checkpoint_minutes = True, 3, None
+    trainer.parts.stages = [phase(trainer, epochs=7)]
     trainer.fit()
     assert saved == [(0, 3), (0, 6)]  # after epochs 3 and 6; the run's end needs none
 
 
 def test_mixed_precision_computes_in_its_dtype_on_the_trainers_device(trainer):
-    trainer.amp = torch.bfloat16
-    with trainer.autocast():
+    trainer.parts.amp = torch.bfloat16
+    with trainer.parts.autocast():
         assert torch.nn.Linear(4, 4)(torch.randn(2, 4)).dtype == torch.bfloat16
-    trainer.amp = torch.float16  # fp16 kernels on a CPU need torch >= 2.4: check what is asked for
-    cast = trainer.autocast()
+    trainer.parts.amp = torch.float16  # fp16 kernels on a CPU need torch >= 2.4: check what is asked for
+    cast = trainer.parts.autocast()
     assert (cast.device, cast.fast_dtype) == ("cpu", torch.float16)
-    trainer.amp = None
-    with trainer.autocast():
+    trainer.parts.amp = None
+    with trainer.parts.autocast():
         assert torch.nn.Linear(4, 4)(torch.randn(2, 4)).dtype == torch.float32
 
 
 def test_training_accuracy_counts_each_samples_class(trainer):
-    trainer.load_stage_data(trainer.stages[0])
+    trainer.data.load_stage_data(trainer.parts.stages[0])
     trainer.ctx.reset_optimizer()
     for g in trainer.ctx.optimizer.param_groups:
         g["lr"] = 0.0
     with torch.no_grad():
         trainer.ctx.model.head[1].weight.copy_(3 * PERFECT)  # every sample right
-    stats = trainer.train_epoch(16, None)
+    stats = trainer.loop.train_epoch(16, None)
     assert stats[1].item() == stats[2].item() == 48
 
 
@@ -1188,7 +1203,7 @@ def test_on_a_terminal_the_phase_bar_shows_by_default(base_cfg, tmp_path, capsys
     import sys
     trainer = scripted_trainer(base_cfg, tmp_path, [1.0] * 3)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    trainer.progress = None  # progress unset: shown on a terminal only
+    trainer.parts.progress = None  # progress unset: shown on a terminal only
     trainer.run_stage(one_sample_stage(trainer, name="termphase"))
     assert "termphase: " in capsys.readouterr().err
 
@@ -1196,12 +1211,12 @@ def test_on_a_terminal_the_phase_bar_shows_by_default(base_cfg, tmp_path, capsys
 def test_the_caps_limit_the_batches_of_every_evaluation(base_cfg, tmp_path):
     cfg = with_(base_cfg, train__max_eval_batches=2, train__max_epochs=1, train__eval_test=True)
     trainer = Trainer(cfg, RunRecorder(tmp_path, {"name": "capped"}))
-    trainer.stages = [phase(trainer)]
-    trainer.load_stage_data(trainer.stages[0])
+    trainer.parts.stages = [phase(trainer)]
+    trainer.data.load_stage_data(trainer.parts.stages[0])
     trainer.ctx.reset_optimizer()
     limits, evaluate = [], trainer.ctx.evaluate
     trainer.ctx.evaluate = lambda split, limit=None: limits.append(limit) or evaluate(split, limit)
-    trainer.run_stage(trainer.stages[0])
+    trainer.run_stage(trainer.parts.stages[0])
     assert limits == [2, 2]  # validation and test
 
 
@@ -1227,11 +1242,11 @@ class OutputsTerm(Method):
 
 def test_a_loss_term_gets_the_steps_context(trainer):
     from methods.base import MethodStack
-    trainer.load_stage_data(trainer.stages[0])
+    trainer.data.load_stage_data(trainer.parts.stages[0])
     trainer.ctx.reset_optimizer()
     term = OutputsTerm()
-    trainer.methods = MethodStack([term])
-    trainer.train_step(trainer.ctx.data.train.x[:4], trainer.ctx.data.train.y[:4], torch.zeros(4))
+    trainer.parts.methods = MethodStack([term])
+    trainer.loop.train_step(trainer.ctx.data.train.x[:4], trainer.ctx.data.train.y[:4], torch.zeros(4))
     assert term.ctx is trainer.ctx and term.ctx.outputs.shape == (4, 8)
 
 
@@ -1240,7 +1255,7 @@ def test_inputs_are_normalized_by_the_datasets_mean_and_std(base_cfg, tmp_path):
     for drop, want in (((), (x - 0.5) / 0.25), (("std",), x - 0.5), (("mean", "std"), x)):  # defaults 0, 1
         trainer = image_trainer(base_cfg, tmp_path, dataset__mean=[0.5], dataset__std=[0.25])
         unnamed(trainer, drop=drop)
-        trainer.load_stage_data(trainer.stages[0])
+        trainer.data.load_stage_data(trainer.parts.stages[0])
         got = trainer.ctx.data.train.x[:, 0, 0, 0]
         torch.testing.assert_close(got.sort().values, want)
 
@@ -1250,41 +1265,41 @@ def test_a_phase_trains_on_the_dataset_it_names(base_cfg, tmp_path):
     OmegaConf.update(trainer.cfg, "datasets", {"later": {**OmegaConf.to_container(trainer.cfg.dataset),
                                                          "reader": {"_target_": f"{__name__}.tiny_images", "start": 100}}},
                      merge=False, force_add=True)
-    trainer.load_stage_data(phase(trainer, dataset="later"))
+    trainer.data.load_stage_data(phase(trainer, dataset="later"))
     assert trainer.ctx.data.train.x.min().item() == pytest.approx(100 / 255)
     with pytest.raises(RunnerError, match=r"^phase dataset 'nope' is not in `datasets`; defined: \['later'\]"):
-        trainer.load_stage_data(phase(trainer, dataset="nope"))
+        trainer.data.load_stage_data(phase(trainer, dataset="nope"))
 
 
 def test_the_run_context_carries_the_trainers_device(trainer):
-    assert trainer.ctx.device == trainer.device == torch.device("cpu")
+    assert trainer.ctx.device == trainer.parts.device == torch.device("cpu")
 
 
 def test_call_gives_targets_plain_resolved_values_from_a_config():
     root = OmegaConf.create({"n": 2, "m": {"_target_": f"{__name__}.Box", "v": [1, "${n}"],
                                            "inner": {"_target_": f"{__name__}.Box", "v": {"a": "${n}"}}}})
-    box = call(root.m, "m")
+    box = instantiate(root.m, "m")
     assert type(box.v) is list and box.v == [1, 2]
     assert isinstance(box.inner, Box) and type(box.inner.v) is dict and box.inner.v == {"a": 2}
 
 
 def test_channels_last_models_keep_their_weights_channels_last(trainer):
-    trainer.opts.channels_last = True
-    model = trainer.prepare_model(torch.nn.Conv2d(3, 4, 3))
+    trainer.parts.opts.channels_last = True
+    model = trainer.parts.prepare_model(torch.nn.Conv2d(3, 4, 3))
     assert model.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_a_full_batch_phase_takes_one_step_an_epoch(trainer):
-    trainer.opts.batch_size, trainer.opts.epochs = None, 2
-    trainer.stages = [phase(trainer)]
+    trainer.parts.opts.batch_size, trainer.parts.opts.epochs = None, 2
+    trainer.parts.stages = [phase(trainer)]
     trainer.fit()
     assert (trainer.ctx.steps_per_epoch, trainer.ctx.step) == (1, 2)
 
 
 def test_phases_on_the_same_dataset_share_its_device_splits(base_cfg, tmp_path):
     trainer = image_trainer(base_cfg, tmp_path)
-    first = trainer.device_splits(trainer.cfg.dataset)
-    assert trainer.device_splits(trainer.cfg.dataset) is first  # not split again
+    first = trainer.data.device_splits(trainer.cfg.dataset)
+    assert trainer.data.device_splits(trainer.cfg.dataset) is first  # not split again
 
 
 def test_the_smoke_level_caps_a_subset_at_the_training_set(base_cfg, tmp_path):
@@ -1294,7 +1309,7 @@ def test_the_smoke_level_caps_a_subset_at_the_training_set(base_cfg, tmp_path):
     cfg = ci.apply(cfg)  # 20 samples, 5 of them (val_fraction 0.25) held out
     assert [p.subset.n for p in cfg.phases] == [15, 15, 14]
     trainer = Trainer(cfg, RunRecorder(tmp_path, {"name": "subset"}))
-    trainer.load_stage_data(trainer.stages[0])
+    trainer.data.load_stage_data(trainer.parts.stages[0])
     assert len(trainer.ctx.data.train) == 15
 
 
@@ -1311,7 +1326,7 @@ class Compiled(torch.nn.Module):
 
 def test_a_compiled_runs_saved_model_has_the_models_own_names(compose_cfg, tmp_path, monkeypatch):
     from runner import checkpoint
-    from runner.train import run
+    from runner.training.lifecycle import run
     monkeypatch.setattr(torch, "compile", Compiled)
     cfg = compose_cfg(BASE + ["train.epochs=1", "train.compile=true", "train.save_model=true"])
     assert run(cfg, tmp_path)["status"] == "completed"

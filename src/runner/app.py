@@ -20,7 +20,7 @@ from runner import distributed, extras
 from runner.errors import ConfigError, Interrupted, RunnerError
 from runner.report import format_table, table_from_results
 from runner.results import RESULT_FILE
-from runner.train import run
+from runner.training.lifecycle import run
 
 log = logging.getLogger("runner")
 

@@ -55,6 +55,14 @@ class RunContext:
         self.batch: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
         self.outputs: Optional[torch.Tensor] = None
 
+    def state_dict(self) -> Dict[str, Any]:
+        """The counters and hyperparameters a checkpoint keeps."""
+        return {k: getattr(self, k) for k in ("step", "epoch", "lr", "weight_decay", "gamma")}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
     @property
     def phase_index(self) -> int:
         return self.stage.index if self.stage else -1

@@ -119,6 +119,14 @@ class Recorder(ABC):
     def finish(self, status: str, **fields: Any) -> Dict[str, Any]:
         """The final status and fields; returns the finished record."""
 
+    def state_dict(self) -> Dict[str, Any]:
+        """What a checkpoint keeps of the record: its phases, columns and metrics rows."""
+        return {"phases": self.result["phases"], "columns": self.columns,
+                "metrics_csv": self.csv_text()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.restore(state["phases"], state["columns"], state["metrics_csv"])
+
 
 class MemoryRecorder(Recorder):
     """A recorder that writes nothing: the record in memory (ranks other than 0 of a distributed

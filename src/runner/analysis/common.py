@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from runner.report import IGNORED  # noqa: E402
+from runner.tables import IGNORED  # noqa: E402
 from runner.results import METRICS_FILE, load_results  # noqa: E402
 
 

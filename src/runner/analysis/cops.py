@@ -84,7 +84,8 @@ def _scored(experiment: str, data: str, batches: int, overrides: Sequence[str],
     from runner import ci
     from runner.app import conf_dir
     from runner.results import MemoryRecorder
-    from runner.train import Trainer
+    from runner.training.build import Parts
+    from runner.training.data import DataStager
 
     extra = [f"method.batches={batches}", "device=cpu"]
     GlobalHydra.instance().clear()
@@ -96,9 +97,9 @@ def _scored(experiment: str, data: str, batches: int, overrides: Sequence[str],
                                      "ci=smoke", "ci.overrides={}", f"ci.n_train={n}",
                                      *overrides])
     GlobalHydra.instance().clear()
-    trainer = Trainer(ci.apply(cfg), MemoryRecorder())
-    trainer.load_stage_data(trainer.stages[0])
-    ctx, method = trainer.ctx, trainer.methods.methods[0]
+    parts = Parts(ci.apply(cfg))
+    DataStager(parts, MemoryRecorder()).load_stage_data(parts.stages[0])
+    ctx, method = parts.ctx, parts.methods.methods[0]
     calib = method.calibration(ctx)
     scores = {k: pruning.scores(k, ctx.model, calib, loss_fn=ctx.loss_fn, gen=ctx.gen,
                                 normalize=True) for k in kinds}

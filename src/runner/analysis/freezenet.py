@@ -73,7 +73,7 @@ def experiment_cfg(experiment: str, overrides: Sequence[str] = ()):
 
 def build(experiment: str, device: str = "meta", seed: int = 0):
     """(model, config) of an experiment, initialized from `seed` (on `meta`: shapes only)."""
-    from runner.train import build_model
+    from runner.instantiate import build_model
     cfg = experiment_cfg(experiment)
     torch.manual_seed(seed)
     with torch.device(device):
@@ -228,9 +228,9 @@ def calibration(cfg, data: str, seed: int, n: int):
         return torch.randn(n, *cfg.dataset.shape, generator=g), \
             torch.randint(cfg.dataset.num_classes, (n,), generator=g)
     from runner.data.tensors import Pipeline
-    from runner.train import call
+    from runner.instantiate import instantiate
     try:
-        arrays = call(cfg.dataset.reader, "dataset.reader")
+        arrays = instantiate(cfg.dataset.reader, "dataset.reader")
     except Exception as e:
         raise AnalysisError(f"{cfg.dataset.name} is not available here ({e}); use --data synthetic")
     idx = torch.randperm(len(arrays.y_train), generator=g)[:n]

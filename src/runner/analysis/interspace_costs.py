@@ -177,7 +177,7 @@ def run_costs(run: dict) -> List[LayerCost]:
     import torch
     from omegaconf import OmegaConf
 
-    from runner.train import build_model
+    from runner.instantiate import build_model
     cfg = OmegaConf.create(run["config"])
     with torch.device("meta"):
         model = build_model(cfg)

@@ -1,0 +1,1 @@
+"""The pieces a run trains with (runner.train.Trainer puts them together)."""

@@ -1,0 +1,149 @@
+"""What a run trains with, built from its config: device, determinism, seeds, precision, the
+model in its RunContext, methods, stages, loss and the trainer's random generators."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import random
+from types import SimpleNamespace
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from methods.base import MethodStack
+from runner import distributed
+from runner.context import RunContext, Stage
+from runner.errors import ConfigError, RunnerError
+from runner.instantiate import build_model, instantiate
+from runner.optim import build_optimizer
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def mse_one_hot(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    err = (out - F.one_hot(y, out.shape[1]).to(out.dtype)).pow(2).sum(1)
+    return err.mean() if reduction == "mean" else err.sum()
+
+
+LOSSES = {"cross_entropy": F.cross_entropy, "mse": mse_one_hot}
+
+
+def resolve_device(name: str, job: int = 0) -> torch.device:
+    """`auto`: GPU number `job` modulo the visible GPUs (one GPU per sweep job), else the CPU."""
+    if name == "auto":
+        n = torch.cuda.device_count()
+        return torch.device(f"cuda:{job % n}" if n else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name!r} is not a device; valid: auto, cpu, cuda, cuda:N") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available()
+                               or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"device={name!r} is not available here ({torch.cuda.device_count()} GPUs "
+                          "visible); use device=cpu or device=auto")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={name!r} is not available here; use device=cpu or device=auto")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device={name!r} is not supported; valid: auto, cpu, cuda, cuda:N")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_determinism(deterministic: bool, device: torch.device) -> None:
+    """Deterministic kernels (GPU runs repeat bitwise), or cudnn.benchmark and TF32 (faster)."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+    torch.backends.cuda.matmul.allow_tf32 = not deterministic
+    torch.backends.cudnn.allow_tf32 = not deterministic
+
+
+def capped(value: Optional[int], cap: Optional[int]) -> Optional[int]:
+    """min(value, cap), where None means 'no cap' for the cap and 'all' for the value."""
+    if cap is None:
+        return value
+    return cap if value is None else min(value, cap)
+
+
+def expand_stages(cfg) -> List[Stage]:
+    """One stage per repeat of each phase (at most `train.max_repeat`)."""
+    stages = []
+    for phase in cfg.phases:
+        n = capped(phase.repeat, cfg.train.max_repeat)
+        for r in range(n):
+            name = phase.name if phase.repeat == 1 else f"{phase.name}{r + 1}"
+            stages.append(Stage(len(stages), r, name, phase))
+    return stages
+
+
+def loss_function(opts):
+    """The loss of `train.loss`, with `train.label_smoothing` where set."""
+    fn = LOSSES[opts.loss]
+    if not opts.label_smoothing:
+        return fn
+    if opts.loss != "cross_entropy":
+        raise RunnerError("train.label_smoothing needs train.loss=cross_entropy")
+    return functools.partial(F.cross_entropy, label_smoothing=opts.label_smoothing)
+
+
+class Parts:
+    """Everything of one run that the data stager, the loop and the checkpoint share: `cfg`,
+    `opts` (train options), `device`, `dist` (None: one process), `ddp` (the model as the step
+    calls it under distributed training), `amp`, `scaler`, `methods`, `stages`, `loss_fn`,
+    `ctx`, the data-order and augmentation generators and `progress` (show bars)."""
+
+    def __init__(self, cfg: DictConfig, job: int = 0, device: Optional[torch.device] = None):
+        self.cfg = cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.opts = SimpleNamespace(**OmegaConf.to_container(cfg.train, resolve=True))  # hot loop
+        self.dist = distributed.setup(cfg.distributed, cfg.device)
+        self.ddp = None
+        if device is None:
+            device = self.dist.device if self.dist else resolve_device(cfg.device, job)
+        self.device = device
+        set_determinism(self.opts.deterministic, self.device)
+        seed_everything(cfg.seed)
+        self.amp = PRECISIONS[self.opts.precision]
+        self.scaler = (torch.amp.GradScaler(self.device.type)
+                       if self.amp is torch.float16 and self.device.type == "cuda" else None)
+        model = self.prepare_model(build_model(cfg))
+        methods = [instantiate(cfg.method, "method")] if cfg.method is not None else []
+        methods += [instantiate(m, f"extra_methods[{i}]") for i, m in enumerate(cfg.extra_methods)]
+        self.methods = MethodStack(methods)
+        self.stages = expand_stages(cfg)
+        self.loss_fn = loss_function(self.opts)
+        self.ctx = RunContext(
+            device=self.device, model=model, seed=cfg.seed, loss_fn=self.loss_fn,
+            num_stages=len(self.stages), eval_batch_size=self.opts.eval_batch_size,
+            build_model=lambda: self.prepare_model(build_model(cfg)),
+            make_optimizer=lambda m, lr, wd: build_optimizer(m, cfg.optim, lr, wd),
+            autocast=self.autocast, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.order_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.aug_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 2)
+        self.progress = cfg.progress
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        model = model.to(self.device)
+        if self.opts.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def autocast(self):
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
+
+    def generators(self) -> Dict[str, torch.Generator]:
+        return {"order": self.order_gen, "aug": self.aug_gen, "method": self.ctx.gen}

@@ -1,0 +1,142 @@
+"""The step and the epoch: batches through the methods' hooks, then the epoch's row of numbers."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Dict
+
+import torch
+
+from runner.context import Stage
+from runner.data.tensors import batches
+from runner.errors import Diverged
+from runner.logs import batch_bar
+from runner.models import params
+
+
+class Loop:
+    """Trains and evaluates `parts.ctx.model`; `diverge_ref` is the run's first batch loss."""
+
+    def __init__(self, parts):
+        self.parts = parts
+        self.diverge_ref = None
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"diverge_ref": self.diverge_ref}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.diverge_ref = state["diverge_ref"]
+
+    def epoch(self, stage: Stage, epoch: int, evaluate: bool, batch_size, schedule=None,
+              start: int = 0) -> Dict[str, Any]:
+        """Train one epoch of `stage`, evaluate (where `evaluate`), check for divergence; the
+        epoch's row, read from the device in one host sync."""
+        p = self.parts
+        ctx, opts = p.ctx, p.opts
+        t0 = time.perf_counter()
+        stats = self.train_epoch(batch_size, opts.max_batches, schedule, start)
+        lr = ctx.optimizer.param_groups[0]["lr"]  # a per-iteration schedule's last
+        if p.dist:
+            p.dist.all_reduce(stats[:3])  # loss sum, correct, samples over the ranks
+        nan = torch.full((2,), math.nan, device=p.device)
+        val = torch.stack(ctx.evaluate(ctx.data.val, opts.max_eval_batches)) if evaluate else nan
+        test = (torch.stack(ctx.evaluate(ctx.data.test, opts.max_eval_batches))
+                if evaluate and opts.eval_test else nan)
+        (loss_sum, correct, n, first_loss, val_loss, val_acc, test_loss, test_acc, norm, nonzero,
+         trained) = torch.cat([stats, val.float(), test.float(), self.weight_stats()]).tolist()
+        train_loss, train_acc = loss_sum / max(n, 1), correct / max(n, 1)
+        if self.diverge_ref is None:
+            self.diverge_ref = first_loss
+        self.check_divergence(train_loss, stage, epoch)
+        row = {"phase": stage.index, "phase_name": stage.name, "epoch": epoch + 1,
+               "step": ctx.step, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
+               "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss,
+               "test_acc": test_acc, "weight_norm": norm, "nonzero_weights": int(nonzero),
+               "trained_weights": int(trained), "seconds": time.perf_counter() - t0}
+        row.update(p.methods.collect("on_epoch_end", ctx))
+        return row
+
+    def train_epoch(self, batch_size, limit, schedule=None, start=0) -> torch.Tensor:
+        """One epoch; returns the device tensor [loss sum, correct, samples, first batch loss]
+        (no host sync; the last entry only in the run's first epoch). A per-iteration
+        `schedule` sets the lr before every step (`start`: the phase's first step)."""
+        p = self.parts
+        ctx = p.ctx
+        if not ctx.model.training:  # evaluate() leaves it in train mode; methods' choices stay
+            ctx.model.train()
+        stats = torch.zeros(4, device=p.device)
+        epoch_batches = (p.dist.batches if p.dist else batches)(
+            ctx.data.train, batch_size, p.order_gen, limit=limit)
+        first = self.diverge_ref is None
+        for xb, yb in batch_bar(epoch_batches, len(ctx.data.train), batch_size, limit,  # logs.py
+                                p.progress):
+            if schedule is not None:
+                lr = schedule.at_step(ctx.step - start)
+                for g in ctx.optimizer.param_groups:
+                    g["lr"] = lr
+            loss = self.train_step(xb, yb, stats)
+            if first:
+                stats[3] = loss.detach().float()
+                first = False
+        return stats
+
+    def train_step(self, xb: torch.Tensor, yb: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+        p = self.parts
+        ctx, m, masks, scaler = p.ctx, p.methods, p.ctx.masks, p.scaler
+        x = ctx.pipeline(xb, True, p.aug_gen)
+        ctx.batch = (x, yb)
+        with p.autocast():
+            out = (ctx.model if p.ddp is None else p.ddp)(x)
+            loss = p.loss_fn(out, yb)
+        ctx.outputs = out
+        total = loss + m.loss_term(ctx) if m.by_hook["loss_term"] else loss
+        opt = ctx.optimizer
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(total).backward()
+            scaler.unscale_(opt)
+        else:
+            total.backward()
+        if len(masks):
+            masks.mask_grads()
+        if m.by_hook["before_step"]:
+            m.call("before_step", ctx)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        if len(masks):
+            masks.project()
+        if m.by_hook["after_step"]:
+            m.call("after_step", ctx)
+            if len(masks):
+                masks.project()
+        ctx.step += 1
+        n = len(yb)
+        stats[:3] += torch.stack([loss.detach().float() * n, (out.argmax(1) == yb).sum().float(),
+                                  torch.tensor(float(n), device=stats.device)])
+        return loss
+
+    def weight_stats(self) -> torch.Tensor:
+        """[total norm of effective parameters, non-zero weights, trained weights] (device)."""
+        with torch.no_grad():
+            model, masks, device = self.parts.ctx.model, self.parts.ctx.masks, self.parts.device
+            weights = params.slots(model, "weights")
+            nonzero = sum(s.value().count_nonzero() for s in weights)
+            trained = 0
+            for name, p, kind in params.parameters(model):
+                if kind == "weights" and p.requires_grad:
+                    trained = trained + (masks[name].keep.sum() if name in masks else p.numel())
+            return torch.stack([params.total_norm(model).float(),
+                                torch.as_tensor(nonzero, device=device).float(),
+                                torch.as_tensor(trained, device=device).float()])
+
+    def check_divergence(self, train_loss: float, stage: Stage, epoch: int) -> None:
+        where = f"in phase {stage.name!r}, epoch {epoch + 1}"
+        if not math.isfinite(train_loss):
+            raise Diverged(f"training loss became {train_loss} {where}")
+        factor, ref = self.parts.opts.diverge_factor, self.diverge_ref
+        if factor is not None and ref is not None and ref > 0 and train_loss > factor * ref:
+            raise Diverged(f"training loss {train_loss:.4g} {where} exceeds train.diverge_factor="
+                           f"{factor:g} times the first batch's loss {ref:.4g}")
