@@ -54,7 +54,7 @@ TABLE33_QUOTED = [("Connection-Learning [59]", "no", "no", 8.3, 99.2),
                   ("Sparse-Momentum [30]", "no", "yes", 1.0, 99.2)]
 TABLE33_OWN = {"baseline": ("-", "-", 100.0, 99.4), "snip": ("yes", "no", 1.0, 98.9),
                "grasp": ("yes", "no", 1.0, 98.9), "freezenet": ("yes", "no", 1.0, 99.1)}
-FIG31_QS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)  # open choice #11
+FIG31_QS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)  # not given by the thesis (Fig. 3.1, Sec. 3.1): ours
 
 
 def experiment_cfg(experiment: str, overrides: Sequence[str] = ()):
@@ -171,7 +171,7 @@ def table32_rows() -> List[Dict]:
 def table32() -> str:
     lines = ["Table 3.2, LeNet-5-Caffe: the columns that need no training, ours (paper). The "
              "paper's factor is 1,683.9 kB / its rounded size; 170.7 kB at q = 0.9 disagrees with "
-             "the parameter count (notes Sec. 1). Accuracies: experiment wimmer_table3_2.", "",
+             "the parameter count. Accuracies: experiment wimmer_table3_2.", "",
              "| q | q_beta | trained parameters | network size (kB) | compression factor |",
              "|---|---|---|---|---|"]
     for r in table32_rows():
