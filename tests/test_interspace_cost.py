@@ -10,7 +10,8 @@ from runner.analysis import interspace as ip
 
 
 def test_speedups_match_the_closed_forms_of_fig_5_4():
-    """Fig. 5.4 (Wimmer's thesis, Sec. 5.5): K = 3, c_out = 64 -> IP 0.88 / 2.94 / 4.16 / 6.64 at q = 0 / 0.8 / 0.9 / 0.99;
+    """Fig. 5.4 (Wimmer's thesis, Sec. 5.5): K = 3, c_out = 64 -> IP 0.88 / 2.94 / 4.16 / 6.64
+    at q = 0 / 0.8 / 0.9 / 0.99;
     c_out = 512 -> 0.98 / 4.6 / 8.5 / 36.3; SP 5 / 10 / 100."""
     qs = (0.0, 0.8, 0.9, 0.99)
     assert [round(ip.speedup_ip(q, 64), 2) for q in qs] == [0.88, 2.94, 4.16, 6.64]
@@ -26,7 +27,8 @@ def test_speedups_match_the_closed_forms_of_fig_5_4():
 
 
 def test_theorem_bound_matches_fig_5_3():
-    """Fig. 5.3 (Wimmer's thesis, Ch. 5): D2 = 8 -> 9.4e-11, 10 -> 1.4e-11, 100 -> 9.8e-20; eps = 0 unless
+    """Fig. 5.3 (Wimmer's thesis, Ch. 5): D2 = 8 -> 9.4e-11, 10 -> 1.4e-11, 100 -> 9.8e-20;
+    eps = 0 unless
     D1 divides d; the worst d is D1: eps_max = D2 / C(9 D2, 9)."""
     assert [float(f"{ip.max_bound(n):.1e}") for n in (8, 10, 100)] == [9.4e-11, 1.4e-11, 9.8e-20]
     assert ip.theorem_bound(9, 10, 10) == 0.0
