@@ -301,12 +301,13 @@ def check_method(node: Any, where: str) -> None:
     for k, v in node.items():
         if k == "_target_":
             continue
-        if k not in params:
+        k = options.option_name(k)  # `lam` is `lambda`, as instantiate passes it
+        if k not in params and not options.takes_any(options.target_callable(str(node["_target_"]))):
             near = difflib.get_close_matches(k, list(params), n=1)
             hint = f" (did you mean {where}.{near[0]}?)" if near else ""
             raise ConfigError(f"{where}.{k} is not an option of {node['_target_']}{hint}; valid: "
                               f"{', '.join(params)}")
-        rule = params[k][1]
+        rule = params.get(k, (None, None))[1]
         if rule is not None and v is not None and not rule.ok(v):
             raise _fail(f"{where}.{k}", v, rule)
 

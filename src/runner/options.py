@@ -84,6 +84,19 @@ def _one_interpolation(v: str) -> bool:
     return False
 
 
+def takes_any(fn: Callable) -> bool:
+    """`fn` takes keyword arguments besides those `parameters` names (a `**kwargs` that no
+    base class's constructor spells out)."""
+    owners = [c for c in fn.__mro__ if "__init__" in vars(c)] if inspect.isclass(fn) else [fn]
+    for owner in owners:
+        init = owner.__init__ if inspect.isclass(owner) else owner
+        if init is object.__init__:
+            return True
+        if not _own_params(init)[1]:
+            return False
+    return True
+
+
 def _literal(v: Any) -> str:
     """`v` as the default argument of `oc.select`."""
     if isinstance(v, str):
