@@ -300,19 +300,6 @@ def target(name: str):
 BASES = [n for n in METHODS if getattr(target(n), "name", None) == n and "__init__" in vars(target(n))]
 
 
-@pytest.mark.parametrize("name", BASES)
-def test_a_method_built_without_options_is_its_config(name):
-    """A class built without options equals the one built with the values its config (named
-    after it, without an experiment's tuned values) gives the options its own constructor names:
-    code that builds a method directly gets what a run gets."""
-    options = OmegaConf.to_container(OmegaConf.create(method_node(name)), resolve=True)
-    options["lam"] = options.pop("lambda", None)
-    cls = target(name)
-    own = [k for k, p in inspect.signature(vars(cls)["__init__"]).parameters.items()
-           if p.default is not inspect.Parameter.empty]
-    same(plain(cls(**{k: options[k] for k in own})), plain(cls()), f"{name}: the defaults")
-
-
 def test_a_stack_adds_the_loss_terms_of_its_methods():
     run = Run(["l2", "vanilla", "l2_init"])
     l2, _, l2_init = run.stack.methods

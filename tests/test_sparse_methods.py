@@ -311,26 +311,6 @@ def test_cosine_fraction_by_hand():
 
 
 # -- the methods' options, picks and counts -----------------------------------------------------
-@pytest.mark.parametrize("conf", ["set", "gmp", "lth", "finetune", "random_mask", "sparse_init",
-                                  "prune_init", "cops"])
-def test_python_defaults_are_the_config_files(conf):
-    """A method built in code (tests, notebooks) is `method=NAME`: built with no arguments it
-    equals the one built from conf/method/NAME.yaml's values (`oc.select`: its fallback)."""
-    import importlib
-    import re
-
-    from conftest import CONF, load_yaml
-    cfg = dict(load_yaml(CONF / "method" / f"{conf}.yaml"))
-    module, name = cfg.pop("_target_").rsplit(".", 1)
-    cls = getattr(importlib.import_module(module), name)
-    for k, v in cfg.items():
-        if isinstance(v, str) and (m := re.fullmatch(r"\$\{oc\.select:[\w.]+,(.*)\}", v)):
-            cfg[k] = float(m.group(1))
-    if "lambda" in cfg:
-        cfg["lam"] = cfg.pop("lambda")
-    assert vars(cls()) == vars(cls(**cfg))
-
-
 @pytest.mark.parametrize("bad,match", [
     (dict(t_p=0), "t_p=0"), (dict(fraction=-0.1), "fraction=-0.1"),
     (dict(fraction=1.5), "fraction=1.5"), (dict(stop=-0.5), r"stop=-0.5 \(in \[0, 1\]\)"),

@@ -19,12 +19,13 @@ masks of the target and the control score alone (Table 4.2's sim rows, Fig. 4.6)
 from __future__ import annotations
 
 import math
-from typing import Dict, Mapping, Optional, Union
+from typing import Annotated, Dict, Mapping, Optional, Union
 
 import torch
 
 from methods.prune_init import PruneAtInit
 from runner.sparse import cops, pruning
+from runner.ranges import NON_NEGATIVE
 
 
 class Cops(PruneAtInit):
@@ -32,7 +33,7 @@ class Cops(PruneAtInit):
 
     def __init__(self, target: str = "snip", control: str = "grasp",
                  alpha: Union[float, Mapping] = 0.5,
-                 lam: Optional[float] = None, eps: float = 1e-6, lambda_plus: float = 1.0,
+                 lam: Annotated[Optional[float], NON_NEGATIVE] = None, eps: float = 1e-6, lambda_plus: float = 1.0,
                  search: bool = True, side: str = "midpoint", q: float = 0.9,
                  batches: int = 100, batch_size: int = 128, temperature: float = 1.0,
                  iterations: int = 100, classes: Optional[int] = None, class_seed: int = 0,

@@ -9,12 +9,13 @@
 
 The penalty is computed for all tensors at once (torch._foreach_norm), without a host sync.
 """
-from typing import List
+from typing import Annotated, List
 
 import torch
 
 from methods.base import Method
 from runner.models.params import select
+from runner.ranges import NON_NEGATIVE
 
 CONVENTIONS = {"code": 1.0, "text": 0.5}  # factor in front of lam * sum ||.||^2
 
@@ -33,7 +34,7 @@ def squared_norm(tensors: List[torch.Tensor]) -> torch.Tensor:
 class L2(Method):
     name = "l2"
 
-    def __init__(self, lam: float = 1e-4, params: str = "all", convention: str = "code"):
+    def __init__(self, lam: Annotated[float, NON_NEGATIVE] = 1e-4, params: str = "all", convention: str = "code"):
         self.lam, self.params = float(lam), params
         self.coef = convention_factor(convention) * self.lam
 

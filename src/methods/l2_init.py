@@ -7,17 +7,20 @@ tuned lambdas of Oh et al. 2025, Tables 2-4; `text` is lam/2 * ||theta - theta_0
 App. D.2 and Kumar et al.'s own code write it. Their code includes every parameter (biases,
 normalization); `params` restricts it. No optimizer state is touched: this is only a loss term.
 """
+from typing import Annotated
+
 import torch
 
 from methods.base import Method
 from methods.l2 import convention_factor, squared_norm
 from runner.models.params import select
+from runner.ranges import NON_NEGATIVE
 
 
 class L2Init(Method):
     name = "l2_init"
 
-    def __init__(self, lam: float = 1e-4, params: str = "all", convention: str = "code"):
+    def __init__(self, lam: Annotated[float, NON_NEGATIVE] = 1e-4, params: str = "all", convention: str = "code"):
         self.lam, self.params = float(lam), params
         self.coef = convention_factor(convention) * self.lam
 

@@ -6,7 +6,7 @@ mask under every optimizer (runner.sparse.masks). Reports the share of weights t
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Annotated, Dict
 
 import torch
 
@@ -14,12 +14,13 @@ from methods.base import Method
 from runner.models.params import select
 from runner.models.transforms import prunable
 from runner.sparse.keep import keep_count
+from runner.ranges import UNIT
 
 
 class RandomMask(Method):
     name = "random_mask"
 
-    def __init__(self, density: float = 0.1, kind: str = "pruned", params: str = "weights"):
+    def __init__(self, density: Annotated[float, UNIT] = 0.1, kind: str = "pruned", params: str = "weights"):
         if not 0.0 <= density <= 1.0:
             raise ValueError(f"random_mask density={density}; valid: [0, 1]")
         self.density, self.kind, self.params = float(density), kind, params

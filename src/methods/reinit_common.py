@@ -8,7 +8,7 @@ zeros (`zeros`, DSD's original re-densification); `eta_scale` multiplies it.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Annotated, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -17,6 +17,7 @@ from methods.base import Method
 from runner.models.init import initialize
 from runner.models.params import select
 from runner.sparse.keep import SCOPES, keep_count, top_k_masks
+from runner.ranges import UNIT
 
 ETA_SOURCES = ("fresh", "init", "zeros")
 Masks = Dict[str, torch.Tensor]
@@ -84,7 +85,7 @@ def reinitialize(params: List[Tuple[str, nn.Parameter]], masks: Masks,
 class MaskedReinit(Method):
     """Base of WELSR, DSD, WELS and FC: at each round, reinitialize the parameters `masks` picks."""
 
-    def __init__(self, fraction: float = 0.2, params="all", eta: str = "fresh",
+    def __init__(self, fraction: Annotated[float, UNIT] = 0.2, params="all", eta: str = "fresh",
                  eta_init: Optional[str] = None, eta_scale: float = 1.0, reset_optimizer: bool = True):
         if eta not in ETA_SOURCES:
             raise ValueError(f"eta={eta!r}; valid: {', '.join(ETA_SOURCES)}")

@@ -11,7 +11,7 @@ another stacked method masked after setup keeps that mask's kind, and its kept c
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Annotated, Dict
 
 import torch
 
@@ -19,12 +19,13 @@ from methods.base import Method
 from runner.models.transforms import prunable
 from runner.sparse.keep import keep_count, layer_counts, top_k
 from runner.sparse.training import check, cosine_fraction
+from runner.ranges import UNIT
 
 
 class SET(Method):
     name = "set"
 
-    def __init__(self, sparsity: float = 0.9, t_p: int = 1500, fraction: float = 0.3,
+    def __init__(self, sparsity: float = 0.9, t_p: int = 1500, fraction: Annotated[float, UNIT] = 0.3,
                  stop: float = 0.75, distribution: str = "erk"):
         check(sparsity, distribution)
         if t_p < 1 or not 0.0 <= fraction <= 1.0 or not 0.0 <= stop <= 1.0:

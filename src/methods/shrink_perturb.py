@@ -9,16 +9,19 @@ Touches the `params` kinds (default all, as both public codes); buffers (BN runn
 are kept. The optimizer state is kept unless `reset_optimizer` (SWR's code keeps Adam's moments;
 Ash & Adams build a new optimizer every round).
 """
+from typing import Annotated
+
 import torch
 
 from methods.base import Method
 from runner.models.params import select
+from runner.ranges import NON_NEGATIVE
 
 
 class ShrinkPerturb(Method):
     name = "shrink_perturb"
 
-    def __init__(self, lam: float = 0.4, variant: str = "init", perturb: float = 0.1,
+    def __init__(self, lam: Annotated[float, NON_NEGATIVE] = 0.4, variant: str = "init", perturb: float = 0.1,
                  params: str = "all", reset_optimizer: bool = False):
         if variant not in ("init", "fresh"):
             raise ValueError(f"shrink_perturb variant {variant!r}; valid: init, fresh")

@@ -18,7 +18,7 @@ learning rate decreases ("SWR + re-init", Appendix E).
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Annotated, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -26,6 +26,7 @@ from torch import nn
 from methods.base import Method
 from runner.models import params
 from runner.models.params import Slot
+from runner.ranges import NON_NEGATIVE
 
 AFFINE = (nn.Linear, nn.modules.conv._ConvNd)
 SCALE_FREE = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)  # g(cx) = g(x), c > 0
@@ -86,8 +87,9 @@ def rescale_(weights: List[Optional[Slot]], biases: List[Optional[Slot]], c: tor
 class SWR(Method):
     name = "swr"
 
-    def __init__(self, lam: float = 1e-3, lambda_f: Optional[float] = None,
-                 lambda_c: Optional[float] = None, classifier: str = "linear",
+    def __init__(self, lam: Annotated[float, NON_NEGATIVE] = 1e-3,
+                 lambda_f: Annotated[Optional[float], NON_NEGATIVE] = None,
+                 lambda_c: Annotated[Optional[float], NON_NEGATIVE] = None, classifier: str = "linear",
                  rescale_norm: bool = True, reinit: bool = False):
         self.lam_f = float(lam if lambda_f is None else lambda_f)
         self.lam_c = float(lam if lambda_c is None else lambda_c)

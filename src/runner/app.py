@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from runner import config as schema
-from runner import distributed, extras
+from runner import distributed, extras, options
 from runner.errors import ConfigError, Interrupted, RunnerError
 from runner.report import format_table, table_from_results
 from runner.results import RESULT_FILE
@@ -35,6 +35,7 @@ def conf_dir() -> Path:
 
 
 schema.register()
+options.register()
 OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:6], use_cache=True, replace=True)
 # ${job_tag:N}: "[job N]" in a sweep's log lines, nothing in a single run's (N null)
 OmegaConf.register_new_resolver("job_tag", lambda num: "" if num is None else f"[job {num}]",
@@ -47,7 +48,8 @@ OmegaConf.register_new_resolver(
 
 def job_choices(choices) -> Dict[str, str]:
     """The config-group choices of a job, without Hydra's own groups."""
-    return {k: str(v) for k, v in choices.items() if not k.startswith("hydra") and v is not None}
+    return {k: str(v) for k, v in choices.items()
+            if not k.startswith(("hydra", options.GROUP)) and v is not None}
 
 
 EXIT_CONFIG = 2  # a bad config, found before anything ran (as a usage error)

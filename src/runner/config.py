@@ -13,7 +13,10 @@ A failure is one `ConfigError` line naming the key, the value and the valid rang
 `prepare(cfg)` is the config a run trains: its test level written into ordinary options
 (`runner.ci.apply`), then validated; every run, sweep job and resumed run goes through it.
 """
+import difflib
+import functools
 import math
+import re
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Dict, List, Optional, Sequence
@@ -21,47 +24,11 @@ from typing import Any, Dict, List, Optional, Sequence
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from runner import ci, extras
+from runner import ci, extras, options
 from runner.errors import ConfigError
 
-ROW_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
-
-
-@dataclass(frozen=True)
-class Range:
-    """lo <= value <= hi (open ends exclude the bound); `note` says what null means."""
-
-    lo: Optional[float] = None
-    hi: Optional[float] = None
-    lo_open: bool = False
-    hi_open: bool = False
-    note: str = ""
-
-    def ok(self, v: Any) -> bool:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            return False
-        return ((self.lo is None or (v > self.lo if self.lo_open else v >= self.lo))
-                and (self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)))
-
-    def __str__(self) -> str:
-        if self.lo is not None and self.hi is not None:
-            text = f"{'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
-        elif self.lo is not None:
-            text = f"{'>' if self.lo_open else '>='} {self.lo:g}"
-        else:
-            text = f"{'<' if self.hi_open else '<='} {self.hi:g}"
-        return text + (f", or null ({self.note})" if self.note else "")
-
-
-@dataclass(frozen=True)
-class OneOf:
-    choices: Sequence[Any]
-
-    def ok(self, v: Any) -> bool:
-        return v in self.choices
-
-    def __str__(self) -> str:
-        return "one of " + ", ".join("null" if c is None else str(c) for c in self.choices)
+from runner.ranges import NON_NEGATIVE, POSITIVE, OneOf, Range, at_least  # noqa: F401 (re-exported)
+from runner.results import ROW_METRICS
 
 
 def valid(default: Any, rule) -> Any:
@@ -69,13 +36,6 @@ def valid(default: Any, rule) -> Any:
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"valid": rule})
     return field(default=default, metadata={"valid": rule})
-
-
-def at_least(lo: float, note: str = "") -> Range:
-    return Range(lo=lo, note=note)
-
-
-POSITIVE, NON_NEGATIVE = Range(lo=0, lo_open=True), Range(lo=0)
 
 
 @dataclass
@@ -267,8 +227,6 @@ def register() -> None:
 
 # -- validation -----------------------------------------------------------------------------------
 TARGET_PREFIXES = ("runner.", "methods.", "torch.", "torchvision.")
-METHOD_RANGES = {"lambda": NON_NEGATIVE, "lambda_f": NON_NEGATIVE, "lambda_c": NON_NEGATIVE,
-                 "fraction": Range(0, 1), "density": Range(0, 1)}  # free-form method options
 
 
 def _fail(key: str, value: Any, rule) -> ConfigError:
@@ -331,6 +289,82 @@ def check_targets(cfg: DictConfig) -> Dict[str, Any]:
     return resolved
 
 
+def check_method(node: Any, where: str) -> None:
+    """A method node's keys are options of its constructor, each inside the range annotated
+    beside the parameter (`Annotated[float, NON_NEGATIVE]`, runner.options)."""
+    if not isinstance(node, dict) or "_target_" not in node:
+        return
+    try:
+        params = options.parameters(options.target_callable(str(node["_target_"])))
+    except Exception:  # not importable: instantiate names it
+        return
+    for k, v in node.items():
+        if k == "_target_":
+            continue
+        k = options.option_name(k)  # `lam` is `lambda`, as instantiate passes it
+        if k not in params and not options.takes_any(options.target_callable(str(node["_target_"]))):
+            near = difflib.get_close_matches(k, list(params), n=1)
+            hint = f" (did you mean {where}.{near[0]}?)" if near else ""
+            raise ConfigError(f"{where}.{k} is not an option of {node['_target_']}{hint}; valid: "
+                              f"{', '.join(params)}")
+        rule = params.get(k, (None, None))[1]
+        if rule is not None and v is not None and not rule.ok(v):
+            raise _fail(f"{where}.{k}", v, rule)
+
+
+def _tuned_reads(node: Any, found: set) -> set:
+    """The first keys after `tuned.` in every string of `node` (interpolations, report keys)."""
+    if isinstance(node, dict):
+        for v in node.values():
+            _tuned_reads(v, found)
+    elif isinstance(node, list):
+        for v in node:
+            _tuned_reads(v, found)
+    elif isinstance(node, str):
+        found.update(re.findall(r"\btuned\.(\w+)", node))
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def _conf_tuned_reads() -> frozenset:
+    """The `tuned` keys that any file of conf/ reads."""
+    from runner.app import conf_dir
+    return frozenset(_tuned_reads([p.read_text() for p in conf_dir().rglob("*.yaml")], set()))
+
+
+def check_tuned(cfg: DictConfig, resolved: Dict[str, Any]) -> None:
+    """`tuned` holds a method's options under its name (`tuned.l2.lambda`: an option of the
+    constructor conf/method/l2.yaml names; applied when that method runs, under the command
+    line's `method.lambda=...`) and knobs the config reads (`${tuned.rounds}`, a method config's
+    `${oc.select:tuned.q,0.9}`, `report.rows: [tuned.setting]`). Any other key is refused: one
+    line naming it and the valid ones. A knob that some file of conf/ reads passes too (a base's
+    knob that an experiment built on it does not use)."""
+    methods = options.method_configs()
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    reads = _tuned_reads({k: v for k, v in plain.items() if k != "tuned"}, set())
+    reads |= _conf_tuned_reads()  # knobs of the methods and bases an experiment may use
+    for key, value in (resolved.get("tuned") or {}).items():
+        key = str(key)
+        if key in methods:
+            valid = list(options.options(key))
+            if not isinstance(value, dict):
+                raise ConfigError(f"tuned.{key}={value!r} is invalid: tuned.{key} holds options of "
+                                  f"method {key} (tuned.{key}.OPTION); valid: {', '.join(valid)}")
+            for option in value:
+                if option not in valid:
+                    near = difflib.get_close_matches(str(option), valid, n=1)
+                    hint = f" (did you mean tuned.{key}.{near[0]}?)" if near else ""
+                    raise ConfigError(f"tuned.{key}.{option} is not an option of method {key}{hint}; "
+                                      f"valid: {', '.join(valid)}")
+        elif key not in reads:
+            known = sorted(reads - set(methods))
+            near = difflib.get_close_matches(key, list(methods) + known, n=1)
+            hint = f" (did you mean tuned.{near[0]}?)" if near else ""
+            raise ConfigError(f"tuned.{key} is unknown{hint}; valid: a method's name with its "
+                              f"options (tuned.METHOD.OPTION) or a key the config reads "
+                              f"({', '.join(known) or 'none'})")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise `ConfigError` (one line) at the first option outside its valid values."""
     from runner.checks import check_combinations
@@ -344,10 +378,8 @@ def validate(cfg: DictConfig) -> None:
     _check_finite(resolved, "")
     for where, node in [("method", resolved.get("method"))] + [
             (f"extra_methods.{i}", m) for i, m in enumerate(resolved.get("extra_methods") or [])]:
-        for k, rule in METHOD_RANGES.items():
-            v = (node or {}).get(k)
-            if v is not None and not rule.ok(v):
-                raise _fail(f"{where}.{k}", v, rule)
+        check_method(node, where)
+    check_tuned(cfg, resolved)
     logger = (resolved.get("logger") or {}).get("name")
     if logger in extras.EXTRAS:  # set in an experiment file: refused before the run starts
         extras.require(logger, f"logger={logger}")

@@ -29,8 +29,8 @@ os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK  # what open() gives a new file; mkstemp's own is 0600
 HEARTBEAT_S = 60.0  # a live run rewrites its heartbeat this often ...
 DEAD_AFTER_S = 10 * HEARTBEAT_S  # ... so a `running` run silent this long is dead
-COLUMNS = ["phase", "phase_name", "epoch", "step", "lr", "train_loss", "train_acc", "val_loss",
-           "val_acc", "test_loss", "test_acc", "weight_norm", "seconds"]
+ROW_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")  # per epoch
+COLUMNS = ["phase", "phase_name", "epoch", "step", "lr", *ROW_METRICS, "weight_norm", "seconds"]
 
 
 def _clean(value: Any) -> Any:

@@ -17,7 +17,7 @@ from runner.errors import RunnerError
 from runner.logs import epoch_line
 from runner.models import params
 from runner.optim import Schedule, set_hyper
-from runner.results import Recorder
+from runner.results import ROW_METRICS, Recorder
 from runner.training.best import BestEpoch
 from runner.training.build import Parts, capped
 from runner.training.data import DataStager
@@ -137,7 +137,7 @@ class Trainer:
         ctx, parts = self.ctx, self.parts
         if parts.dist:
             parts.dist.check_same(ctx.model, ctx.masks, f"phase {stage.name!r}")
-        keys = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
+        keys = ROW_METRICS
         summary = {"index": stage.index, "name": stage.name, "epochs": p.end["epoch"],
                    "steps": ctx.step, "best_epoch": p.best["epoch"],
                    "end": {k: p.end[k] for k in keys}, "best": {k: p.best[k] for k in keys}}
