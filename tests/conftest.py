@@ -115,21 +115,21 @@ def hydra_cli(monkeypatch):
     return _cli
 
 
-def context(model, data=None, seed=0, eval_batch_size=1024, num_stages=1, **fields):
+def context(model, data=None, seed=0, eval_batch_size=1024, num_phases=1, **fields):
     """A real RunContext around `model` (CPU, cross-entropy, identity pipeline) for method tests."""
     import copy
 
     import torch
     import torch.nn.functional as F
 
-    from runner.context import RunContext, Stage
+    from runner.context import RunContext, Phase
 
     ctx = RunContext(device=torch.device("cpu"), model=model, seed=seed, loss_fn=F.cross_entropy,
-                     num_stages=num_stages, eval_batch_size=eval_batch_size,
+                     num_phases=num_phases, eval_batch_size=eval_batch_size,
                      build_model=lambda: copy.deepcopy(model),
                      make_optimizer=lambda m, lr, wd: torch.optim.SGD(m.parameters(), lr=lr))
     ctx.data, ctx.pipeline = data, (lambda x, train, gen: x)
-    ctx.stage = Stage(0, 0, "train", None)
+    ctx.phase = Phase(0, 0, "train", None)
     for k, v in fields.items():
         setattr(ctx, k, v)
     return ctx

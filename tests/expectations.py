@@ -1,9 +1,9 @@
 """What a run's resolved config implies about its result, checked after the fact.
 
 `check_run(result, events)` asserts, from `result["config"]` alone:
-- the stages: one per phase repeat (capped by `train.max_repeat`), named as the trainer
-  names them, in order;
-- the epochs and steps of each stage: never more epochs than configured (capped by
+- the executed phases: one per repeat of each configured phase (capped by `train.max_repeat`),
+  named as the trainer names them, in order;
+- the epochs and steps of each phase: never more epochs than configured (capped by
   `train.max_epochs`), exactly that many without patience, and, when the training-set size is
   known (synthetic data, as at a test level), steps = epochs x batches per epoch, from the val
   split, the phase's subset, the batch size (capped by `train.max_batch_size`) and
@@ -37,12 +37,12 @@ WATCHED = ("setup", "on_phase_start")
 @dataclass
 class Event:
     hook: str
-    stage: int
+    phase: int
     method: object
     changed: bool
 
 
-# class name -> at which stage index its on_phase_start must change the weights ("setup": in setup)
+# class name -> at which phase index its on_phase_start must change the weights ("setup": in setup)
 INTERVENTIONS: Dict[str, Callable[[object, int], bool]] = {
     **{name: lambda m, i: i > 0 for name in ("WELSR", "DSD", "WELS", "FC", "LW", "ShrinkPerturb",
                                              "HeadReset")},
@@ -113,8 +113,8 @@ def capped(value, cap):
     return value if cap is None else cap if value is None else min(value, cap)
 
 
-def expected_stages(cfg) -> List[tuple]:
-    """(name, phase config, repeat index) of every stage the config runs."""
+def expected_phases(cfg) -> List[tuple]:
+    """(name, phase config, repeat index) of every phase the config runs."""
     out = []
     for phase in cfg.phases:
         n = capped(phase.repeat, cfg.train.max_repeat)
@@ -124,7 +124,7 @@ def expected_stages(cfg) -> List[tuple]:
 
 
 def train_size(cfg, phase, repeat: int, n_train: int) -> int:
-    """Training samples a stage sees: the set minus validation, then the phase's subset."""
+    """Training samples a phase sees: the set minus validation, then the phase's subset."""
     n = n_train - int(round(cfg.train.val_fraction * n_train))
     sub = phase.subset
     if sub.fraction is not None:
@@ -167,11 +167,11 @@ def check_run(result: dict, events: Optional[List[Event]] = None, n_train: Optio
         n_train = synthetic_size(cfg)
     phases = result["phases"]
 
-    stages = expected_stages(cfg)
-    assert [p["name"] for p in phases] == [name for name, *_ in stages], "stages"
-    assert [p["index"] for p in phases] == list(range(len(stages)))
+    expected = expected_phases(cfg)
+    assert [p["name"] for p in phases] == [name for name, *_ in expected], "phases"
+    assert [p["index"] for p in phases] == list(range(len(expected)))
     steps = 0
-    for p, (name, phase, repeat) in zip(phases, stages):
+    for p, (name, phase, repeat) in zip(phases, expected):
         cap = cfg.train.epochs if phase.epochs is None else phase.epochs
         cap = capped(cap, cfg.train.max_epochs)
         patience = cfg.train.patience if phase.patience is None else phase.patience
@@ -205,13 +205,13 @@ def check_run(result: dict, events: Optional[List[Event]] = None, n_train: Optio
             assert any(e.changed for e in mine if e.hook == "setup"), f"{kind}.setup changed nothing"
         if kind in INTERVENTIONS:
             for e in mine:
-                if e.hook == "on_phase_start" and INTERVENTIONS[kind](m, e.stage):
-                    assert e.changed, f"{kind} did not change the weights at stage {e.stage}"
+                if e.hook == "on_phase_start" and INTERVENTIONS[kind](m, e.phase):
+                    assert e.changed, f"{kind} did not change the weights at phase {e.phase}"
         else:
             assert not any(e.changed for e in mine), \
                 f"{kind} changed the weights in {[e.hook for e in mine if e.changed]} " \
                 f"(an intervention? list it in tests/expectations.py INTERVENTIONS)"
-        if kind in ("WELSR", "DSD", "WELS", "FC"):  # one round per stage after the first
+        if kind in ("WELSR", "DSD", "WELS", "FC"):  # one round per phase after the first
             assert [p["reinit_rounds"] for p in phases] == list(range(len(phases)))
         if kind in ("PruneAtInit", "Cops") and m.kind != "frozen_wd" and m.store:
             assert phases[-1]["storage_exact"] == 1, "the stored network did not reload bitwise"

@@ -118,7 +118,7 @@ def test_experiment_runs_under_smoke_without_host_syncs(run_cfg, step_syncs, met
     assert result["status"] == "completed", result.get("error")
     assert result["phases"], "no phase ran"
     assert result["choices"]["experiment"] == experiment
-    check_run(result, method_events)  # stages, steps, report metric, paper value, methods fired
+    check_run(result, method_events)  # phases, steps, report metric, paper value, methods fired
     steps = result["phases"][-1]["steps"]
     assert steps >= 2 and not step_syncs, f"{len(step_syncs)} syncs in {steps} steps: {step_syncs[:5]}"
 

@@ -337,11 +337,11 @@ def test_prune_init_gradient_statistics_by_hand(basis):
 def test_prune_init_stores_the_network_at_the_end_of_the_last_phase_only(kind, store, phase,
                                                                          stored):
     from methods.prune_init import PruneAtInit
-    from runner.context import Stage
-    ctx = prune_ctx(num_stages=2)
+    from runner.context import Phase
+    ctx = prune_ctx(num_phases=2)
     method = PruneAtInit(score="magnitude", q=0.5, kind=kind, batch_size=8, store=store)
     method.setup(ctx)
-    ctx.stage = Stage(phase, 0, "train", None)
+    ctx.phase = Phase(phase, 0, "train", None)
     out = method.on_phase_end(ctx)
     assert out["q"] == 0.5 and "grad_flow" in out
     assert ("stored_bytes" in out) == stored

@@ -173,7 +173,7 @@ ACTING = {"set": ["method.t_p=1", "method.stop=1.0"], "rigl": ["method.t_p=1", "
 
 def check_masked_run(tmp_path, method, model, opt):
     kind = "pruned" if (METHODS.index(method) + list(MODELS).index(model)) % 2 else "frozen"
-    extra = ["phases.0.repeat=2", "train.max_repeat=2",  # a second stage: phase-start methods act
+    extra = ["phases.0.repeat=2", "train.max_repeat=2",  # a second phase: phase-start methods act
              *ACTING.get(method, [])]
     t = make_trainer(tmp_path, [*MODELS[model], *OPTIMIZERS[opt], *extra], method, kind,
                      transforms=model == "basis")

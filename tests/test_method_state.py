@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from conftest import CONF, load_yaml
 from methods.base import Method, MethodStack
-from runner.context import RunContext, Stage
+from runner.context import RunContext, Phase
 from runner.data.tensors import Split, Splits
 from runner.instantiate import instantiate
 from runner.models import params
@@ -36,7 +36,7 @@ ACTING = {"set": {"t_p": 1, "stop": 1.0}, "rigl": {"t_p": 1, "stop": 1.0},
                            "fisher_samples": 8, "fisher_classes": 3, "cutoff": 0.5},
           "reinit_probe": {"sigmas": [0.1], "draws": 2, "margins": 5, "batch": 8},
           "sparse_init": {"noise_std": 1e-4}}
-STAGES, EPOCHS, STEPS, BATCH = 3, 2, 1, 8
+PHASES, EPOCHS, STEPS, BATCH = 3, 2, 1, 8
 # the checkpoint: inside phase 1, after its first epoch (the resumed run starts phase 2 itself)
 STOP = (1, 1)
 LRS = (0.1, 0.05, 0.02)  # a decreasing rate per phase (SWR + re-init acts on a decrease)
@@ -84,12 +84,12 @@ class Run:
         self.stack = MethodStack([build_method(n) for n in names])
         self.ctx = ctx = RunContext(
             device=torch.device(device), model=model, seed=0, loss_fn=F.cross_entropy,
-            num_stages=STAGES, eval_batch_size=16, build_model=make_model,
+            num_phases=PHASES, eval_batch_size=16, build_model=make_model,
             make_optimizer=optimizer, lr=LRS[0], weight_decay=1e-3)
         ctx.data, ctx.pipeline = DATA, (lambda x, train, gen: x)
         ctx.steps_per_epoch, ctx.total_steps = STEPS, STEPS * EPOCHS
         ctx.init_state = params.snapshot(model)
-        ctx.stage = Stage(0, 0, "p0", None)
+        ctx.phase = Phase(0, 0, "p0", None)
         self.hook("setup")
         ctx.reset_optimizer()
         self.log = []  # (where, the methods' metrics) in order
@@ -120,7 +120,7 @@ class Run:
         """Phase `index` from `first_epoch` (> 0: resumed inside it); the checkpoint at STOP is
         kept in `saved` (and the number of log entries before it in `logged`)."""
         ctx = self.ctx
-        ctx.stage = Stage(index, index, f"p{index}", None)
+        ctx.phase = Phase(index, index, f"p{index}", None)
         if first_epoch == 0:
             ctx.epoch, ctx.lr, ctx.weight_decay, ctx.gamma = 0, LRS[index], 1e-3, None
             self.hook("on_phase_start")
@@ -136,7 +136,7 @@ class Run:
         self.log.append((f"phase {index}", self.stack.collect("on_phase_end", ctx)))
 
     def fit(self):
-        for index in range(STAGES):
+        for index in range(PHASES):
             self.phase(index)
 
     def checkpoint(self, index, epoch):
@@ -180,7 +180,7 @@ class Run:
         if epoch:
             self.phase(index, first_epoch=epoch)
             index += 1
-        for i in range(index, STAGES):
+        for i in range(index, PHASES):
             self.phase(i)
 
 

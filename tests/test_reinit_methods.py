@@ -12,7 +12,7 @@ from methods.wels import WELS
 from methods.welsr import WELSR
 from runner.data.synthetic import reinit_task
 from runner.data.tensors import Split, Splits
-from runner.context import Stage
+from runner.context import Phase
 from runner.models.params import select, snapshot
 from runner.training.build import Parts
 
@@ -34,7 +34,7 @@ def make_ctx(compose_cfg):
 
 
 def start_round(method, ctx, index):
-    ctx.stage = Stage(index, index, f"round{index + 1}", None)
+    ctx.phase = Phase(index, index, f"round{index + 1}", None)
     method.on_phase_start(ctx)
 
 
@@ -317,7 +317,7 @@ def test_lw_freeze_keeps_the_stem_trainable_in_the_first_round():
 def test_reinit_rounds_are_counted_and_a_bad_eta_is_named():
     ctx = small_ctx()
     welsr = WELSR(eta="zeros")
-    for r in range(3):  # rounds at the starts of stages 1 and 2
+    for r in range(3):  # rounds at the starts of phases 1 and 2
         start_round(welsr, ctx, r)
     assert welsr.on_phase_end(ctx) == {"reinit_rounds": 2}
     with pytest.raises(ValueError, match="eta='noise'; valid: fresh, init, zeros"):
@@ -360,7 +360,7 @@ def test_lw_blocks_option_and_its_bounds():
 def test_rounds_reset_the_optimizer_after_the_first_only_if_asked(method):
     for reset in (True, False):
         ctx, resets = small_ctx(), []
-        ctx.reset_optimizer = lambda: resets.append(ctx.stage.index)
+        ctx.reset_optimizer = lambda: resets.append(ctx.phase.index)
         m = LW(n=1, reset_optimizer=reset) if method == "lw" else WELSR(reset_optimizer=reset)
         m.setup(ctx)
         for r in range(3):

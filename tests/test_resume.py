@@ -192,7 +192,7 @@ def test_masked_adam_run_resumes_bitwise_after_a_failure(tmp_path, caplog):
         resumed = compose_and_run(MASKED + [crash % 14, f"resume={run_dir}"], run_dir)
     assert CrashOnce.steps == 6  # from the checkpoint after step 12 (phase b, epoch 1) to step 18
     assert resumed["resumed_from"] == str(run_dir)
-    assert f"resuming fmnist_mlp from {run_dir} (stage 1)" in [r.getMessage() for r in caplog.records]
+    assert f"resuming fmnist_mlp from {run_dir} (phase 1)" in [r.getMessage() for r in caplog.records]
     assert outcome(run_dir)[1:] == outcome(ref)[1:]
     assert len(rows(run_dir)) == 6
 
@@ -219,8 +219,8 @@ def keep_checkpoints(trainer):
     """Every checkpoint the trainer writes, as read back, with its context when written."""
     saved, save = [], trainer.save_checkpoint
 
-    def spy(next_stage, progress):
-        save(next_stage, progress)
+    def spy(next_phase, progress):
+        save(next_phase, progress)
         saved.append((checkpoint.load(trainer.rec.dir / checkpoint.CHECKPOINT_FILE),
                       context_of(trainer)))
     trainer.save_checkpoint = spy
@@ -251,7 +251,7 @@ def test_a_trainer_continues_from_each_of_its_checkpoints_bitwise(compose_cfg, t
     whole = scripted_trainer(cfg, tmp_path / "whole")
     saved = keep_checkpoints(whole)
     whole.fit()
-    positions = [(s["position"]["stage"], (s["progress"] or {}).get("next_epoch")) for s, _ in saved]
+    positions = [(s["position"]["phase"], (s["progress"] or {}).get("next_epoch")) for s, _ in saved]
     assert positions == [(0, 1), (0, 2), (1, None), (1, 1), (1, 2)]  # b is last: no phase-end one
     expected = written(whole)
     for i, (state, when) in enumerate(saved):

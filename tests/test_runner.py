@@ -316,7 +316,7 @@ def test_a_checkpoint_of_another_config_is_refused_with_the_fix(compose_cfg, tmp
     from runner import checkpoint
     from runner.errors import ConfigError
     (tmp_path / checkpoint.CHECKPOINT_FILE).write_bytes(b"")
-    monkeypatch.setattr(checkpoint, "load", lambda path: {"identity": "another", "position": {"stage": 0}})
+    monkeypatch.setattr(checkpoint, "load", lambda path: {"identity": "another", "position": {"phase": 0}})
     cfg = compose_cfg(SMOKE + [f"resume={tmp_path}"])
     with pytest.raises(ConfigError, match=re.escape(
             f"resume={tmp_path}: the checkpoint in {tmp_path} belongs to another config; resume "

@@ -12,7 +12,7 @@ from methods.finetune import FineTune
 from methods.random_mask import RandomMask
 from methods.reinit_common import smallest_masks
 from methods.set import SET
-from runner.context import Stage
+from runner.context import Phase
 from runner.sparse.keep import exact_density, keep_count, layer_counts, top_k
 
 RULES = ("floor", "round", "ceil")
@@ -58,8 +58,8 @@ def test_set_budgets_round():
 
 
 def test_finetune_rounds():
-    ctx = context(ten(), num_stages=2)
-    ctx.stage = Stage(1, 0, "finetune", None)
+    ctx = context(ten(), num_phases=2)
+    ctx.phase = Phase(1, 0, "finetune", None)
     FineTune(sparsity=0.63, at_phase=1, scope="layer").on_phase_start(ctx)
     assert kept(ctx) == 4  # floor 3
 

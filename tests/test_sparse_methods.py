@@ -10,7 +10,7 @@ from methods.gmp import GMP, gmp_sparsity
 from methods.lth import LTH
 from methods.rigl import RigL
 from methods.set import SET
-from runner.context import Stage
+from runner.context import Phase
 from runner.models.transforms import filter_bases, filter_basis, prunable
 from runner.sparse.keep import layer_counts
 
@@ -123,7 +123,7 @@ def test_lth_rewinds_exactly_to_the_saved_iteration_and_prunes_20_percent(basis)
         step(ctx, method, *data(i))
         if i + 1 == 3:
             saved = {n: p.detach().clone() for n, p in ctx.model.named_parameters()}
-    ctx.stage = Stage(1, 1, "round2", None)
+    ctx.phase = Phase(1, 1, "round2", None)
     method.on_phase_start(ctx)
     named = dict(prunable(ctx.model))
     total = sum(p.numel() for p in named.values())
@@ -134,7 +134,7 @@ def test_lth_rewinds_exactly_to_the_saved_iteration_and_prunes_20_percent(basis)
         assert torch.equal(p.detach()[keep], saved[n][keep]), n  # bitwise
         assert (p.detach()[~keep] == 0).all()
     assert not ctx.optimizer.state  # a fresh optimizer
-    ctx.stage = Stage(2, 2, "round3", None)
+    ctx.phase = Phase(2, 2, "round3", None)
     method.on_phase_start(ctx)
     assert sum(ctx.masks[n].keep.sum().item() for n in named) == round(0.8 * round(0.8 * total))
     summary = method.on_phase_end(ctx)
@@ -147,7 +147,7 @@ def test_finetune_prunes_the_smallest_magnitudes_at_its_phase():
     method = FineTune(sparsity=0.75, at_phase=1, scope="global")
     ctx = set_up(method)
     assert not len(ctx.masks)
-    ctx.stage = Stage(1, 0, "finetune", None)
+    ctx.phase = Phase(1, 0, "finetune", None)
     method.on_phase_start(ctx)
     named = prunable(ctx.model)
     kept = torch.cat([p.detach()[ctx.masks[n].keep].abs() for n, p in named])
@@ -196,7 +196,7 @@ def test_finetune_keeps_the_top_d_magnitudes_and_pruned_weights_stay_zero_under_
     assert len(bases) == int(basis)
     before = {id(p): p.detach().clone() for p in ctx.model.parameters()}
 
-    ctx.stage = Stage(1, 0, "finetune", None)
+    ctx.phase = Phase(1, 0, "finetune", None)
     method.on_phase_start(ctx)
     assert sorted(ctx.masks.names()) == sorted(n for n, _ in named)  # never a basis
     keep = torch.cat([ctx.masks[n].keep.flatten() for n, _ in named])
@@ -454,7 +454,7 @@ def test_lth_rewinds_to_the_initialization_at_step_0_and_counts_its_rounds():
     for i in range(3):
         step(ctx, method, *mlp_data(i))
     assert method.on_phase_end(ctx)["lth_round"] == 0
-    ctx.stage = Stage(1, 1, "round2", None)
+    ctx.phase = Phase(1, 1, "round2", None)
     method.on_phase_start(ctx)
     named = prunable(ctx.model)
     for n, p in ctx.model.named_parameters():
@@ -464,7 +464,7 @@ def test_lth_rewinds_to_the_initialization_at_step_0_and_counts_its_rounds():
         [round(0.5 * p.numel()) for _, p in named]
     summary = method.on_phase_end(ctx)
     assert summary["lth_round"] == 1 and summary["sparsity"] == pytest.approx(0.5, abs=1e-3)
-    ctx.stage = Stage(2, 2, "round3", None)
+    ctx.phase = Phase(2, 2, "round3", None)
     method.on_phase_start(ctx)
     assert method.on_phase_end(ctx)["lth_round"] == 2  # rounds count up
 
@@ -473,7 +473,7 @@ def test_lth_names_a_rewind_step_it_never_reached():
     method = LTH(rewind_step=50)
     ctx = mlp_setup(method)
     step(ctx, method, *mlp_data(0))
-    ctx.stage = Stage(1, 1, "round2", None)
+    ctx.phase = Phase(1, 1, "round2", None)
     with pytest.raises(RuntimeError, match="rewind_step=50 was not reached"):
         method.on_phase_start(ctx)
 
@@ -481,12 +481,12 @@ def test_lth_names_a_rewind_step_it_never_reached():
 def test_finetune_per_layer_keeps_each_tensors_largest_magnitudes():
     method = FineTune(sparsity=0.5, at_phase=2, scope="layer")
     ctx = mlp_setup(method)
-    ctx.stage = Stage(1, 0, "dense2", None)
+    ctx.phase = Phase(1, 0, "dense2", None)
     method.on_phase_start(ctx)
     assert not len(ctx.masks) and method.on_phase_end(ctx) == {"sparsity": 0.0}
     named = prunable(ctx.model)
     before = {n: p.detach().abs().clone() for n, p in named}
-    ctx.stage = Stage(2, 0, "finetune", None)
+    ctx.phase = Phase(2, 0, "finetune", None)
     method.on_phase_start(ctx)
     for n, p in named:
         keep = ctx.masks[n].keep

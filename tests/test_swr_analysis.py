@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import context
-from runner.context import Stage
+from runner.context import Phase
 from runner.data.tensors import Splits
 from torch import nn
 
@@ -61,7 +61,7 @@ def test_scale_once_with_and_without_proportionality(proportional):
         # network's predictions in those batches are these, bitwise
         labels = torch.cat([model(b) for b in x.split(16)]).argmax(1)
     ctx = context(model, Splits(Split(x[:0], x[:0]), Split(x[:0], x[:0]), Split(x, labels)),
-                  eval_batch_size=16, stage=Stage(1, 0, "second", None))
+                  eval_batch_size=16, phase=Phase(1, 0, "second", None))
     probe = analysis.ScaleOnce(factor=0.5, proportional=proportional)
     probe.on_phase_start(ctx)
     with torch.no_grad():

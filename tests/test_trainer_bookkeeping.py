@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 from conftest import CONF
 
 from methods.base import Method
-from runner.context import Stage
+from runner.context import Phase
 from runner.data import transforms
 from runner.data.tensors import Arrays, Pipeline, Split, Splits
 from runner.errors import ConfigError, DataError, Diverged, RunnerError
@@ -41,7 +41,7 @@ from runner.results import RunRecorder
 from runner.instantiate import instantiate
 from runner.train import Trainer
 from runner.training.best import BestEpoch, score
-from runner.training.build import expand_stages, mse_one_hot, resolve_device
+from runner.training.build import expand_phases, mse_one_hot, resolve_device
 from runner.training.data import check_labels
 from runner.training.lifecycle import summarize
 
@@ -150,7 +150,7 @@ def test_restore_best_loads_the_best_epochs_weights(compose_cfg, tmp_path, resto
         script(SCALES), "train.patience=3", f"train.restore_best={restore}", "report.at=best"])
     kept = 3 if restore else 0.5  # best epoch (4) or last epoch (7)
     torch.testing.assert_close(trainer.ctx.model.head[1].weight, kept * PERFECT)
-    trainer.data.load_stage_data(trainer.parts.stages[0])  # fit() frees the data at its end
+    trainer.data.load_phase_data(trainer.parts.phases[0])  # fit() frees the data at its end
     val_loss, val_acc = (float(v) for v in trainer.ctx.evaluate(trainer.ctx.data.val))  # now
     assert val_loss == pytest.approx(loss_at(kept), rel=1e-5, abs=1e-6) and val_acc == 1.0
     key = "best" if restore else "end"
@@ -202,7 +202,7 @@ def trainer(base_cfg, tmp_path):
     return Trainer(base_cfg, RunRecorder(tmp_path, {"name": "pieces"}))
 
 
-STAGE = Stage(0, 0, "warm", None)  # the trainer's own stages: a, b1, b2, b3, c
+STAGE = Phase(0, 0, "warm", None)  # the trainer's own phases: a, b1, b2, b3, c
 
 
 def test_divergence_is_a_loss_above_factor_times_the_first_or_not_finite(trainer):
@@ -263,11 +263,11 @@ def test_float_bytes_counts_every_split_after_the_deterministic_transforms(train
     assert trainer.data.float_bytes(splits, rgb) == 4 * 11 * 60
 
 
-def test_repeated_phases_expand_into_numbered_stages(base_cfg):
-    stages = expand_stages(base_cfg)
-    assert [(s.index, s.repeat, s.name, s.cfg.name) for s in stages] == [
+def test_repeated_phases_expand_into_numbered_phases(base_cfg):
+    phases = expand_phases(base_cfg)
+    assert [(s.index, s.repeat, s.name, s.cfg.name) for s in phases] == [
         (0, 0, "a", "a"), (1, 0, "b1", "b"), (2, 1, "b2", "b"), (3, 2, "b3", "b"), (4, 0, "c", "c")]
-    capped = expand_stages(with_(base_cfg, train__max_repeat=2))
+    capped = expand_phases(with_(base_cfg, train__max_repeat=2))
     assert [(s.index, s.name) for s in capped] == [(0, "a"), (1, "b1"), (2, "b2"), (3, "c")]
 
 
@@ -405,30 +405,30 @@ def image_trainer(base_cfg, tmp_path, reader=(), **keys):
     return Trainer(cfg, RunRecorder(tmp_path, {"name": "images"}))
 
 
-def phase(trainer, **keys):
-    """A stage of the trainer's first phase with dotted `keys` (a__b: a.b) set."""
-    ph = trainer.parts.stages[0].cfg.copy()
+def make_phase(trainer, **keys):
+    """A phase of the trainer's first phase with dotted `keys` (a__b: a.b) set."""
+    ph = trainer.parts.phases[0].cfg.copy()
     for k, v in keys.items():
         OmegaConf.update(ph, k.replace("__", "."), v, merge=False)
-    return Stage(0, 0, "s", ph)
+    return Phase(0, 0, "s", ph)
 
 
-def test_stage_data_takes_the_subset_and_the_phases_or_datasets_augmentation(base_cfg, tmp_path):
+def test_phase_data_takes_the_subset_and_the_phases_or_datasets_augmentation(base_cfg, tmp_path):
     trainer = image_trainer(base_cfg, tmp_path, dataset__augment=[{"_target_": f"{__name__}.Add", "v": 2.0}])
     ctx, x = trainer.ctx, torch.full((3, 1, 2, 2), 0.2)  # a batch of the cached (prepared) inputs
     for augment, added in ((None, 2.0), ([{"_target_": f"{__name__}.Add", "v": 1.0}], 1.0), ([], 0.0)):
-        trainer.data.load_stage_data(phase(trainer, augment=augment))
+        trainer.data.load_phase_data(make_phase(trainer, augment=augment))
         assert len(ctx.data.train) == 16
         torch.testing.assert_close(ctx.pipeline(x, True, trainer.parts.aug_gen), torch.full_like(x, 0.2 + added))
         torch.testing.assert_close(ctx.pipeline(x, False, trainer.parts.aug_gen), x)
-    trainer.data.load_stage_data(phase(trainer, subset__n=5))
+    trainer.data.load_phase_data(make_phase(trainer, subset__n=5))
     assert len(ctx.data.train) == 5 and len(set(ctx.data.train.x[:, 0, 0, 0].tolist())) == 5
 
 
 def test_a_reader_refusing_its_options_is_named(base_cfg, tmp_path):
     trainer = image_trainer(base_cfg, tmp_path, reader={"fail": True})
     with pytest.raises(RunnerError, match=r"^dataset\.reader: no such files \(calling"):
-        trainer.data.load_stage_data(trainer.parts.stages[0])
+        trainer.data.load_phase_data(trainer.parts.phases[0])
 
 
 class Streamed:
@@ -457,8 +457,8 @@ def test_streamed_datasets_get_their_options_and_are_not_cached(base_cfg, tmp_pa
         return Splits(Streamed(6), Streamed(0), Streamed(2))
     monkeypatch.setattr(data_module, "stream_splits", stream_splits)
     with pytest.raises(OSError):
-        trainer.data.load_stage_data(trainer.parts.stages[0])
-    trainer.data.load_stage_data(trainer.parts.stages[0])  # a failed build leaves nothing half-made
+        trainer.data.load_phase_data(trainer.parts.phases[0])
+    trainer.data.load_phase_data(trainer.parts.phases[0])  # a failed build leaves nothing half-made
     files, val_fraction, seed, device, opts = asked[-1]
     assert isinstance(files, Arrays) and len(files.x_train) == 16  # the reader's output
     assert (val_fraction, seed, device, opts) == (0.0, trainer.cfg.seed, trainer.parts.device,
@@ -539,7 +539,7 @@ class SeeBatch(Method):
 
 def test_a_step_shows_methods_its_batch_before_the_update(trainer):
     from methods.base import MethodStack
-    trainer.data.load_stage_data(trainer.parts.stages[0])
+    trainer.data.load_phase_data(trainer.parts.phases[0])
     trainer.ctx.reset_optimizer()
     spy = SeeBatch()
     trainer.parts.methods = MethodStack([spy])
@@ -562,10 +562,10 @@ def test_a_phase_uses_its_milestones_evaluates_test_only_if_asked_and_adds_metho
                 optim__lr=0.5)
     trainer = Trainer(cfg, RunRecorder(tmp_path, {"name": "milestones"}))
     trainer.parts.methods = MethodStack([PhaseEnd()])
-    stage = phase(trainer, epochs=3, milestones=[2])
-    trainer.data.load_stage_data(stage)
+    phase = make_phase(trainer, epochs=3, milestones=[2])
+    trainer.data.load_phase_data(phase)
     trainer.ctx.reset_optimizer()
-    trainer.run_stage(stage)
+    trainer.run_phase(phase)
     rows = metrics(tmp_path)
     assert [float(r["lr"]) for r in rows] == pytest.approx([0.5, 0.5, 0.05])
     assert [r["test_loss"] for r in rows] == ["nan"] * 3 and rows[2]["val_loss"] != "nan"
@@ -609,14 +609,14 @@ def test_distributed_steps_go_through_the_wrapped_model(trainer):
         wrap=lambda m: wrapped.append(Wrapped(m)) or wrapped[-1], batches=batches,
         all_reduce=lambda t: None, check_same=lambda *a: checked.append(a))
     checked = []
-    trainer.parts.stages = [phase(trainer, epochs=1)]
+    trainer.parts.phases = [make_phase(trainer, epochs=1)]
     trainer.fit()
     assert wrapped[0].inner is trainer.ctx.model and wrapped[0].calls == 3  # 48 samples / 16
     # every rank ends the phase with the same weights and masks
     assert checked == [(trainer.ctx.model, trainer.ctx.masks, "phase 's'")]
 
 
-# -- weight_stats and run_stage's rows (mutation testing) ------------------------------------------
+# -- weight_stats and run_phase's rows (mutation testing) ------------------------------------------
 def test_weight_stats_count_nonzero_and_trained_weights_by_hand(trainer):
     from runner.sparse.masks import Masks
     torch.manual_seed(0)
@@ -651,15 +651,15 @@ def test_weight_stats_live_on_the_trainers_device(trainer, norm_only):
     assert stats.device.type == "meta" and stats.shape == (3,)
 
 
-def one_sample_stage(trainer, name="warm", **keys):
-    """A 3-epoch stage of the trainer's first phase on one training sample (one step an epoch)."""
-    ph = trainer.parts.stages[0].cfg.copy()
+def one_sample_phase(trainer, name="warm", **keys):
+    """A 3-epoch phase of the trainer's first phase on one training sample (one step an epoch)."""
+    ph = trainer.parts.phases[0].cfg.copy()
     for k, v in {"epochs": 3, "subset.n": 1, **keys}.items():
         OmegaConf.update(ph, k, v, merge=False)
-    stage = Stage(0, 0, name, ph)
-    trainer.data.load_stage_data(stage)
+    phase = Phase(0, 0, name, ph)
+    trainer.data.load_phase_data(phase)
     trainer.ctx.reset_optimizer()
-    return stage
+    return phase
 
 
 def scripted_trainer(base_cfg, tmp_path, scales, **keys):
@@ -673,13 +673,13 @@ def test_every_metrics_row_by_hand_on_one_sample_an_epoch(base_cfg, tmp_path):
     scales = [1.5, 2.0, 3.0]
     trainer = scripted_trainer(base_cfg, tmp_path, scales, schedule__name="step", schedule__gamma=0.1)
     # the phase's own gamma (0.5, not the schedule's 0.1), its lr as an interpolation
-    stage = one_sample_stage(trainer, gamma=0.5, milestones=[2], lr="${optim.lr}")
+    phase = one_sample_phase(trainer, gamma=0.5, milestones=[2], lr="${optim.lr}")
     ctx = trainer.ctx
     with torch.no_grad():
         out = ctx.model(ctx.pipeline(ctx.data.train.x, False, None))
         first_loss = torch.nn.functional.cross_entropy(out, ctx.data.train.y).item()
         first_acc = float(out.argmax(1).item() == ctx.data.train.y.item())
-    trainer.run_stage(stage)
+    trainer.run_phase(phase)
     assert ctx.gamma == 0.5
     with open(tmp_path / "metrics.csv") as f:
         reader = csv.DictReader(f)
@@ -709,24 +709,24 @@ def test_a_per_step_schedule_is_used_only_when_the_schedule_is_per_step(base_cfg
         given, epoch = [], trainer.loop.train_epoch
         trainer.loop.train_epoch = lambda bs, limit, schedule=None, start=0: (
             given.append(schedule) or epoch(bs, limit, schedule, start))
-        trainer.run_stage(one_sample_stage(trainer))
+        trainer.run_phase(one_sample_phase(trainer))
         assert [float(r["lr"]) for r in metrics(tmp_path / name)] == pytest.approx(lrs)
         assert all((s is not None) is (name == "step_iter") for s in given) and len(given) == 3
 
 
-def test_the_phase_bar_shows_the_stage_from_the_resumed_epoch_only_when_asked(base_cfg, tmp_path, capsys):
+def test_the_phase_bar_shows_the_phase_from_the_resumed_epoch_only_when_asked(base_cfg, tmp_path, capsys):
     from runner.optim import Schedule
     trainer = scripted_trainer(base_cfg, tmp_path, [1.0] * 3)
-    stage = one_sample_stage(trainer, name="warmphase")
+    phase = one_sample_phase(trainer, name="warmphase")
     resumed = BestEpoch(next_epoch=2, schedule=Schedule(trainer.cfg.schedule, 0.5).state_dict())
     trainer.parts.progress = True
-    trainer.run_stage(stage, resumed)
+    trainer.run_phase(phase, resumed)
     err = capsys.readouterr().err
     assert "warmphase: " in err and "| 2/3" in err
     assert "warmphase" not in err.split("\r")[-1]  # erased when the phase ends, not left behind
     assert "0/3" not in err and "1/3" not in err  # it starts where the phase stood
     trainer.parts.progress = False
-    trainer.run_stage(one_sample_stage(trainer, name="quietphase"))
+    trainer.run_phase(one_sample_phase(trainer, name="quietphase"))
     assert "quietphase" not in capsys.readouterr().err
 
 
@@ -735,7 +735,7 @@ def test_a_step_adds_the_methods_loss_terms(trainer):
     one by exactly -lr * 2 lam theta."""
     from methods.base import MethodStack
     from methods.l2 import L2
-    trainer.data.load_stage_data(trainer.parts.stages[0])
+    trainer.data.load_phase_data(trainer.parts.phases[0])
     xb, yb = trainer.ctx.data.train.x[:8], trainer.ctx.data.train.y[:8]
     start = {k: v.clone() for k, v in trainer.ctx.model.state_dict().items()}
     after = []
@@ -763,7 +763,7 @@ def test_a_subset_larger_than_the_training_set_names_the_dataset(base_cfg, tmp_p
     trainer = image_trainer(base_cfg, tmp_path, dataset__name="tiny")
     with pytest.raises(ConfigError, match=r"subset.n=99 of phase 's' exceeds the 16 training "
                                           r"samples of tiny; lower it"):
-        trainer.data.load_stage_data(phase(trainer, subset__n=99))
+        trainer.data.load_phase_data(make_phase(trainer, subset__n=99))
 
 
 def test_seeds_above_numpys_range_seed_everything():
@@ -779,7 +779,7 @@ def test_each_evaluated_epoch_logs_its_line(base_cfg, tmp_path, caplog):
     from runner.logs import epoch_line
     trainer = scripted_trainer(base_cfg, tmp_path, [1.0, 2.0, 3.0])
     with caplog.at_level(logging.INFO, logger="runner"):
-        trainer.run_stage(one_sample_stage(trainer, name="warm"))
+        trainer.run_phase(one_sample_phase(trainer, name="warm"))
     lines = [r.getMessage() for r in caplog.records if " epoch " in r.getMessage()]
     rows = metrics(tmp_path)
     assert len(lines) == len(rows) == 3
@@ -792,7 +792,7 @@ def test_the_batch_bar_counts_the_epochs_batches(trainer, capsys, monkeypatch):
     from runner import logs
     monkeypatch.setattr(logs, "BATCH_BAR_DELAY_S", 0.0)
     trainer.parts.progress = True
-    trainer.parts.stages = [phase(trainer, epochs=1)]
+    trainer.parts.phases = [make_phase(trainer, epochs=1)]
     trainer.fit()
     bars = [b for b in capsys.readouterr().err.split("\r") if b.startswith("batches")]
     assert bars and all("/3 [" in b for b in bars)  # 48 samples in batches of 16
@@ -803,7 +803,7 @@ def test_inputs_are_prepared_once_when_they_fit_the_cache_budget(base_cfg, tmp_p
     trainer = image_trainer(base_cfg, tmp_path)
     monkeypatch.setattr(trainer.data, "float_bytes", lambda splits, pipe: 1000)
     monkeypatch.setattr(trainer.data, "cache_bytes", lambda: budget)  # exactly the size still fits
-    trainer.data.load_stage_data(trainer.parts.stages[0])
+    trainer.data.load_phase_data(trainer.parts.phases[0])
     assert trainer.ctx.data.train.x.dtype == (torch.float32 if cached else torch.uint8)
 
 
@@ -883,9 +883,9 @@ def test_the_model_is_moved_to_the_trainers_device(trainer):
     assert {p.device.type for p in model.parameters()} == {"meta"}
 
 
-def test_each_stage_loads_its_data_once(trainer):
-    loaded, load = [], trainer.data.load_stage_data
-    trainer.data.load_stage_data = lambda stage: loaded.append(stage.name) or load(stage)
+def test_each_phase_loads_its_data_once(trainer):
+    loaded, load = [], trainer.data.load_phase_data
+    trainer.data.load_phase_data = lambda phase: loaded.append(phase.name) or load(phase)
     trainer.parts.opts.epochs = 1
     trainer.fit()
     assert loaded == ["a", "b1", "b2", "b3", "c"]
@@ -909,7 +909,7 @@ def test_a_phase_starts_at_epoch_zero(base_cfg, tmp_path):
 @pytest.mark.parametrize("n, steps", [(48, 3), (40, 3), (16, 1)])
 def test_steps_per_epoch_round_the_last_batch_up(trainer, n, steps):
     trainer.parts.opts.epochs = 2
-    trainer.parts.stages = [phase(trainer, subset__n=n)]
+    trainer.parts.phases = [make_phase(trainer, subset__n=n)]
     trainer.fit()
     assert (trainer.ctx.steps_per_epoch, trainer.ctx.total_steps, trainer.ctx.step) == (steps, 2 * steps, 2 * steps)
 
@@ -917,7 +917,7 @@ def test_steps_per_epoch_round_the_last_batch_up(trainer, n, steps):
 def test_the_caps_limit_the_batches_of_an_epoch(base_cfg, tmp_path):
     cfg = with_(base_cfg, train__max_batches=2, train__max_epochs=3, train__max_batch_size=4)
     trainer = Trainer(cfg, RunRecorder(tmp_path, {"name": "capped"}))
-    trainer.parts.stages = [phase(trainer)]
+    trainer.parts.phases = [make_phase(trainer)]
     trainer.fit()
     assert (trainer.ctx.steps_per_epoch, trainer.ctx.step) == (2, 6)
 
@@ -981,10 +981,10 @@ def test_labels_outside_the_classes_name_the_dataset(base_cfg, tmp_path):
 def test_a_continual_chunk_is_its_piece_of_the_seeds_order(base_cfg, tmp_path, access, chunk):
     from runner.data.tensors import subset_indices
     trainer = image_trainer(base_cfg, tmp_path)
-    ph = phase(trainer, subset__chunks=4, subset__access=access)
-    trainer.data.load_stage_data(phase(trainer))
+    ph = make_phase(trainer, subset__chunks=4, subset__access=access)
+    trainer.data.load_phase_data(make_phase(trainer))
     whole = trainer.ctx.data.train.x
-    trainer.data.load_stage_data(Stage(1, 1, "s2", ph.cfg))  # the phase's second repeat: chunk 1
+    trainer.data.load_phase_data(Phase(1, 1, "s2", ph.cfg))  # the phase's second repeat: chunk 1
     perm = torch.randperm(16, generator=torch.Generator().manual_seed(trainer.cfg.seed + 7919))
     assert torch.equal(subset_indices(16, trainer.cfg.seed, chunks=4), perm[:4])  # the seed's order
     assert torch.equal(trainer.ctx.data.train.x, whole[perm[chunk]])
@@ -995,12 +995,12 @@ def test_augmentations_and_transforms_refusing_an_option_name_the_phase(base_cfg
     bad = [{"_target_": f"{__name__}.Add", "nope": 1}]
     for key in ("augment", "transform"):
         with pytest.raises(RunnerError, match=rf"^s\.{key}: .*\(calling {__name__}\.Add\)"):
-            trainer.data.load_stage_data(phase(trainer, **{key: bad}))
+            trainer.data.load_phase_data(make_phase(trainer, **{key: bad}))
 
 
 def test_training_batches_go_through_the_pipeline_as_training_data(trainer):
-    trainer.parts.stages = [phase(trainer, epochs=1)]
-    trainer.data.load_stage_data(trainer.parts.stages[0])
+    trainer.parts.phases = [make_phase(trainer, epochs=1)]
+    trainer.data.load_phase_data(trainer.parts.phases[0])
     flags, pipe = [], trainer.ctx.pipeline
     trainer.ctx.pipeline = lambda x, train, gen: flags.append((train, gen)) or pipe(x, train, gen)
     trainer.ctx.reset_optimizer()
@@ -1012,7 +1012,7 @@ def test_plateau_without_validation_data_watches_the_training_loss(base_cfg, tmp
     from runner.optim import Schedule
     trainer = scripted_trainer(base_cfg, tmp_path, [3.0, 2.0, 1.0, 0.5], train__val_fraction=0.0,
                                schedule__name="plateau", schedule__gamma=0.5, schedule__patience=1)
-    trainer.run_stage(one_sample_stage(trainer, epochs=4))
+    trainer.run_phase(one_sample_phase(trainer, epochs=4))
     rows, replay = metrics(tmp_path), Schedule(trainer.cfg.schedule, 0.5)
     for e, row in enumerate(rows):
         assert float(row["lr"]) == replay.lr(e) and row["val_loss"] == "nan"
@@ -1024,12 +1024,12 @@ def test_a_resumed_phase_continues_its_per_step_schedule(base_cfg, tmp_path):
     from runner.optim import Schedule
     keys = dict(schedule__name="step_iter", schedule__gamma=0.5, schedule__step_size=1, train__batch_size=1)
     whole = scripted_trainer(base_cfg, tmp_path / "whole", [1.0] * 3, **keys)
-    whole.run_stage(one_sample_stage(whole, **{"subset.n": 2}))
+    whole.run_phase(one_sample_phase(whole, **{"subset.n": 2}))
     trainer = scripted_trainer(base_cfg, tmp_path / "resumed", [1.0] * 3, **keys)
-    stage = one_sample_stage(trainer, **{"subset.n": 2})
+    phase = one_sample_phase(trainer, **{"subset.n": 2})
     trainer.ctx.step = 4  # two epochs of two steps done
     resumed = BestEpoch(next_epoch=2, schedule=Schedule(trainer.cfg.schedule, 0.5).state_dict())
-    trainer.run_stage(stage, resumed)
+    trainer.run_phase(phase, resumed)
     [last] = metrics(tmp_path / "resumed")
     assert float(last["lr"]) == float(metrics(tmp_path / "whole")[-1]["lr"]) == 0.5 * 0.5 ** 5
 
@@ -1045,7 +1045,7 @@ def test_a_later_phases_per_step_schedule_counts_from_its_own_first_step(base_cf
     trainer = scripted_trainer(base_cfg, tmp_path, [1.0] * 3, schedule__name="step_iter",
                                schedule__gamma=0.5, schedule__step_size=1, train__batch_size=1)
     for name in ("first", "second"):
-        trainer.run_stage(one_sample_stage(trainer, name=name, **{"subset.n": 2}))
+        trainer.run_phase(one_sample_phase(trainer, name=name, **{"subset.n": 2}))
     lrs = [float(r["lr"]) for r in metrics(tmp_path)]
     assert trainer.ctx.step == 12 and lrs[3:] == lrs[:3] == [0.5 * 0.5 ** k for k in (1, 3, 5)]
 
@@ -1062,7 +1062,7 @@ def test_a_streamed_reader_refusing_its_options_is_named(base_cfg, tmp_path):
     trainer = image_trainer(base_cfg, tmp_path, reader={"fail": True})
     OmegaConf.update(trainer.cfg, "dataset.stream", {"size": 8}, force_add=True)
     with pytest.raises(RunnerError, match=r"^dataset\.reader: no such files \(calling"):
-        trainer.data.load_stage_data(trainer.parts.stages[0])
+        trainer.data.load_phase_data(trainer.parts.phases[0])
 
 
 def test_fp16_gets_a_gradient_scaler_on_a_gpu_only(base_cfg, tmp_path):
@@ -1081,7 +1081,7 @@ class SeeGen:
 
 def test_cached_inputs_are_augmented_with_the_trainers_generator(base_cfg, tmp_path):
     trainer = image_trainer(base_cfg, tmp_path, dataset__augment=[{"_target_": f"{__name__}.SeeGen"}])
-    trainer.data.load_stage_data(trainer.parts.stages[0])
+    trainer.data.load_phase_data(trainer.parts.phases[0])
     assert trainer.ctx.data.train.x.dtype == torch.float32  # cached: only the random part is left
     SeeGen.gens = []
     trainer.ctx.pipeline(trainer.ctx.data.train.x[:2], True, trainer.parts.aug_gen)
@@ -1101,7 +1101,7 @@ def test_compile_runs_the_compiled_model(trainer, monkeypatch):
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda model: compiled.append(Compiled(model)) or compiled[-1])
     trainer.parts.opts.compile, trainer.parts.opts.epochs = True, 1
-    trainer.parts.stages = trainer.parts.stages[:1]
+    trainer.parts.phases = trainer.parts.phases[:1]
     trainer.fit()
     assert len(compiled) == 1 and trainer.ctx.model is compiled[0] and trainer.ctx.step == 3
 
@@ -1155,7 +1155,7 @@ def test_an_unnamed_dataset_is_called_the_dataset_in_errors(base_cfg, tmp_path):
     trainer = image_trainer(base_cfg, tmp_path / "subset")
     unnamed(trainer)
     with pytest.raises(ConfigError, match=r"exceeds the 16 training samples of the dataset; lower it$"):
-        trainer.data.load_stage_data(phase(trainer, subset__n=99))
+        trainer.data.load_phase_data(make_phase(trainer, subset__n=99))
 
 
 def test_smoke_inputs_are_bytes_unless_the_dataset_says_otherwise(base_cfg, tmp_path):
@@ -1169,9 +1169,9 @@ def test_smoke_inputs_are_bytes_unless_the_dataset_says_otherwise(base_cfg, tmp_
 
 def test_checkpoints_fall_every_n_epochs_of_a_phase(trainer):
     saved = []
-    trainer.save_checkpoint = lambda stage, p: saved.append((stage, p.next_epoch))
+    trainer.save_checkpoint = lambda phase, p: saved.append((phase, p.next_epoch))
     trainer.parts.opts.checkpoint, trainer.parts.opts.checkpoint_every, trainer.parts.opts.checkpoint_minutes = True, 3, None
-    trainer.parts.stages = [phase(trainer, epochs=7)]
+    trainer.parts.phases = [make_phase(trainer, epochs=7)]
     trainer.fit()
     assert saved == [(0, 3), (0, 6)]  # after epochs 3 and 6; the run's end needs none
 
@@ -1189,7 +1189,7 @@ def test_mixed_precision_computes_in_its_dtype_on_the_trainers_device(trainer):
 
 
 def test_training_accuracy_counts_each_samples_class(trainer):
-    trainer.data.load_stage_data(trainer.parts.stages[0])
+    trainer.data.load_phase_data(trainer.parts.phases[0])
     trainer.ctx.reset_optimizer()
     for g in trainer.ctx.optimizer.param_groups:
         g["lr"] = 0.0
@@ -1204,19 +1204,19 @@ def test_on_a_terminal_the_phase_bar_shows_by_default(base_cfg, tmp_path, capsys
     trainer = scripted_trainer(base_cfg, tmp_path, [1.0] * 3)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     trainer.parts.progress = None  # progress unset: shown on a terminal only
-    trainer.run_stage(one_sample_stage(trainer, name="termphase"))
+    trainer.run_phase(one_sample_phase(trainer, name="termphase"))
     assert "termphase: " in capsys.readouterr().err
 
 
 def test_the_caps_limit_the_batches_of_every_evaluation(base_cfg, tmp_path):
     cfg = with_(base_cfg, train__max_eval_batches=2, train__max_epochs=1, train__eval_test=True)
     trainer = Trainer(cfg, RunRecorder(tmp_path, {"name": "capped"}))
-    trainer.parts.stages = [phase(trainer)]
-    trainer.data.load_stage_data(trainer.parts.stages[0])
+    trainer.parts.phases = [make_phase(trainer)]
+    trainer.data.load_phase_data(trainer.parts.phases[0])
     trainer.ctx.reset_optimizer()
     limits, evaluate = [], trainer.ctx.evaluate
     trainer.ctx.evaluate = lambda split, limit=None: limits.append(limit) or evaluate(split, limit)
-    trainer.run_stage(trainer.parts.stages[0])
+    trainer.run_phase(trainer.parts.phases[0])
     assert limits == [2, 2]  # validation and test
 
 
@@ -1242,7 +1242,7 @@ class OutputsTerm(Method):
 
 def test_a_loss_term_gets_the_steps_context(trainer):
     from methods.base import MethodStack
-    trainer.data.load_stage_data(trainer.parts.stages[0])
+    trainer.data.load_phase_data(trainer.parts.phases[0])
     trainer.ctx.reset_optimizer()
     term = OutputsTerm()
     trainer.parts.methods = MethodStack([term])
@@ -1255,7 +1255,7 @@ def test_inputs_are_normalized_by_the_datasets_mean_and_std(base_cfg, tmp_path):
     for drop, want in (((), (x - 0.5) / 0.25), (("std",), x - 0.5), (("mean", "std"), x)):  # defaults 0, 1
         trainer = image_trainer(base_cfg, tmp_path, dataset__mean=[0.5], dataset__std=[0.25])
         unnamed(trainer, drop=drop)
-        trainer.data.load_stage_data(trainer.parts.stages[0])
+        trainer.data.load_phase_data(trainer.parts.phases[0])
         got = trainer.ctx.data.train.x[:, 0, 0, 0]
         torch.testing.assert_close(got.sort().values, want)
 
@@ -1265,10 +1265,10 @@ def test_a_phase_trains_on_the_dataset_it_names(base_cfg, tmp_path):
     OmegaConf.update(trainer.cfg, "datasets", {"later": {**OmegaConf.to_container(trainer.cfg.dataset),
                                                          "reader": {"_target_": f"{__name__}.tiny_images", "start": 100}}},
                      merge=False, force_add=True)
-    trainer.data.load_stage_data(phase(trainer, dataset="later"))
+    trainer.data.load_phase_data(make_phase(trainer, dataset="later"))
     assert trainer.ctx.data.train.x.min().item() == pytest.approx(100 / 255)
     with pytest.raises(RunnerError, match=r"^phase dataset 'nope' is not in `datasets`; defined: \['later'\]"):
-        trainer.data.load_stage_data(phase(trainer, dataset="nope"))
+        trainer.data.load_phase_data(make_phase(trainer, dataset="nope"))
 
 
 def test_the_run_context_carries_the_trainers_device(trainer):
@@ -1291,7 +1291,7 @@ def test_channels_last_models_keep_their_weights_channels_last(trainer):
 
 def test_a_full_batch_phase_takes_one_step_an_epoch(trainer):
     trainer.parts.opts.batch_size, trainer.parts.opts.epochs = None, 2
-    trainer.parts.stages = [phase(trainer)]
+    trainer.parts.phases = [make_phase(trainer)]
     trainer.fit()
     assert (trainer.ctx.steps_per_epoch, trainer.ctx.step) == (1, 2)
 
@@ -1309,7 +1309,7 @@ def test_the_smoke_level_caps_a_subset_at_the_training_set(base_cfg, tmp_path):
     cfg = ci.apply(cfg)  # 20 samples, 5 of them (val_fraction 0.25) held out
     assert [p.subset.n for p in cfg.phases] == [15, 15, 14]
     trainer = Trainer(cfg, RunRecorder(tmp_path, {"name": "subset"}))
-    trainer.data.load_stage_data(trainer.parts.stages[0])
+    trainer.data.load_phase_data(trainer.parts.phases[0])
     assert len(trainer.ctx.data.train) == 15
 
 

@@ -4,7 +4,7 @@ to `value` (`one_d: set`) every one-dimensional tensor (normalization weights an
 biases). Identity tensors: `torch.nn.init.dirac_` kernels for convolutions (a zero conv plus
 alpha·Dirac maps x to alpha·x where channels match), the rectangular identity for linear layers.
 
-It acts at the start of every phase after the first (a task change), or at the stage indices in
+It acts at the start of every phase after the first (a task change), or at the phase indices in
 `phases` (`[0]` for a pretrained model fine-tuned in one phase). Table 7's rows also retrain
 with another learning rate, decay and weight decay: `lr`, `gamma`, `weight_decay` replace the
 phase's values where given. The optimizer state is reset if `reset_optimizer`.
@@ -27,18 +27,18 @@ def identity_like(weight: torch.Tensor, module: nn.Module) -> torch.Tensor:
     return nn.init.dirac_(torch.empty_like(weight), groups=getattr(module, "groups", 1))
 
 
+@torch.no_grad()
 def add_identity(model: nn.Module, alpha: float, one_d: str = "add", value: float = 1.0,
                  params: str | List[str] = "all") -> None:
     """Effective weights += alpha * identity; 1-D tensors += alpha (`add`) or = value (`set`)."""
-    with torch.no_grad():
-        for slot in slots(model, params):
-            w = slot.value()
-            if w.dim() >= 2:
-                slot.assign(w + alpha * identity_like(w, slot.module))
-            elif one_d == "add":
-                slot.assign(w + alpha)
-            else:
-                slot.assign(torch.full_like(w, value))
+    for slot in slots(model, params):
+        w = slot.value()
+        if w.dim() >= 2:
+            slot.assign(w + alpha * identity_like(w, slot.module))
+        elif one_d == "add":
+            slot.assign(w + alpha)
+        else:
+            slot.assign(torch.full_like(w, value))
 
 
 class DiracReset(Method):

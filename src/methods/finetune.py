@@ -23,14 +23,14 @@ class FineTune(Method):
         self.sparsity, self.at_phase, self.scope = sparsity, at_phase, scope
         self.pruned = False
 
+    @torch.no_grad()
     def on_phase_start(self, ctx) -> None:
-        with torch.no_grad():
-            if ctx.phase_index != self.at_phase:
-                return
-            named = prunable(ctx.model)
-            counts = density_counts(named, self.sparsity, self.scope)
-            set_masks(ctx, magnitude_masks(named, {}, counts, self.scope))
-            self.pruned = True
+        if ctx.phase_index != self.at_phase:
+            return
+        named = prunable(ctx.model)
+        counts = density_counts(named, self.sparsity, self.scope)
+        set_masks(ctx, magnitude_masks(named, {}, counts, self.scope))
+        self.pruned = True
 
     def state_dict(self):
         return {"pruned": self.pruned}

@@ -40,18 +40,18 @@ class GMP(Method):
     def setup(self, ctx) -> None:
         self.named = prunable(ctx.model)
 
+    @torch.no_grad()
     def after_step(self, ctx) -> None:
-        with torch.no_grad():
-            t = ctx.step + 1
-            if t % self.t_p:
-                return
-            q = gmp_sparsity(self.sparsity, t, self.t0, self.t1)
-            if q <= self.current:
-                return
-            keep = {n: ctx.masks[n].keep for n, _ in self.named if n in ctx.masks}
-            counts = density_counts(self.named, q, self.scope)
-            set_masks(ctx, magnitude_masks(self.named, keep, counts, self.scope))
-            self.current = q
+        t = ctx.step + 1
+        if t % self.t_p:
+            return
+        q = gmp_sparsity(self.sparsity, t, self.t0, self.t1)
+        if q <= self.current:
+            return
+        keep = {n: ctx.masks[n].keep for n, _ in self.named if n in ctx.masks}
+        counts = density_counts(self.named, q, self.scope)
+        set_masks(ctx, magnitude_masks(self.named, keep, counts, self.scope))
+        self.current = q
 
     def state_dict(self):
         return {"current": self.current}

@@ -34,14 +34,14 @@ class HeadReset(Method):
     def load_state_dict(self, state, ctx) -> None:
         self.init = {n: {k: t.to(ctx.device) for k, t in sd.items()} for n, sd in state["init"].items()}
 
+    @torch.no_grad()
     def on_phase_start(self, ctx) -> None:
-        with torch.no_grad():
-            if ctx.phase_index == 0:
-                return
-            modules = dict(ctx.model.named_modules())
-            fresh = dict(ctx.build_model().named_modules()) if self.source == "fresh" else None
-            for name in self.names:
-                state = self.init[name] if fresh is None else fresh[name].state_dict()
-                modules[name].load_state_dict(state)
-            if self.reset_optimizer:
-                ctx.reset_optimizer()
+        if ctx.phase_index == 0:
+            return
+        modules = dict(ctx.model.named_modules())
+        fresh = dict(ctx.build_model().named_modules()) if self.source == "fresh" else None
+        for name in self.names:
+            state = self.init[name] if fresh is None else fresh[name].state_dict()
+            modules[name].load_state_dict(state)
+        if self.reset_optimizer:
+            ctx.reset_optimizer()

@@ -50,29 +50,29 @@ class LTH(Method):
         self.saved = None if saved is None else {n: t.to(ctx.device) for n, t in saved.items()}
         self.kept, self.rounds = state["kept"], state["rounds"]
 
+    @torch.no_grad()
     def on_phase_start(self, ctx) -> None:
-        with torch.no_grad():
-            if ctx.phase_index == 0:
-                return
-            if self.saved is None:
-                raise RuntimeError(f"lth: rewind_step={self.rewind_step} was not reached in the first "
-                                   f"round ({ctx.step} steps); lower it or train longer")
-            keep = {n: ctx.masks[n].keep for n, _ in self.named if n in ctx.masks}
-            self.kept = [keep_count(k, 1 - self.fraction, "round") for k in self.kept]
-            counts = self.kept if self.scope == "layer" else sum(self.kept)
-            masks = magnitude_masks(self.named, keep, counts, self.scope)
-            for name, p in select(ctx.model):
-                p.copy_(self.saved[name])
-            set_masks(ctx, masks)
-            ctx.reset_optimizer()
-            self.rounds += 1
+        if ctx.phase_index == 0:
+            return
+        if self.saved is None:
+            raise RuntimeError(f"lth: rewind_step={self.rewind_step} was not reached in the first "
+                               f"round ({ctx.step} steps); lower it or train longer")
+        keep = {n: ctx.masks[n].keep for n, _ in self.named if n in ctx.masks}
+        self.kept = [keep_count(k, 1 - self.fraction, "round") for k in self.kept]
+        counts = self.kept if self.scope == "layer" else sum(self.kept)
+        masks = magnitude_masks(self.named, keep, counts, self.scope)
+        for name, p in select(ctx.model):
+            p.copy_(self.saved[name])
+        set_masks(ctx, masks)
+        ctx.reset_optimizer()
+        self.rounds += 1
 
+    @torch.no_grad()
     def on_phase_end(self, ctx) -> Dict[str, object]:
-        with torch.no_grad():
-            total = sum(p.numel() for _, p in self.named)
-            masked = [n for n, _ in self.named if n in ctx.masks]
-            kept = dict(zip(masked, torch.stack([ctx.masks[n].keep.sum() for n in masked]).tolist()
-                            if masked else []))  # one host read per round
-            density = {n: kept.get(n, p.numel()) / p.numel() for n, p in self.named}
-            return {"lth_round": self.rounds, "sparsity": 1 - sum(self.kept) / max(total, 1),
-                    "layer_density": density}
+        total = sum(p.numel() for _, p in self.named)
+        masked = [n for n, _ in self.named if n in ctx.masks]
+        kept = dict(zip(masked, torch.stack([ctx.masks[n].keep.sum() for n in masked]).tolist()
+                        if masked else []))  # one host read per round
+        density = {n: kept.get(n, p.numel()) / p.numel() for n, p in self.named}
+        return {"lth_round": self.rounds, "sparsity": 1 - sum(self.kept) / max(total, 1),
+                "layer_density": density}

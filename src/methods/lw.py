@@ -79,39 +79,39 @@ class LW(Method):
             return self.schedule[min(r, len(self.schedule) - 1)]
         return min(r // self.n + 1, self.K)
 
+    @torch.no_grad()
     def rescale_(self, kept: int) -> None:
-        with torch.no_grad():
-            for unit in self.units[:kept]:
-                chosen = params.slots(unit, self.rescale_params)
-                if chosen:
-                    now = params.norms(chosen)
-                    init = torch.stack([self.init_norms[id(s.stored()[0])] for s in chosen])
-                    params.scale_(chosen, torch.where(now > 0, init / now.clamp_min(1e-30), 1.0))
+        for unit in self.units[:kept]:
+            chosen = params.slots(unit, self.rescale_params)
+            if chosen:
+                now = params.norms(chosen)
+                init = torch.stack([self.init_norms[id(s.stored()[0])] for s in chosen])
+                params.scale_(chosen, torch.where(now > 0, init / now.clamp_min(1e-30), 1.0))
 
+    @torch.no_grad()
     def calibrate(self, ctx, kept: int) -> None:
         """Insert or update the normalization after model block `kept` on a random training batch."""
-        with torch.no_grad():
-            model, train, i = ctx.model, ctx.data.train, kept - 1
-            self.insert_norm(ctx, i)
-            self.calib_index = torch.randperm(len(train), generator=ctx.gen)[:self.calib_size]
-            idx = self.calib_index.to(train.y.device)
-            was_training = model.training
-            model.eval()
-            z = ctx.pipeline(train.x[idx], False, None)
-            for block in model.blocks[:i]:
-                z = block(z)
-            self.norms[i].calibrate(self.units[i](z))
-            model.train(was_training)
+        model, train, i = ctx.model, ctx.data.train, kept - 1
+        self.insert_norm(ctx, i)
+        self.calib_index = torch.randperm(len(train), generator=ctx.gen)[:self.calib_size]
+        idx = self.calib_index.to(train.y.device)
+        was_training = model.training
+        model.eval()
+        z = ctx.pipeline(train.x[idx], False, None)
+        for block in model.blocks[:i]:
+            z = block(z)
+        self.norms[i].calibrate(self.units[i](z))
+        model.train(was_training)
 
+    @torch.no_grad()
     def reinit_above(self, ctx, kept: int) -> None:
-        with torch.no_grad():
-            fresh = ctx.build_model()
-            fresh_units = list(fresh.blocks) + [fresh.head]
-            for unit, new in zip(self.units[kept:], fresh_units[kept:]):
-                unit.load_state_dict(new.state_dict())
+        fresh = ctx.build_model()
+        fresh_units = list(fresh.blocks) + [fresh.head]
+        for unit, new in zip(self.units[kept:], fresh_units[kept:]):
+            unit.load_state_dict(new.state_dict())
 
     def on_phase_start(self, ctx) -> None:
-        r = ctx.stage.index
+        r = ctx.phase.index
         self.k = self.block_of_round(r)
         kept = self.stem + self.k  # model units (blocks, then the head) kept this round
         if self.rescale:

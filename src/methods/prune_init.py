@@ -144,7 +144,7 @@ class PruneAtInit(Method):
 
     def on_phase_end(self, ctx) -> Dict[str, float]:
         out = dict(self.metrics)
-        if self.store and self.kind != "frozen_wd" and ctx.phase_index == ctx.num_stages - 1:
+        if self.store and self.kind != "frozen_wd" and ctx.phase_index == ctx.num_phases - 1:
             blob = storage.pack(ctx.model, ctx.masks, self.seed)
             back = storage.unpack(blob, ctx.build_model)
             out.update(stored_bytes=storage.nbytes(blob),

@@ -1,7 +1,7 @@
 """What the reinitialization methods share (Alabdulmohsin et al. 2021, Eq. 1).
 
 A round applies w <- (1 - s) * w + s * eta to the selected parameters, at the start of every
-stage but the first (K x N rounds are one phase with `repeat`; the baseline is the same phase
+phase but the first (K x N rounds are one phase with `repeat`; the baseline is the same phase
 without a method). eta is a fresh draw of the configured initializer (`eta: fresh`, the paper's
 "random initialization of the model parameters"), the run's own initial weights (`init`), or
 zeros (`zeros`, DSD's original re-densification); `eta_scale` multiplies it.
@@ -73,13 +73,13 @@ def _eta(ctx, names: List[str], source: str, init: Optional[str]) -> Optional[Di
     raise ValueError(f"eta={source!r}; valid: {', '.join(ETA_SOURCES)}")
 
 
+@torch.no_grad()
 def reinitialize(params: List[Tuple[str, nn.Parameter]], masks: Masks,
                  eta: Optional[Dict[str, torch.Tensor]]) -> None:
     """w <- (1 - s) * w + s * eta in place (eta None: zeros)."""
-    with torch.no_grad():
-        for name, p in params:
-            s = masks[name]
-            p.copy_(torch.where(s, torch.zeros_like(p) if eta is None else eta[name].to(p.device), p))
+    for name, p in params:
+        s = masks[name]
+        p.copy_(torch.where(s, torch.zeros_like(p) if eta is None else eta[name].to(p.device), p))
 
 
 class MaskedReinit(Method):
@@ -102,7 +102,7 @@ class MaskedReinit(Method):
         raise NotImplementedError
 
     def on_phase_start(self, ctx) -> None:
-        if ctx.stage.index == 0:
+        if ctx.phase.index == 0:
             return
         params = self.candidates(ctx)
         masks = self.masks(ctx, params)
@@ -133,7 +133,7 @@ class Standardize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
+    @torch.no_grad()
     def calibrate(self, z: torch.Tensor, eps: float = 1e-8) -> None:
-        with torch.no_grad():
-            self.mean = z.mean().to(self.mean)
-            self.std = z.std(unbiased=False).clamp_min(eps).to(self.std)
+        self.mean = z.mean().to(self.mean)
+        self.std = z.std(unbiased=False).clamp_min(eps).to(self.std)

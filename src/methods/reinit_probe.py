@@ -31,37 +31,37 @@ class ReinitProbe(Method):
     def outputs(self, ctx, model: nn.Module):
         return ctx.predict(ctx.data.train.x, model=model), ctx.data.train.y
 
+    @torch.no_grad()
     def weight_size(self, ctx) -> float:
-        with torch.no_grad():
-            model, train = ctx.model, ctx.data.train
-            last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-            seen = {}
-            hook = last.register_forward_pre_hook(lambda m, args: seen.update(x=args[0]))
-            gen = torch.Generator().manual_seed(ctx.seed)
-            idx = torch.randperm(len(train), generator=gen)[:self.batch].to(train.y.device)
-            model(ctx.pipeline(train.x[idx], False, None))
-            hook.remove()
-            return (seen["x"].norm() * last.weight.detach().norm()).item()
+        model, train = ctx.model, ctx.data.train
+        last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+        seen = {}
+        hook = last.register_forward_pre_hook(lambda m, args: seen.update(x=args[0]))
+        gen = torch.Generator().manual_seed(ctx.seed)
+        idx = torch.randperm(len(train), generator=gen)[:self.batch].to(train.y.device)
+        model(ctx.pipeline(train.x[idx], False, None))
+        hook.remove()
+        return (seen["x"].norm() * last.weight.detach().norm()).item()
 
+    @torch.no_grad()
     def perturb(self, ctx) -> Dict[str, Dict[str, float]]:
-        with torch.no_grad():
-            gen = torch.Generator().manual_seed(ctx.seed + 1)
-            out = {}
-            for sigma in self.sigmas:
-                losses, accs = [], []
-                for _ in range(self.draws):
-                    noisy = copy.deepcopy(ctx.model)
-                    for slot in params.slots(noisy):
-                        w = slot.value()
-                        slot.assign(w + sigma * torch.randn(w.shape, generator=gen).to(w.device))
-                    logits, y = self.outputs(ctx, noisy)
-                    losses.append(F.cross_entropy(logits, y).item())
-                    accs.append((logits.argmax(1) == y).float().mean().item())
-                out[str(sigma)] = {"loss": sum(losses) / len(losses), "acc": sum(accs) / len(accs)}
-            return out
+        gen = torch.Generator().manual_seed(ctx.seed + 1)
+        out = {}
+        for sigma in self.sigmas:
+            losses, accs = [], []
+            for _ in range(self.draws):
+                noisy = copy.deepcopy(ctx.model)
+                for slot in params.slots(noisy):
+                    w = slot.value()
+                    slot.assign(w + sigma * torch.randn(w.shape, generator=gen).to(w.device))
+                logits, y = self.outputs(ctx, noisy)
+                losses.append(F.cross_entropy(logits, y).item())
+                accs.append((logits.argmax(1) == y).float().mean().item())
+            out[str(sigma)] = {"loss": sum(losses) / len(losses), "acc": sum(accs) / len(accs)}
+        return out
 
     def on_phase_end(self, ctx) -> Dict:
-        if ctx.stage.index != ctx.num_stages - 1:
+        if ctx.phase.index != ctx.num_phases - 1:
             return {}
         was_training = ctx.model.training
         ctx.model.eval()

@@ -51,29 +51,29 @@ class SET(Method):
         """Scores of the entries that may grow (the largest win): random for SET."""
         return torch.rand(p.shape, generator=ctx.gen).to(p.device)
 
+    @torch.no_grad()
     def after_step(self, ctx) -> None:
-        with torch.no_grad():
-            t = ctx.step + 1 - self.start
-            if t % self.t_p:
-                return
-            frac = cosine_fraction(self.fraction, t, int(self.stop * ctx.total_steps))
-            if frac <= 0:
-                return
-            for i, (name, p) in enumerate(self.named):
-                mask = ctx.masks[name]
-                if mask is not self.seen[name]:  # another method re-masked it: its count, its kind
-                    self.counts[i] = int(mask.keep.sum())
-                k = self.counts[i]
-                n = min(k, keep_count(k, frac, "round"))
-                if n == 0 or k == p.numel():
-                    continue
-                keep = mask.keep
-                magnitude = torch.where(keep, p.abs(), torch.inf)
-                kept = keep & ~top_k(-magnitude, n)  # drop the n smallest kept magnitudes
-                grow = torch.where(kept, -torch.inf, self.grow_scores(ctx, p).to(magnitude))
-                ctx.masks.set(name, kept | top_k(grow, n), mask.kind)
-                self.seen[name] = ctx.masks[name]
-            self.updates += 1
+        t = ctx.step + 1 - self.start
+        if t % self.t_p:
+            return
+        frac = cosine_fraction(self.fraction, t, int(self.stop * ctx.total_steps))
+        if frac <= 0:
+            return
+        for i, (name, p) in enumerate(self.named):
+            mask = ctx.masks[name]
+            if mask is not self.seen[name]:  # another method re-masked it: its count, its kind
+                self.counts[i] = int(mask.keep.sum())
+            k = self.counts[i]
+            n = min(k, keep_count(k, frac, "round"))
+            if n == 0 or k == p.numel():
+                continue
+            keep = mask.keep
+            magnitude = torch.where(keep, p.abs(), torch.inf)
+            kept = keep & ~top_k(-magnitude, n)  # drop the n smallest kept magnitudes
+            grow = torch.where(kept, -torch.inf, self.grow_scores(ctx, p).to(magnitude))
+            ctx.masks.set(name, kept | top_k(grow, n), mask.kind)
+            self.seen[name] = ctx.masks[name]
+        self.updates += 1
 
     def state_dict(self):
         return {"start": self.start, "updates": self.updates, "counts": self.counts}

@@ -38,17 +38,17 @@ class ShrinkPerturb(Method):
     def load_state_dict(self, state, ctx) -> None:
         self.init = [t.to(ctx.device) for t in state["init"]]
 
+    @torch.no_grad()
     def on_phase_start(self, ctx) -> None:
-        with torch.no_grad():
-            if ctx.phase_index == 0:
-                return
-            current = [p for _, p in select(ctx.model, self.params)]
-            if self.variant == "init":
-                for p, p0 in zip(current, self.init):
-                    p.mul_(1 - self.lam).add_(p0, alpha=self.lam)
-            else:
-                fresh = dict(select(ctx.build_model(), self.params))
-                for name, p in zip(self.names, current):
-                    p.mul_(1 - self.lam).add_(fresh[name], alpha=self.perturb)
-            if self.reset_optimizer:
-                ctx.reset_optimizer()
+        if ctx.phase_index == 0:
+            return
+        current = [p for _, p in select(ctx.model, self.params)]
+        if self.variant == "init":
+            for p, p0 in zip(current, self.init):
+                p.mul_(1 - self.lam).add_(p0, alpha=self.lam)
+        else:
+            fresh = dict(select(ctx.build_model(), self.params))
+            for name, p in zip(self.names, current):
+                p.mul_(1 - self.lam).add_(fresh[name], alpha=self.perturb)
+        if self.reset_optimizer:
+            ctx.reset_optimizer()

@@ -42,29 +42,29 @@ class SparseInit(Method):
             return torch.arange(n) < self.units
         return torch.rand(n, generator=gen) < self.p
 
+    @torch.no_grad()
     def setup(self, ctx) -> None:
-        with torch.no_grad():
-            layers = trace_layers(ctx.model)
-            # edited copies of the effective tensors, written back through their slots at the end
-            self.slots = {(id(s.module), s.local): s for s in slots(ctx.model)}
-            self.edited = {}
-            if self.kind == "mutual":
-                units = [(layer, self.choose(layer.channels, ctx.gen))
-                         for layer in layers.values() if layer.countable]
-                for layer, chosen in units:
-                    for i in chosen.nonzero().flatten().tolist():
-                        self.silence(layer, i, ctx.gen)
-            else:
-                for layer in layers.values():
-                    w = self.tensor(layer.module, "weight")
-                    keep = torch.rand(w.shape, generator=ctx.gen) >= self.p
-                    w.mul_(keep.to(w.device, w.dtype))
-            for key, value in self.edited.items():
-                self.slots[key].assign(value)
-            if self.kind == "mono":
-                add_identity(ctx.model, 1.0, "add")
-            ws = [layer.weight.detach() for layer in layers.values()]
-            self.sparsity = sum(int((w == 0).sum()) for w in ws) / sum(w.numel() for w in ws)
+        layers = trace_layers(ctx.model)
+        # edited copies of the effective tensors, written back through their slots at the end
+        self.slots = {(id(s.module), s.local): s for s in slots(ctx.model)}
+        self.edited = {}
+        if self.kind == "mutual":
+            units = [(layer, self.choose(layer.channels, ctx.gen))
+                     for layer in layers.values() if layer.countable]
+            for layer, chosen in units:
+                for i in chosen.nonzero().flatten().tolist():
+                    self.silence(layer, i, ctx.gen)
+        else:
+            for layer in layers.values():
+                w = self.tensor(layer.module, "weight")
+                keep = torch.rand(w.shape, generator=ctx.gen) >= self.p
+                w.mul_(keep.to(w.device, w.dtype))
+        for key, value in self.edited.items():
+            self.slots[key].assign(value)
+        if self.kind == "mono":
+            add_identity(ctx.model, 1.0, "add")
+        ws = [layer.weight.detach() for layer in layers.values()]
+        self.sparsity = sum(int((w == 0).sum()) for w in ws) / sum(w.numel() for w in ws)
 
     def tensor(self, module, local: str):
         """The editable copy of `module.<local>` (None where the module has no such tensor)."""

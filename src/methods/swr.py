@@ -67,21 +67,21 @@ def chain_starts(is_norm: List[bool]) -> torch.Tensor:
     return torch.tensor(starts)
 
 
+@torch.no_grad()
 def rescale_(weights: List[Optional[Slot]], biases: List[Optional[Slot]], c: torch.Tensor,
              starts: torch.Tensor, proportional: bool = True) -> None:
     """W_l *= c_l, and b_l *= C_l (the chain product from `starts[l]`) or c_l (not proportional),
     as two foreach multiplications (no host sync)."""
-    with torch.no_grad():
-        if proportional:
-            cp = torch.cumprod(c, 0)
-            before = torch.cat([c.new_ones(1), cp[:-1]])
-            big_c = cp / before[starts]
-        else:
-            big_c = c
-        for slots, factors in ((weights, c.unbind()), (biases, big_c.unbind())):
-            have = [i for i, s in enumerate(slots) if s is not None]
-            if have:
-                params.scale_([slots[i] for i in have], [factors[i] for i in have])
+    if proportional:
+        cp = torch.cumprod(c, 0)
+        before = torch.cat([c.new_ones(1), cp[:-1]])
+        big_c = cp / before[starts]
+    else:
+        big_c = c
+    for slots, factors in ((weights, c.unbind()), (biases, big_c.unbind())):
+        have = [i for i, s in enumerate(slots) if s is not None]
+        if have:
+            params.scale_([slots[i] for i in have], [factors[i] for i in have])
 
 
 class SWR(Method):

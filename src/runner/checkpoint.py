@@ -5,7 +5,7 @@ the end of each phase but the last, every `train.checkpoint_every` epochs and af
 `train.checkpoint_minutes` after the last one; it is removed when the run completes
 (`train.save_model` keeps the final weights as `model.pt`). It holds
 
-- `position`: the stage to run next and the epoch of it (0: the stage has not started);
+- `position`: the phase to run next and the epoch of it (0: the phase has not started);
 - the model's state_dict (parametrizations included: their stored tensors are its entries), the
   masks (`ctx.masks`), which parameters train (`requires_grad`) and which the optimizer holds,
   the optimizer's and the gradient scaler's state;

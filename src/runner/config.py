@@ -74,7 +74,7 @@ class TrainConfig:
     max_batches: Optional[int] = valid(None, at_least(1, "no cap"))  # training steps of an epoch
     max_eval_batches: Optional[int] = valid(None, at_least(1, "the whole split"))  # evaluation batches of each split
     max_batch_size: Optional[int] = valid(None, at_least(1, "no cap"))  # caps train.batch_size (a full batch too)
-    max_repeat: Optional[int] = valid(None, at_least(1, "no cap"))  # repeats of a phase (its stages)
+    max_repeat: Optional[int] = valid(None, at_least(1, "no cap"))  # repeats of a configured phase
 
 
 @dataclass
@@ -113,7 +113,7 @@ class SubsetConfig:
 
 @dataclass
 class PhaseConfig:
-    """One stage of a run; every None field falls back to the run-level setting."""
+    """One phase of a run; every None field falls back to the run-level setting."""
 
     name: str = "train"
     repeat: int = valid(1, at_least(1))  # run this phase this many times in a row (rounds, continual chunks)

@@ -1,9 +1,9 @@
 """What a method sees of a run (`ctx`), so that it never reads the config or imports the trainer.
 
 Fixed for the run: `device`, `model`, `seed`, `gen` (the methods' own random generator),
-`loss_fn(out, y, reduction)`, `num_stages`, `masks` (runner.sparse.masks), `init_state` (stored
+`loss_fn(out, y, reduction)`, `num_phases`, `masks` (runner.sparse.masks), `init_state` (stored
 parameters at setup, runner.models.params.snapshot), `eval_batch_size`, `autocast()`.
-Changing as it runs: `optimizer`, `stage` (index, repeat, name), `data` (train / val / test
+Changing as it runs: `optimizer`, `phase` (index, repeat, name), `data` (train / val / test
 splits of the current phase), `pipeline(x, train, gen)`, `epoch`, `step`, `steps_per_epoch`,
 `total_steps` (of the current phase), `lr`, `weight_decay`, `gamma` (a phase-start hook may set
 them), and, inside the step hooks, `batch` (inputs after the pipeline, labels) and `outputs`.
@@ -23,7 +23,7 @@ from runner.sparse.masks import Masks
 
 
 @dataclass
-class Stage:
+class Phase:
     """One executed phase: its position in the run, its repeat index, name and phase config."""
 
     index: int
@@ -34,19 +34,19 @@ class Stage:
 
 class RunContext:
     def __init__(self, *, device: torch.device, model: torch.nn.Module, seed: int,
-                 loss_fn: Callable, num_stages: int, eval_batch_size: int,
+                 loss_fn: Callable, num_phases: int, eval_batch_size: int,
                  build_model: Callable[[], torch.nn.Module],
                  make_optimizer: Callable[[torch.nn.Module, float, float], Any],
                  autocast: Callable[[], Any] = contextlib.nullcontext, lr: float = 0.0,
                  weight_decay: float = 0.0):
         self.device, self.model, self.seed, self.loss_fn = device, model, seed, loss_fn
-        self.num_stages, self.eval_batch_size, self.autocast = num_stages, eval_batch_size, autocast
+        self.num_phases, self.eval_batch_size, self.autocast = num_phases, eval_batch_size, autocast
         self._build_model, self._make_optimizer = build_model, make_optimizer
         self.gen = torch.Generator().manual_seed(seed)  # methods' own randomness (masks, eta)
         self.optimizer = None
         self.masks = Masks(model, lambda: self.optimizer)
         self.init_state: Dict[str, torch.Tensor] = {}
-        self.stage: Optional[Stage] = None
+        self.phase: Optional[Phase] = None
         self.data: Optional[Splits] = None
         self.pipeline: Optional[Callable] = None
         self.epoch = self.step = self.steps_per_epoch = self.total_steps = 0
@@ -65,7 +65,7 @@ class RunContext:
 
     @property
     def phase_index(self) -> int:
-        return self.stage.index if self.stage else -1
+        return self.phase.index if self.phase else -1
 
     def reset_optimizer(self) -> None:
         """A fresh optimizer (no momentum / Adam moments) over the model's current parameters."""

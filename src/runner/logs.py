@@ -56,9 +56,9 @@ def log_start(name: str, seed: int, env: Dict[str, Any]) -> None:
              env["python"])
 
 
-def epoch_line(stage: str, epoch: int, epochs: int, row: Dict[str, Any]) -> str:
-    """`stage epoch e/E lr | train loss / acc | val ... | test ...`, leaving out unmeasured splits."""
-    parts = [f"{stage} epoch {epoch}/{epochs} lr {row['lr']:.3g}"]
+def epoch_line(phase: str, epoch: int, epochs: int, row: Dict[str, Any]) -> str:
+    """`phase epoch e/E lr | train loss / acc | val ... | test ...`, leaving out unmeasured splits."""
+    parts = [f"{phase} epoch {epoch}/{epochs} lr {row['lr']:.3g}"]
     for split in ("train", "val", "test"):
         loss, acc = row[f"{split}_loss"], row[f"{split}_acc"]
         if math.isfinite(loss) or math.isfinite(acc):

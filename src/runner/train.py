@@ -1,4 +1,4 @@
-"""The Trainer: a run's stages, phase by phase, from the pieces in runner.training."""
+"""The Trainer: a run's phases, phase by phase, from the pieces in runner.training."""
 from __future__ import annotations
 
 import logging
@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from runner import checkpoint
-from runner.context import Stage
+from runner.context import Phase
 from runner.errors import RunnerError
 from runner.logs import epoch_line
 from runner.models import params
@@ -53,12 +53,12 @@ class Trainer:
             self.ctx.masks.project()
 
     def fit(self, state: Optional[Dict[str, Any]] = None) -> None:
-        """Train every stage; from a checkpoint's `state` where given (runner.checkpoint)."""
+        """Train every phase; from a checkpoint's `state` where given (runner.checkpoint)."""
         ctx, parts = self.ctx, self.parts
-        stages = parts.stages
-        self.data.load_stage_data(stages[0])
+        phases = parts.phases
+        self.data.load_phase_data(phases[0])
         ctx.init_state = params.snapshot(ctx.model)
-        ctx.stage = stages[0]
+        ctx.phase = phases[0]
         self.call_hook("setup")
         ctx.reset_optimizer()
         start, progress = (0, None) if state is None else self.restore(state)
@@ -66,14 +66,14 @@ class Trainer:
             ctx.model = torch.compile(ctx.model)
         if parts.dist:
             parts.ddp = parts.dist.wrap(ctx.model)
-        for stage in stages[start:]:
-            resumed = progress if stage.index == start else None
-            if stage.index > 0 and resumed is None:
-                self.data.load_stage_data(stage)
-            self.run_stage(stage, resumed)
+        for phase in phases[start:]:
+            resumed = progress if phase.index == start else None
+            if phase.index > 0 and resumed is None:
+                self.data.load_phase_data(phase)
+            self.run_phase(phase, resumed)
         self.data.release()
 
-    def start_phase(self, stage: Stage, ph) -> None:
+    def start_phase(self, phase: Phase, ph) -> None:
         """The phase's hyperparameters, then the methods' hook (which may change ctx.lr,
         ctx.gamma, ctx.weight_decay)."""
         ctx, optim = self.ctx, self.cfg.optim
@@ -86,10 +86,10 @@ class Trainer:
         self.call_hook("on_phase_start")
         set_hyper(ctx.optimizer, optim, ctx.lr, ctx.weight_decay)
 
-    def run_stage(self, stage: Stage, resumed: Optional[BestEpoch] = None) -> None:
+    def run_phase(self, phase: Phase, resumed: Optional[BestEpoch] = None) -> None:
         ctx, opts, parts = self.ctx, self.parts.opts, self.parts
-        ph = SimpleNamespace(**OmegaConf.to_container(stage.cfg, resolve=True))
-        ctx.stage = stage
+        ph = SimpleNamespace(**OmegaConf.to_container(phase.cfg, resolve=True))
+        ctx.phase = phase
         epochs = capped(opts.epochs if ph.epochs is None else ph.epochs, opts.max_epochs)
         patience = opts.patience if ph.patience is None else ph.patience
         batch_size, limit = capped(opts.batch_size, opts.max_batch_size), opts.max_batches
@@ -98,14 +98,14 @@ class Trainer:
         ctx.steps_per_epoch = -(-n_train // bs) if limit is None else min(-(-n_train // bs), limit)
         ctx.total_steps = ctx.steps_per_epoch * epochs
         if resumed is None:
-            self.start_phase(stage, ph)
+            self.start_phase(phase, ph)
         schedule = Schedule(self.cfg.schedule, ctx.lr, ctx.gamma, ph.milestones)
         p = resumed or BestEpoch()
         if resumed is not None:
             schedule.load_state_dict(p.schedule)
         start = ctx.step - p.next_epoch * ctx.steps_per_epoch  # the phase's first step
         per_step = schedule if schedule.per_step else None
-        bar = tqdm(range(p.next_epoch, epochs), desc=f"{stage.name}", leave=False,
+        bar = tqdm(range(p.next_epoch, epochs), desc=f"{phase.name}", leave=False,
                    initial=p.next_epoch, total=epochs,
                    disable=None if parts.progress is None else not parts.progress)
         for epoch in bar:
@@ -115,43 +115,43 @@ class Trainer:
                 g["lr"] = lr
             last = epoch + 1 == epochs
             evaluate = last or (epoch + 1) % opts.eval_every == 0
-            row = self.loop.epoch(stage, epoch, evaluate, batch_size, per_step, start)
+            row = self.loop.epoch(phase, epoch, evaluate, batch_size, per_step, start)
             if evaluate:
                 val_loss = row["val_loss"]
                 schedule.observe(val_loss if math.isfinite(val_loss) else row["train_loss"])
             self.rec.epoch(row)
             if evaluate:
-                log.info("%s", epoch_line(stage.name, epoch + 1, epochs, row))  # logs.py
+                log.info("%s", epoch_line(phase.name, epoch + 1, epochs, row))  # logs.py
                 if p.observe(row, opts.select_by, patience,
                              ctx.model if opts.restore_best else None):
                     break
             if not last and self.cadence.due(epoch + 1):
                 p.next_epoch, p.schedule = epoch + 1, schedule.state_dict()
-                self.save_checkpoint(stage.index, p)
+                self.save_checkpoint(phase.index, p)
         bar.close()
         p.restore(ctx.model)
-        self.end_phase(stage, p)
+        self.end_phase(phase, p)
 
-    def end_phase(self, stage: Stage, p: BestEpoch) -> None:
+    def end_phase(self, phase: Phase, p: BestEpoch) -> None:
         """Check the ranks agree, record the phase's summary, checkpoint before the next."""
         ctx, parts = self.ctx, self.parts
         if parts.dist:
-            parts.dist.check_same(ctx.model, ctx.masks, f"phase {stage.name!r}")
+            parts.dist.check_same(ctx.model, ctx.masks, f"phase {phase.name!r}")
         keys = ROW_METRICS
-        summary = {"index": stage.index, "name": stage.name, "epochs": p.end["epoch"],
+        summary = {"index": phase.index, "name": phase.name, "epochs": p.end["epoch"],
                    "steps": ctx.step, "best_epoch": p.best["epoch"],
                    "end": {k: p.end[k] for k in keys}, "best": {k: p.best[k] for k in keys}}
         summary.update(parts.methods.collect("on_phase_end", ctx))
         self.rec.phase(summary)
-        if parts.opts.checkpoint and stage.index + 1 < len(parts.stages):  # the last: the run ends
-            self.save_checkpoint(stage.index + 1, None)
+        if parts.opts.checkpoint and phase.index + 1 < len(parts.phases):  # the last: the run ends
+            self.save_checkpoint(phase.index + 1, None)
 
-    def save_checkpoint(self, next_stage: int, progress: Optional[BestEpoch]) -> None:
-        """Everything needed to continue at stage `next_stage` (inside it at `progress`), in the
+    def save_checkpoint(self, next_phase: int, progress: Optional[BestEpoch]) -> None:
+        """Everything needed to continue at phase `next_phase` (inside it at `progress`), in the
         run directory (none for a recorder that writes nothing)."""
         if self.rec.dir is None:
             return
-        state = {"identity": self.identity, "position": {"stage": next_stage},
+        state = {"identity": self.identity, "position": {"phase": next_phase},
                  **{k: h.state_dict() for k, h in
                     holders(self.parts, self.loop, self.rec, progress).items()}}
         with held_signals():
@@ -160,11 +160,11 @@ class Trainer:
 
     def restore(self, state: Dict[str, Any]) -> tuple:
         """Put a checkpoint's state back (after `setup`, which rebuilt what it derives from the
-        fresh model); returns (stage to run next, its BestEpoch or None)."""
-        start = state["position"]["stage"]
+        fresh model); returns (phase to run next, its BestEpoch or None)."""
+        start = state["position"]["phase"]
         progress = None if state["progress"] is None else BestEpoch()
         if progress is not None and start > 0:
-            self.data.load_stage_data(self.parts.stages[start])
+            self.data.load_phase_data(self.parts.phases[start])
         for key, holder in holders(self.parts, self.loop, self.rec, progress).items():
             holder.load_state_dict(state[key])
         return start, progress

@@ -98,7 +98,7 @@ def _scored(experiment: str, data: str, batches: int, overrides: Sequence[str],
                                      *overrides])
     GlobalHydra.instance().clear()
     parts = Parts(ci.apply(cfg))
-    DataStager(parts, MemoryRecorder()).load_stage_data(parts.stages[0])
+    DataStager(parts, MemoryRecorder()).load_phase_data(parts.phases[0])
     ctx, method = parts.ctx, parts.methods.methods[0]
     calib = method.calibration(ctx)
     scores = {k: pruning.scores(k, ctx.model, calib, loss_fn=ctx.loss_fn, gen=ctx.gen,

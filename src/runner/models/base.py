@@ -25,10 +25,10 @@ class Network(nn.Module):
         return self.head(self.features(x))
 
 
+@torch.no_grad()
 def flat_size(module: nn.Module, in_shape) -> int:
     """Number of features `module` produces for one input of `in_shape` (a dry forward)."""
-    with torch.no_grad():
-        return module(torch.zeros(1, *in_shape)).flatten(1).shape[1]
+    return module(torch.zeros(1, *in_shape)).flatten(1).shape[1]
 
 
 def norm_layer(kind, channels: int, dim: int = 2) -> nn.Module:

@@ -1,5 +1,5 @@
 """What a run trains with, built from its config: device, determinism, seeds, precision, the
-model in its RunContext, methods, stages, loss and the trainer's random generators."""
+model in its RunContext, methods, phases, loss and the trainer's random generators."""
 from __future__ import annotations
 
 import contextlib
@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from methods.base import MethodStack
 from runner import distributed
-from runner.context import RunContext, Stage
+from runner.context import RunContext, Phase
 from runner.errors import ConfigError, RunnerError
 from runner.instantiate import build_model, instantiate
 from runner.optim import build_optimizer
@@ -76,15 +76,15 @@ def capped(value: Optional[int], cap: Optional[int]) -> Optional[int]:
     return cap if value is None else min(value, cap)
 
 
-def expand_stages(cfg) -> List[Stage]:
-    """One stage per repeat of each phase (at most `train.max_repeat`)."""
-    stages = []
+def expand_phases(cfg) -> List[Phase]:
+    """One executed phase per repeat of each configured phase (at most `train.max_repeat`)."""
+    phases = []
     for phase in cfg.phases:
         n = capped(phase.repeat, cfg.train.max_repeat)
         for r in range(n):
             name = phase.name if phase.repeat == 1 else f"{phase.name}{r + 1}"
-            stages.append(Stage(len(stages), r, name, phase))
-    return stages
+            phases.append(Phase(len(phases), r, name, phase))
+    return phases
 
 
 def loss_function(opts):
@@ -100,7 +100,7 @@ def loss_function(opts):
 class Parts:
     """Everything of one run that the data stager, the loop and the checkpoint share: `cfg`,
     `opts` (train options), `device`, `dist` (None: one process), `ddp` (the model as the step
-    calls it under distributed training), `amp`, `scaler`, `methods`, `stages`, `loss_fn`,
+    calls it under distributed training), `amp`, `scaler`, `methods`, `phases`, `loss_fn`,
     `ctx`, the data-order and augmentation generators and `progress` (show bars)."""
 
     def __init__(self, cfg: DictConfig, job: int = 0, device: Optional[torch.device] = None):
@@ -122,11 +122,11 @@ class Parts:
         methods = [instantiate(cfg.method, "method")] if cfg.method is not None else []
         methods += [instantiate(m, f"extra_methods[{i}]") for i, m in enumerate(cfg.extra_methods)]
         self.methods = MethodStack(methods)
-        self.stages = expand_stages(cfg)
+        self.phases = expand_phases(cfg)
         self.loss_fn = loss_function(self.opts)
         self.ctx = RunContext(
             device=self.device, model=model, seed=cfg.seed, loss_fn=self.loss_fn,
-            num_stages=len(self.stages), eval_batch_size=self.opts.eval_batch_size,
+            num_phases=len(self.phases), eval_batch_size=self.opts.eval_batch_size,
             build_model=lambda: self.prepare_model(build_model(cfg)),
             make_optimizer=lambda m, lr, wd: build_optimizer(m, cfg.optim, lr, wd),
             autocast=self.autocast, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)

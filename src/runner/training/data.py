@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 from omegaconf import OmegaConf
 
-from runner.context import Stage
+from runner.context import Phase
 from runner.data.stream import stream_splits
 from runner.data.tensors import Arrays, Pipeline, Splits, split_train_val, subset_indices
 from runner.errors import ConfigError, DataError, RunnerError
@@ -56,7 +56,7 @@ def check_labels(arrays: Arrays, classes: int, name: str) -> None:
 
 
 class DataStager:
-    """Puts each stage's data and pipeline into the run's context (`parts.ctx`)."""
+    """Puts each phase's data and pipeline into the run's context (`parts.ctx`)."""
 
     def __init__(self, parts, rec: Recorder):
         self.parts, self.rec = parts, rec
@@ -113,24 +113,24 @@ class DataStager:
         self.on_device = None
         self.parts.ctx.data = None
 
-    def load_stage_data(self, stage: Stage) -> None:
+    def load_phase_data(self, phase: Phase) -> None:
         ctx, device, seed = self.parts.ctx, self.parts.device, self.parts.cfg.seed
-        ds = self.dataset_cfg(stage.cfg.dataset)
+        ds = self.dataset_cfg(phase.cfg.dataset)
         ctx.data = ctx.pipeline = None
         base = self.device_splits(ds)
         splits = Splits(base.train, base.val, base.test)
-        sub = stage.cfg.subset
+        sub = phase.cfg.subset
         if sub.n is not None and sub.n > len(splits.train):
-            raise ConfigError(f"subset.n={sub.n} of phase {stage.name!r} exceeds the {len(splits.train)} "
+            raise ConfigError(f"subset.n={sub.n} of phase {phase.name!r} exceeds the {len(splits.train)} "
                               f"training samples of {ds.get('name', 'the dataset')}; lower it")
         idx = subset_indices(len(splits.train), seed, sub.fraction, sub.n, sub.chunks,
-                             stage.repeat, sub.access)
+                             phase.repeat, sub.access)
         if idx is not None:
             splits.train = splits.train.take(idx.to(device))
-        augment = stage.cfg.augment if stage.cfg.augment is not None else ds.get("augment", [])
+        augment = phase.cfg.augment if phase.cfg.augment is not None else ds.get("augment", [])
         pipe = Pipeline(ds.get("mean", [0.0]), ds.get("std", [1.0]),
-                        [instantiate(t, f"{stage.name}.transform") for t in stage.cfg.transform],
-                        [instantiate(t, f"{stage.name}.augment") for t in augment], device)
+                        [instantiate(t, f"{phase.name}.transform") for t in phase.cfg.transform],
+                        [instantiate(t, f"{phase.name}.augment") for t in augment], device)
         ctx.pipeline = self.with_layout(pipe)
         streamed = hasattr(splits.train, "batches")
         if not streamed and self.float_bytes(splits, pipe) <= self.cache_bytes():

@@ -84,7 +84,7 @@ def run(cfg: DictConfig, out_dir, choices: Optional[Dict[str, str]] = None,
         if state.get("identity") != ident:
             raise ConfigError(f"resume={cfg.resume}: the checkpoint in {where} belongs to another "
                               "config; resume with the run's own overrides only")
-        log.info("resuming %s from %s (stage %d)", cfg.name, where, state["position"]["stage"])
+        log.info("resuming %s from %s (phase %d)", cfg.name, where, state["position"]["phase"])
     t0 = time.time()
     base = {"name": cfg.name, "seed": cfg.seed, "choices": choices,
             "overrides": list(overrides or []), "paper_value": paper_value(cfg, choices),

@@ -7,7 +7,7 @@ from typing import Any, Dict
 
 import torch
 
-from runner.context import Stage
+from runner.context import Phase
 from runner.data.tensors import batches
 from runner.errors import Diverged
 from runner.logs import batch_bar
@@ -27,9 +27,9 @@ class Loop:
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.diverge_ref = state["diverge_ref"]
 
-    def epoch(self, stage: Stage, epoch: int, evaluate: bool, batch_size, schedule=None,
+    def epoch(self, phase: Phase, epoch: int, evaluate: bool, batch_size, schedule=None,
               start: int = 0) -> Dict[str, Any]:
-        """Train one epoch of `stage`, evaluate (where `evaluate`), check for divergence; the
+        """Train one epoch of `phase`, evaluate (where `evaluate`), check for divergence; the
         epoch's row, read from the device in one host sync."""
         p = self.parts
         ctx, opts = p.ctx, p.opts
@@ -47,8 +47,8 @@ class Loop:
         train_loss, train_acc = loss_sum / max(n, 1), correct / max(n, 1)
         if self.diverge_ref is None:
             self.diverge_ref = first_loss
-        self.check_divergence(train_loss, stage, epoch)
-        row = {"phase": stage.index, "phase_name": stage.name, "epoch": epoch + 1,
+        self.check_divergence(train_loss, phase, epoch)
+        row = {"phase": phase.index, "phase_name": phase.name, "epoch": epoch + 1,
                "step": ctx.step, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
                "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss,
                "test_acc": test_acc, "weight_norm": norm, "nonzero_weights": int(nonzero),
@@ -118,22 +118,22 @@ class Loop:
                                   torch.tensor(float(n), device=stats.device)])
         return loss
 
+    @torch.no_grad()
     def weight_stats(self) -> torch.Tensor:
         """[total norm of effective parameters, non-zero weights, trained weights] (device)."""
-        with torch.no_grad():
-            model, masks, device = self.parts.ctx.model, self.parts.ctx.masks, self.parts.device
-            weights = params.slots(model, "weights")
-            nonzero = sum(s.value().count_nonzero() for s in weights)
-            trained = 0
-            for name, p, kind in params.parameters(model):
-                if kind == "weights" and p.requires_grad:
-                    trained = trained + (masks[name].keep.sum() if name in masks else p.numel())
-            return torch.stack([params.total_norm(model).float(),
-                                torch.as_tensor(nonzero, device=device).float(),
-                                torch.as_tensor(trained, device=device).float()])
+        model, masks, device = self.parts.ctx.model, self.parts.ctx.masks, self.parts.device
+        weights = params.slots(model, "weights")
+        nonzero = sum(s.value().count_nonzero() for s in weights)
+        trained = 0
+        for name, p, kind in params.parameters(model):
+            if kind == "weights" and p.requires_grad:
+                trained = trained + (masks[name].keep.sum() if name in masks else p.numel())
+        return torch.stack([params.total_norm(model).float(),
+                            torch.as_tensor(nonzero, device=device).float(),
+                            torch.as_tensor(trained, device=device).float()])
 
-    def check_divergence(self, train_loss: float, stage: Stage, epoch: int) -> None:
-        where = f"in phase {stage.name!r}, epoch {epoch + 1}"
+    def check_divergence(self, train_loss: float, phase: Phase, epoch: int) -> None:
+        where = f"in phase {phase.name!r}, epoch {epoch + 1}"
         if not math.isfinite(train_loss):
             raise Diverged(f"training loss became {train_loss} {where}")
         factor, ref = self.parts.opts.diverge_factor, self.diverge_ref
