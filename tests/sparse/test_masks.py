@@ -18,7 +18,7 @@ from runner.models.transforms import filter_basis
 from runner.results import RunRecorder
 from runner.train import Trainer
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 OPTIMIZERS = {"sgd": ["optim=sgd", "optim.momentum=0.9", "optim.weight_decay=0.1"],
               "adam": ["optim=adam", "optim.weight_decay=0.01"],
               "adamw": ["optim=adam", "optim.name=adamw", "optim.weight_decay=0.01"]}

@@ -9,7 +9,7 @@ import torch
 from runner import logs
 
 SMOKE = ["experiment=fmnist_mlp", "ci=smoke", "device=cpu", "threads=1"]
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 def test_result_json_records_the_environment(run_cfg, tmp_path, caplog):

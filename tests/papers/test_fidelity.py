@@ -73,7 +73,7 @@ def test_fitted_values_live_in_variants_that_say_so(compose_cfg):
     assert (m.fraction, list(m.params), m.eta_scale) == (0.3, ["weights"], 0.9)
     fitted = [n for n in EXPERIMENTS if n.endswith("_fitted")]
     assert fitted
-    readme = (Path(__file__).parents[1] / "docs" / "reinit.md").read_text()  # the experiment table
+    readme = (Path(__file__).parents[2] / "docs" / "reinit.md").read_text()  # the experiment table
     for name in fitted:
         assert "FITTED, NOT STATED BY THE PAPER" in (CONF / "experiment" / f"{name}.yaml").read_text()
         cfg = compose_cfg([f"experiment={name}"])

@@ -4,7 +4,7 @@ seed, `setup`, then the methods', model's, masks', optimizer's and random states
 bitwise as the run that never stopped, with the same metrics; `load_state_dict` puts back exactly
 what `state_dict` gave, whatever its own `setup` saw; the states load with weights_only=True.
 
-The trainer is mimicked in a few lines (tests/test_resume.py runs the real one, killed, under the
+The trainer is mimicked in a few lines (tests/runner/test_resume.py runs the real one, killed, under the
 `sizes` stage); every method runs with options that make it act within the test's 12 steps."""
 import copy
 import functools

@@ -26,7 +26,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from conftest import CONF
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 README = ROOT / "README.md"
 PAGES = [README] + sorted((ROOT / "docs").glob("*.md"))  # each page's commands run in its order
 SMOKE = ["ci=smoke", "device=cpu", "threads=1"]

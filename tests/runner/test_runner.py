@@ -235,7 +235,7 @@ def test_default_command_prints_a_table(tmp_path):
 def test_every_package_ships_in_the_wheel():
     tomllib = pytest.importorskip("tomllib")
 
-    root = Path(__file__).parents[1]
+    root = Path(__file__).parents[2]
     listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(root / "src").parts)
              for p in (root / "src").rglob("__init__.py")}

@@ -17,7 +17,7 @@ from runner import ci
 from runner.errors import ConfigError
 from runner.training.loop import Loop
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 SYNCS = [(torch.Tensor, n) for n in ("item", "__bool__", "__float__", "__int__", "tolist",
                                      "nonzero")] + [(torch.linalg, "inv"), (torch, "nonzero")]
 

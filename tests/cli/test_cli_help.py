@@ -9,7 +9,7 @@ import pytest
 
 from conftest import EXPERIMENTS
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 def console_script():
