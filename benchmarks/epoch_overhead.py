@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
+from benchmarks_common import machine
 from runner.app import conf_dir
 from runner.config import prepare
 from runner.results import RunRecorder
@@ -44,9 +45,9 @@ def main() -> None:
         cfg = compose("config", overrides=overrides)
     cfg = prepare(cfg)  # as a run's: a test level (--set ci=smoke) written into its options
     trainer = Trainer(cfg, RunRecorder(tempfile.mkdtemp(), {}))
-    trainer.data.load_stage_data(trainer.parts.stages[0])  # the first steps of Trainer.fit
+    trainer.data.load_phase_data(trainer.parts.phases[0])  # the first steps of Trainer.fit
     ctx = trainer.ctx
-    ctx.stage = trainer.parts.stages[0]
+    ctx.phase = trainer.parts.phases[0]
     trainer.call_hook("setup")
     ctx.reset_optimizer()
     if cfg.train.compile:
@@ -98,6 +99,7 @@ def main() -> None:
         ref.append(timed(reference_epoch))
         run.append(timed(runner_epoch))
     r, m = statistics.median(ref), statistics.median(run)
+    print(machine())
     print(f"{a.experiment} on {device}, {len(y_ref)} images, batch {bs}, {a.repeats} interleaved "
           f"repeats; options: {' '.join(a.set) or 'defaults'}; mask: {a.mask:g}")
     print(f"reference loop: median {r:.3f} s/epoch  (all: {', '.join(f'{t:.3f}' for t in ref)})")

@@ -85,7 +85,7 @@ def train(compose_cfg, tmp_path, overrides):
 
 def metrics(tmp_path):
     with open(Path(tmp_path) / "metrics.csv") as f:
-        return list(csv.DictReader(f))
+        return list(csv.DictReader(line for line in f if not line.startswith("#")))
 
 
 SCALES = [1, 2, 1.5, 3, 2.5, 2.8, 0.5, 1.0, 5, 5]
@@ -133,8 +133,12 @@ def test_patience_counts_evaluations_and_each_phase_has_its_own(compose_cfg, tmp
     assert a["best"]["val_loss"] == pytest.approx(loss_at(3), rel=1e-5, abs=1e-6)
     assert (b["epochs"], b["best_epoch"]) == (4, 2)  # epoch 4 (c = 0.4) is worse than 2 (0.5)
     assert b["best"]["val_loss"] == pytest.approx(loss_at(0.5), rel=1e-5, abs=1e-6)
-    rows = metrics(tmp_path)
-    assert [r["val_loss"] for r in rows[:8:2]] == ["nan"] * 4  # odd epochs are not evaluated
+    rows = metrics(tmp_path)  # evaluated epochs only, as its first line says
+    assert [(r["phase"], r["epoch"]) for r in rows] == [
+        ("0", "2"), ("0", "4"), ("0", "6"), ("0", "8"), ("1", "2"), ("1", "4")]
+    first = (tmp_path / "metrics.csv").read_text().splitlines()[0]
+    assert first == ("# one row per evaluated epoch: every 2 epochs of a phase and its last "
+                     "(train.eval_every=2)")
 
 
 def test_without_validation_data_the_last_epoch_is_best(compose_cfg, tmp_path):
@@ -485,11 +489,10 @@ def indexed_trainer(trainer, n=12):
     trainer.ctx.pipeline = lambda x, train, gen: x
     seen = []
 
-    def step(xb, yb, stats):
+    def step(xb, yb):
         seen.append(yb.tolist())
         trainer.ctx.step += 1
-        stats[:3] += torch.tensor([1.0, 0.0, len(yb)])
-        return torch.tensor(0.5)
+        return torch.tensor(0.5), torch.zeros(len(yb), 2)
     trainer.loop.train_step = step
     return seen
 
@@ -544,11 +547,10 @@ def test_a_step_shows_methods_its_batch_before_the_update(trainer):
     spy = SeeBatch()
     trainer.parts.methods = MethodStack([spy])
     xb, yb = trainer.ctx.data.train.x[:5], trainer.ctx.data.train.y[:5]
-    stats = torch.zeros(4)
-    loss = trainer.loop.train_step(xb, yb, stats)
+    loss, out = trainer.loop.train_step(xb, yb)
     [((x, y), step)] = spy.seen
     assert torch.equal(x, trainer.ctx.pipeline(xb, True, None)) and y is yb and step == 0
-    assert trainer.ctx.step == 1 and stats[2] == 5 and stats[0] == pytest.approx(5 * loss.item())
+    assert trainer.ctx.step == 1 and out.shape == (5, 8) and loss.dim() == 0
 
 
 class PhaseEnd(Method):
@@ -707,8 +709,8 @@ def test_a_per_step_schedule_is_used_only_when_the_schedule_is_per_step(base_cfg
         trainer = scripted_trainer(base_cfg, tmp_path / name, [1.0] * 3, schedule__name=name,
                                    schedule__gamma=0.5, schedule__step_size=1, schedule__milestones=[2])
         given, epoch = [], trainer.loop.train_epoch
-        trainer.loop.train_epoch = lambda bs, limit, schedule=None, start=0: (
-            given.append(schedule) or epoch(bs, limit, schedule, start))
+        trainer.loop.train_epoch = lambda bs, limit, schedule=None, start=0, accuracy=True: (
+            given.append(schedule) or epoch(bs, limit, schedule, start, accuracy))
         trainer.run_phase(one_sample_phase(trainer))
         assert [float(r["lr"]) for r in metrics(tmp_path / name)] == pytest.approx(lrs)
         assert all((s is not None) is (name == "step_iter") for s in given) and len(given) == 3
@@ -745,7 +747,7 @@ def test_a_step_adds_the_methods_loss_terms(trainer):
             m.setup(trainer.ctx)
         trainer.ctx.optimizer = torch.optim.SGD(trainer.ctx.model.parameters(), lr=0.1)
         trainer.parts.methods = MethodStack(methods)
-        trainer.loop.train_step(xb, yb, torch.zeros(4))
+        trainer.loop.train_step(xb, yb)
         after.append({k: v.clone() for k, v in trainer.ctx.model.state_dict().items()})
     for k, w0 in start.items():
         torch.testing.assert_close(after[1][k] - after[0][k], -0.1 * 2 * 0.5 * w0)
@@ -1246,7 +1248,7 @@ def test_a_loss_term_gets_the_steps_context(trainer):
     trainer.ctx.reset_optimizer()
     term = OutputsTerm()
     trainer.parts.methods = MethodStack([term])
-    trainer.loop.train_step(trainer.ctx.data.train.x[:4], trainer.ctx.data.train.y[:4], torch.zeros(4))
+    trainer.loop.train_step(trainer.ctx.data.train.x[:4], trainer.ctx.data.train.y[:4])
     assert term.ctx is trainer.ctx and term.ctx.outputs.shape == (4, 8)
 
 

@@ -64,7 +64,8 @@ class TrainConfig:
     diverge_factor: Optional[float] = valid(1e4, Range(1, lo_open=True, note="non-finite only"))
     # an epoch whose mean training loss exceeds this multiple of the run's first batch loss ends
     # the run as `diverged` (so does a non-finite loss, always)
-    checkpoint: bool = True  # checkpoint.pt at each phase end (and as below); removed on completion
+    checkpoint: bool = True  # checkpoint.pt at a phase end 10 s or more after the last one (at each
+    # phase end with checkpoint_every) and as below; removed on completion
     checkpoint_every: Optional[int] = valid(None, at_least(1, "phase ends only"))  # also every N epochs
     checkpoint_minutes: Optional[float] = valid(10.0, Range(0, lo_open=True, note="no timer"))
     # also after the first epoch ending this long after the last checkpoint

@@ -21,14 +21,16 @@ from runner.analysis.common import cli, completed, figure_path, metrics, save, v
 def load_curves(runs: Iterable[dict], y: str, hue: str) -> Tuple[pd.DataFrame, List[float]]:
     """Rows (hue, seed, x, phase, y) of every evaluated epoch, and the x of the phase boundaries.
 
-    Boundaries come from all epochs, evaluated or not: with `train.eval_every` > 1 the first
-    evaluated epoch of a phase is not its first epoch.
+    x is a row's epoch plus the epochs of the phases before it (each phase's last epoch is
+    evaluated, so its last row holds its length); a boundary lies before a phase's first epoch.
     """
     frames, bounds = [], set()
     for r in runs:
         m = metrics(r, y)
-        m["x"] = range(1, len(m) + 1)
-        bounds.update(float(x) - 0.5 for x in m.groupby("phase")["x"].min().iloc[1:])
+        lengths = m.groupby("phase", sort=False)["epoch"].max()
+        offsets = lengths.cumsum() - lengths
+        m["x"] = m["epoch"] + m["phase"].map(offsets)
+        bounds.update(float(o) + 0.5 for o in offsets.iloc[1:])
         m = m[["x", "phase", y]].dropna().rename(columns={y: "y"})
         m["hue"], m["seed"] = str(value(r, hue)), r.get("seed")
         frames.append(m)

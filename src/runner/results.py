@@ -1,4 +1,8 @@
-"""What a run leaves in its directory: `metrics.csv` (one row per epoch) and `result.json`.
+"""What a run leaves in its directory: `metrics.csv` (one row per evaluated epoch) and
+`result.json`.
+
+`metrics.csv` starts with a `#` line saying which epochs its rows are where not every epoch is
+evaluated (`train.eval_every` > 1; read it with `pandas.read_csv(path, comment="#")`).
 
 `result.json` is written atomically (a temporary file renamed over it): at the start with status
 'running', at the end with 'completed', 'diverged', 'failed' or 'interrupted'. A reader never sees
@@ -85,6 +89,11 @@ def is_dead(result: Dict[str, Any], now: Optional[float] = None) -> bool:
     return not isinstance(beat, (int, float)) or (now or time.time()) - beat > DEAD_AFTER_S
 
 
+def data_rows(csv_text: str) -> int:
+    """The rows of metrics.csv text, less its header and `#` lines."""
+    return max(sum(1 for line in csv_text.splitlines() if not line.startswith("#")) - 1, 0)
+
+
 class Recorder(ABC):
     """What a run records through: `result` (the record that becomes result.json), one row per
     epoch, one summary per phase, and the final status. `dir` is where the run's files go, or
@@ -94,6 +103,7 @@ class Recorder(ABC):
     result: Dict[str, Any]
     columns: List[str]
     rows: int
+    note: Optional[str] = None  # metrics.csv's first line, as a `#` comment, where set
 
     @abstractmethod
     def update(self, **fields: Any) -> None:
@@ -150,7 +160,7 @@ class MemoryRecorder(Recorder):
     def restore(self, phases: List[Dict[str, Any]], columns: List[str], csv_text: str) -> None:
         self.result["phases"] = list(phases)
         self.columns = list(columns)
-        self.rows = max(len(csv_text.splitlines()) - 1, 0)
+        self.rows = data_rows(csv_text)
 
     def csv_text(self) -> str:
         return ""
@@ -209,7 +219,7 @@ class RunRecorder(Recorder):
                 f.write(csv_text)
             self.columns = list(columns)
             self._open_csv("a")
-            self.rows = len(csv_text.splitlines()) - 1
+            self.rows = data_rows(csv_text)
         self.write()
 
     def _open_csv(self, mode: str) -> None:
@@ -227,6 +237,8 @@ class RunRecorder(Recorder):
         if self._writer is None:
             self.columns += [k for k in row if k not in self.columns]
             self._open_csv("w")
+            if self.note:
+                self._csv.write(f"# {self.note}\n")
             self._writer.writeheader()
         self._writer.writerow(row)
         self._csv.flush()

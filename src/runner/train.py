@@ -40,6 +40,10 @@ class Trainer:
         self.data = DataStager(self.parts, recorder)
         self.loop = Loop(self.parts)
         self.cadence = Cadence(self.parts.opts)
+        k = self.parts.opts.eval_every
+        if k > 1:  # metrics.csv's first line says which epochs its rows are
+            recorder.note = (f"one row per evaluated epoch: every {k} epochs of a phase and its "
+                             f"last (train.eval_every={k})")
         self.identity = ""  # the run's identity, stored in checkpoints (set by `run`)
 
     def call_hook(self, hook: str) -> None:
@@ -119,13 +123,13 @@ class Trainer:
             if evaluate:
                 val_loss = row["val_loss"]
                 schedule.observe(val_loss if math.isfinite(val_loss) else row["train_loss"])
-            self.rec.epoch(row)
-            if evaluate:
+                self.rec.epoch(row)
                 log.info("%s", epoch_line(phase.name, epoch + 1, epochs, row))  # logs.py
                 if p.observe(row, opts.select_by, patience,
                              ctx.model if opts.restore_best else None):
                     break
             if not last and self.cadence.due(epoch + 1):
+                self.loop.flush(phase)  # a resumed run checks no epoch twice, misses none
                 p.next_epoch, p.schedule = epoch + 1, schedule.state_dict()
                 self.save_checkpoint(phase.index, p)
         bar.close()
@@ -143,7 +147,7 @@ class Trainer:
                    "end": {k: p.end[k] for k in keys}, "best": {k: p.best[k] for k in keys}}
         summary.update(parts.methods.collect("on_phase_end", ctx))
         self.rec.phase(summary)
-        if parts.opts.checkpoint and phase.index + 1 < len(parts.phases):  # the last: the run ends
+        if phase.index + 1 < len(parts.phases) and self.cadence.due_at_phase_end():  # the last: the run ends
             self.save_checkpoint(phase.index + 1, None)
 
     def save_checkpoint(self, next_phase: int, progress: Optional[BestEpoch]) -> None:

@@ -113,7 +113,7 @@ def metrics(run: dict, metric: Optional[str] = None) -> pd.DataFrame:
     path = Path(run["_dir"]) / METRICS_FILE
     if not path.exists():
         raise AnalysisError(f"{path} is missing")
-    m = pd.read_csv(path)
+    m = pd.read_csv(path, comment="#")
     if metric is not None and (metric not in m.columns or m[metric].isna().all()):
         cols = [c for c in m.columns if c not in ("phase", "phase_name", "epoch")]
         cols = ", ".join(cols[:20]) + (f" and {len(cols) - 20} more" if len(cols) > 20 else "")

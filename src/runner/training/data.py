@@ -61,6 +61,7 @@ class DataStager:
     def __init__(self, parts, rec: Recorder):
         self.parts, self.rec = parts, rec
         self.on_device = None  # (dataset config key, splits on the device) for reuse
+        self.staged = None  # (phase config, data, pipeline): what the repeats of a phase share
 
     def dataset_cfg(self, key: Optional[str]):
         cfg = self.parts.cfg
@@ -110,13 +111,18 @@ class DataStager:
 
     def release(self) -> None:
         """Drop the run's data (the end of `fit`)."""
-        self.on_device = None
+        self.on_device = self.staged = None
         self.parts.ctx.data = None
 
     def load_phase_data(self, phase: Phase) -> None:
+        """The phase's splits and pipeline into ctx; a repeat of the phase before, other than a
+        continual chunk, reuses its data."""
         ctx, device, seed = self.parts.ctx, self.parts.device, self.parts.cfg.seed
+        if self.staged is not None and self.staged[0] is phase.cfg and phase.cfg.subset.chunks is None:
+            ctx.data, ctx.pipeline = self.staged[1:]
+            return
         ds = self.dataset_cfg(phase.cfg.dataset)
-        ctx.data = ctx.pipeline = None
+        ctx.data = ctx.pipeline = self.staged = None
         base = self.device_splits(ds)
         splits = Splits(base.train, base.val, base.test)
         sub = phase.cfg.subset
@@ -137,6 +143,7 @@ class DataStager:
             splits = Splits(*(pipe.prepare(s) for s in (splits.train, splits.val, splits.test)))
             ctx.pipeline = self.with_layout(lambda x, train, gen: pipe.random(x, train, gen))
         ctx.data = splits
+        self.staged = (phase.cfg, ctx.data, ctx.pipeline)
 
     def with_layout(self, pipe):
         """The pipeline, giving channels-last batches when the model is channels-last."""

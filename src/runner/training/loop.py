@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -20,6 +20,7 @@ class Loop:
     def __init__(self, parts):
         self.parts = parts
         self.diverge_ref = None
+        self.pending = []  # (epoch, stats on the device) of the epochs not yet evaluated
 
     def state_dict(self) -> Dict[str, Any]:
         return {"diverge_ref": self.diverge_ref}
@@ -28,38 +29,58 @@ class Loop:
         self.diverge_ref = state["diverge_ref"]
 
     def epoch(self, phase: Phase, epoch: int, evaluate: bool, batch_size, schedule=None,
-              start: int = 0) -> Dict[str, Any]:
-        """Train one epoch of `phase`, evaluate (where `evaluate`), check for divergence; the
-        epoch's row, read from the device in one host sync."""
+              start: int = 0) -> Optional[Dict[str, Any]]:
+        """Train one epoch of `phase`. An epoch that is not evaluated keeps its training loss on
+        the device and returns None; an evaluated one reads every epoch's loss since the last
+        evaluation in one host sync, checks them for divergence, and returns its row."""
         p = self.parts
         ctx, opts = p.ctx, p.opts
         t0 = time.perf_counter()
-        stats = self.train_epoch(batch_size, opts.max_batches, schedule, start)
+        stats = self.train_epoch(batch_size, opts.max_batches, schedule, start, evaluate)
+        if not evaluate:
+            self.pending.append((epoch, stats))
+            return None
         lr = ctx.optimizer.param_groups[0]["lr"]  # a per-iteration schedule's last
         if p.dist:
             p.dist.all_reduce(stats[:3])  # loss sum, correct, samples over the ranks
         nan = torch.full((2,), math.nan, device=p.device)
-        val = torch.stack(ctx.evaluate(ctx.data.val, opts.max_eval_batches)) if evaluate else nan
-        test = (torch.stack(ctx.evaluate(ctx.data.test, opts.max_eval_batches))
-                if evaluate and opts.eval_test else nan)
+        val = torch.stack(ctx.evaluate(ctx.data.val, opts.max_eval_batches))
+        test = torch.stack(ctx.evaluate(ctx.data.test, opts.max_eval_batches)) if opts.eval_test else nan
         (loss_sum, correct, n, first_loss, val_loss, val_acc, test_loss, test_acc, norm, nonzero,
-         trained) = torch.cat([stats, val.float(), test.float(), self.weight_stats()]).tolist()
-        train_loss, train_acc = loss_sum / max(n, 1), correct / max(n, 1)
-        if self.diverge_ref is None:
-            self.diverge_ref = first_loss
-        self.check_divergence(train_loss, phase, epoch)
+         trained) = self.flush(phase, [stats, val.float(), test.float(), self.weight_stats()])
+        self.check_epoch([loss_sum, correct, n, first_loss], phase, epoch)
         row = {"phase": phase.index, "phase_name": phase.name, "epoch": epoch + 1,
-               "step": ctx.step, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
-               "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss,
-               "test_acc": test_acc, "weight_norm": norm, "nonzero_weights": int(nonzero),
-               "trained_weights": int(trained), "seconds": time.perf_counter() - t0}
+               "step": ctx.step, "lr": lr, "train_loss": loss_sum / max(n, 1),
+               "train_acc": correct / max(n, 1), "val_loss": val_loss, "val_acc": val_acc,
+               "test_loss": test_loss, "test_acc": test_acc, "weight_norm": norm,
+               "nonzero_weights": int(nonzero), "trained_weights": int(trained),
+               "seconds": time.perf_counter() - t0}
         row.update(p.methods.collect("on_epoch_end", ctx))
         return row
 
-    def train_epoch(self, batch_size, limit, schedule=None, start=0) -> torch.Tensor:
+    def flush(self, phase: Phase, more=()) -> list:
+        """Read the pending epochs' statistics and the tensors `more` in one host sync, check
+        those epochs for divergence in order, and return the values of `more`."""
+        earlier, self.pending = self.pending, []
+        if not earlier and not more:
+            return []
+        values = torch.cat([*(s for _, s in earlier), *more]).tolist()
+        for i, (e, _) in enumerate(earlier):
+            self.check_epoch(values[4 * i:4 * i + 4], phase, e)
+        return values[4 * len(earlier):]
+
+    def check_epoch(self, stats, phase: Phase, epoch: int) -> None:
+        """Divergence of one epoch from its [loss sum, correct, samples, first batch loss]."""
+        if self.diverge_ref is None:
+            self.diverge_ref = stats[3]
+        self.check_divergence(stats[0] / max(stats[2], 1), phase, epoch)
+
+    def train_epoch(self, batch_size, limit, schedule=None, start=0,
+                    accuracy: bool = True) -> torch.Tensor:
         """One epoch; returns the device tensor [loss sum, correct, samples, first batch loss]
-        (no host sync; the last entry only in the run's first epoch). A per-iteration
-        `schedule` sets the lr before every step (`start`: the phase's first step)."""
+        (no host sync; the last entry only in the run's first epoch; `correct` only with
+        `accuracy`). A per-iteration `schedule` sets the lr before every step (`start`: the
+        phase's first step)."""
         p = self.parts
         ctx = p.ctx
         if not ctx.model.training:  # evaluate() leaves it in train mode; methods' choices stay
@@ -67,20 +88,28 @@ class Loop:
         stats = torch.zeros(4, device=p.device)
         epoch_batches = (p.dist.batches if p.dist else batches)(
             ctx.data.train, batch_size, p.order_gen, limit=limit)
-        first = self.diverge_ref is None
+        first = self.diverge_ref is None and not self.pending
+        n = 0
         for xb, yb in batch_bar(epoch_batches, len(ctx.data.train), batch_size, limit,  # logs.py
                                 p.progress):
             if schedule is not None:
                 lr = schedule.at_step(ctx.step - start)
                 for g in ctx.optimizer.param_groups:
                     g["lr"] = lr
-            loss = self.train_step(xb, yb, stats)
+            loss, out = self.train_step(xb, yb)
+            loss = loss.detach().float()
+            stats[0] += loss * len(yb)
+            if accuracy:
+                stats[1] += (out.argmax(1) == yb).sum()
+            n += len(yb)
             if first:
-                stats[3] = loss.detach().float()
+                stats[3] = loss
                 first = False
+        stats[2] = n
         return stats
 
-    def train_step(self, xb: torch.Tensor, yb: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+    def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step through the methods' hooks and the masks; (loss, outputs)."""
         p = self.parts
         ctx, m, masks, scaler = p.ctx, p.methods, p.ctx.masks, p.scaler
         x = ctx.pipeline(xb, True, p.aug_gen)
@@ -113,10 +142,7 @@ class Loop:
             if len(masks):
                 masks.project()
         ctx.step += 1
-        n = len(yb)
-        stats[:3] += torch.stack([loss.detach().float() * n, (out.argmax(1) == yb).sum().float(),
-                                  torch.tensor(float(n), device=stats.device)])
-        return loss
+        return loss, out
 
     @torch.no_grad()
     def weight_stats(self) -> torch.Tensor:

@@ -72,9 +72,14 @@ def holders(parts, loop, rec, progress: Optional[BestEpoch]) -> Dict[str, Any]:
     }
 
 
+PHASE_END_S = 10.0  # a phase end checkpoints once this long has passed since the last one
+
+
 class Cadence:
     """Whether a checkpoint is due after an epoch (`train.checkpoint_every`,
-    `train.checkpoint_minutes` since `last`)."""
+    `train.checkpoint_minutes` since `last`) or at a phase end (with `checkpoint_every`, or
+    PHASE_END_S after the last: runs of many short phases spend no time on checkpoints that
+    would save less than that)."""
 
     def __init__(self, opts):
         self.opts, self.last = opts, time.monotonic()
@@ -85,3 +90,8 @@ class Cadence:
             return False
         return bool((o.checkpoint_every and epochs_done % o.checkpoint_every == 0) or (
             o.checkpoint_minutes and time.monotonic() - self.last >= 60 * o.checkpoint_minutes))
+
+    def due_at_phase_end(self) -> bool:
+        o = self.opts
+        return bool(o.checkpoint and (o.checkpoint_every
+                                      or time.monotonic() - self.last >= PHASE_END_S))

@@ -1,0 +1,77 @@
+"""One `reinit_table1` run against a bare loop of the same full-batch steps, in one process.
+
+    python benchmarks/reinit_run.py [--repeats 5] [--method lw] [--set KEY=VALUE ...]
+
+The runner's side is a whole run as `python -m runner` trains it (`runner.training.lifecycle.run`
+into a fresh directory: set-up, 9 rounds of 200 steps, evaluations, metrics.csv, result.json);
+the reference trains a fresh model of the same architecture on the same 256 examples with plain
+full-batch SGD for as many steps, with no method. Both run on one thread; timings are
+interleaved and the medians compared (ratio runner / reference, 1.00 = no overhead).
+"""
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+
+from benchmarks_common import machine
+from runner.app import conf_dir
+from runner.config import prepare
+from runner.results import MemoryRecorder
+from runner.train import Trainer
+from runner.training import lifecycle
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--method", default="lw")
+    p.add_argument("--set", action="append", default=[], help="a config override (repeatable)")
+    a = p.parse_args()
+    overrides = ["experiment=reinit_table1", "device=cpu", "seed=0", f"method={a.method}", *a.set]
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    torch.set_num_threads(1)
+    trainer = Trainer(prepare(cfg), MemoryRecorder())
+    trainer.data.load_phase_data(trainer.parts.phases[0])
+    ctx = trainer.ctx
+    x, y = ctx.pipeline(ctx.data.train.x, False, None), ctx.data.train.y
+    steps = cfg.train.epochs * sum(ph.repeat for ph in cfg.phases)
+
+    def reference():
+        model = ctx.build_model(0)
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr)
+        for _ in range(steps):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    def runner():
+        with tempfile.TemporaryDirectory() as d:
+            lifecycle.run(cfg, d)
+
+    def timed(fn):
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    reference(), runner()  # warm-up
+    ref, run = [], []
+    for _ in range(a.repeats):
+        ref.append(timed(reference))
+        run.append(timed(runner))
+    r, m = statistics.median(ref), statistics.median(run)
+    print(machine())
+    print(f"reinit_table1, method={a.method}, {steps} full-batch steps of {len(y)} examples, "
+          f"{a.repeats} interleaved repeats, 1 thread; options: {' '.join(a.set) or 'defaults'}")
+    print(f"bare loop:  median {r:.3f} s  (all: {', '.join(f'{t:.3f}' for t in ref)})")
+    print(f"runner run: median {m:.3f} s  (all: {', '.join(f'{t:.3f}' for t in run)})")
+    print(f"ratio runner/bare loop: {m / r:.3f}")
+
+
+if __name__ == "__main__":
+    main()
