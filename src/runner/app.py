@@ -114,12 +114,14 @@ def execute(cfg: DictConfig, out_dir: Path, overrides: List[str], choices: Dict[
             raise  # not a user error: the traceback is the report
         log.exception("job failed: %s", e)  # the sweep goes on; result.json says failed
         return None
+    results = result if isinstance(result, list) else [result]  # fused seeds: one per seed
     if single and distributed.rank() == 0:
-        print(format_table(table_from_results([result]), cfg.report.metric))
+        print(format_table(table_from_results(results), cfg.report.metric))
         print(f"run directory: {out_dir}")
-        if result["status"] != "completed":
-            fail(single, 1, f"the run {result['status']}: {result.get('error')}")
-    return result.get("summary", {}).get(cfg.report.metric)
+        for r in results:
+            if r["status"] != "completed":
+                fail(single, 1, f"the run {r['status']}: {r.get('error')}")
+    return results[0].get("summary", {}).get(cfg.report.metric)
 
 
 _started = []  # main() was entered: Hydra accepted the command line

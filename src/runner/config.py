@@ -49,6 +49,8 @@ class TrainConfig:
     val_fraction: float = valid(0.1, Range(0, 1, hi_open=True))  # share of the training set held out for validation
     val_seed: Optional[int] = valid(None, at_least(0, "the run's seed"))  # seed of the train/val split; None: the run's seed
     eval_test: bool = True  # evaluate the test set with validation (needed for test@best-val)
+    fused_seeds: int = valid(1, at_least(1))  # K > 1: seeds seed..seed+K-1 as one batched model
+    # in one process, each in its own run directory DIR/seed<N> (runner.training.fused)
     eval_every: int = valid(1, at_least(1))  # evaluate every k epochs (and at a phase's last); full-batch runs use >1
     loss: str = valid("cross_entropy", OneOf(("cross_entropy", "mse")))  # cross_entropy | mse (on one-hot targets)
     label_smoothing: float = valid(0.0, Range(0, 1, hi_open=True))  # cross_entropy's label smoothing (thesis, ResNet50: 0.1)

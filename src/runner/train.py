@@ -90,8 +90,11 @@ class Trainer:
         self.call_hook("on_phase_start")
         set_hyper(ctx.optimizer, optim, ctx.lr, ctx.weight_decay)
 
-    def run_phase(self, phase: Phase, resumed: Optional[BestEpoch] = None) -> None:
-        ctx, opts, parts = self.ctx, self.parts.opts, self.parts
+    def begin_phase(self, phase: Phase, resumed: Optional[BestEpoch] = None) -> SimpleNamespace:
+        """The phase's settings and schedule, its hooks run (unless resumed inside it): what
+        its epochs need (`epochs`, `patience`, `batch_size`, `schedule`, `per_step`, `start`,
+        and `best`, its BestEpoch)."""
+        ctx, opts = self.ctx, self.parts.opts
         ph = SimpleNamespace(**OmegaConf.to_container(phase.cfg, resolve=True))
         ctx.phase = phase
         epochs = capped(opts.epochs if ph.epochs is None else ph.epochs, opts.max_epochs)
@@ -104,33 +107,50 @@ class Trainer:
         if resumed is None:
             self.start_phase(phase, ph)
         schedule = Schedule(self.cfg.schedule, ctx.lr, ctx.gamma, ph.milestones)
-        p = resumed or BestEpoch()
+        best = resumed or BestEpoch()
         if resumed is not None:
-            schedule.load_state_dict(p.schedule)
-        start = ctx.step - p.next_epoch * ctx.steps_per_epoch  # the phase's first step
-        per_step = schedule if schedule.per_step else None
-        bar = tqdm(range(p.next_epoch, epochs), desc=f"{phase.name}", leave=False,
-                   initial=p.next_epoch, total=epochs,
+            schedule.load_state_dict(best.schedule)
+        return SimpleNamespace(
+            phase=phase, epochs=epochs, patience=patience, batch_size=batch_size,
+            schedule=schedule, per_step=schedule if schedule.per_step else None, best=best,
+            start=ctx.step - best.next_epoch * ctx.steps_per_epoch)  # the phase's first step
+
+    def set_epoch(self, st: SimpleNamespace, epoch: int) -> bool:
+        """Epoch `epoch` of the phase begins: its lr; True when it is evaluated."""
+        self.ctx.epoch = epoch
+        lr = st.schedule.lr(epoch)
+        for g in self.ctx.optimizer.param_groups:
+            g["lr"] = lr
+        return epoch + 1 == st.epochs or (epoch + 1) % self.parts.opts.eval_every == 0
+
+    def after_epoch(self, st: SimpleNamespace, epoch: int, row: Optional[Dict[str, Any]]) -> bool:
+        """An evaluated epoch's row (None: not evaluated) recorded and observed; True when
+        patience ran out."""
+        if row is None:
+            return False
+        opts = self.parts.opts
+        val_loss = row["val_loss"]
+        st.schedule.observe(val_loss if math.isfinite(val_loss) else row["train_loss"])
+        self.rec.epoch(row)
+        log.info("%s", epoch_line(st.phase.name, epoch + 1, st.epochs, row))  # logs.py
+        return st.best.observe(row, opts.select_by, st.patience,
+                               self.ctx.model if opts.restore_best else None)
+
+    def run_phase(self, phase: Phase, resumed: Optional[BestEpoch] = None) -> None:
+        ctx, parts = self.ctx, self.parts
+        st = self.begin_phase(phase, resumed)
+        p = st.best
+        bar = tqdm(range(p.next_epoch, st.epochs), desc=f"{phase.name}", leave=False,
+                   initial=p.next_epoch, total=st.epochs,
                    disable=None if parts.progress is None else not parts.progress)
         for epoch in bar:
-            ctx.epoch = epoch
-            lr = schedule.lr(epoch)
-            for g in ctx.optimizer.param_groups:
-                g["lr"] = lr
-            last = epoch + 1 == epochs
-            evaluate = last or (epoch + 1) % opts.eval_every == 0
-            row = self.loop.epoch(phase, epoch, evaluate, batch_size, per_step, start)
-            if evaluate:
-                val_loss = row["val_loss"]
-                schedule.observe(val_loss if math.isfinite(val_loss) else row["train_loss"])
-                self.rec.epoch(row)
-                log.info("%s", epoch_line(phase.name, epoch + 1, epochs, row))  # logs.py
-                if p.observe(row, opts.select_by, patience,
-                             ctx.model if opts.restore_best else None):
-                    break
-            if not last and self.cadence.due(epoch + 1):
+            evaluate = self.set_epoch(st, epoch)
+            row = self.loop.epoch(phase, epoch, evaluate, st.batch_size, st.per_step, st.start)
+            if self.after_epoch(st, epoch, row):
+                break
+            if epoch + 1 < st.epochs and self.cadence.due(epoch + 1):
                 self.loop.flush(phase)  # a resumed run checks no epoch twice, misses none
-                p.next_epoch, p.schedule = epoch + 1, schedule.state_dict()
+                p.next_epoch, p.schedule = epoch + 1, st.schedule.state_dict()
                 self.save_checkpoint(phase.index, p)
         bar.close()
         p.restore(ctx.model)

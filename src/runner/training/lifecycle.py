@@ -19,7 +19,7 @@ from runner.errors import ConfigError, Diverged, Interrupted, RunnerError
 from runner.logs import environment, log_start
 from runner.results import RunRecorder
 from runner.train import Trainer
-from runner.training import build
+from runner.training import build, fused
 from runner.training.signals import interruptible
 
 log = logging.getLogger("runner")
@@ -56,8 +56,9 @@ def prepare(cfg: DictConfig, job: int = 0):
 
 def run(cfg: DictConfig, out_dir, choices: Optional[Dict[str, str]] = None,
         overrides: Optional[List[str]] = None, job: int = 0, search_root=None,
-        record_invalid: bool = False) -> Dict[str, Any]:
-    """Train one configured run in `out_dir` (sweep job number `job`); returns its result.json.
+        record_invalid: bool = False):
+    """Train one configured run in `out_dir` (sweep job number `job`); returns its result.json
+    (with `train.fused_seeds` > 1: the list of its seeds' results, runner.training.fused).
 
     `resume` (config): a run directory to continue from its checkpoint, or `auto`: a completed
     run of the same config below `search_root` is reused, an unfinished one continued.
@@ -73,6 +74,11 @@ def run(cfg: DictConfig, out_dir, choices: Optional[Dict[str, str]] = None,
                                   "choices": choices, "overrides": list(overrides or []),
                                   "config": None}, tracked=False).finish("failed", error=str(e))
         raise
+    if cfg.train.fused_seeds > 1:  # a list: one result per seed
+        base = {"name": cfg.name, "choices": choices, "paper_value": paper_value(cfg, choices),
+                "paper_source": cfg.paper.source}
+        with interruptible():
+            return fused.run(cfg, out_dir, base, list(overrides or []), job, device)
     config = OmegaConf.to_container(cfg, resolve=True)
     ident = checkpoint.identity(choices, config)
     kind, where = checkpoint.previous_run(cfg.resume, out_dir, ident, search_root)

@@ -33,10 +33,16 @@ class Loop:
         """Train one epoch of `phase`. An epoch that is not evaluated keeps its training loss on
         the device and returns None; an evaluated one reads every epoch's loss since the last
         evaluation in one host sync, checks them for divergence, and returns its row."""
+        t0 = time.perf_counter()
+        stats = self.train_epoch(batch_size, self.parts.opts.max_batches, schedule, start, evaluate)
+        return self.close(phase, epoch, evaluate, stats, t0)
+
+    def close(self, phase: Phase, epoch: int, evaluate: bool, stats: torch.Tensor,
+              t0: float) -> Optional[Dict[str, Any]]:
+        """A trained epoch's statistics (`train_epoch`'s tensor): kept on the device, or, when
+        `evaluate`, read with the pending ones and the evaluation into the epoch's row."""
         p = self.parts
         ctx, opts = p.ctx, p.opts
-        t0 = time.perf_counter()
-        stats = self.train_epoch(batch_size, opts.max_batches, schedule, start, evaluate)
         if not evaluate:
             self.pending.append((epoch, stats))
             return None

@@ -1,0 +1,378 @@
+"""Fused seeds (`train.fused_seeds=K`): the seeds s, s+1, ..., s+K-1 of one config trained as one
+batched model in one process, each member writing its own run directory as a separate run does.
+
+Each member is a whole Trainer of its own config (`seed` = its seed): its model, data, methods,
+generators, recorder, early stopping and divergence checks. Only the training step is shared:
+every trained parameter is stacked into one leaf tensor [K, ...] that the members' parameters
+alias (a method writing a member's weights at a phase start writes its slice), the forward pass
+runs on the stacked tensors (a Linear as one batched matmul; other modules vmapped), the loss is
+the sum of the members' losses (so each slice gets its member's gradient), and one optimizer
+of the members' kind steps the stacked leaves (elementwise, as each member's would).
+
+What a step of a separate run does besides that is refused in one line: methods acting in every
+step (loss terms, gradient or weight changes around the optimizer step), masks,
+parametrizations, batch norm (running statistics), a schedule following each seed's validation
+loss (plateau), distributed training, torch.compile and resuming. On the CPU a member's numbers
+equal its separate run's up to the batched matmul's float rounding (tests/runner/test_fused.py).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.nn.utils import parametrize
+
+from methods.reinit_common import Standardize
+from runner import checkpoint
+from runner.errors import ConfigError, Diverged, Interrupted, RunnerError
+from runner.logs import environment, log_start
+from runner.models.base import Network
+from runner.results import RunRecorder
+from runner.train import Trainer
+
+log = logging.getLogger("runner")
+ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Identity)
+STEP_HOOKS = ("loss_term", "before_step", "after_step")
+
+
+def refuse(why: str) -> None:
+    raise RunnerError(f"train.fused_seeds: {why}; run the seeds separately (train.fused_seeds=1)")
+
+
+def member_configs(cfg: DictConfig) -> List[DictConfig]:
+    """The K members' configs: the run's with `seed` = seed + k and `train.fused_seeds` = 1, each
+    exactly a separate run's config."""
+    k = cfg.train.fused_seeds
+    if cfg.resume is not None:
+        raise ConfigError("train.fused_seeds does not resume a run; rerun it, or run the seeds "
+                          "separately to resume them")
+    if cfg.distributed.enabled or cfg.train.compile:
+        raise ConfigError("train.fused_seeds needs one process and no train.compile")
+    if cfg.schedule.name == "plateau":
+        raise ConfigError("train.fused_seeds: schedule=plateau follows each seed's validation loss; "
+                          "run the seeds separately (train.fused_seeds=1)")
+    out = []
+    for i in range(k):
+        m = copy.deepcopy(cfg)
+        m.seed, m.train.fused_seeds = cfg.seed + i, 1
+        out.append(m)
+    return out
+
+
+def member_overrides(overrides: List[str], seed: int) -> List[str]:
+    """A member's command line as its separate run's: `seed=` its seed, no `train.fused_seeds`."""
+    keep = [o for o in overrides if o.lstrip("+~").partition("=")[0] not in ("seed", "train.fused_seeds")]
+    return keep + [f"seed={seed}"]
+
+
+class Stacked:
+    """The members' trained parameters as leaves [K, ...] (which the members' parameters
+    alias), their buffers stacked, and the batched forward pass over member 0's modules."""
+
+    def __init__(self, models: List[nn.Module]):
+        self.models = models
+        named = [dict(m.named_parameters()) for m in models]
+        self.leaf: Dict[int, torch.Tensor] = {}  # id(member 0's parameter) -> its stacked leaf
+        with torch.no_grad():
+            for name, p0 in named[0].items():
+                leaf = torch.stack([n[name].detach() for n in named]).requires_grad_(True)
+                for k, n in enumerate(named):
+                    n[name].data = leaf.detach()[k]
+                self.leaf[id(p0)] = leaf
+        self.buffers: Dict[int, Dict[str, torch.Tensor]] = {}
+
+    def covers(self, model: nn.Module) -> bool:
+        return {id(p) for p in model.parameters()} == set(self.leaf)
+
+    def stack_buffers(self) -> None:
+        """Each module's buffers over the members (at a phase start: methods may reset them)."""
+        mods = [dict(m.named_modules()) for m in self.models]
+        self.buffers = {}
+        for name, mod in mods[0].items():
+            own = dict(mod.named_buffers(recurse=False))
+            if own:
+                self.buffers[id(mod)] = {b: torch.stack([dict(m[name].named_buffers(recurse=False))[b]
+                                                         for m in mods]) for b in own}
+
+    def forward(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """`module` applied to a batch per member, x [K, B, ...]."""
+        if isinstance(module, Network):
+            for block in module.blocks:
+                x = self.forward(block, x)
+            return self.forward(module.head, x)
+        if isinstance(module, nn.Sequential):
+            for m in module:
+                x = self.forward(m, x)
+            return x
+        if isinstance(module, nn.Linear):
+            w = self.leaf[id(module.weight)]
+            if module.bias is None:
+                return torch.bmm(x, w.transpose(1, 2))
+            return torch.baddbmm(self.leaf[id(module.bias)].unsqueeze(1), x, w.transpose(1, 2))
+        if isinstance(module, nn.Flatten):
+            return x.flatten(module.start_dim + 1, module.end_dim if module.end_dim < 0 else module.end_dim + 1)
+        if isinstance(module, ELEMENTWISE):
+            return module(x)
+        if isinstance(module, Standardize):  # LW's inserted normalization: scalars per member
+            b = self.buffers[id(module)]
+            shape = (-1,) + (1,) * (x.dim() - 1)
+            return (x - b["mean"].view(shape)) / b["std"].view(shape)
+        params = {n: self.leaf[id(p)] for n, p in module.named_parameters()}
+        buffers = {n: b for n, b in self.buffers.get(id(module), {}).items()}
+        if any(b for m in module.modules() if m is not module for b in m.buffers(recurse=False)):
+            refuse(f"{type(module).__name__} holds modules with buffers, which are not fused")
+        from torch.func import functional_call, vmap  # imported on first use: seconds
+        return vmap(lambda p, b, xi: functional_call(module, {**p, **b}, (xi,)))(params, buffers, x)
+
+
+def check_fusable(trainer: Trainer, where: str) -> None:
+    """A member that a fused step would train differently from its separate run is refused."""
+    for hook in STEP_HOOKS:
+        for m in trainer.parts.methods.by_hook[hook]:
+            refuse(f"method {m.name} acts in every training step ({hook}) and cannot be fused")
+    if len(trainer.ctx.masks):
+        refuse(f"masks ({', '.join(trainer.ctx.masks.names())}) are not fused ({where})")
+    for name, mod in trainer.ctx.model.named_modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            refuse(f"batch norm ({name}) keeps running statistics, which are not fused")
+        if parametrize.is_parametrized(mod):
+            refuse(f"parametrized weights ({name}) are not fused")
+        if isinstance(mod, nn.Dropout) and mod.p > 0:
+            refuse(f"dropout ({name}) draws from the global generator, which is not fused")
+
+
+class FusedTrainer:
+    """K members trained in lockstep; `live` are those still training (not diverged)."""
+
+    def __init__(self, members: List[Trainer], rng: List[Dict[str, Any]]):
+        self.members = members
+        self.rng = rng  # each member's global random states (Python, NumPy, torch)
+        self.device = members[0].parts.device
+        self.stacked: Optional[Stacked] = None
+        self.optimizer = None
+        self.optimizers: List[Any] = []  # each member's optimizer the fused one was built from
+        self.diverged: Dict[int, Diverged] = {}
+        self.x_cache = None
+
+    def live(self) -> List[int]:
+        return [k for k in range(len(self.members)) if k not in self.diverged]
+
+    def as_member(self, k: int, fn) -> None:
+        """`fn()` under member k's global random states, as its separate run would call it."""
+        checkpoint.set_rng_state(self.rng[k], {})
+        try:
+            fn()
+        finally:
+            self.rng[k] = checkpoint.rng_state({})
+
+    def fit(self) -> None:
+        from runner.models import params
+        for k, t in enumerate(self.members):
+            def setup(t=t):
+                phases = t.parts.phases
+                t.data.load_phase_data(phases[0])
+                t.ctx.init_state = params.snapshot(t.ctx.model)
+                t.ctx.phase = phases[0]
+                t.call_hook("setup")
+                t.ctx.reset_optimizer()
+            self.as_member(k, setup)
+            check_fusable(t, "setup")
+        for phase in self.members[0].parts.phases:
+            self.run_phase(phase)
+        for t in self.members:
+            t.data.release()
+
+    def sync(self, where: str) -> None:
+        """After the members' phase-start hooks: stacked leaves (rebuilt when a member's
+        parameters changed), buffers, and the optimizer (rebuilt when the members reset theirs)."""
+        models = [self.members[k].ctx.model for k in range(len(self.members))]
+        for k in self.live():
+            check_fusable(self.members[k], where)
+        if self.stacked is None or not self.stacked.covers(models[0]):
+            self.stacked = Stacked(models)
+            self.optimizers = []
+        self.stacked.stack_buffers()
+        opts = [self.members[k].ctx.optimizer for k in self.live()]
+        if self.optimizers != opts:
+            lead = opts[0]
+            groups = [{**{k: v for k, v in g.items() if k != "params"},
+                       "params": [self.stacked.leaf[id(p)] for p in g["params"]]}
+                      for g in lead.param_groups]
+            self.optimizer = type(lead)(groups, **lead.defaults)
+            self.optimizers = opts
+
+    def copy_hyper(self, k: int) -> None:
+        """Member k's optimizer hyperparameters (every member's are the same) to the fused one."""
+        lead = self.members[k].ctx.optimizer
+        for gf, g in zip(self.optimizer.param_groups, lead.param_groups):
+            for key in ("lr", "weight_decay", "momentum", "betas"):
+                if key in g:
+                    gf[key] = g[key]
+
+    def run_phase(self, phase) -> None:
+        sts: Dict[int, Any] = {}
+        for k in self.live():
+            def begin(t=self.members[k], k=k):
+                if phase.index > 0:
+                    t.data.load_phase_data(phase)
+                sts[k] = t.begin_phase(phase)
+            self.as_member(k, begin)
+        if not sts:
+            return
+        self.sync(f"phase {phase.name!r}")
+        self.x_cache = None
+        lead = sts[self.live()[0]]
+        stopped: Dict[int, Any] = {}
+        for epoch in range(lead.epochs):
+            training = [k for k in sts if k not in stopped and k not in self.diverged]
+            if not training:
+                break
+            evaluate = [self.members[k].set_epoch(sts[k], epoch) for k in training][0]
+            self.copy_hyper(training[0])
+            t0 = time.perf_counter()
+            stats = self.train_epoch(training, lead, evaluate)
+            for i, k in enumerate(training):
+                t = self.members[k]
+                try:
+                    row = t.loop.close(phase, epoch, evaluate, stats[i], t0)
+                except Diverged as e:
+                    self.diverged[k] = e
+                    log.warning("seed %s diverged: %s", t.cfg.seed, e)
+                    continue
+                if t.after_epoch(sts[k], epoch, row):
+                    stopped[k] = self.freeze(k)
+        for k in sts:
+            if k in self.diverged:
+                continue
+            if k in stopped:
+                self.thaw(k, stopped[k])
+            t = self.members[k]
+            sts[k].best.restore(t.ctx.model)
+            self.as_member(k, lambda t=t, k=k: t.end_phase(phase, sts[k].best))
+
+    def freeze(self, k: int) -> Dict[str, Any]:
+        """Member k stopped early: its slices of the weights and the optimizer state, kept to be
+        put back at the phase end (the other members train on)."""
+        leaves = list(self.stacked.leaf.values())
+        state = [{n: v[k].clone() for n, v in self.optimizer.state.get(leaf, {}).items()
+                  if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == len(self.members)}
+                 for leaf in leaves]
+        return {"weights": [leaf.detach()[k].clone() for leaf in leaves], "state": state}
+
+    @torch.no_grad()
+    def thaw(self, k: int, kept: Dict[str, Any]) -> None:
+        for leaf, w, st in zip(self.stacked.leaf.values(), kept["weights"], kept["state"]):
+            leaf[k].copy_(w)
+            for n, v in st.items():
+                self.optimizer.state[leaf][n][k].copy_(v)
+
+    def batch(self, training: List[int], per_member) -> tuple:
+        """The members' batches stacked [K, B, ...] (every member's slot filled: a member not
+        training gets member `training[0]`'s batch and a zero weight in the loss)."""
+        mine = {}
+        for k, (xb, yb) in per_member.items():
+            t = self.members[k]
+            mine[k] = (t.ctx.pipeline(xb, True, t.parts.aug_gen), yb)
+        xs, ys = zip(*(mine.get(k, mine[training[0]]) for k in range(len(self.members))))
+        key = [(x.data_ptr(), x.shape) for x in xs]
+        if self.x_cache is not None and self.x_cache[0] == key:
+            return self.x_cache[1], self.x_cache[2]
+        x, y = torch.stack(xs), torch.stack(ys)
+        self.x_cache = (key, x, y)
+        return x, y
+
+    def train_epoch(self, training: List[int], lead, evaluate: bool) -> torch.Tensor:
+        """One epoch of every training member in lockstep; [len(training), 4] statistics as
+        `Loop.train_epoch` gives each (loss sum, correct, samples, first batch loss)."""
+        from runner.data.tensors import batches
+        members, K = self.members, len(self.members)
+        for k in training:
+            if not members[k].ctx.model.training:
+                members[k].ctx.model.train()
+        weight = torch.zeros(K, device=self.device)
+        weight[training] = 1.0
+        its = {k: iter(batches(members[k].ctx.data.train, lead.batch_size, members[k].parts.order_gen,
+                               limit=members[k].parts.opts.max_batches)) for k in training}
+        stats = torch.zeros(len(training), 4, device=self.device)
+        first = [members[k].loop.diverge_ref is None and not members[k].loop.pending
+                 for k in training]
+        n = 0
+        model, parts = self.stacked.models[0], members[training[0]].parts  # member 0's modules
+        idx = torch.tensor(training, device=self.device)
+        every = len(training) == K
+        while True:
+            got = {k: next(its[k], None) for k in training}
+            if any(v is None for v in got.values()):
+                break
+            if lead.per_step is not None:
+                lr = lead.per_step.at_step(members[training[0]].ctx.step - lead.start)
+                for g in self.optimizer.param_groups:
+                    g["lr"] = lr
+            x, y = self.batch(training, got)
+            with parts.autocast():
+                out = self.stacked.forward(model, x)
+                losses = parts.loss_fn(out.flatten(0, 1), y.flatten(), reduction="none")
+                losses = losses.view(K, -1).mean(1)
+            self.optimizer.zero_grad(set_to_none=True)
+            (losses.sum() if every else (losses * weight).sum()).backward()
+            self.optimizer.step()
+            for k in training:
+                members[k].ctx.step += 1
+            b = y.shape[1]
+            mine = losses.detach().float()
+            mine = mine if every else mine[idx]
+            stats[:, 0] += mine * b
+            if evaluate:
+                right = (out.argmax(2) == y).sum(1)
+                stats[:, 1] += right if every else right[idx]
+            if any(first):
+                stats[:, 3] = torch.where(torch.tensor(first, device=self.device), mine, stats[:, 3])
+                first = [False] * len(training)
+            n += b
+        stats[:, 2] = n
+        return stats
+
+
+def run(cfg: DictConfig, out_dir, base: Dict[str, Any], overrides: List[str], job: int,
+        device: torch.device) -> List[Dict[str, Any]]:
+    """Train the members of `cfg` (prepared) into `out_dir/seed<seed>/`; returns their results.
+    `base` is the record a separate run would start with, less its seed, overrides and config."""
+    t0 = time.time()
+    configs = member_configs(cfg)
+    recs, members = [], []
+    seeds = [int(c.seed) for c in configs]
+    for c in configs:
+        recs.append(RunRecorder(Path(out_dir) / f"seed{c.seed}", {
+            **base, "seed": c.seed, "overrides": member_overrides(overrides, c.seed),
+            "config": OmegaConf.to_container(c, resolve=True), "fused_with": seeds}))
+    rng = []
+    try:
+        for c, rec in zip(configs, recs):
+            t = Trainer(c, rec, job, device)
+            t.parts.opts.checkpoint = False  # a fused run does not resume
+            members.append(t)
+            rng.append(checkpoint.rng_state({}))
+            rec.update(device=str(device), deterministic=c.train.deterministic,
+                       precision=c.train.precision, environment=environment(device, rec.dir))
+        log_start(cfg.name, f"{seeds[0]}..{seeds[-1]} (fused)", recs[0].result["environment"])
+        fused = FusedTrainer(members, rng)
+        fused.fit()
+    except BaseException as e:
+        status = "interrupted" if isinstance(e, (Interrupted, SystemExit)) else "failed"
+        for rec in recs:
+            if rec.result["status"] == "running":
+                rec.finish(status, error=f"{type(e).__name__}: {e}", wall_time_s=time.time() - t0)
+        raise
+    from runner.training.lifecycle import summarize
+    results = []
+    for k, rec in enumerate(recs):
+        status, error = ("diverged", str(fused.diverged[k])) if k in fused.diverged else ("completed", None)
+        results.append(rec.finish(status, error=error, wall_time_s=time.time() - t0,
+                                  summary=summarize(rec.result, configs[k])))
+    return results
