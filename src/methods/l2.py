@@ -42,4 +42,9 @@ class L2(Method):
         self.tensors = [p for _, p in select(ctx.model, self.params)]
 
     def loss_term(self, ctx) -> torch.Tensor:
-        return self.coef * squared_norm(self.tensors)
+        return self.penalty(self.tensors)
+
+    def penalty(self, tensors: List[torch.Tensor]) -> torch.Tensor:
+        """The term over `tensors`: the selected parameters, or fused seeds' stacks of them
+        (runner.training.fused), whose term is the sum of the seeds' terms."""
+        return self.coef * squared_norm(tensors)

@@ -238,7 +238,8 @@ def run_runner(command, args, sweeps, hydra_cli, tmp_path, capsys):
         assert not out.exists()
         return
     results = [json.loads(p.read_text()) for p in out.rglob("result.json")]
-    assert len(results) == jobs
+    fused = [int(a.partition("=")[2]) for a in argv if a.startswith("train.fused_seeds=")]
+    assert len(results) == jobs * (fused or [1])[0]  # fused seeds: a run directory each
     assert all(r["status"] == "completed" for r in results), [r.get("error") for r in results]
     assert all((p.parent / "metrics.csv").exists() for p in out.rglob("result.json"))
     if "-m" in args:

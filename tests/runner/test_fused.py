@@ -70,9 +70,10 @@ def test_each_member_is_its_separate_run(tmp_path, method):
         assert f["summary"]["test_acc"] == pytest.approx(a["summary"]["test_acc"], **ACC)
 
 
-def test_weight_decay_and_momentum_are_fused(tmp_path):
-    alone, fused = separate_and_fused(tmp_path, ["method=welsr", "optim.weight_decay=0.01",
-                                                 "optim.momentum=0.9"])
+@pytest.mark.parametrize("penalty", [["method=welsr", "optim.weight_decay=0.01"],
+                                     ["method=l2", "method.lambda=0.01"]])
+def test_weight_decay_l2_and_momentum_are_fused(tmp_path, penalty):
+    alone, fused = separate_and_fused(tmp_path, penalty + ["optim.momentum=0.9"])
     for a, f in zip(alone, fused):
         assert_same_run(a, f)
 
@@ -100,12 +101,12 @@ def test_a_diverging_member_ends_alone_and_early_stopping_is_per_member(tmp_path
 
 
 def test_a_method_acting_in_every_step_is_refused_in_one_line(tmp_path):
-    out = run_cli(*SHORT, "method=l2", "train.fused_seeds=2", f"hydra.run.dir={tmp_path}/run",
+    out = run_cli(*SHORT, "method=swr", "train.fused_seeds=2", f"hydra.run.dir={tmp_path}/run",
                   cwd=tmp_path)
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1] == (
-        "error: train.fused_seeds: method l2 acts in every training step (loss_term) and cannot be "
-        "fused; run the seeds separately (train.fused_seeds=1)")
+        "error: train.fused_seeds: method swr acts in every training step (after_step) and cannot "
+        "be fused; run the seeds separately (train.fused_seeds=1)")
     for seed in (0, 1):
         assert json.loads((tmp_path / "run" / f"seed{seed}" / "result.json").read_text())["status"] == "failed"
 

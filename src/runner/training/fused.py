@@ -9,8 +9,9 @@ runs on the stacked tensors (a Linear as one batched matmul; other modules vmapp
 the sum of the members' losses (so each slice gets its member's gradient), and one optimizer
 of the members' kind steps the stacked leaves (elementwise, as each member's would).
 
-What a step of a separate run does besides that is refused in one line: methods acting in every
-step (loss terms, gradient or weight changes around the optimizer step), masks,
+A loss term that is a sum over parameters (L2's `penalty`) is computed once over the stacked
+leaves. What a step of a separate run does besides that is refused in one line: methods acting in
+every step (other loss terms, gradient or weight changes around the optimizer step), masks,
 parametrizations, batch norm (running statistics), a schedule following each seed's validation
 loss (plateau), distributed training, torch.compile and resuming. On the CPU a member's numbers
 equal its separate run's up to the batched matmul's float rounding (tests/runner/test_fused.py).
@@ -131,11 +132,18 @@ class Stacked:
         return vmap(lambda p, b, xi: functional_call(module, {**p, **b}, (xi,)))(params, buffers, x)
 
 
+def fused_penalty(m) -> bool:
+    """A loss term that is a sum over the parameters it reads (L2's `penalty` over `tensors`):
+    over the stacked leaves it is the sum of the members' terms."""
+    return callable(getattr(m, "penalty", None)) and isinstance(getattr(m, "tensors", None), list)
+
+
 def check_fusable(trainer: Trainer, where: str) -> None:
     """A member that a fused step would train differently from its separate run is refused."""
     for hook in STEP_HOOKS:
         for m in trainer.parts.methods.by_hook[hook]:
-            refuse(f"method {m.name} acts in every training step ({hook}) and cannot be fused")
+            if not (hook == "loss_term" and fused_penalty(m)):
+                refuse(f"method {m.name} acts in every training step ({hook}) and cannot be fused")
     if len(trainer.ctx.masks):
         refuse(f"masks ({', '.join(trainer.ctx.masks.names())}) are not fused ({where})")
     for name, mod in trainer.ctx.model.named_modules():
@@ -306,6 +314,7 @@ class FusedTrainer:
         model, parts = self.stacked.models[0], members[training[0]].parts  # member 0's modules
         idx = torch.tensor(training, device=self.device)
         every = len(training) == K
+        penalties = members[0].parts.methods.by_hook["loss_term"]
         while True:
             got = {k: next(its[k], None) for k in training}
             if any(v is None for v in got.values()):
@@ -319,8 +328,11 @@ class FusedTrainer:
                 out = self.stacked.forward(model, x)
                 losses = parts.loss_fn(out.flatten(0, 1), y.flatten(), reduction="none")
                 losses = losses.view(K, -1).mean(1)
+            total = losses.sum() if every else (losses * weight).sum()
+            for m in penalties:  # member 0's, over every member's stacked parameters
+                total = total + m.penalty([self.stacked.leaf[id(t)] for t in m.tensors])
             self.optimizer.zero_grad(set_to_none=True)
-            (losses.sum() if every else (losses * weight).sum()).backward()
+            total.backward()
             self.optimizer.step()
             for k in training:
                 members[k].ctx.step += 1
