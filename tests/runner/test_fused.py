@@ -62,7 +62,8 @@ def assert_same_run(a, f):
             assert float(x[k]) == pytest.approx(float(y[k]), nan_ok=True, **TOL)
 
 
-@pytest.mark.parametrize("method", ["bl", "welsr", "dsd", "wels", "fc", "lw"])
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.sizes)  # each about 5 s
+                                    for m in ("bl", "welsr", "dsd", "wels", "fc")] + ["lw"])
 def test_each_member_is_its_separate_run(tmp_path, method):
     alone, fused = separate_and_fused(tmp_path, [f"method={method}"])
     for a, f in zip(alone, fused):
@@ -70,6 +71,7 @@ def test_each_member_is_its_separate_run(tmp_path, method):
         assert f["summary"]["test_acc"] == pytest.approx(a["summary"]["test_acc"], **ACC)
 
 
+@pytest.mark.sizes
 @pytest.mark.parametrize("penalty", [["method=welsr", "optim.weight_decay=0.01"],
                                      ["method=l2", "method.lambda=0.01"]])
 def test_weight_decay_l2_and_momentum_are_fused(tmp_path, penalty):
@@ -88,6 +90,7 @@ class BlowUpSeed1(Method):
                     p.mul_(1e30)
 
 
+@pytest.mark.sizes
 def test_a_diverging_member_ends_alone_and_early_stopping_is_per_member(tmp_path):
     over = [f"target_allowlist=[{__name__}]", f"+extra_methods=[{{_target_: {__name__}.BlowUpSeed1}}]",
             "method=bl", "train.val_fraction=0.25", "train.eval_every=1", "train.patience=2",
@@ -100,6 +103,7 @@ def test_a_diverging_member_ends_alone_and_early_stopping_is_per_member(tmp_path
         assert_same_run(a, f)
 
 
+@pytest.mark.sizes
 def test_a_method_acting_in_every_step_is_refused_in_one_line(tmp_path):
     out = run_cli(*SHORT, "method=swr", "train.fused_seeds=2", f"hydra.run.dir={tmp_path}/run",
                   cwd=tmp_path)

@@ -31,8 +31,10 @@ from torch.nn.utils import parametrize
 
 from methods.reinit_common import Standardize
 from runner import checkpoint
+from runner.data.tensors import batches
 from runner.errors import ConfigError, Diverged, Interrupted, RunnerError
 from runner.logs import environment, log_start
+from runner.models import params
 from runner.models.base import Network
 from runner.results import RunRecorder
 from runner.train import Trainer
@@ -180,7 +182,6 @@ class FusedTrainer:
             self.rng[k] = checkpoint.rng_state({})
 
     def fit(self) -> None:
-        from runner.models import params
         for k, t in enumerate(self.members):
             def setup(t=t):
                 phases = t.parts.phases
@@ -298,7 +299,6 @@ class FusedTrainer:
     def train_epoch(self, training: List[int], lead, evaluate: bool) -> torch.Tensor:
         """One epoch of every training member in lockstep; [len(training), 4] statistics as
         `Loop.train_epoch` gives each (loss sum, correct, samples, first batch loss)."""
-        from runner.data.tensors import batches
         members, K = self.members, len(self.members)
         for k in training:
             if not members[k].ctx.model.training:
@@ -381,7 +381,7 @@ def run(cfg: DictConfig, out_dir, base: Dict[str, Any], overrides: List[str], jo
             if rec.result["status"] == "running":
                 rec.finish(status, error=f"{type(e).__name__}: {e}", wall_time_s=time.time() - t0)
         raise
-    from runner.training.lifecycle import summarize
+    from runner.training.lifecycle import summarize  # lifecycle imports this module
     results = []
     for k, rec in enumerate(recs):
         status, error = ("diverged", str(fused.diverged[k])) if k in fused.diverged else ("completed", None)
