@@ -1,12 +1,13 @@
 """One `reinit_table1` run against a bare loop of the same full-batch steps, in one process.
 
-    python benchmarks/reinit_run.py [--repeats 5] [--method lw] [--set KEY=VALUE ...]
+    python benchmarks/reinit_run.py [--repeats 5] [--method lw] [--device cpu] [--set KEY=VALUE ...]
 
 The runner's side is a whole run as `python -m runner` trains it (`runner.training.lifecycle.run`
 into a fresh directory: set-up, 9 rounds of 200 steps, evaluations, metrics.csv, result.json);
 the reference trains a fresh model of the same architecture on the same 256 examples with plain
-full-batch SGD for as many steps, with no method. Both run on one thread; timings are
-interleaved and the medians compared (ratio runner / reference, 1.00 = no overhead).
+full-batch SGD for as many steps, with no method. Both run on one thread (`--device cuda`: on
+the GPU, synchronized before each clock reading); timings are interleaved and the medians
+compared (ratio runner / reference, 1.00 = no overhead).
 """
 import argparse
 import statistics
@@ -29,9 +30,11 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--method", default="lw")
+    p.add_argument("--device", default="cpu")
     p.add_argument("--set", action="append", default=[], help="a config override (repeatable)")
     a = p.parse_args()
-    overrides = ["experiment=reinit_table1", "device=cpu", "seed=0", f"method={a.method}", *a.set]
+    overrides = ["experiment=reinit_table1", f"device={a.device}", "seed=0", f"method={a.method}",
+                 *a.set]
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     torch.set_num_threads(1)
@@ -55,8 +58,12 @@ def main() -> None:
             lifecycle.run(cfg, d)
 
     def timed(fn):
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         fn()
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize()
         return time.perf_counter() - t0
 
     reference(), runner()  # warm-up
@@ -66,7 +73,7 @@ def main() -> None:
         run.append(timed(runner))
     r, m = statistics.median(ref), statistics.median(run)
     print(machine())
-    print(f"reinit_table1, method={a.method}, {steps} full-batch steps of {len(y)} examples, "
+    print(f"reinit_table1 on {ctx.device}, method={a.method}, {steps} full-batch steps of {len(y)} examples, "
           f"{a.repeats} interleaved repeats, 1 thread; options: {' '.join(a.set) or 'defaults'}")
     print(f"bare loop:  median {r:.3f} s  (all: {', '.join(f'{t:.3f}' for t in ref)})")
     print(f"runner run: median {m:.3f} s  (all: {', '.join(f'{t:.3f}' for t in run)})")

@@ -43,12 +43,12 @@ class Loop:
         `evaluate`, read with the pending ones and the evaluation into the epoch's row."""
         p = self.parts
         ctx, opts = p.ctx, p.opts
+        if p.dist:  # every epoch: the ranks check the same losses for divergence
+            p.dist.all_reduce(stats[:3])  # loss sum, correct, samples over the ranks
         if not evaluate:
             self.pending.append((epoch, stats))
             return None
         lr = ctx.optimizer.param_groups[0]["lr"]  # a per-iteration schedule's last
-        if p.dist:
-            p.dist.all_reduce(stats[:3])  # loss sum, correct, samples over the ranks
         nan = torch.full((2,), math.nan, device=p.device)
         val = torch.stack(ctx.evaluate(ctx.data.val, opts.max_eval_batches))
         test = torch.stack(ctx.evaluate(ctx.data.test, opts.max_eval_batches)) if opts.eval_test else nan
