@@ -13,7 +13,7 @@ masks only through `runner.models.params` and `ctx.masks`, and never the config)
     before_step(ctx)          after backward, before optimizer.step (gradient changes)
     after_step(ctx)           after optimizer.step (rescaling); ctx.batch / ctx.outputs hold
                               the step's inputs and outputs
-    on_epoch_end(ctx) -> dict extra per-epoch metrics (written to metrics.csv)
+    on_epoch_end(ctx) -> dict extra metrics of an evaluated epoch (its metrics.csv row)
     on_phase_end(ctx) -> dict extra per-phase metrics (written to result.json)
 
 Each method states which parameters it touches through a `params` option (see
