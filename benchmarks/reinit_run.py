@@ -2,8 +2,10 @@
 
     python benchmarks/reinit_run.py [--repeats 5] [--method lw] [--device cpu] [--set KEY=VALUE ...]
 
-The runner's side is a whole run as `python -m runner` trains it (`runner.training.lifecycle.run`
-into a fresh directory: set-up, 9 rounds of 200 steps, evaluations, metrics.csv, result.json);
+The runner's side is timed twice: a whole run as `python -m runner` trains it
+(`runner.training.lifecycle.run` into a fresh directory: config checks, set-up, 9 rounds of 200
+steps, evaluations, metrics.csv, result.json), and the training inside it (`Trainer.fit` of a
+built trainer: data, methods' hooks, the rounds, evaluations; nothing written);
 the reference trains a fresh model of the same architecture on the same 256 examples with plain
 full-batch SGD for as many steps, with no method. Both run on one thread (`--device cuda`: on
 the GPU, synchronized before each clock reading); timings are interleaved and the medians
@@ -67,17 +69,20 @@ def main() -> None:
         return time.perf_counter() - t0
 
     reference(), runner()  # warm-up
-    ref, run = [], []
+    ref, run, inside = [], [], []
     for _ in range(a.repeats):
         ref.append(timed(reference))
         run.append(timed(runner))
-    r, m = statistics.median(ref), statistics.median(run)
+        t = Trainer(prepare(cfg), MemoryRecorder())
+        inside.append(timed(t.fit))
+    r, m, f = statistics.median(ref), statistics.median(run), statistics.median(inside)
     print(machine())
     print(f"reinit_table1 on {ctx.device}, method={a.method}, {steps} full-batch steps of {len(y)} examples, "
           f"{a.repeats} interleaved repeats, 1 thread; options: {' '.join(a.set) or 'defaults'}")
     print(f"bare loop:  median {r:.3f} s  (all: {', '.join(f'{t:.3f}' for t in ref)})")
     print(f"runner run: median {m:.3f} s  (all: {', '.join(f'{t:.3f}' for t in run)})")
-    print(f"ratio runner/bare loop: {m / r:.3f}")
+    print(f"its training (Trainer.fit): median {f:.3f} s  (all: {', '.join(f'{t:.3f}' for t in inside)})")
+    print(f"ratio runner/bare loop: {m / r:.3f} (whole run), {f / r:.3f} (training)")
 
 
 if __name__ == "__main__":
