@@ -24,14 +24,13 @@ class CountEpochEnds(Method):
         return {"epoch_ends": self.calls}
 
 
-def fitted(compose_cfg, tmp_path, overrides):
-    trainer = Trainer(compose_cfg(BASE + overrides), RunRecorder(tmp_path, {"name": "rec"}))
-    return trainer
+def trainer_of(compose_cfg, tmp_path, overrides):
+    return Trainer(compose_cfg(BASE + overrides), RunRecorder(tmp_path, {"name": "rec"}))
 
 
 def test_rows_and_epoch_hooks_only_at_evaluated_epochs(compose_cfg, tmp_path):
     hook = f"+extra_methods=[{{_target_: {__name__}.CountEpochEnds}}]"
-    trainer = fitted(compose_cfg, tmp_path, [hook, "train.eval_every=4", "train.epochs=10"])
+    trainer = trainer_of(compose_cfg, tmp_path, [hook, "train.eval_every=4", "train.epochs=10"])
     trainer.fit()
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
     assert lines[0].startswith("# one row per evaluated epoch: every 4 epochs")
@@ -43,7 +42,7 @@ def test_rows_and_epoch_hooks_only_at_evaluated_epochs(compose_cfg, tmp_path):
 
 
 def test_every_epoch_recorded_needs_no_note(compose_cfg, tmp_path):
-    fitted(compose_cfg, tmp_path, ["train.epochs=3"]).fit()
+    trainer_of(compose_cfg, tmp_path, ["train.epochs=3"]).fit()
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
     assert lines[0].startswith("phase,") and len(lines) == 4
 
@@ -52,8 +51,8 @@ def test_a_divergence_between_evaluations_names_its_epoch(compose_cfg, tmp_path)
     """Epoch 3 (its 2nd and 3rd steps at weights -50 x the perfect classifier) exceeds twice the
     first loss; it is found at the evaluation of epoch 5, which trained on."""
     scales = [1, 1, -50, 1, 1, 1, 1, 1, 1, 1]
-    trainer = fitted(compose_cfg, tmp_path, [script(scales), "train.eval_every=5",
-                                             "train.diverge_factor=2"])
+    trainer = trainer_of(compose_cfg, tmp_path, [script(scales), "train.eval_every=5",
+                                                 "train.diverge_factor=2"])
     with pytest.raises(Diverged, match=r"in phase '\w+', epoch 3 exceeds train.diverge_factor=2 "):
         trainer.fit()
     assert trainer.ctx.step == 15
@@ -62,7 +61,7 @@ def test_a_divergence_between_evaluations_names_its_epoch(compose_cfg, tmp_path)
 
 def test_a_nonfinite_loss_between_evaluations_names_its_epoch(compose_cfg, tmp_path):
     scales = [1, float("nan"), 1, 1, 1, 1, 1, 1, 1, 1]
-    trainer = fitted(compose_cfg, tmp_path, [script(scales), "train.eval_every=5"])
+    trainer = trainer_of(compose_cfg, tmp_path, [script(scales), "train.eval_every=5"])
     with pytest.raises(Diverged, match=r"training loss became nan in phase '\w+', epoch 2$"):
         trainer.fit()
 
@@ -70,11 +69,24 @@ def test_a_nonfinite_loss_between_evaluations_names_its_epoch(compose_cfg, tmp_p
 def test_a_checkpoint_between_evaluations_checks_the_epochs_before_it(compose_cfg, tmp_path):
     """A mid-phase checkpoint reads the pending epochs first: the first batch's loss is the
     reference it stores, and a resumed run has no epoch left unchecked."""
-    trainer = fitted(compose_cfg, tmp_path, ["train.eval_every=5", "train.checkpoint_every=2",
-                                             "train.epochs=3"])
+    trainer = trainer_of(compose_cfg, tmp_path, ["train.eval_every=5", "train.checkpoint_every=2",
+                                                 "train.epochs=3"])
     saved = []
     trainer.save_checkpoint = lambda phase, progress: saved.append(
         (list(trainer.loop.pending), trainer.loop.diverge_ref))
     trainer.fit()
     assert saved and all(pending == [] and isinstance(ref, float) for pending, ref in saved)
     assert torch.isfinite(torch.tensor(saved[0][1]))
+
+
+def test_a_phase_end_checkpoints_once_10_s_passed_or_with_checkpoint_every():
+    from types import SimpleNamespace
+    from runner.training.state import PHASE_END_S, Cadence
+    cadence = Cadence(SimpleNamespace(checkpoint=True, checkpoint_every=None, checkpoint_minutes=None))
+    assert not cadence.due_at_phase_end()  # a short phase: nothing worth saving yet
+    cadence.last -= PHASE_END_S
+    assert cadence.due_at_phase_end()
+    cadence.opts.checkpoint = False
+    assert not cadence.due_at_phase_end()
+    every = Cadence(SimpleNamespace(checkpoint=True, checkpoint_every=3, checkpoint_minutes=None))
+    assert every.due_at_phase_end()
