@@ -44,9 +44,9 @@ def main() -> None:
         cfg = compose("config", overrides=overrides)
     cfg = prepare(cfg)  # as a run's: a test level (--set ci=smoke) written into its options
     trainer = Trainer(cfg, RunRecorder(tempfile.mkdtemp(), {}))
-    trainer.data.load_stage_data(trainer.parts.stages[0])  # the first steps of Trainer.fit
+    trainer.data.load_phase_data(trainer.parts.phases[0])  # the first steps of Trainer.fit
     ctx = trainer.ctx
-    ctx.stage = trainer.parts.stages[0]
+    ctx.phase = trainer.parts.phases[0]
     trainer.call_hook("setup")
     ctx.reset_optimizer()
     if cfg.train.compile:
