@@ -242,7 +242,7 @@ def test_every_package_ships_in_the_wheel():
     assert found <= listed, f"add to pyproject's packages: {sorted(found - listed)}"
 
 
-# -- run(): the record, reuse, and how an ending is recorded (mutation testing) --------------------
+# -- run(): the record, reuse, and how an ending is recorded ------------------------------------
 class Stop(Method):
     """Ends the run in its setup hook with the exception `kind`."""
 
