@@ -139,7 +139,7 @@ class Box:
         self.v, self.inner = v, inner
 
 
-def test_call_builds_nested_targets_and_names_where_a_value_is_refused():
+def test_instantiate_builds_nested_targets_and_names_where_a_value_is_refused():
     box = instantiate({"_target_": f"{__name__}.Box", "v": {"k": 1},
                 "inner": {"_target_": f"{__name__}.Box", "v": 2}}, "model")
     assert isinstance(box.inner, Box) and box.inner.v == 2 and box.v == {"k": 1}  # no target: kept
@@ -153,7 +153,7 @@ def test_call_builds_nested_targets_and_names_where_a_value_is_refused():
         instantiate(OmegaConf.create({"v": 1}), "m")
 
 
-def test_call_gives_targets_plain_resolved_values_from_a_config():
+def test_instantiate_gives_targets_plain_resolved_values_from_a_config():
     root = OmegaConf.create({"n": 2, "m": {"_target_": f"{__name__}.Box", "v": [1, "${n}"],
                                            "inner": {"_target_": f"{__name__}.Box", "v": {"a": "${n}"}}}})
     box = instantiate(root.m, "m")
