@@ -345,13 +345,15 @@ def mlp_data(seed=0):
 @pytest.mark.parametrize("cls", [SET, RigL])
 def test_set_and_rigl_pick_their_drops_and_growths_by_hand(cls):
     """Setup: in each layer the k entries of largest torch.rand(shape, ctx.gen) (uniform q = 0.5:
-    k = 10, 5). An update at t = 1 of a phase (fraction 0.5, stop 1, 4 steps): fraction
-    0.25 (1 + cos(pi / 4)) = 0.427, so n = 4 of 10 and 2 of 5: the n kept entries of least |w|
+    k = 10, 5). An update at t = 1 of a phase (fraction 0.5 to 0, stop 1, 4 steps, the nearest
+    count: rounding round): fraction 0.25 (1 + cos(pi / 4)) = 0.427, so n = 4 of 10 and 2 of
+    5: the n kept entries of least |w|
     are dropped and n regrown, largest score first, among all entries not kept after the drop:
     SET's score is the next torch.rand(shape, ctx.gen), RigL's |grad|."""
     model = tiny_mlp()
     ctx = context(model, total_steps=4, seed=3)
-    method = cls(sparsity=0.5, t_p=1, fraction=0.5, stop=1.0, distribution="uniform")
+    method = cls(sparsity=0.5, t_p=1, fraction=0.5, fraction_end=0.0, stop=1.0, rounding="round",
+                 distribution="uniform")
     method.setup(ctx)
     named = prunable(model)
     g = torch.Generator().manual_seed(3)
