@@ -81,6 +81,7 @@ class Trainer:
         ctx.lr = optim.lr if ph.lr is None else ph.lr
         ctx.weight_decay = optim.weight_decay if ph.weight_decay is None else ph.weight_decay
         ctx.gamma = ph.gamma
+        ctx.phase_start_step = 0
         if ph.reset_optimizer:
             ctx.reset_optimizer()
         self.call_hook("on_phase_start")
@@ -100,10 +101,12 @@ class Trainer:
         if resumed is None:
             self.start_phase(phase, ph)
         schedule = Schedule(self.cfg.schedule, ctx.lr, ctx.gamma, ph.milestones)
-        p = resumed or BestEpoch()
+        spe = ctx.steps_per_epoch
+        offset = 0 if resumed is not None else ctx.phase_start_step
+        p = resumed or BestEpoch(next_epoch=offset // spe)
         if resumed is not None:
             schedule.load_state_dict(p.schedule)
-        start = ctx.step - p.next_epoch * ctx.steps_per_epoch  # the phase's first step
+        start = ctx.step - (offset if resumed is None else p.next_epoch * spe)  # schedule step 0
         per_step = schedule if schedule.per_step else None
         bar = tqdm(range(p.next_epoch, epochs), desc=f"{phase.name}", leave=False,
                    initial=p.next_epoch, total=epochs,
@@ -115,7 +118,8 @@ class Trainer:
                 g["lr"] = lr
             last = epoch + 1 == epochs
             evaluate = last or (epoch + 1) % opts.eval_every == 0
-            row = self.loop.epoch(phase, epoch, evaluate, batch_size, per_step, start)
+            rest = spe - offset % spe if epoch * spe < offset else None  # a started epoch's rest
+            row = self.loop.epoch(phase, epoch, evaluate, batch_size, per_step, start, rest)
             if evaluate:
                 val_loss = row["val_loss"]
                 schedule.observe(val_loss if math.isfinite(val_loss) else row["train_loss"])

@@ -28,13 +28,15 @@ class Loop:
         self.diverge_ref = state["diverge_ref"]
 
     def epoch(self, phase: Phase, epoch: int, evaluate: bool, batch_size, schedule=None,
-              start: int = 0) -> Dict[str, Any]:
-        """Train one epoch of `phase`, evaluate (where `evaluate`), check for divergence; the
-        epoch's row, read from the device in one host sync."""
+              start: int = 0, limit=None) -> Dict[str, Any]:
+        """Train one epoch of `phase` (its first `limit` batches where given), evaluate (where
+        `evaluate`), check for divergence; the epoch's row, read from the device in one host
+        sync."""
         p = self.parts
         ctx, opts = p.ctx, p.opts
         t0 = time.perf_counter()
-        stats = self.train_epoch(batch_size, opts.max_batches, schedule, start)
+        stats = self.train_epoch(batch_size, opts.max_batches if limit is None else limit,
+                                 schedule, start)
         lr = ctx.optimizer.param_groups[0]["lr"]  # a per-iteration schedule's last
         if p.dist:
             p.dist.all_reduce(stats[:3])  # loss sum, correct, samples over the ranks
