@@ -19,6 +19,8 @@ from methods.set import SET
 from runner.context import Phase
 from runner.models.transforms import prunable
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 RULES = {"floor": math.floor, "round": round, "ceil": math.ceil}
 
 
