@@ -102,7 +102,7 @@ def _scored(experiment: str, data: str, batches: int, overrides: Sequence[str],
     ctx, method = parts.ctx, parts.methods.methods[0]
     calib = method.calibration(ctx)
     scores = {k: pruning.scores(k, ctx.model, calib, loss_fn=ctx.loss_fn, gen=ctx.gen,
-                                normalize=True) for k in kinds}
+                                temperature=method.temperature, normalize=True) for k in kinds}
     where = ("synthetic inputs of " if data == "synthetic" else "") + cfg.dataset.name
     label = (f"{cfg.model._target_.split('.')[-1]} on {where}, {len(calib)} score batches"
              + (f" ({' '.join(overrides)})" if overrides else ""))

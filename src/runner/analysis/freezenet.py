@@ -240,14 +240,15 @@ def calibration(cfg, data: str, seed: int, n: int):
 
 def fig31_curves(experiment: str, data: str, seeds: int, qs: Sequence[float]) -> pd.DataFrame:
     """Relative gradient flow (mean |g| over the trained weights / the dense network's over all)
-    of FreezeNet, SNIP and GraSP at each q, one calibration batch per seed (Fig. 4.1's caption)."""
+    of FreezeNet, SNIP and GraSP (at the methods' temperature) at each q, one calibration batch per
+    seed (Fig. 4.1's caption)."""
     rows = []
     for seed in range(seeds):
         model, cfg = build(experiment, "cpu", seed)
         batch = [calibration(cfg, data, seed, int(cfg.method.batch_size))]
         dense = pruning.mean_abs_gradient(model, batch)
         snip = pruning.scores("snip", model, batch)
-        grasp = pruning.scores("grasp", model, batch)
+        grasp = pruning.scores("grasp", model, batch, temperature=pruning.GRASP_TEMPERATURE)
         D = sum(t.numel() for t in snip.values())
         for q in qs:
             d = keep_count(D, exact_density(q), "floor")
