@@ -60,7 +60,8 @@ class RunContext:
 
     def state_dict(self) -> Dict[str, Any]:
         """The counters and hyperparameters a checkpoint keeps."""
-        return {k: getattr(self, k) for k in ("step", "epoch", "lr", "weight_decay", "gamma")}
+        return {k: getattr(self, k) for k in ("step", "epoch", "lr", "weight_decay", "gamma",
+                                              "phase_start_step")}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         for k, v in state.items():

@@ -145,6 +145,8 @@ class Trainer:
         summary = {"index": phase.index, "name": phase.name, "epochs": p.end["epoch"],
                    "steps": ctx.step, "best_epoch": p.best["epoch"],
                    "end": {k: p.end[k] for k in keys}, "best": {k: p.best[k] for k in keys}}
+        if ctx.phase_start_step:
+            summary["start_step"] = ctx.phase_start_step  # the schedule's step it started at
         summary.update(parts.methods.collect("on_phase_end", ctx))
         self.rec.phase(summary)
         if parts.opts.checkpoint and phase.index + 1 < len(parts.phases):  # the last: the run ends

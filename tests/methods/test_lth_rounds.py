@@ -100,7 +100,9 @@ def test_the_trainer_starts_round_two_at_the_rewind_step_of_its_schedule(run_cfg
     common = ["experiment=wimmer_lth_cifar10", "ci=smoke", "train.max_epochs=4",
               "train.max_batches=3", "schedule.milestones=[2,3]", "phases.0.repeat=2",
               "ci.overrides={method.rewind_step:4}"]  # (the test level's own: rewind to 1)
-    rows = metrics(run_cfg(common))
+    run = run_cfg(common)
+    assert run["phases"][1]["start_step"] == 4 and "start_step" not in run["phases"][0]
+    rows = metrics(run)
     assert rows == [(0, 1, 3, 0.1), (0, 2, 6, 0.1), (0, 3, 9, 0.01), (0, 4, 12, 0.001),
                     (1, 2, 14, 0.1), (1, 3, 17, 0.01), (1, 4, 20, 0.001)]
     rows = metrics(run_cfg(common + ["method.continue_schedule=false"]))
