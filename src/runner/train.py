@@ -102,7 +102,7 @@ class Trainer:
             self.start_phase(phase, ph)
         schedule = Schedule(self.cfg.schedule, ctx.lr, ctx.gamma, ph.milestones)
         spe = ctx.steps_per_epoch
-        offset = 0 if resumed is not None else ctx.phase_start_step
+        offset = ctx.phase_start_step  # a checkpoint comes after its first, shortened epoch
         p = resumed or BestEpoch(next_epoch=offset // spe)
         if resumed is not None:
             schedule.load_state_dict(p.schedule)

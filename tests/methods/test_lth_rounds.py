@@ -2,6 +2,7 @@
 schedule from the rewind step, BatchNorm statistics are rewound with the weights, the output
 layer is never pruned; each as an option that restores the other reading."""
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import context
+from hydra.core.global_hydra import GlobalHydra
+from runner import app
 from methods.lth import LTH
 from runner.context import Phase
 from runner.models.base import Network
@@ -107,3 +110,53 @@ def test_the_trainer_starts_round_two_at_the_rewind_step_of_its_schedule(run_cfg
                     (1, 2, 14, 0.1), (1, 3, 17, 0.01), (1, 4, 20, 0.001)]
     rows = metrics(run_cfg(common + ["method.continue_schedule=false"]))
     assert rows[4:] == [(1, 1, 15, 0.1), (1, 2, 18, 0.1), (1, 3, 21, 0.01), (1, 4, 24, 0.001)]
+
+
+class CrashAt:
+    """A stacked method that raises once, after training step `step` of this process."""
+
+    crashed = False
+
+    def __new__(cls, step: int):
+        from methods.base import Method
+
+        class Crash(Method):
+            def after_step(self, ctx):
+                if ctx.step == step and not CrashAt.crashed:
+                    CrashAt.crashed = True
+                    raise RuntimeError("injected fault")
+        return Crash()
+
+
+def outcome(run_dir: Path):
+    r = json.loads((run_dir / "result.json").read_text())
+    with open(run_dir / "metrics.csv") as f:
+        rows = [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+    return r["status"], r["phases"], r["summary"], rows
+
+
+def compose_and_run(overrides, out_dir):
+    GlobalHydra.instance().clear()
+    try:
+        return app.compose_and_run(overrides, out_dir)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@pytest.mark.e2e
+def test_a_round_killed_after_its_started_epoch_resumes_bitwise(tmp_path):
+    """Round 2 starts at step 4 of its schedule (epoch 2, one step in); a fault after step 16
+    (round 2's epoch 3) resumes from the checkpoint after its first, shortened epoch and ends
+    as the run that never stopped."""
+    common = ["experiment=wimmer_lth_cifar10", "ci=smoke", "ci.checkpoints=true",
+              "train.max_epochs=4", "train.max_batches=3", "phases.0.repeat=2",
+              "ci.overrides={method.rewind_step:4}", "train.checkpoint_every=1",
+              "target_allowlist=[test_lth_rounds]", "threads=1"]
+    crash = "extra_methods=[{_target_: test_lth_rounds.CrashAt, step: %d}]"
+    ref, run_dir = tmp_path / "ref", tmp_path / "run"
+    assert compose_and_run(common + [crash % 10**9], ref)["status"] == "completed"
+    CrashAt.crashed = False
+    with pytest.raises(RuntimeError, match="injected fault"):
+        compose_and_run(common + [crash % 16], run_dir)
+    compose_and_run(common + [crash % 16, f"resume={run_dir}"], run_dir)
+    assert outcome(run_dir)[1:] == outcome(ref)[1:]
