@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import context
+from methods.finetune import FineTune
 from methods.gmp import GMP
 from methods.lth import LTH
 from methods.prune_init import PruneAtInit
@@ -87,6 +88,20 @@ def test_gmp_keeps_round_of_its_cubic_density():
     method.on_phase_start(ctx)
     method.after_step(ctx)
     assert kept(ctx, model) == [7, 3]
+
+
+@pytest.mark.parametrize("scope,want", [("layer", [7, 3]), ("global", [10])])
+def test_finetune_keeps_round_of_the_density(scope, want):
+    """One-shot pruning to sparsity 0.67: per layer round(6.6), round(3.3); globally
+    round(0.33 x 30) = round(9.9) = 10 (floor 9)."""
+    model = mlp()
+    method = FineTune(sparsity=0.67, at_phase=1, scope=scope)
+    ctx = context(model)
+    method.setup(ctx)
+    ctx.phase = Phase(1, 0, "finetune", None)
+    method.on_phase_start(ctx)
+    got = kept(ctx, model)
+    assert (got if scope == "layer" else [sum(got)]) == want
 
 
 class NeverRegrow(SET):
