@@ -45,7 +45,8 @@ from runner.ranges import UNIT
 class SET(Method):
     name = "set"
 
-    def __init__(self, sparsity: float = 0.9, t_p: int = 1500, fraction: Annotated[float, UNIT] = 0.5,
+    def __init__(self, sparsity: float = 0.9, t_p: int = 1500,
+                 fraction: Annotated[float, UNIT] = 0.5,
                  fraction_end: Annotated[float, UNIT] = 0.005, stop: float = 1.0,
                  rounding: str = "ceil", distribution: str = "erk", erk_shapes: str = "spatial"):
         check(sparsity, distribution)
