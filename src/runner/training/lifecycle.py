@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from runner import checkpoint, distributed
-from runner.checks import report_at
+from runner.checks import check_shadowed, report_at
 from runner.config import prepare as prepare_config
 from runner.errors import ConfigError, Diverged, Interrupted, RunnerError
 from runner.logs import environment, log_start
@@ -65,6 +65,7 @@ def run(cfg: DictConfig, out_dir, choices: Optional[Dict[str, str]] = None,
     table counts it."""
     choices, out_dir = dict(choices or {}), Path(out_dir)
     try:
+        check_shadowed(cfg, overrides)
         cfg, device = prepare(cfg, job)
     except ConfigError as e:
         if record_invalid:
