@@ -13,11 +13,12 @@ from typing import Dict, List, Optional
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra_plugins.runner_sweeper import runner_sweeper
 from omegaconf import DictConfig, OmegaConf
 
 from runner import config as schema
 from runner import distributed, extras, options
-from runner.errors import ConfigError, Interrupted, RunnerError
+from runner.errors import ConfigError, DatasetMissing, DownloadFailed, Interrupted, RunnerError
 from runner.report import format_table, table_from_results
 from runner.results import RESULT_FILE
 from runner.training.lifecycle import run
@@ -36,6 +37,7 @@ def conf_dir() -> Path:
 
 schema.register()
 options.register()
+runner_sweeper.register()
 OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:6], use_cache=True, replace=True)
 # ${job_tag:N}: "[job N]" in a sweep's log lines, nothing in a single run's (N null)
 OmegaConf.register_new_resolver("job_tag", lambda num: "" if num is None else f"[job {num}]",
@@ -111,7 +113,7 @@ def execute(cfg: DictConfig, out_dir: Path, overrides: List[str], choices: Dict[
             print(f"error: {e}; the run is recorded as interrupted in {out_dir}; continue it with "
                   f"{launcher} resume={out_dir}", file=sys.stderr)
         sys.exit(128 + e.signum)
-    except ConfigError as e:
+    except (ConfigError, DatasetMissing, DownloadFailed) as e:  # before the run wrote anything
         return fail(single, EXIT_CONFIG, str(e), fresh_dir)
     except RunnerError as e:
         return fail(single, 1, str(e))
