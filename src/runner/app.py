@@ -12,6 +12,7 @@ from typing import Dict, List, Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra_plugins.runner_sweeper import runner_sweeper
 from omegaconf import DictConfig, OmegaConf
@@ -130,14 +131,30 @@ def execute(cfg: DictConfig, out_dir: Path, overrides: List[str], choices: Dict[
     return result.get("summary", {}).get(cfg.report.metric)
 
 
-_started = []  # main() was entered: Hydra accepted the command line
+_started = []  # Hydra composed the command line (a run or a sweep started)
+
+
+def composed() -> None:
+    """Hydra accepted the command line: what is written to stderr from now on passes."""
+    _started.append(True)
+    if isinstance(sys.stderr, HeldStderr):
+        sys.stderr.release()
+
+
+class Composed(Callback):
+    """Hydra callback (conf/config.yaml): a run or a sweep starts, so the command line composed
+    (a sweep's jobs may run in other processes, where `main` is called)."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        composed()
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        composed()
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def main(cfg: DictConfig) -> Optional[float]:
-    _started.append(True)
-    if isinstance(sys.stderr, HeldStderr):
-        sys.stderr.release()
+    composed()
     hc = HydraConfig.get()
     single = hc.mode == RunMode.RUN
     out_dir = Path(hc.runtime.output_dir)

@@ -144,7 +144,9 @@ def declared(args):
     command-line overrides (those of the command line replace them key by key)."""
     if "-m" not in args:
         return []
-    chosen = next((a for a in args if a.startswith("experiment=")), "experiment=reinit_table1")
+    chosen = next((a for a in args if a.startswith("experiment=")), None)
+    if chosen is None:  # the default experiment's sweep applies when it is named
+        return []
     found = {}
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

@@ -16,6 +16,8 @@ def test_reinit_table1_declares_its_180_runs(hydra_cli, capsys, monkeypatch, tmp
     assert hydra_cli("-m", "experiment=reinit_table1", "ci=smoke", "hydra.sweeper.dry=true") == 0
     assert capsys.readouterr().out == "sweep of 180 runs (reinit_table1: 180 runs, test level ci=smoke)\n"
     assert not (tmp_path / "outputs").exists()  # a dry sweep runs and writes nothing
+    assert hydra_cli("-m", "seed=0,1", "ci=smoke", "hydra.sweeper.dry=true") == 0
+    assert capsys.readouterr().out.startswith("sweep of 2 runs (reinit_table1: 2 runs")  # unnamed
     assert hydra_cli("-m", "experiment=reinit_table1", "seed=0,1", "method=lw,bl,fc,dsd",
                      "train.epochs=1,2", "hydra.sweeper.dry=true") == 0
     out = capsys.readouterr().out  # 2 seeds x 4 methods x 3 alphas x 2 epoch counts

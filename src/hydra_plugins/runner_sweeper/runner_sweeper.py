@@ -2,8 +2,9 @@
 comma-separated values), where each experiment declares its own sweep.
 
 An experiment's `hydra.sweeper.params` (e.g. the methods, signal strengths and seeds of a paper's
-table) is its default sweep; the command line's sweeps narrow or extend it key by key
-(`seed=0,1`). A sweep over several experiments (`experiment=a,b`) runs each with its own
+table) is the sweep of `-m experiment=NAME`; the command line's sweeps narrow or extend it key by
+key (`seed=0,1`). Without `experiment=` on the command line the default experiment is one run
+of the sweep's values. A sweep over several experiments (`experiment=a,b`) runs each with its own
 declared sweep. Before anything runs, the sweeper prints the number of runs and the cost the
 experiment estimates (`hydra.sweeper.run_minutes` on `hydra.sweeper.run_on`);
 `hydra.sweeper.dry=true` stops there. All jobs share one directory,
@@ -63,7 +64,8 @@ class ExperimentSweeper(BasicSweeper):
         chosen = [o for o in parsed if o.key_or_group == "experiment" and o.package is None]
         if not chosen or not chosen[-1].is_sweep_override():
             name = str(self.config.hydra.runtime.choices.get("experiment"))
-            params = [f"{k}={v}" for k, v in (self.params or {}).items()]
+            # the default experiment is one run (one cell of its table) unless named
+            params = [f"{k}={v}" for k, v in (self.params or {}).items()] if chosen else []
             jobs = self.split_arguments(parser.parse_overrides(params + arguments), None)[0]
             return [(name, jobs, self.config)]
         rest = [a for a, o in zip(arguments, parsed) if o is not chosen[-1]]
