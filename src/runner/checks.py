@@ -64,12 +64,15 @@ def check_shadowed(cfg, overrides) -> None:
     different value (not an interpolation of the option) is refused, naming the phase key."""
     typed = {o.split("=", 1)[0].lstrip("+~") for o in overrides or [] if "=" in o}
     phases = OmegaConf.to_container(cfg.phases, resolve=False)
+
+    def resolved(path: str):
+        return OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(cfg, path)}),
+                                      resolve=True)["v"]
+
     for key in sorted(typed & set(PHASE_SETS)):
-        field = PHASE_SETS[key]
-        value = OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(cfg, key)}),
-                                       resolve=True)["v"]
-        own = [(i, p[field]) for i, p in enumerate(phases)
-               if p.get(field) is not None and not str(p[field]).startswith("${")]
+        field, value = PHASE_SETS[key], resolved(key)
+        own = [(i, resolved(f"phases.{i}.{field}")) for i, p in enumerate(phases)
+               if p.get(field) is not None and p[field] != "${" + key + "}"]
         own = [(i, v) for i, v in own if v != value]
         if own:
             which = ", ".join(f"phases.{i}.{field}={v}".replace(" ", "") for i, v in own)

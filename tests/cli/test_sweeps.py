@@ -34,7 +34,7 @@ def test_each_experiment_of_a_sweep_brings_its_own(hydra_cli, capsys, monkeypatc
         "runs, test level ci=smoke; fmnist_mlp: 1 runs, test level ci=smoke)\n")
 
 
-@pytest.mark.e2e  # nine smoke runs through the app (about 10 s)
+@pytest.mark.sizes  # nine smoke runs through the app (about 10 s): CI's second stage
 def test_a_narrowed_table_runs_what_it_counted(hydra_cli, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     assert hydra_cli("-m", "experiment=reinit_table1", *SMOKE, "seed=0", "dataset.alpha=1.0") == 0

@@ -1,6 +1,7 @@
 """A run-level option typed on the command line reaches every phase, or the run is refused in
 one line naming the phase keys to set."""
 import pandas as pd
+import pytest
 
 SMOKE = ["ci=smoke", "threads=1", "device=cpu"]
 
@@ -23,9 +24,10 @@ def test_train_epochs_shadowed_by_a_phase_is_refused_in_one_line(hydra_cli, tmp_
     assert not out.exists()
 
 
-def test_the_suggested_phase_keys_are_accepted(hydra_cli, tmp_path, capsys):
-    out = tmp_path / "run"
+@pytest.mark.parametrize("phase", ["phases.1.epochs=2", "phases.1.epochs=${train.epochs}"])
+def test_the_suggested_phase_keys_are_accepted(hydra_cli, tmp_path, capsys, phase):
+    out = tmp_path / "run"  # the phase's own value agrees, or it interpolates train.epochs
     assert hydra_cli("experiment=fmnist_blur_to_sharp", *SMOKE, "train.epochs=2",
-                     "phases.1.epochs=2", "train.max_epochs=null", "train.eval_every=1",
+                     phase, "train.max_epochs=null", "train.eval_every=1",
                      f"hydra.run.dir={out}") == 0
     assert pd.read_csv(out / "metrics.csv")["phase"].value_counts().to_dict() == {0: 2, 1: 2}

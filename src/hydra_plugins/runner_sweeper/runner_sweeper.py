@@ -12,7 +12,6 @@ experiment estimates (`hydra.sweeper.run_minutes` on `hydra.sweeper.run_on`);
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -22,8 +21,6 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
-
-log = logging.getLogger("runner")
 
 
 @dataclass
@@ -46,16 +43,11 @@ def duration(minutes: float) -> str:
     return f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
 
 
-def sweep_label(names: List[str]) -> str:
-    """The folder of a sweep below outputs/multirun/: the experiment, or several joined by `+`."""
-    return "+".join(names)
-
-
 class ExperimentSweeper(BasicSweeper):
     def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None,
                  run_minutes: Optional[float] = None, run_on: str = "", dry: bool = False) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
-        self.run_minutes, self.run_on, self.dry = run_minutes, run_on, dry
+        self.dry = dry  # the cost is read from each experiment's config (`announce`)
 
     def plan(self, arguments: List[str]) -> List[Tuple[str, List[List[str]], DictConfig]]:
         """(experiment, its jobs' overrides, its config) for each experiment of the sweep."""
@@ -106,7 +98,7 @@ class ExperimentSweeper(BasicSweeper):
                     for o in self.config.hydra.overrides.hydra)
         names = [name for name, _, _ in plan]
         if not given and len(names) > 1 and sweep_dir.parent.name == str(self.config.name):
-            sweep_dir = sweep_dir.parent.parent / sweep_label(names) / sweep_dir.name
+            sweep_dir = sweep_dir.parent.parent / "+".join(names) / sweep_dir.name
         with open_dict(self.config):
             self.config.hydra.sweep.dir = str(sweep_dir)
             self.config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{sweep_dir}'")
