@@ -39,6 +39,7 @@ def test_composition_errors_are_one_line_printed_once(hydra_cli, capsys, monkeyp
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no run directory
 
 
+@pytest.mark.sizes  # a subprocess pipeline (about 3 s): CI's second stage
 def test_report_into_a_closed_pipe_ends_quietly(tmp_path):
     from runner.results import write_json_atomic
 

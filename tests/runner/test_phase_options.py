@@ -31,3 +31,25 @@ def test_the_suggested_phase_keys_are_accepted(hydra_cli, tmp_path, capsys, phas
                      phase, "train.max_epochs=null", "train.eval_every=1",
                      f"hydra.run.dir={out}") == 0
     assert pd.read_csv(out / "metrics.csv")["phase"].value_counts().to_dict() == {0: 2, 1: 2}
+
+
+def test_the_swr_from_scratch_reference_trains_what_it_says(compose_cfg):
+    """docs/swr.md, Fig. 2: `experiment=swr_gen_mnist_mlp method=vanilla train.epochs=100`."""
+    cfg = compose_cfg(["experiment=swr_gen_mnist_mlp", "method=vanilla", "train.epochs=100"])
+    assert cfg.train.epochs == 100 and all(p.epochs is None for p in cfg.phases)
+
+
+@pytest.mark.sizes  # every experiment composed (about 15 s)
+def test_only_experiments_with_their_own_phase_epochs_refuse_train_epochs(compose_cfg):
+    from conftest import EXPERIMENTS
+    from runner.checks import check_shadowed
+    from runner.errors import ConfigError
+
+    refused = set()
+    for name in EXPERIMENTS:
+        try:
+            check_shadowed(compose_cfg([f"experiment={name}", "train.epochs=7"]), ["train.epochs=7"])
+        except ConfigError:
+            refused.add(name)
+    # two phases of different lengths (Fig. 1: 100 + 50; 4 blurred + 3 sharp; SVHN 100 epochs)
+    assert refused == {"swr_fig1_cifar10_cnn", "fmnist_blur_to_sharp", "zilly_svhn_to_cifar10"}
