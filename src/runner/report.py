@@ -233,6 +233,8 @@ class AggregateOnMultirunEnd(Callback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
+        if not sweep.exists():  # hydra.sweeper.dry=true: nothing ran
+            return
         df = table_from_results(load_results([sweep]))
         print(write_tables(df, sweep / "table"))
         print(f"table written to {sweep}/table.md, table.csv and table.tex")
@@ -258,12 +260,43 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not results:
         print(f"error: no result.json under {', '.join(args.dirs)}", file=sys.stderr)
         return 2
-    df = table_from_results(results, args.metric)
-    if args.out:
-        write_tables(df, Path(args.out), args.metric)
-    print(format_as(df, args.format, args.metric))
+    groups = by_experiment(results)
+    if args.format == "csv" or len(groups) == 1:  # the CSV keeps every row, named by experiment
+        groups = {"": results}
+    texts = []
+    for label, group in groups.items():
+        df = table_from_results(group, args.metric)
+        if args.out:
+            write_tables(df, Path(f"{args.out}-{label}" if label else args.out), args.metric)
+        heading = (f"% {label}" if args.format == "latex" else f"## {label}") if label else ""
+        texts.append("\n\n".join(filter(None, [heading, format_as(df, args.format, args.metric)])))
+    print("\n\n".join(texts))
     return 0
 
 
+def by_experiment(results: List[dict]) -> Dict[str, List[dict]]:
+    """The runs grouped into one table per experiment; experiments swept together (runs in one
+    sweep directory, e.g. the datasets of a table's columns) share a table. Keys: the names
+    joined by `+`, in the order first found."""
+    parent: Dict[str, str] = {}
+
+    def root(name: str) -> str:
+        while parent.setdefault(name, name) != name:
+            name = parent[name]
+        return name
+
+    sweeps: Dict[str, str] = {}
+    for r in results:
+        name, sweep = str(r.get("name")), str(Path(r["_dir"]).parent)
+        parent[root(name)] = root(sweeps.setdefault(sweep, name))
+    names = list(dict.fromkeys(str(r.get("name")) for r in results))
+    labels = {n: "+".join(m for m in names if root(m) == root(n)) for n in names}
+    groups: Dict[str, List[dict]] = {}
+    for r in results:
+        groups.setdefault(labels[str(r.get("name"))], []).append(r)
+    return groups
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    from runner.errors import exit_with
+    exit_with(main)

@@ -202,7 +202,7 @@ def test_cifar_blur_to_sharp_without_cifar10_says_how_to_get_it(run_cfg):
     from runner.errors import DatasetMissing
 
     with pytest.raises(DatasetMissing, match="download=true"):
-        run_cfg(["experiment=cifar_blur_to_sharp", "device=cpu"])
+        run_cfg(["experiment=cifar_blur_to_sharp", "device=cpu", "dataset.reader.download=false"])
 
 
 def test_pareto_front_by_hand():

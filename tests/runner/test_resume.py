@@ -116,6 +116,7 @@ def test_checkpoints_load_with_weights_only(run_cfg, tmp_path):
 SWEEP = ["-m", "experiment=reinit_table1", "ci=smoke", "ci.checkpoints=true", "device=cpu",
          "train.max_epochs=8",
          "train.max_repeat=2", "train.max_batches=4", "train.checkpoint_every=1", "method=lw,bl",
+         "dataset.alpha=1.0",  # one alpha of the declared sweep
          "seed=0,1,2"]
 
 
