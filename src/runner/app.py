@@ -14,7 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from hydra_plugins.runner_sweeper import runner_sweeper
+from hydra.core.plugins import Plugins
 from omegaconf import DictConfig, OmegaConf
 
 from runner import config as schema
@@ -23,6 +23,11 @@ from runner.errors import ConfigError, DatasetMissing, DownloadFailed, Interrupt
 from runner.report import format_table, table_from_results
 from runner.results import RESULT_FILE
 from runner.training.lifecycle import run
+
+# Hydra's plugin scan re-imports its core sweeper module; scan first, so that the runner's sweeper
+# subclasses the BasicSweeper that stays (the scan misses it under `pip install -e .`).
+Plugins.instance()
+from hydra_plugins.runner_sweeper import runner_sweeper  # noqa: E402
 
 log = logging.getLogger("runner")
 

@@ -10,7 +10,6 @@ experiment estimates (`hydra.sweeper.run_minutes` on `hydra.sweeper.run_on`);
 `hydra.sweeper.dry=true` stops there. All jobs share one directory,
 `outputs/multirun/<experiment>/<time>_<id>/` (several experiments: their names joined by `+`).
 """
-from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -34,7 +34,10 @@ class SweeperConf:
 
 
 def register() -> None:
+    """The config node and the class: Hydra's scan of `hydra_plugins` misses packages installed
+    in editable mode (`pip install -e .`), so the class is registered by hand too."""
     ConfigStore.instance().store(group="hydra/sweeper", name="runner", node=SweeperConf)
+    Plugins.instance().register(ExperimentSweeper)
 
 
 def duration(minutes: float) -> str:
