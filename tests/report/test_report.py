@@ -55,7 +55,7 @@ def test_grid_in_the_papers_order_with_paper_values_and_delta(grid_runs):
                              ["2.0", "92.0 ± 1.4 (90.0)", "96.0 ± 1.4 (99.0)"]]
     assert md_rows(delta) == [["dataset.alpha", "bl", "lw"], ["0.5", "+2.0", "+5.0"],
                               ["2.0", "+2.0", "-3.0"]]
-    assert text.startswith("Someone et al. 2021, Table 1\ntest_acc × 100 at each run's last epoch")
+    assert text.startswith("Someone et al. 2021, Table 1\ntest_acc in % at each run's last epoch")
     assert "Same in every run: experiment=t_1" in text  # not a column
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 import sys
+from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import matplotlib
 
@@ -17,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from runner.tables import IGNORED  # noqa: E402
+from runner.tables import cell_keys  # noqa: E402
 from runner.results import METRICS_FILE, load_results  # noqa: E402
 
 
@@ -53,18 +54,60 @@ def value(run: dict, key: str):
     return node
 
 
-def cell_pairs(run: dict, by: Optional[Sequence[str]] = None) -> List[str]:
-    """A run's cell as `key=value` strings: its `by` keys, else its overrides other than the
-    seed and execution options."""
+def cell_pairs(runs: Sequence[dict], by: Optional[Sequence[str]] = None) -> List[List[str]]:
+    """Each run's cell as `key=value` strings: its `by` keys, else the resolved values that
+    differ between the runs (`runner.tables.cell_keys`; the seed never does)."""
     if by:
-        return [f"{k}={value(run, k)}" for k in by]
-    return [o for o in run.get("overrides", [])
-            if o.lstrip("+~").split("=")[0].split(".")[0] not in IGNORED]
+        return [[f"{k}={value(r, k)}" for k in by] for r in runs]
+    keys = cell_keys(runs)
+    names = list(dict.fromkeys(k for d in keys for k in d))
+    varying = [k for k in names if len({d.get(k, "") for d in keys}) > 1]
+    return [[f"{k}={d.get(k, '')}" for k in varying] for d in keys]
 
 
-def cell(run: dict, by: Optional[Sequence[str]] = None) -> str:
-    """The label of a run's cell (see `cell_pairs`), else the run's name."""
-    return ", ".join(cell_pairs(run, by)) or run.get("name", "run")
+def cells(runs: Sequence[dict], by: Optional[Sequence[str]] = None) -> List[str]:
+    """The label of each run's cell (see `cell_pairs`), else the run's name."""
+    return [", ".join(p) or r.get("name", "run") for r, p in zip(runs, cell_pairs(runs, by))]
+
+
+def experiment_cfg(experiment: str, overrides: Sequence[str] = ()):
+    """The composed config of an experiment (no run)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from runner.app import conf_dir
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            return compose("config", overrides=[f"experiment={experiment}", *overrides])
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@lru_cache(maxsize=None)
+def _reference_method(experiment: str, method: str) -> tuple:
+    from omegaconf import OmegaConf
+    try:
+        node = OmegaConf.to_container(experiment_cfg(experiment, [f"method={method}"]).method,
+                                      resolve=True)
+    except Exception as e:  # an experiment or method this checkout no longer has
+        raise AnalysisError(f"cannot compose experiment={experiment} method={method} to find its "
+                            f"tuned options: {str(e).splitlines()[0]}") from e
+    return tuple(node.items())
+
+
+def reference_method(experiment: str, method: str) -> Dict[str, object]:
+    """The method's options as the experiment sets them when nothing else is typed (its tuned
+    values, else the method's file, else the constructor's defaults)."""
+    return dict(_reference_method(experiment, method))
+
+
+def options_changed(run: dict) -> Dict[str, object]:
+    """The run's method options that differ from `reference_method` of its experiment."""
+    choices = run.get("choices", {})
+    ref = reference_method(str(choices.get("experiment")), str(choices.get("method")))
+    own = (run.get("config") or {}).get("method") or {}
+    return {k: v for k, v in own.items() if k != "_target_" and str(v) != str(ref.get(k))}
 
 
 def final(run: dict, metric: str) -> float:

@@ -33,7 +33,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from runner.analysis.common import (AnalysisError, cli, completed, figure_path, metrics,  # noqa: E402
+from runner.analysis.common import (AnalysisError, cli, completed, experiment_cfg, figure_path, metrics,  # noqa: E402
                                     save, value)
 from runner.models import params  # noqa: E402
 from runner.sparse import pruning  # noqa: E402
@@ -55,20 +55,6 @@ TABLE33_QUOTED = [("Connection-Learning [59]", "no", "no", 8.3, 99.2),
 TABLE33_OWN = {"baseline": ("-", "-", 100.0, 99.4), "snip": ("yes", "no", 1.0, 98.9),
                "grasp": ("yes", "no", 1.0, 98.9), "freezenet": ("yes", "no", 1.0, 99.1)}
 FIG31_QS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)  # not given by the thesis (Fig. 3.1, Sec. 3.1): ours
-
-
-def experiment_cfg(experiment: str, overrides: Sequence[str] = ()):
-    """The composed config of an experiment (no run)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from runner.app import conf_dir
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            return compose("config", overrides=[f"experiment={experiment}", *overrides])
-    finally:
-        GlobalHydra.instance().clear()
 
 
 def build(experiment: str, device: str = "meta", seed: int = 0):

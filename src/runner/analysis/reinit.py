@@ -33,8 +33,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy.stats import binomtest  # noqa: E402
 
-from runner.analysis.common import (AnalysisError, cli, completed, experiments,  # noqa: E402
+from runner.analysis.common import (AnalysisError, cli, completed, experiments, options_changed,  # noqa: E402
                                     figure_path, save, value)
+from runner.tables import cell_keys  # noqa: E402
 
 METHODS = ["bl", "welsr", "dsd", "wels", "fc", "lw"]
 LETTERS = dict(zip(METHODS, "BRDWFL"))
@@ -294,13 +295,17 @@ def plot_ratio(dirs, out) -> Path:
     return save(fig, out)
 
 
+def _cells_without_method(runs: List[dict]) -> List[str]:
+    """Each run's cell by its resolved values, the method and its options left out."""
+    return [" ".join(f"{k}={v}" for k, v in sorted(keys.items()) if k != "method")
+            for keys in cell_keys(runs)]
+
+
 def paired(dirs, a: str = "bl", b: str = "lw") -> pd.DataFrame:
     """Runs of methods a and b matched on everything but the method (mean over seeds)."""
-    rows = []
-    for r in completed(dirs):
-        pairs = [o for o in r.get("overrides", []) if not o.startswith(("method=", "seed="))]
-        rows.append({"cell": " ".join(sorted(pairs)), "method": r["choices"].get("method"),
-                     "acc": 100 * r["summary"]["test_acc"]})
+    runs = completed(dirs)
+    rows = [{"cell": c, "method": r["choices"].get("method"), "acc": 100 * r["summary"]["test_acc"]}
+            for r, c in zip(runs, _cells_without_method(runs))]
     df = pd.DataFrame(rows).groupby(["cell", "method"])["acc"].mean().unstack()
     if a not in df or b not in df:
         raise AnalysisError(f"grid needs runs of method={a},{b} over the same grid "
@@ -319,23 +324,27 @@ def plot_grid(dirs, out) -> Path:
     return save(fig, out)
 
 
-def ablation(dirs, base: str = "method.rescale") -> pd.DataFrame:
-    """Appendix E: share of cells in which full LW beats each ablated variant."""
+def ablation(dirs) -> pd.DataFrame:
+    """Appendix E: share of cells in which full LW beats each ablated variant. A run's variant
+    is the LW options it ran with that differ from the experiment's (`options_changed`);
+    runs of other methods are left out."""
+    runs = [r for r in completed(dirs) if r.get("choices", {}).get("method") == "lw"]
+    if not runs:
+        raise AnalysisError(f"ablation needs runs of method=lw (experiment=reinit_ablation); "
+                            f"found {experiments(completed(dirs))}")
     rows = []
-    for r in completed(dirs):
-        over = dict(o.split("=", 1) for o in r.get("overrides", []) if "=" in o)
-        variant = " ".join(f"{k}={v}" for k, v in sorted(over.items())
-                           if k.startswith("method.")) or "lw"
-        cell = " ".join(f"{k}={v}" for k, v in sorted(over.items())
-                        if not k.startswith(("method", "seed")))
-        rows.append({"cell": cell, "variant": variant, "acc": r["summary"]["test_acc"]})
+    for r, c in zip(runs, _cells_without_method(runs)):
+        changed = options_changed(r)
+        rows.append({"cell": c, "acc": r["summary"]["test_acc"],
+                     "variant": " ".join(f"{k}={v}" for k, v in sorted(changed.items())) or "lw"})
     wide = pd.DataFrame(rows).groupby(["cell", "variant"])["acc"].mean().unstack()
-    if "lw" not in wide:
-        raise AnalysisError("ablation needs runs of full LW (no method.* override) beside its "
-                            "variants (experiment=reinit_ablation)")
-    return pd.DataFrame([{"variant": v, "cells": int(wide[["lw", v]].dropna().shape[0]),
-                          "P(LW better)": float((wide["lw"] > wide[v]).mean())}
-                         for v in wide.columns if v != "lw"])
+    if "lw" not in wide or len(wide.columns) < 2:
+        raise AnalysisError("ablation needs runs of full LW (the experiment's own options) beside "
+                            "variants with other options, e.g. method.rescale=true,false; found "
+                            + ", ".join(map(str, wide.columns)))
+    pairs = {v: wide[["lw", v]].dropna() for v in wide.columns if v != "lw"}
+    return pd.DataFrame([{"variant": v, "cells": len(d), "P(LW better)": float((d["lw"] > d[v]).mean())}
+                         for v, d in pairs.items()])
 
 
 # -- command line ---------------------------------------------------------------------------------

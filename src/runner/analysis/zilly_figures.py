@@ -32,7 +32,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from runner.analysis.common import (AnalysisError, cell, cell_pairs, cli, completed, figure_path,  # noqa: E402
+from runner.analysis.common import (AnalysisError, cell_pairs, cells, cli, completed, figure_path,  # noqa: E402
                                     final, how_to_record, metrics, save, value)
 
 
@@ -55,8 +55,9 @@ def boxplot_figure(groups: Dict[Tuple[str, ...], List[float]], metric: str, titl
 
 def boxplot(run_dirs, by=None, metric="test_acc", out=None, title="") -> Path:
     groups: Dict[Tuple[str, ...], List[float]] = {}
-    for r in completed(run_dirs):
-        groups.setdefault(tuple(cell_pairs(r, by)), []).append(final(r, metric))
+    runs = completed(run_dirs)
+    for r, pairs in zip(runs, cell_pairs(runs, by)):
+        groups.setdefault(tuple(pairs), []).append(final(r, metric))
     fig = boxplot_figure(groups, metric, title)
     return save(fig, figure_path(out, run_dirs, f"zilly_boxplot_{metric}"))
 
@@ -84,7 +85,8 @@ def pareto(run_dirs, by=None, out=None, title="") -> Path:
                             f"set its fisher_samples (e.g. experiment=zilly_warm_start)")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, (label, get, larger) in zip(axes, panels):
-        pts = [(get(r), final(r, "test_loss"), cell(r, by)) for r in runs if get(r) is not None]
+        pts = [(get(r), final(r, "test_loss"), c) for r, c in zip(runs, cells(runs, by))
+               if get(r) is not None]
         if not pts:
             ax.set_title(f"{label}: not recorded")
             continue
@@ -103,8 +105,9 @@ def pareto(run_dirs, by=None, out=None, title="") -> Path:
 
 def pairs(run_dirs, by=None, out=None, title="") -> Path:
     first: Dict[str, dict] = {}
-    for r in completed(run_dirs):
-        first.setdefault(cell(r, by), r)
+    runs = completed(run_dirs)
+    for r, c in zip(runs, cells(runs, by)):
+        first.setdefault(c, r)
     fig, axes = plt.subplots(1, len(first), figsize=(4 * len(first), 3.5), squeeze=False)
     for ax, (name, r) in zip(axes[0], first.items()):
         m = metrics(r)
