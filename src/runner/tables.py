@@ -173,7 +173,21 @@ def cell_keys(results: Sequence[Dict[str, Any]], layout_keys: Sequence[str] = ()
             row.update(_override_pairs(r.get("overrides", [])))
         row.update({k: key_value(r, k) for k in layout_keys if k not in row})
         out.append(row)
-    return out
+    return _without_copies(out, layout_keys)
+
+
+def _without_copies(rows: List[Dict[str, str]], first: Sequence[str]) -> List[Dict[str, str]]:
+    """Drop a column whose values repeat another's in every run (`dataset.reader.alpha:
+    ${dataset.alpha}`), keeping the layout's keys, then the shorter path."""
+    names = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in LEAD]
+    names.sort(key=lambda k: (k not in first, k.count(".")))
+    kept: Dict[Tuple[str, ...], str] = {}
+    drop = set()
+    for k in names:
+        values = tuple(r.get(k, "") for r in rows)
+        if len(set(values)) > 1 and kept.setdefault(values, k) != k:
+            drop.add(k)
+    return [{k: v for k, v in r.items() if k not in drop} for r in rows]
 
 
 def group_runs(results: Sequence[Dict[str, Any]]) -> Dict[str, Dict[Tuple[Tuple[str, str], ...], List[Dict[str, Any]]]]:
@@ -257,8 +271,8 @@ def run_identity(result: Dict[str, Any]) -> str:
     cfg = result.get("config")
     if cfg:
         return json.dumps([result.get("choices", {}),
-                           {k: v for k, v in cfg.items() if k not in IGNORED - {"seed"}}],
-                          sort_keys=True, default=str)
+                           {k: v for k, v in cfg.items() if k not in IGNORED - {"seed"}},
+                           result.get("seed", cfg.get("seed"))], sort_keys=True, default=str)
     overrides = sorted(o for o in result.get("overrides", [])
                        if o.lstrip("+~").split("=")[0].split(".")[0] not in IGNORED - {"seed"})
     return json.dumps([result.get("choices", {}), overrides, result.get("seed")], default=str)

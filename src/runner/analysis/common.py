@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from runner.tables import cell_keys  # noqa: E402
+from runner.tables import cell_keys, deduplicate  # noqa: E402
 from runner.results import METRICS_FILE, load_results  # noqa: E402
 
 
@@ -27,12 +27,14 @@ class AnalysisError(ValueError):
 
 
 def completed(dirs: Iterable, need: str = "") -> List[dict]:
-    """The completed runs (with at least one phase) below `dirs`; `need` says what for."""
+    """The completed runs (with at least one phase) below `dirs`, each config and seed once;
+    `need` says what for."""
     dirs = [Path(d) for d in dirs]
     missing = [str(d) for d in dirs if not d.exists()]
     if missing:
         raise AnalysisError(f"no such directory: {', '.join(missing)}")
     runs = [r for r in load_results(dirs) if r.get("status") == "completed" and r.get("phases")]
+    runs = deduplicate(runs)[0]  # a config and seed found twice (two sweeps) counts once
     if not runs:
         raise AnalysisError(f"no completed runs under {', '.join(map(str, dirs))}"
                             + (f" ({need})" if need else ""))
@@ -163,6 +165,103 @@ def metrics(run: dict, metric: Optional[str] = None) -> pd.DataFrame:
         raise AnalysisError(f"metric {metric!r} was not recorded in {path} ({how_to_record(metric, run)}); "
                             f"recorded: {cols}")
     return m
+
+
+# -- how figures look: the papers' names, one colour per method, worded axes, titles ---------------
+# The papers' names of the methods, each paper's in the order its tables list them:
+# Alabdulmohsin et al. 2021, Table 1; Oh et al. 2025, Table 1 and App. D.2; Zilly et al. 2021,
+# appendix Tables 6-8; Wimmer's thesis, Tables 3.2, 4.1 and 5.1.
+PAPER_METHODS = [
+    {"bl": "BL", "welsr": "WELSR", "dsd": "DSD", "wels": "WELS", "fc": "FC", "lw": "LW"},
+    {"vanilla": "vanilla", "l2": "L2", "l2_init": "L2 Init", "shrink_perturb": "S&P",
+     "head_reset": "Head Reset", "swr": "SWR", "swr_reinit": "SWR + re-init"},
+    {"dirac_reset": "Dirac reset"},
+    {"random_prune": "random", "snip": "SNIP", "grasp": "GraSP", "synflow": "SynFlow",
+     "freezenet": "FreezeNet", "freezenet_random": "FreezeNet (random)",
+     "freezenet_reinit": "FreezeNet (reinit)", "freezenet_wd": "FreezeNet (WD)",
+     "g_cops": "G-COPS", "u_cops": "U-COPS", "m_cops": "M-COPS", "usnip": "USNIP",
+     "lth": "LTH", "finetune": "FT", "gmp": "GMP", "set": "SET", "rigl": "RigL"},
+]
+METHOD_NAMES = {k: v for names in PAPER_METHODS for k, v in names.items()}
+_COLOUR = {k: f"C{i % 10}" for names in PAPER_METHODS for i, k in enumerate(names)}
+_COLOUR["vanilla"] = _COLOUR["bl"] = "C0"  # each paper's baseline in the same colour
+_COLOUR.update({METHOD_NAMES[k]: c for k, c in list(_COLOUR.items())})  # by name as by id
+# config keys in words, for panel titles and legends
+KEY_WORDS = {"dataset.alpha": "signal strength α", "method.lambda": "λ", "method.q": "q",
+             "optim.weight_decay": "weight decay", "optim.lr": "learning rate", "method": "method",
+             "tuned.setting": "setting", "dataset.name": "dataset", "method.sparsity": "sparsity",
+             "phases.0.subset.n": "samples in the first task", "experiment": "experiment"}
+
+
+def key_words(key: str) -> str:
+    return KEY_WORDS.get(key, key)
+
+# metrics.csv columns and result.json values in words (with units); accuracies in % where the
+# experiment prints percent (`report.scale: 100`)
+METRIC_WORDS = {"test_acc": "test accuracy", "train_acc": "training accuracy",
+                "val_acc": "validation accuracy", "test_loss": "test loss (cross-entropy)",
+                "train_loss": "training loss (cross-entropy)", "val_loss": "validation loss (cross-entropy)",
+                "lr": "learning rate", "frozen_filters": "frozen filters (count)",
+                "balancedness": "balancedness", "weight_norm": "weight norm (L2)"}
+
+
+def method_name(label: str) -> str:
+    """The paper's name of a method label (`l2 (lambda=0.001)` -> `L2 (lambda=0.001)`)."""
+    base, _, rest = str(label).partition(" (")
+    return METHOD_NAMES.get(base, base) + (f" ({rest}" if rest else "")
+
+
+def method_rank(label: str) -> tuple:
+    """A sort key that puts methods in their paper's order, then by label."""
+    base = str(label).partition(" (")[0]
+    for p, names in enumerate(PAPER_METHODS):
+        if base in names:
+            return (p, list(names).index(base), str(label))
+    return (len(PAPER_METHODS), 0, str(label))
+
+
+def colours(labels: Iterable[str], methods: bool) -> Dict[str, str]:
+    """One colour per label for a whole figure: a method's own colour (the same in every
+    figure), else one per value in order."""
+    labels = list(dict.fromkeys(labels))
+    if methods and len({_COLOUR.get(str(v).partition(" (")[0]) for v in labels}) == len(labels) \
+            and all(str(v).partition(" (")[0] in _COLOUR for v in labels):
+        return {v: _COLOUR[str(v).partition(" (")[0]] for v in labels}
+    return {v: f"C{i % 10}" for i, v in enumerate(labels)}
+
+
+def percent(runs: Sequence[dict], metric: str) -> bool:
+    """Whether the runs' experiments print `metric` in percent."""
+    return metric.endswith("_acc") and any(
+        float(((r.get("config") or {}).get("report") or {}).get("scale", 1)) == 100 for r in runs)
+
+
+def metric_label(metric: str, pct: bool = False) -> str:
+    words = METRIC_WORDS.get(metric, metric.replace("_", " "))
+    return words + (" [%]" if pct else "")
+
+
+def smoke_note(runs: Sequence[dict]) -> str:
+    """`[ci=smoke test runs, not the paper's numbers]` where runs ran at a test level."""
+    from runner.tables import test_level
+    levels = sorted({test_level(r) for r in runs} - {""})
+    return f" [ci={', '.join(levels)} test runs, not the paper's numbers]" if levels else ""
+
+
+def titled(fig, title: str, runs: Sequence[dict] = ()) -> None:
+    """The figure's title (naming paper and figure), marked when its runs are test runs."""
+    fig.suptitle(title + smoke_note(runs), fontsize=10)
+
+
+def legend_outside(ax, **kw) -> None:
+    """The legend right of the axes, off the data."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8, **kw)
+
+
+def marker(n_points: int) -> Optional[str]:
+    """A marker on sparse series (a few points), none on dense curves."""
+    return "o" if n_points <= 30 else None
 
 
 def slug(text: str) -> str:
