@@ -10,7 +10,7 @@ runs with a shaded standard deviation, `n` the number of runs; every other key t
 between the runs (`runner.tables.cell_keys`) gets its own panel, so nothing is averaged over a
 swept value. Accuracies are in percent where the experiment prints percent. The figure goes to
 `DIR/plots/plots_<y>.png` (the first DIR) unless `--out` names a file. `gallery` draws every
-figure the project can draw offline into OUT (`runner.gallery`).
+figure the project can draw offline into OUT (`runner.analysis.gallery`).
 """
 from __future__ import annotations
 
@@ -163,7 +163,7 @@ def curves(run_dirs, y: str = "test_acc", hue: str = "method",
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["gallery"]:
-        from runner.gallery import main as gallery
+        from runner.analysis.gallery import main as gallery
         return gallery(argv[1:])
     p = argparse.ArgumentParser(prog="python -m runner.plots", description=__doc__.split("\n")[0])
     p.add_argument("dirs", nargs="+", help="run or sweep directories (or: gallery OUT)")
