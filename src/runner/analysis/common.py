@@ -250,13 +250,55 @@ def smoke_note(runs: Sequence[dict]) -> str:
 
 def titled(fig, title: str, runs: Sequence[dict] = ()) -> None:
     """The figure's title (naming paper and figure), marked when its runs are test runs."""
-    fig.suptitle(title + smoke_note(runs), fontsize=10)
+    note = smoke_note(runs).strip()
+    fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=10)
 
 
-def legend_outside(ax, **kw) -> None:
-    """The legend right of the axes, off the data."""
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8, **kw)
+def legend_outside(ax, handles=None, labels=None, below: bool = False, **kw) -> None:
+    """The legend right of the axes (or below them), off the data."""
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        where = (dict(loc="upper center", bbox_to_anchor=(0.5, -0.2)) if below else
+                 dict(loc="upper left", bbox_to_anchor=(1.02, 1.0)))
+        ax.legend(handles, labels, borderaxespad=0.0, fontsize=8, **where, **kw).set_gid("outside")
+
+
+def display_label(label: str) -> str:
+    """A legend entry in the papers' words: method ids as the papers name them, `key=value`
+    parts with the key in words (`method=lth, space=sp` -> `LTH, space = sp`)."""
+    parts = []
+    for part in str(label).split(", "):
+        key, eq, v = part.partition("=")
+        if eq and key == "method":
+            parts.append(method_name(v))
+        elif eq and key in KEY_WORDS or eq and key in ("space", "model", "dataset"):
+            parts.append(f"{key_words(key)} = {v}")
+        else:
+            head, sep, rest = part.partition(" ")
+            parts.append(method_name(head) + sep + rest if head in METHOD_NAMES else part)
+    return ", ".join(parts)
+
+
+def finish(fig) -> None:
+    """What every figure gets before it is written: legend entries in the papers' words and
+    outside the data (one legend where the panels repeat it), metric ids on axes in words."""
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    legends = [(ax, ax.get_legend()) for ax in axes if ax.get_legend() is not None]
+    moved = [(ax, leg) for ax, leg in legends if leg.get_gid() != "outside"]
+    texts = [tuple(t.get_text() for t in leg.get_texts()) for _, leg in moved]
+    for i, (ax, leg) in enumerate(moved):
+        handles, labels = leg.legend_handles, [display_label(t) for t in texts[i]]
+        title = leg.get_title().get_text() or None
+        leg.remove()
+        if texts[i] in texts[i + 1:]:
+            continue  # the same legend on a later panel: shown there only
+        last = i == len(moved) - 1 or ax is axes[-1]
+        legend_outside(ax, handles, labels, below=not last, title=title)
+    for ax in axes:
+        for get, set_ in ((ax.get_xlabel, ax.set_xlabel), (ax.get_ylabel, ax.set_ylabel)):
+            if get() in METRIC_WORDS:
+                set_(METRIC_WORDS[get()])
 
 
 def marker(n_points: int) -> Optional[str]:
@@ -281,6 +323,7 @@ def save(fig, out) -> Path:
     path = Path(out)
     existed = path.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
+    finish(fig)
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)

@@ -44,7 +44,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from runner.analysis.common import (AnalysisError, cli, completed, figure_path, final, metrics,
-                                     plt, save, value)
+                                     plt, save, titled, value)
 from runner.analysis.interspace_costs import (  # noqa: F401 (the costs, re-exported)
     COST_SETUPS, VGG16_LTH, LayerCost, ip_flops, layer_costs, max_bound, measure_speedup,
     network_flops, network_speedup, run_costs, sp_flops, speedup_ip, speedup_sp, theorem_bound,
@@ -57,7 +57,7 @@ def fig5_3(out: str, d2_max: int = 100) -> None:
     ax.semilogy(d2, [max(max_bound(n), 1e-300) for n in d2])
     ax.set_xlabel("D2 = c_out c_in (3x3 filters)")
     ax.set_ylabel("max_d eps (Theorem 5.3.1)")
-    ax.set_title("Fig. 5.3: bound on P(rho_T = rho_id), K = 3")
+    ax.set_title("Wimmer's thesis, Fig. 5.3: bound on P(rho_T = rho_id), K = 3")
     save(fig, out)
 
 
@@ -70,7 +70,7 @@ def fig5_4(out: str, c_outs: Sequence[int] = (64, 512), k: int = 3) -> None:
         ax.axhline(1, color="grey", lw=0.5)
         ax.set_xlabel("compression rate q")
         ax.set_ylabel("theoretical speed-up")
-        ax.set_title(f"Fig. 5.4: c_out = {c}, K = {k}")
+        ax.set_title(f"Wimmer's thesis, Fig. 5.4: c_out = {c}, K = {k}")
         ax.legend()
     save(fig, out)
 
@@ -89,7 +89,7 @@ def speedup(out: Optional[str], qs: Sequence[float], repeats: int) -> None:
         ax.plot(list(res), [r["ip_speedup"] for r in res.values()], "o-", label="IP (measured)")
         ax.set_xlabel("compression rate q (every layer)")
         ax.set_ylabel("CPU speed-up over dense")
-        ax.set_title("Fig. 5.8 b: scipy.sparse inference, VGG-16-LTH convs, batch 1")
+        ax.set_title("Wimmer's thesis, Fig. 5.8 b: scipy.sparse inference, VGG-16-LTH convs, batch 1")
         ax.legend()
         save(fig, out)
 
@@ -120,7 +120,7 @@ def rounds(dirs: Sequence[str], hue: Sequence[str], metric: str, out: Optional[s
                 phase["end"][metric])
     fig, ax = plt.subplots(figsize=(5, 3.5))
     _lines(points, ax, "sparsity q after the round", metric)
-    ax.set_title("LTH rounds (Figs. 5.7, 5.10)")
+    titled(fig, "Wimmer's thesis, Figs. 5.7 and 5.10: LTH rounds", runs)
     save(fig, figure_path(out, dirs, "interspace_rounds"))
 
 
@@ -182,7 +182,7 @@ def flops(dirs: Sequence[str], hue: Sequence[str], metric: str, out: Optional[st
     ax.set_xscale("log")
     ax.set_xlabel("theoretical speed-up (dense FLOPs / sparse FLOPs)")
     ax.set_ylabel(metric)
-    ax.set_title("Fig. 5.8 a: LTH rounds by FLOPs")
+    titled(fig, "Wimmer's thesis, Fig. 5.8 a: LTH rounds by FLOPs", runs)
     ax.legend(fontsize=7)
     save(fig, figure_path(out, dirs, "interspace_flops"))
 
@@ -207,7 +207,7 @@ def gradnorm(dirs: Sequence[str], out: Optional[str]) -> None:
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("lr × ‖gradient‖₂ (mean over the epoch's steps)")
-    ax.set_title("Fig. 5.6 a: gradient norm x learning rate")
+    ax.set_title("Wimmer's thesis, Fig. 5.6 a: gradient norm x learning rate")
     ax.legend(fontsize=7)
     save(fig, figure_path(out, dirs, "interspace_gradnorm"))
 
