@@ -65,6 +65,7 @@ def boxplot_figure(groups: Dict[Tuple[str, ...], List[float]], metric: str, titl
             ax.plot([i - 0.2, i + 0.2], [sum(values) / len(values)] * 2, color="C1")
     ax.set_xticks(range(1, len(groups) + 1), labels, fontsize=7)
     ax.set_xlim(0.5, len(groups) + 0.5)
+    ax.set_xlabel("cell (its runs differ only in the seed)")
     ax.set_ylabel(metric_label(metric) + " at the end")
     ax.set_title(", ".join(_words(p) for p in first if p in shared), fontsize=8)
     few = any(len(v) < min_box for v in groups.values())
