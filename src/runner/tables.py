@@ -156,6 +156,11 @@ def cell_keys(results: Sequence[Dict[str, Any]], layout_keys: Sequence[str] = ()
         for g, v in choices.items():
             picked.setdefault((str(choices.get("experiment", "")), g), set()).add(str(v))
     choice_keys = list(dict.fromkeys(g for (_, g), vs in picked.items() if len(vs) > 1))
+    # keys typed on any command line: each run's resolved value (the same in every run: the
+    # header names it once), whichever command line typed it
+    typed = [k for k in dict.fromkeys(k for r in results if r.get("config")
+                                      for k in _override_pairs(r.get("overrides", [])))
+             if k.split(".")[0] not in ("method", "hydra")]
     out = []
     for r, f in zip(results, flats):
         choices = r.get("choices", {})
@@ -166,9 +171,7 @@ def cell_keys(results: Sequence[Dict[str, Any]], layout_keys: Sequence[str] = ()
                      and (_scope(r, k), k) in varying and k not in layout_keys]
             row["method"] = method_label(row["method"], method_options(r, shown))
             row.update({k: f.get(k, "") for k in keys if k in columns})
-            typed = _override_pairs(r.get("overrides", []))
-            row.update({k: key_value(r, k) for k in typed
-                        if k not in row and k.split(".")[0] not in ("method", "hydra")})
+            row.update({k: key_value(r, k) for k in typed if k not in row})
         else:
             row.update(_override_pairs(r.get("overrides", [])))
         row.update({k: key_value(r, k) for k in layout_keys if k not in row})
@@ -190,7 +193,10 @@ def _without_copies(rows: List[Dict[str, str]], first: Sequence[str]) -> List[Di
     return [{k: v for k, v in r.items() if k not in drop} for r in rows]
 
 
-def group_runs(results: Sequence[Dict[str, Any]]) -> Dict[str, Dict[Tuple[Tuple[str, str], ...], List[Dict[str, Any]]]]:
+Cell = Tuple[Tuple[str, str], ...]  # a cell's (key, value) pairs
+
+
+def group_runs(results: Sequence[Dict[str, Any]]) -> Dict[str, Dict[Cell, List[Dict[str, Any]]]]:
     """Runs by experiment, then by cell (`cell_keys` within the experiment): the runs that
     differ only in their seed share a cell."""
     by_exp: Dict[str, List[Dict[str, Any]]] = {}
@@ -198,17 +204,17 @@ def group_runs(results: Sequence[Dict[str, Any]]) -> Dict[str, Dict[Tuple[Tuple[
         by_exp.setdefault(str(r.get("choices", {}).get("experiment", "")), []).append(r)
     out = {}
     for exp, runs in by_exp.items():
-        cells: Dict[Tuple[Tuple[str, str], ...], List[Dict[str, Any]]] = {}
+        cells: Dict[Cell, List[Dict[str, Any]]] = {}
         for r, keys in zip(runs, cell_keys(runs)):
             cells.setdefault(tuple(sorted(keys.items())), []).append(r)
         out[exp] = cells
     return out
 
 
-def test_level(result: Dict[str, Any]) -> str:
+def run_level(result: Dict[str, Any]) -> str:
     """The run's test level (`smoke`, `sizes`), or "" for a run of the experiment as written."""
-    level = ((result.get("config") or {}).get("ci") or {}).get("level")
-    return "" if level in (None, "none") else str(level)
+    from runner.ci import level_of  # the one place that knows test levels (imports torch)
+    return level_of(result.get("config"))
 
 
 def tuned_values(results: Sequence[Dict[str, Any]]) -> List[str]:
@@ -255,7 +261,7 @@ class Layout:
         rows, cols = list(report.get("rows") or []), list(report.get("cols") or [])
         at = report.get("at") or ("best" if (cfg.get("train") or {}).get("restore_best") else "end")
         sources = list(dict.fromkeys(c.get("paper", {}).get("source", "") for c in configs))
-        levels = ", ".join(dict.fromkeys(lv for lv in map(test_level, results) if lv))
+        levels = ", ".join(dict.fromkeys(lv for lv in map(run_level, results) if lv))
         return cls(rows, cols, float(report.get("scale", 1.0)), int(report.get("digits", 4)), at,
                    "; ".join(s for s in sources if s),
                    {k: paper_order(paper, k) for k in rows + cols}, levels, tuned_values(results))

@@ -111,11 +111,13 @@ def test_latex_and_csv(grid_runs, tmp_path, capsys):
 @pytest.mark.sizes  # a 4-job sweep in a subprocess (about 8 s): CI's second stage
 def test_reinit_table1_sweep_prints_the_papers_layout(tmp_path):
     """The README's Table 1 command, shrunk by ci=smoke: alpha down, methods across in the
-    paper's order whatever the command's order, each cell `ours ± std (paper)`."""
+    paper's order whatever the command's order, each cell `ours ± std (paper)`, no Δ."""
     out = run_cli("-m", "experiment=reinit_table1", "method=lw,bl", "dataset.alpha=2.0,0.5",
                   "seed=0,1", "ci=smoke", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
-    rows = md_rows((tmp_path / "sweep" / "table.md").read_text().split("Δ")[0])
+    text = (tmp_path / "sweep" / "table.md").read_text()
+    assert "Test level ci=smoke" in text and "Δ = ours − paper" not in text  # no Δ at a test level
+    rows = md_rows(text)
     assert rows[0] == ["dataset.alpha", "bl", "lw"]
     assert [r[0] for r in rows[1:]] == ["0.5", "2.0"]
     assert rows[1][1].endswith(" (20.3)") and " ± " in rows[1][1]

@@ -243,8 +243,8 @@ def metric_label(metric: str, pct: bool = False) -> str:
 
 def smoke_note(runs: Sequence[dict]) -> str:
     """`[ci=smoke test runs, not the paper's numbers]` where runs ran at a test level."""
-    from runner.tables import test_level
-    levels = sorted({test_level(r) for r in runs} - {""})
+    from runner.tables import run_level
+    levels = sorted({run_level(r) for r in runs} - {""})
     return f" [ci={', '.join(levels)} test runs, not the paper's numbers]" if levels else ""
 
 
