@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from runner.analysis.common import (AnalysisError, cli, completed, figure_path, final, plt,
-                                    save, titled, value)
+                                    metric_label, percent, save, titled, value)
 from runner.sparse import cops, pruning
 from runner.sparse.keep import exact_density, keep_count
 
@@ -244,6 +244,7 @@ def fig47(dirs, out) -> None:
 
 def fig48(dirs, out) -> None:
     runs = completed(dirs, "fig48: snip / usnip / u_cops runs over method.classes")
+    scale = 100.0 if percent(runs, "test_acc") else 1.0
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in ("snip", "usnip", "u_cops"):
         mine = [r for r in runs if r.get("choices", {}).get("method") == method]
@@ -252,8 +253,8 @@ def fig48(dirs, out) -> None:
         n_all = max(int(value(r, "dataset.num_classes")) for r in mine)
         by = {(n_all if k is None else int(k)): v
               for k, v in _means(mine, "method.classes").items()}
-        ax.plot(sorted(by), [by[k] for k in sorted(by)], "o-", label=method)
-    ax.set(xlabel="#T (classes known when scoring)", ylabel="test accuracy")
+        ax.plot(sorted(by), [scale * by[k] for k in sorted(by)], "o-", label=method)
+    ax.set(xlabel="#T (classes known when scoring)", ylabel=metric_label("test_acc", scale == 100))
     titled(fig, "Wimmer's thesis, Fig. 4.8: U-COPS vs SNIP vs USNIP", runs)
     ax.legend()
     save(fig, out)
