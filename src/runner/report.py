@@ -9,9 +9,11 @@ table is printed and written as `table.md`, `table.csv` and `table.tex` in the s
 An experiment declares its layout under `report:`: `rows` and `cols` are config keys or group
 choices (Reinitialization Table 1: rows [dataset.alpha], cols [method]). Their values come in the
 order of `paper.values` where the key indexes it, else in the order of the runs. Each cell reads
-`ours ± std (paper)`, and a grid of Δ = ours − paper follows. Keys outside the layout that vary
-between runs become further rows; keys with the same value in every run are named once above
-the table instead of filling a column. Without `cols` the table has one row per cell and one
+`ours ± std (paper)`, and a grid of Δ = ours − paper follows (not for test-level runs, which
+the header names). Cells come from each run's resolved config (`runner.tables.cell_keys`): keys
+outside the layout whose resolved values vary between runs become further rows, a method's
+options that vary or leave the experiment's `tuned` values stand beside its name, and keys with
+the same value in every run are named once above the table instead of filling a column. Without `cols` the table has one row per cell and one
 column per metric (`report.metric`, then `report.extra`); an extra metric shows its denominator
 where the run recorded one (`totals` of its last phase: frozen filters out of the filters that
 can freeze).

@@ -129,3 +129,19 @@ def test_report_over_two_real_sweeps(tmp_path):
     assert [r[0] for r in rows[1:]] == ["vanilla", "l2 (lambda=1e-05)", "l2 (lambda=0.001)"]
     assert "ours: mean ± std over 2 seeds" in out.stdout and "Test level ci=smoke" in out.stdout
     assert "2 duplicate run(s) of the same config and seed skipped" in out.stdout
+
+
+def test_weight_ratios_pair_each_run_with_the_baseline_of_its_resolved_cell_and_seed(tmp_path):
+    """Fig. 6's ratio divides by BL's weight size of the same seed and the same resolved values
+    (here alpha), however the runs were typed."""
+    from runner.analysis.reinit import weight_ratios
+    sizes = {("bl", 0.5, 0): 2.0, ("bl", 2.0, 0): 4.0, ("lw", 0.5, 0): 3.0, ("lw", 2.0, 0): 2.0}
+    for i, ((method, alpha, seed), size) in enumerate(sizes.items()):
+        r = {"choices": {"experiment": "reinit_sec4_synthetic", "method": method},
+             "status": "completed", "seed": seed, "overrides": [f"method={method}"],
+             "config": {"seed": seed, "dataset": {"alpha": alpha}, "method": {"_target_": method}},
+             "summary": {"test_acc": 0.5}, "phases": [{"end": {}, "weight_size": size}]}
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "result.json").write_text(json.dumps(r))
+    df = weight_ratios([tmp_path])
+    assert sorted(df["ratio"]) == [0.5, 1.5]

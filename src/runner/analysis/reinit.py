@@ -293,8 +293,8 @@ def plot_perturb(dirs, out, key: str = "loss") -> Path:
 def weight_ratios(dirs) -> pd.DataFrame:
     """Appendix D: each run's weight size over the baseline's with the same seed and cell."""
     rows = []
-    for r in completed(dirs):
-        cell = tuple(sorted((k, v) for k, v in r["choices"].items() if k != "method"))
+    runs = completed(dirs)
+    for r, cell in zip(runs, _cells_without_method(runs)):  # matched on resolved values
         rows.append({"cell": cell, "seed": r["seed"], "method": r["choices"].get("method"),
                      "size": _probe(r, "weight_size", "ratio")})
     df = pd.DataFrame(rows)
