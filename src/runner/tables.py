@@ -176,7 +176,22 @@ def cell_keys(results: Sequence[Dict[str, Any]], layout_keys: Sequence[str] = ()
             row.update(_override_pairs(r.get("overrides", [])))
         row.update({k: key_value(r, k) for k in layout_keys if k not in row})
         out.append(row)
-    return _without_copies(out, layout_keys)
+    shown = set(LEAD) | set(layout_keys) | set(choice_keys) | {
+        k for r in results for k in _override_pairs(r.get("overrides", []))}
+    return _without_copies(_without_derived(out, shown), layout_keys)
+
+
+def _without_derived(rows: List[Dict[str, str]], shown: set) -> List[Dict[str, str]]:
+    """Drop a column nobody typed whose value follows from the shown keys (the layout's, the
+    group choices, the typed ones): `model.dropout` from `tuned.setting`, `model.num_classes`
+    from the dataset. A column that tells apart runs the shown keys do not stays."""
+    base = [tuple((k, r.get(k, "")) for k in sorted(shown)) for r in rows]
+    drop = set()
+    for k in {k for r in rows for k in r} - shown:
+        follows: Dict[tuple, str] = {}
+        if all(follows.setdefault(b, r.get(k, "")) == r.get(k, "") for b, r in zip(base, rows)):
+            drop.add(k)
+    return [{k: v for k, v in r.items() if k not in drop} for r in rows]
 
 
 def _without_copies(rows: List[Dict[str, str]], first: Sequence[str]) -> List[Dict[str, str]]:

@@ -145,3 +145,25 @@ def test_weight_ratios_pair_each_run_with_the_baseline_of_its_resolved_cell_and_
         (tmp_path / str(i) / "result.json").write_text(json.dumps(r))
     df = weight_ratios([tmp_path])
     assert sorted(df["ratio"]) == [0.5, 1.5]
+
+
+def test_values_that_follow_from_the_shown_keys_are_no_columns():
+    """Table 2's setting sets dropout and augmentation, the dataset its class count: the grid
+    keeps the paper's rows; a value nobody typed that differs within a cell stays."""
+    runs = []
+    for setting, dropout in (("none", 0.0), ("aug_dropout", 0.25)):
+        for dataset, classes in (("pets", 37), ("cars", 196)):
+            r = run("bl", 0, 0.5)
+            r["choices"]["dataset"] = dataset
+            r["config"].update(tuned={**TUNED, "setting": setting},
+                               model={"dropout": dropout, "num_classes": classes},
+                               dataset={"name": dataset, "reader": {"seed": 0}},
+                               report={"rows": ["tuned.setting", "dataset.name"], "cols": ["method"]})
+            runs.append(r)
+    keys = cell_keys(runs, ["tuned.setting", "dataset.name"])
+    assert set(keys[0]) == {"experiment", "method", "tuned.setting", "dataset.name"}
+    runs.append(json.loads(json.dumps(runs[0])))  # another seed of a cell, at another lr
+    runs[-1]["seed"] = runs[-1]["config"]["seed"] = 1
+    runs[-1]["config"]["optim"]["lr"] = 0.1
+    keys = cell_keys(runs, ["tuned.setting", "dataset.name"])
+    assert keys[0]["optim.lr"] == "0.001" and keys[-1]["optim.lr"] == "0.1"
