@@ -55,9 +55,11 @@ HEAVY = ("swr_", "zilly_", "cifar_blur_to_sharp", "reinit_table2_", "wimmer_")
 # a SLURM sweep (hydra/launcher=submitit_slurm, distributed over its tasks) runs here as a local
 # sweep of one process: the launcher's options and `distributed.enabled=true` are left out
 CLUSTER = ("hydra/launcher=submitit_slurm", "hydra.launcher.", "distributed.enabled=true")
-# analyses that score a model and solve many COPS problems (30-60 s on two loaded CPU cores), and
-# the streaming benchmark (DataLoader worker processes, about 5 s)
-HEAVY_ANALYSES = ("runner.analysis.cops fig41", "runner.analysis.cops fig46", "runner.data.stream bench")
+# analyses that score a model and solve many COPS problems (30-60 s on two loaded CPU cores), the
+# streaming benchmark (DataLoader worker processes, about 5 s) and the gallery of every figure
+# (about 40 smoke runs)
+HEAVY_ANALYSES = ("runner.analysis.cops fig41", "runner.analysis.cops fig46", "runner.data.stream bench",
+                  "runner.plots gallery")
 PLACEHOLDERS = {"=NAME": "=fmnist_mlp", "my_method": "l2"}
 TRACKERS = {"logger=tensorboard": "tensorboard", "logger=mlflow": "mlflow", "logger=wandb": "wandb"}
 
