@@ -7,7 +7,8 @@
   `train.max_epochs`), exactly that many without patience, and, when the training-set size is
   known (synthetic data, as at a test level), steps = epochs x batches per epoch, from the val
   split, the phase's subset, the batch size (capped by `train.max_batch_size`) and
-  `train.max_batches`;
+  `train.max_batches`, less the steps before its `start_step` (a phase that starts inside its
+  schedule: LTH's rounds);
 - the report metric is in `summary` (a finite number) and in `result.json` on disk;
 - the paper's value is the one `paper.values` declares for this cell, and `paper.by` names only
   keys that exist;
@@ -179,7 +180,8 @@ def check_run(result: dict, events: Optional[List[Event]] = None, n_train: Optio
             f"{name}: {p['epochs']} epochs, configured {cap} (patience {patience})"
         assert 1 <= p["best_epoch"] <= p["epochs"], f"{name}: best epoch {p['best_epoch']}"
         if n_train is not None:
-            steps += p["epochs"] * batches_per_epoch(cfg, train_size(cfg, phase, repeat, n_train))
+            steps += (p["epochs"] * batches_per_epoch(cfg, train_size(cfg, phase, repeat, n_train))
+                      - p.get("start_step", 0))  # a phase started inside its schedule
             assert p["steps"] == steps, f"{name}: {p['steps']} steps, expected {steps}"
 
     metric = cfg.report.metric

@@ -35,7 +35,8 @@ class Cops(PruneAtInit):
                  alpha: Union[float, Mapping] = 0.5,
                  lam: Annotated[Optional[float], NON_NEGATIVE] = None, eps: float = 1e-6, lambda_plus: float = 1.0,
                  search: bool = True, side: str = "midpoint", q: float = 0.9,
-                 batches: int = 100, batch_size: int = 128, temperature: float = 1.0,
+                 batches: int = 100, batch_size: int = 128,
+                 temperature: float = pruning.GRASP_TEMPERATURE,
                  iterations: int = 100, classes: Optional[int] = None, class_seed: int = 0,
                  grad_stats: bool = True, store: bool = True):
         super().__init__(score=target, q=q, scope="global", kind="pruned", batches=batches,

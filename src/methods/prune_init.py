@@ -43,7 +43,8 @@ class PruneAtInit(Method):
 
     def __init__(self, score: str = "snip", q: float = 0.9, scope: str = "global",
                  kind: str = "pruned", batches: int = 1, batch_size: int = 100,
-                 reinit: bool = False, temperature: float = 1.0, iterations: int = 100,
+                 reinit: bool = False, temperature: float = pruning.GRASP_TEMPERATURE,
+                 iterations: int = 100,
                  normalize: bool = False, grad_stats: bool = True, store: bool = True,
                  classes: Optional[int] = None, class_seed: int = 0):
         if score not in pruning.SCORES:

@@ -12,15 +12,22 @@ from typing import Dict, List, Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+from hydra.core.plugins import Plugins
 from omegaconf import DictConfig, OmegaConf
 
 from runner import config as schema
 from runner import distributed, extras, options
-from runner.errors import ConfigError, Interrupted, RunnerError
+from runner.errors import ConfigError, DatasetMissing, DownloadFailed, Interrupted, RunnerError
 from runner.report import format_table, table_from_results
 from runner.results import RESULT_FILE
 from runner.training.lifecycle import run
+
+# Hydra's plugin scan re-imports its core sweeper module; scan first, so that the runner's sweeper
+# subclasses the BasicSweeper that stays (the scan misses it under `pip install -e .`).
+Plugins.instance()
+from hydra_plugins.runner_sweeper import runner_sweeper  # noqa: E402
 
 log = logging.getLogger("runner")
 
@@ -36,6 +43,7 @@ def conf_dir() -> Path:
 
 schema.register()
 options.register()
+runner_sweeper.register()
 OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:6], use_cache=True, replace=True)
 # ${job_tag:N}: "[job N]" in a sweep's log lines, nothing in a single run's (N null)
 OmegaConf.register_new_resolver("job_tag", lambda num: "" if num is None else f"[job {num}]",
@@ -73,14 +81,20 @@ def resumed_config(run_dir: str, extra: List[str]):
 
 
 def fail(single: bool, code: int, message: str, run_dir: Optional[Path] = None) -> None:
-    """One line on stderr and the exit status (a single run); in a sweep the job's result.json
-    holds the status and the sweep goes on."""
-    log.error("%s", message)
-    if single:
-        if run_dir is not None and not (run_dir / RESULT_FILE).exists():
-            shutil.rmtree(run_dir, ignore_errors=True)  # only Hydra's record of a run never started
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(code)
+    """One line on stderr and the exit status (a single run: printed once, as `error: ...`,
+    and written to the run's log file); in a sweep the job's result.json holds the status, the
+    line is logged and the sweep goes on."""
+    if not single:
+        log.error("%s", message)
+        return
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (message,), None)
+    for handler in logging.getLogger().handlers + log.handlers:  # the log files, not the console
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+    if run_dir is not None and not (run_dir / RESULT_FILE).exists():
+        shutil.rmtree(run_dir, ignore_errors=True)  # only Hydra's record of a run never started
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
 
 
 def execute(cfg: DictConfig, out_dir: Path, overrides: List[str], choices: Dict[str, str],
@@ -105,7 +119,7 @@ def execute(cfg: DictConfig, out_dir: Path, overrides: List[str], choices: Dict[
             print(f"error: {e}; the run is recorded as interrupted in {out_dir}; continue it with "
                   f"{launcher} resume={out_dir}", file=sys.stderr)
         sys.exit(128 + e.signum)
-    except ConfigError as e:
+    except (ConfigError, DatasetMissing, DownloadFailed) as e:  # before the run wrote anything
         return fail(single, EXIT_CONFIG, str(e), fresh_dir)
     except RunnerError as e:
         return fail(single, 1, str(e))
@@ -124,12 +138,30 @@ def execute(cfg: DictConfig, out_dir: Path, overrides: List[str], choices: Dict[
     return results[0].get("summary", {}).get(cfg.report.metric)
 
 
-_started = []  # main() was entered: Hydra accepted the command line
+_started = []  # Hydra composed the command line (a run or a sweep started)
+
+
+def composed() -> None:
+    """Hydra accepted the command line: what is written to stderr from now on passes."""
+    _started.append(True)
+    if isinstance(sys.stderr, HeldStderr):
+        sys.stderr.release()
+
+
+class Composed(Callback):
+    """Hydra callback (conf/config.yaml): a run or a sweep starts, so the command line composed
+    (a sweep's jobs may run in other processes, where `main` is called)."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        composed()
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        composed()
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def main(cfg: DictConfig) -> Optional[float]:
-    _started.append(True)
+    composed()
     hc = HydraConfig.get()
     single = hc.mode == RunMode.RUN
     out_dir = Path(hc.runtime.output_dir)
@@ -138,15 +170,85 @@ def main(cfg: DictConfig) -> Optional[float]:
                    search_root=out_dir.parent if single else Path(hc.sweep.dir).parent)
 
 
-def explain_failed_overrides(args: List[str]) -> None:
-    """After Hydra rejected a command line: name the valid keys next to each unknown one."""
+class HeldStderr:
+    """sys.stderr while Hydra composes: what Hydra writes is held until the app starts (then
+    passed on) or Hydra gave up (then replaced by the runner's one line)."""
+
+    def __init__(self, stream):
+        self.stream, self.held, self.passing = stream, [], False
+
+    def write(self, text: str) -> int:
+        if self.passing:
+            return self.stream.write(text)
+        self.held.append(text)
+        return len(text)
+
+    def release(self) -> None:
+        self.passing = True
+        self.stream.write("".join(self.held))
+        self.held.clear()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+# lines of Hydra's composition errors that repeat the key or give advice of their own
+_HYDRA_NOISE = ("Set the environment variable HYDRA_FULL_ERROR", "To append to your config",
+                "full_key:", "reference_type=", "object_type=", "Available options in",
+                "Config search path", "\t", "  ")
+
+
+def hydra_message(text: str) -> str:
+    """Hydra's composition error as one line, without its advice (`+key` appends a key the
+    schema refuses anyway) and the option lists (the runner names the valid choices)."""
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and not line.startswith(_HYDRA_NOISE)
+             and not line.strip().startswith(_HYDRA_NOISE[:5])]
+    return "; ".join(lines) or "the command line was refused"
+
+
+def config_groups() -> Dict[str, List[str]]:
+    """The runner's config groups (folders of conf/) and their options."""
+    return {d.name: sorted(p.stem for p in d.glob("*.yaml"))
+            for d in sorted(conf_dir().iterdir()) if d.is_dir() and d.name != "hydra"}
+
+
+def unknown_group_option(args: List[str]) -> Optional[str]:
+    """A `GROUP=OPTION` (each value of a sweep) that names no file of conf/GROUP/: one line with
+    a did-you-mean and the valid choices; None when every option exists."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    groups = config_groups()
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in args if "=" in a and not a.startswith("-")])
+    except Exception:
+        return None  # Hydra names the syntax error
+    for o in parsed:
+        if o.key_or_group not in groups or o.is_delete():
+            continue
+        values = list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()]
+        for value in values:
+            if not isinstance(value, str) or value in groups[o.key_or_group]:
+                continue
+            choices = groups[o.key_or_group]
+            near = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
+            hint = f" (did you mean {o.key_or_group}={near[0]}?)" if near else ""
+            listed = ", ".join(choices) if len(choices) <= 50 or not near else \
+                f"the {len(choices)} names that `python -m runner --help` lists"
+            return (f"{o.key_or_group}={value} is no option of '{o.key_or_group}'{hint}; "
+                    f"valid: {listed}")
+    return None
+
+
+def explain_failed_overrides(args: List[str]) -> List[str]:
+    """After Hydra rejected a command line: one line per unknown key, naming the valid keys."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
         parsed = OverridesParser.create().parse_overrides([a for a in args if "=" in a])
     except Exception:
-        return
+        return []
     groups = [o for o in parsed if "." not in o.key_or_group and "/" not in o.key_or_group
               and not o.is_add() and not o.is_delete()]
 
@@ -160,7 +262,8 @@ def explain_failed_overrides(args: List[str]) -> None:
         cfg = composed(with_sweeps=True)
         base = composed(with_sweeps=False) if {"-m", "--multirun"} & set(args) else cfg
     except Exception:
-        return
+        return []
+    lines = []
     for o in parsed:
         key = o.key_or_group
         if "." not in key or o.is_add() or o.is_delete():
@@ -172,32 +275,48 @@ def explain_failed_overrides(args: List[str]) -> None:
         if leaf not in node:
             near = difflib.get_close_matches(leaf, list(node.keys()), n=1)
             hint = f" (did you mean {parent}.{near[0]}?)" if near else ""
-            print(f"error: unknown key '{key}'{hint}; valid keys of '{parent}': "
-                  f"{', '.join(map(str, node.keys()))}", file=sys.stderr)
+            lines.append(f"unknown key '{key}'{hint}; valid keys of '{parent}': "
+                         f"{', '.join(map(str, node.keys()))}")
             continue
         base_node = OmegaConf.select(base, parent, default=None)
         if not o.is_sweep_override() and (not isinstance(base_node, DictConfig) or leaf not in base_node):
-            print(f"error: in a sweep (-m), Hydra applies '{key}' to the config composed without the "
-                  f"swept groups, where it does not exist; sweep it as well: "
-                  f"{key}='choice({o.get_value_element_as_str()})'", file=sys.stderr)
+            lines.append(f"in a sweep (-m), Hydra applies '{key}' to the config composed without "
+                         f"the swept groups, where it does not exist; sweep it as well: "
+                         f"{key}='choice({o.get_value_element_as_str()})'")
+    return lines
 
 
 def cli() -> None:
     """The command line of both entry points, `python -m runner` and the `runner` script: the
-    Hydra app, and after Hydra rejected the command line, the valid keys beside each unknown one."""
+    Hydra app. A command line that Hydra cannot compose (a wrong group option, key or value type)
+    is one line on stderr, with the valid choices or a did-you-mean, and exit status 2."""
+    args = sys.argv[1:]
     try:
-        extras.check_command_line(sys.argv[1:])
+        extras.check_command_line(args)
+        wrong = unknown_group_option(args)
+        if wrong:
+            raise ConfigError(wrong)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
     sys.argv += distributed.worker_overrides()  # torchrun ranks > 0 write no files
     _started.clear()
+    stderr = sys.stderr
+    held = sys.stderr = HeldStderr(stderr)
     try:
         main()
     except SystemExit as exit_:
-        if exit_.code not in (0, None) and not _started:
-            explain_failed_overrides(sys.argv[1:])
-        raise
+        if exit_.code in (0, None) or _started:
+            raise
+        sys.stderr, held.passing = stderr, True  # Hydra's own text is replaced by ours
+        lines = explain_failed_overrides(args) or [hydra_message("".join(held.held))]
+        for line in lines:
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    finally:
+        if not held.passing:
+            held.release()  # --help, --cfg and the like print nothing to stderr but pass it on
+        sys.stderr = stderr
 
 
 def compose_and_run(overrides: List[str], out_dir) -> dict:

@@ -51,3 +51,33 @@ def check_subsets(cfg) -> None:
 def check_combinations(cfg) -> None:
     check_report(cfg)
     check_subsets(cfg)
+
+
+# run-level options that a phase may set for itself (runner.config.PhaseConfig)
+PHASE_SETS = {"train.epochs": "epochs", "train.patience": "patience", "optim.lr": "lr",
+              "schedule.gamma": "gamma", "schedule.milestones": "milestones",
+              "optim.weight_decay": "weight_decay"}
+
+
+def check_shadowed(cfg, overrides) -> None:
+    """A command-line value of a run-level option reaches every phase: a phase that sets its own
+    different value (not an interpolation of the option) is refused, naming the phase key."""
+    typed = {o.split("=", 1)[0].lstrip("+~") for o in overrides or [] if "=" in o}
+    phases = OmegaConf.to_container(cfg.phases, resolve=False)
+
+    def resolved(path: str):
+        return OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(cfg, path)}),
+                                      resolve=True)["v"]
+
+    for key in sorted(typed & set(PHASE_SETS)):
+        field, value = PHASE_SETS[key], resolved(key)
+        own = [(i, resolved(f"phases.{i}.{field}")) for i, p in enumerate(phases)
+               if p.get(field) is not None and p[field] != "${" + key + "}"]
+        own = [(i, v) for i, v in own if v != value]
+        if own:
+            which = ", ".join(f"phases.{i}.{field}={v}".replace(" ", "") for i, v in own)
+            fix = " ".join(f"phases.{i}.{field}={value}".replace(" ", "") for i, _ in own)
+            sets = "sets its" if len(own) == 1 else "set their"
+            raise ConfigError(f"{key}={value} does not reach every phase: {which} {sets} own; "
+                              f"add {fix} (phases without their own {field} follow {key})"
+                              .replace(f"{key}={value}", f"{key}={value}".replace(" ", ""), 1))

@@ -28,6 +28,13 @@ SYNTHETIC = "runner.data.synthetic.shapes_only"  # the reader of every dataset a
 _ABSENT = object()
 
 
+def level_of(config: Any) -> str:
+    """The test level a resolved config (a run's recorded `config`) ran at: `smoke`, `sizes`, or
+    "" for the experiment as written."""
+    level = ((config or {}).get("ci") or {}).get("level")
+    return "" if level in (None, "none") else str(level)
+
+
 def sample_counts(node: Any, key: str = "") -> Iterator[int]:
     """Every integer in `node` stored under a sample-count key, and every `subset.n`."""
     if isinstance(node, DictConfig):

@@ -6,7 +6,9 @@ parameters at setup, runner.models.params.snapshot), `eval_batch_size`, `autocas
 Changing as it runs: `optimizer`, `phase` (index, repeat, name), `data` (train / val / test
 splits of the current phase), `pipeline(x, train, gen)`, `epoch`, `step`, `steps_per_epoch`,
 `total_steps` (of the current phase), `lr`, `weight_decay`, `gamma` (a phase-start hook may set
-them), and, inside the step hooks, `batch` (inputs after the pipeline, labels) and `outputs`.
+them), `phase_start_step` (0; a phase-start hook may set it: the phase then starts at that step
+of its schedule, its epochs and learning rates as if that many steps had run), and, inside the
+step hooks, `batch` (inputs after the pipeline, labels) and `outputs`.
 Helpers: `predict` (model outputs in eval mode, in eval batches), `evaluate`, `build_model`
 (a fresh draw of the same architecture and transforms), `reset_optimizer`, `calibration_batch`.
 """
@@ -50,6 +52,7 @@ class RunContext:
         self.data: Optional[Splits] = None
         self.pipeline: Optional[Callable] = None
         self.epoch = self.step = self.steps_per_epoch = self.total_steps = 0
+        self.phase_start_step = 0
         self.lr, self.weight_decay = lr, weight_decay
         self.gamma: Optional[float] = None
         self.batch: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
@@ -57,7 +60,8 @@ class RunContext:
 
     def state_dict(self) -> Dict[str, Any]:
         """The counters and hyperparameters a checkpoint keeps."""
-        return {k: getattr(self, k) for k in ("step", "epoch", "lr", "weight_decay", "gamma")}
+        return {k: getattr(self, k) for k in ("step", "epoch", "lr", "weight_decay", "gamma",
+                                              "phase_start_step")}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         for k, v in state.items():

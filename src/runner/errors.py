@@ -45,3 +45,18 @@ class Interrupted(BaseException):
         import signal
         self.signum = signum
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
+def exit_with(main) -> None:
+    """`sys.exit(main())` for a command's `__main__`; a reader that closed the pipe early
+    (`... | head`) ends the command quietly, as `cat` does (exit 141, no traceback)."""
+    import os
+    import sys
+
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush into the pipe
+        code = 141
+    sys.exit(code)

@@ -9,9 +9,11 @@ table is printed and written as `table.md`, `table.csv` and `table.tex` in the s
 An experiment declares its layout under `report:`: `rows` and `cols` are config keys or group
 choices (Reinitialization Table 1: rows [dataset.alpha], cols [method]). Their values come in the
 order of `paper.values` where the key indexes it, else in the order of the runs. Each cell reads
-`ours ± std (paper)`, and a grid of Δ = ours − paper follows. Keys outside the layout that vary
-between runs become further rows; keys with the same value in every run are named once above
-the table instead of filling a column. Without `cols` the table has one row per cell and one
+`ours ± std (paper)`, and a grid of Δ = ours − paper follows (not for test-level runs, which
+the header names). Cells come from each run's resolved config (`runner.tables.cell_keys`): keys
+outside the layout whose resolved values vary between runs become further rows, a method's
+options that vary or leave the experiment's `tuned` values stand beside its name, and keys with
+the same value in every run are named once above the table instead of filling a column. Without `cols` the table has one row per cell and one
 column per metric (`report.metric`, then `report.extra`); an extra metric shows its denominator
 where the run recorded one (`totals` of its last phase: frozen filters out of the filters that
 can freeze).
@@ -32,9 +34,9 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 
 from runner.results import load_results
-from runner.tables import (IGNORED, LEAD, NOT_DONE, STATS, Layout, deduplicate,  # noqa: F401
-                           key_value, metric_value, not_done, paper_order, run_identity,
-                           table_from_results)
+from runner.tables import (IGNORED, LEAD, NOT_DONE, STATS, Layout, base_method,  # noqa: F401
+                           cell_keys, deduplicate, group_runs, key_value, metric_value, not_done,
+                           paper_order, run_identity, table_from_results)
 
 FORMATS = ("markdown", "csv", "latex")
 
@@ -75,9 +77,11 @@ class Grid:
     keys: List[str]  # the row-key columns
 
 
-def _positions(values: List[str], order: List[str]) -> Dict[str, int]:
-    ranked = list(order) + [v for v in dict.fromkeys(values) if v not in order]
-    return {v: i for i, v in enumerate(ranked)}
+def _positions(values: List[str], order: List[str]) -> Dict[str, Tuple[int, int]]:
+    """Each value's place: its method's (or its own) in `order`, then first appearance."""
+    values = list(dict.fromkeys(values))
+    bases = list(order) + [b for b in dict.fromkeys(map(base_method, values)) if b not in order]
+    return {v: (bases.index(base_method(v)), i) for i, v in enumerate(values)}
 
 
 class _Table:
@@ -101,17 +105,31 @@ class _Table:
         main_rows = df[df.metric == self.main]
         self.n_max = int(main_rows["n"].max())
         self.has_paper = main_rows["paper"].notna().any()
-        self.what = self.main + (f" × {self.lay.scale:g}" if self.lay.scale != 1 else "")
+        self.has_delta = self.has_paper and not self.lay.level
+        self.n_all = bool(len(main_rows)) and bool((main_rows["n"] == self.n_max).all())
+        self.what = self.main + (" in %" if self.lay.scale == 100
+                                 else f" × {self.lay.scale:g}" if self.lay.scale != 1 else "")
 
     def header(self) -> List[str]:
         at = "best-validation" if self.lay.at == "best" else "last"
-        ours = "one run" if self.n_max == 1 else f"mean ± std over {self.n_max} seeds"
+        ours = ("one run" if self.n_max == 1 and self.n_all else
+                f"mean ± std over {self.n_max} seeds" if self.n_all else
+                f"mean ± std over up to {self.n_max} seeds ([n=k]: fewer)")
         head = [self.lay.caption] if self.lay.caption else []
-        head.append(f"{self.what} at each run's {at} epoch; ours: {ours}"
-                    + ("; the paper's value in parentheses" if self.has_paper else "; no paper values"))
+        paper = "; no paper values"
+        if self.has_paper:
+            paper = ("; the paper's value in parentheses" if not self.lay.level else
+                     "; the paper's value in parentheses for reference only")
+        head.append(f"{self.what} at each run's {at} epoch; ours: {ours}{paper}")
+        if self.lay.level:
+            head.append(f"Test level ci={self.lay.level}: shrunk runs that check the code, not "
+                        "the paper's numbers; no Δ against the paper")
         same = [f"{k}={self.cells[k].iloc[0]}" for k in self.constant if self.cells[k].iloc[0] != ""]
         if same:
             head.append("Same in every run: " + ", ".join(same))
+        if self.lay.tuned:
+            head.append("Methods at the experiment's tuned values unless their label says "
+                        "otherwise: " + "; ".join(self.lay.tuned))
         return head
 
     def ordered(self, keys: List[str]) -> List[Tuple[str, ...]]:
@@ -123,8 +141,17 @@ class _Table:
             return tuples
         return sorted(tuples, key=lambda t: [self.pos[k][v] for k, v in zip(keys, t)])
 
+    def scaled(self, metric: str) -> bool:
+        """The main metric and every accuracy are printed at the table's scale and digits."""
+        return metric == self.main or metric.endswith("_acc")
+
+    def label(self, metric: str) -> str:
+        total = self.df.loc[self.df.metric == metric, "total"].notna().any()
+        unit = " in %" if self.scaled(metric) and self.lay.scale == 100 else ""
+        return metric + unit + (" (mean ± std / total)" if total else "")
+
     def text(self, row: pd.Series, metric: str) -> str:
-        return _cell_text(row, metric == self.main, self.lay, self.n_max, self.pm)
+        return _cell_text(row, self.scaled(metric), self.lay, self.n_max, self.pm)
 
     def cells_of(self, metric: str, fn) -> Dict[Tuple[Tuple[str, ...], Tuple[str, ...]], str]:
         sub = self.df[self.df.metric == metric]
@@ -135,13 +162,11 @@ class _Table:
         """With `cols`: one grid per metric (and Δ), row keys down, column keys across."""
         rows_t, cols_t = self.ordered(self.row_keys), self.ordered(self.col_keys)
         blocks = [("", self.main, lambda r: self.text(r, self.main))]
-        if self.has_paper:
+        if self.has_delta:
             blocks.append((f"Δ = ours − paper ({self.what})", self.main,
                            lambda r: _delta_text(r, self.lay)))
         for m in (m for m in self.metrics if m != self.main):
-            total = self.df.loc[self.df.metric == m, "total"].notna().any()
-            blocks.append((m + (" (mean ± std / total)" if total else ""), m,
-                           lambda r, m=m: self.text(r, m)))
+            blocks.append((self.label(m), m, lambda r, m=m: self.text(r, m)))
         out = []
         for title, m, fn in blocks:
             cells = self.cells_of(m, fn)
@@ -154,10 +179,9 @@ class _Table:
         """Without `cols`: one row per cell, one column per metric (and Δ beside the main one)."""
         columns: Dict[str, Dict] = {}
         for m in self.metrics:
-            total = self.df.loc[self.df.metric == m, "total"].notna().any()
-            label = self.what if m == self.main else m + (" (mean ± std / total)" if total else "")
+            label = self.what if m == self.main else self.label(m)
             columns[label] = self.cells_of(m, lambda r, m=m: self.text(r, m))
-            if m == self.main and self.has_paper:
+            if m == self.main and self.has_delta:
                 columns["Δ"] = self.cells_of(m, lambda r: _delta_text(r, self.lay))
         rows_t = self.ordered(self.row_keys)
         frame = pd.DataFrame([list(rt) + [c.get((rt, ()), "") for c in columns.values()] for rt in rows_t],
@@ -233,6 +257,8 @@ class AggregateOnMultirunEnd(Callback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
+        if not sweep.exists():  # hydra.sweeper.dry=true: nothing ran
+            return
         df = table_from_results(load_results([sweep]))
         print(write_tables(df, sweep / "table"))
         print(f"table written to {sweep}/table.md, table.csv and table.tex")
@@ -258,12 +284,43 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not results:
         print(f"error: no result.json under {', '.join(args.dirs)}", file=sys.stderr)
         return 2
-    df = table_from_results(results, args.metric)
-    if args.out:
-        write_tables(df, Path(args.out), args.metric)
-    print(format_as(df, args.format, args.metric))
+    groups = by_experiment(results)
+    if args.format == "csv" or len(groups) == 1:  # the CSV keeps every row, named by experiment
+        groups = {"": results}
+    texts = []
+    for label, group in groups.items():
+        df = table_from_results(group, args.metric)
+        if args.out:
+            write_tables(df, Path(f"{args.out}-{label}" if label else args.out), args.metric)
+        heading = (f"% {label}" if args.format == "latex" else f"## {label}") if label else ""
+        texts.append("\n\n".join(filter(None, [heading, format_as(df, args.format, args.metric)])))
+    print("\n\n".join(texts))
     return 0
 
 
+def by_experiment(results: List[dict]) -> Dict[str, List[dict]]:
+    """The runs grouped into one table per experiment; experiments swept together (runs in one
+    sweep directory, e.g. the datasets of a table's columns) share a table. Keys: the names
+    joined by `+`, in the order first found."""
+    parent: Dict[str, str] = {}
+
+    def root(name: str) -> str:
+        while parent.setdefault(name, name) != name:
+            name = parent[name]
+        return name
+
+    sweeps: Dict[str, str] = {}
+    for r in results:
+        name, sweep = str(r.get("name")), str(Path(r["_dir"]).parent)
+        parent[root(name)] = root(sweeps.setdefault(sweep, name))
+    names = list(dict.fromkeys(str(r.get("name")) for r in results))
+    labels = {n: "+".join(m for m in names if root(m) == root(n)) for n in names}
+    groups: Dict[str, List[dict]] = {}
+    for r in results:
+        groups.setdefault(labels[str(r.get("name"))], []).append(r)
+    return groups
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    from runner.errors import exit_with
+    exit_with(main)

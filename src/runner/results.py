@@ -37,8 +37,12 @@ ROW_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "t
 COLUMNS = ["phase", "phase_name", "epoch", "step", "lr", *ROW_METRICS, "weight_norm", "seconds"]
 
 
+NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
 def _clean(value: Any) -> Any:
-    """JSON-safe: NaN and infinities become strings rather than invalid JSON."""
+    """JSON-safe: NaN and infinities become the strings "nan", "inf" and "-inf" rather than
+    invalid JSON (`load_results` reads the metrics back as floats)."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, dict):
@@ -279,14 +283,29 @@ def _natural(path: Path):
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts]
 
 
+def _numbers(value: Any) -> Any:
+    """The inverse of `_clean` on a run's metrics: "nan", "inf", "-inf" as floats."""
+    if isinstance(value, str):
+        return NON_FINITE.get(value, value)
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    return value
+
+
 def load_results(paths) -> List[Dict[str, Any]]:
-    """Every result.json below the given run or sweep directories (or given directly)."""
+    """Every result.json below the given run or sweep directories (or given directly); metrics
+    (`phases`, `summary`) that were not finite read back as floats."""
     found = []
     for p in map(Path, paths):
         files = [p] if p.is_file() else sorted(p.rglob(RESULT_FILE), key=_natural)
         for f in files:
             with open(f) as fh:
                 r = json.load(fh)
+            for key in ("phases", "summary"):
+                if key in r:
+                    r[key] = _numbers(r[key])
             r["_dir"] = str(f.parent)
             found.append(r)
     return found

@@ -85,6 +85,7 @@ class Trainer:
         ctx.lr = optim.lr if ph.lr is None else ph.lr
         ctx.weight_decay = optim.weight_decay if ph.weight_decay is None else ph.weight_decay
         ctx.gamma = ph.gamma
+        ctx.phase_start_step = 0
         if ph.reset_optimizer:
             ctx.reset_optimizer()
         self.call_hook("on_phase_start")
@@ -107,13 +108,15 @@ class Trainer:
         if resumed is None:
             self.start_phase(phase, ph)
         schedule = Schedule(self.cfg.schedule, ctx.lr, ctx.gamma, ph.milestones)
-        best = resumed or BestEpoch()
+        spe = ctx.steps_per_epoch
+        offset = ctx.phase_start_step  # a checkpoint comes after its first, shortened epoch
+        best = resumed or BestEpoch(next_epoch=offset // spe)
         if resumed is not None:
             schedule.load_state_dict(best.schedule)
         return SimpleNamespace(
             phase=phase, epochs=epochs, patience=patience, batch_size=batch_size,
             schedule=schedule, per_step=schedule if schedule.per_step else None, best=best,
-            start=ctx.step - best.next_epoch * ctx.steps_per_epoch)  # the phase's first step
+            offset=offset, start=ctx.step - (offset if resumed is None else best.next_epoch * spe))
 
     def set_epoch(self, st: SimpleNamespace, epoch: int) -> bool:
         """Epoch `epoch` of the phase begins: its lr; True when it is evaluated."""
@@ -139,13 +142,14 @@ class Trainer:
     def run_phase(self, phase: Phase, resumed: Optional[BestEpoch] = None) -> None:
         ctx, parts = self.ctx, self.parts
         st = self.begin_phase(phase, resumed)
-        p = st.best
+        p, spe = st.best, ctx.steps_per_epoch
         bar = tqdm(range(p.next_epoch, st.epochs), desc=f"{phase.name}", leave=False,
                    initial=p.next_epoch, total=st.epochs,
                    disable=None if parts.progress is None else not parts.progress)
         for epoch in bar:
             evaluate = self.set_epoch(st, epoch)
-            row = self.loop.epoch(phase, epoch, evaluate, st.batch_size, st.per_step, st.start)
+            rest = spe - st.offset % spe if epoch * spe < st.offset else None  # a started epoch's rest
+            row = self.loop.epoch(phase, epoch, evaluate, st.batch_size, st.per_step, st.start, rest)
             if self.after_epoch(st, epoch, row):
                 break
             if epoch + 1 < st.epochs and self.cadence.due(epoch + 1):
@@ -165,6 +169,8 @@ class Trainer:
         summary = {"index": phase.index, "name": phase.name, "epochs": p.end["epoch"],
                    "steps": ctx.step, "best_epoch": p.best["epoch"],
                    "end": {k: p.end[k] for k in keys}, "best": {k: p.best[k] for k in keys}}
+        if ctx.phase_start_step:
+            summary["start_step"] = ctx.phase_start_step  # the schedule's step it started at
         summary.update(parts.methods.collect("on_phase_end", ctx))
         self.rec.phase(summary)
         if phase.index + 1 < len(parts.phases) and self.cadence.due_at_phase_end():  # the last: the run ends

@@ -55,9 +55,11 @@ HEAVY = ("swr_", "zilly_", "cifar_blur_to_sharp", "reinit_table2_", "wimmer_")
 # a SLURM sweep (hydra/launcher=submitit_slurm, distributed over its tasks) runs here as a local
 # sweep of one process: the launcher's options and `distributed.enabled=true` are left out
 CLUSTER = ("hydra/launcher=submitit_slurm", "hydra.launcher.", "distributed.enabled=true")
-# analyses that score a model and solve many COPS problems (30-60 s on two loaded CPU cores), and
-# the streaming benchmark (DataLoader worker processes, about 5 s)
-HEAVY_ANALYSES = ("runner.analysis.cops fig41", "runner.analysis.cops fig46", "runner.data.stream bench")
+# analyses that score a model and solve many COPS problems (30-60 s on two loaded CPU cores), the
+# streaming benchmark (DataLoader worker processes, about 5 s) and the gallery of every figure
+# (about 40 smoke runs)
+HEAVY_ANALYSES = ("runner.analysis.cops fig41", "runner.analysis.cops fig46", "runner.data.stream bench",
+                  "runner.plots gallery")
 PLACEHOLDERS = {"=NAME": "=fmnist_mlp", "my_method": "l2"}
 TRACKERS = {"logger=tensorboard": "tensorboard", "logger=mlflow": "mlflow", "logger=wandb": "wandb"}
 
@@ -139,11 +141,32 @@ def sweep_read(page, command, prefix):
     return found[-1] if found else None
 
 
+def declared(args):
+    """The sweeps the experiments of a `-m` command declare (`hydra.sweeper.params`), as
+    command-line overrides (those of the command line replace them key by key)."""
+    if "-m" not in args:
+        return []
+    chosen = next((a for a in args if a.startswith("experiment=")), None)
+    if chosen is None:  # the default experiment's sweep applies when it is named
+        return []
+    found = {}
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for name in sweep(chosen)[1] if sweep(chosen) else [chosen.split("=", 1)[1]]:
+            cfg = compose("config", overrides=[f"experiment={name}"], return_hydra_config=True)
+            for k, v in (cfg.hydra.sweeper.params or {}).items():
+                found.setdefault(k, f"{k}={v}")
+    GlobalHydra.instance().clear()
+    typed = {a.split("=", 1)[0] for a in args if "=" in a}
+    return [a for k, a in found.items() if k not in typed]
+
+
 def shorten(args):
     """The runner arguments to run, the number of jobs they make, and one composition per value
-    of every swept list (list i at position k % len)."""
+    of every swept list (list i at position k % len). The sweeps that the experiments declare
+    count as typed."""
     plain, lists = [], {}
-    for a in args:
+    for a in list(args) + declared(args):
         s = sweep(a)
         if s:
             lists[s[0]] = list(dict.fromkeys(s[1]))  # a placeholder may repeat a listed value

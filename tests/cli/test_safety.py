@@ -138,7 +138,8 @@ CASES = [  # (arguments after SMOKE, substrings of the one error line)
     (["dataset=mnist", "ci=none", data_case("label_range")], None),
     (["dataset=mnist", "ci=none", data_case("truncated_gz")], None),
     (["dataset=mnist", "ci=none", data_case("not_idx")], None),
-    (["ci=none", "dataset.reader.root=NOWHERE"], ["Fashion-MNIST not found", "NOWHERE"]),
+    (["ci=none", "dataset.reader.root=NOWHERE", "dataset.reader.download=false"],
+     ["Fashion-MNIST not found", "NOWHERE"]),
     (["resume=NOWHERE"], ["resume=NOWHERE", "no result.json"]),
 ]
 

@@ -32,7 +32,10 @@ def instantiate(node):
 
 
 def reader(compose_cfg, name, root):
+    """A dataset's reader as configured, offline (`download=false` where it has the option)."""
     cfg = compose_cfg([f"dataset={name}", f"data_root={root}"])
+    if "download" in cfg.dataset.reader:
+        cfg.dataset.reader.download = False
     return cfg.dataset, lambda: instantiate(cfg.dataset.reader)
 
 

@@ -155,12 +155,31 @@ def test_each_reader_downloads_only_when_asked_with_torchvisions_arguments(
         assert staging.parent == target.parent and staging.name.startswith(f".{target.name}.")
 
 
-def test_cli_prints_the_failed_download_as_one_error_line(tmp_path, monkeypatch, hydra_cli, capsys):
+@pytest.mark.parametrize("name", sorted(["mnist", "kmnist", "fashion_mnist", "emnist_letters",
+                                         "cifar10", "cifar100", "svhn"]))
+def test_torchvision_datasets_download_by_default(compose_cfg, name):
+    assert compose_cfg([f"dataset={name}"]).dataset.reader.download is True
+
+
+def test_default_run_downloads_into_data_root(compose_cfg, tmp_path, monkeypatch):
+    from runner.instantiate import instantiate
+
+    monkeypatch.setattr(FakeMNIST, "fail", False)
     monkeypatch.setattr(torchvision.datasets, "MNIST", FakeMNIST)
+    cfg = compose_cfg(["dataset=mnist", f"data_root={tmp_path}/data"])
+    a = instantiate(cfg.dataset.reader, "dataset.reader")
+    assert a.y_train.tolist() == [0, 1, 2] and Path(a.source).is_relative_to(tmp_path / "data" / "mnist")
+
+
+def test_unfetchable_data_is_one_line_before_a_run_directory(hydra_cli, capsys, tmp_path,
+                                                              monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code = hydra_cli("experiment=fmnist_mlp", "dataset=mnist", "dataset.reader.download=true", "threads=1",
-                     f"data_root={tmp_path}/data", f"hydra.run.dir={tmp_path}/run")
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert code == 1 and len(err) == 1
-    assert err[0].startswith("error: downloading MNIST failed (URLError")
-    assert not (tmp_path / "data").exists()
+    monkeypatch.setattr(torchvision.datasets, "MNIST", FakeMNIST)  # no network
+    assert hydra_cli("experiment=fmnist_mlp", "dataset=mnist", f"data_root={tmp_path}/data",
+                     "device=cpu") == 2
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "MNIST" not in out  # printed once
+    assert err.startswith("error: downloading MNIST failed (URLError: ")
+    assert "put the four IDX files" in err and f"into {tmp_path}/data/mnist (set " \
+        "dataset.reader.root=DIR" in err
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no run directory, no partial data

@@ -33,7 +33,8 @@ def test_mask_is_algorithm_4_1_on_the_negated_normalized_scores(control, side):
     method = Cops(control=control, alpha=0.9, q=0.8, batches=2, batch_size=16, side=side,
                   store=False)
     batches = method.calibration(ctx)
-    score = lambda kind: pruning.scores(kind, ctx.model, batches, normalize=True)  # noqa: E731
+    score = lambda kind: pruning.scores(kind, ctx.model, batches, normalize=True,  # noqa: E731
+                                        temperature=method.temperature)  # GraSP's 200
     target, ctrl = score("snip"), score(control)
     names = list(target)
     s0 = -torch.cat([target[n].flatten() for n in names])

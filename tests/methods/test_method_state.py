@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 METHODS = sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
 # options that make a method act within 3 phases x 2 epochs x 1 step (and stay cheap)
 ACTING = {"set": {"t_p": 1, "stop": 1.0}, "rigl": {"t_p": 1, "stop": 1.0},
-          "gmp": {"t_p": 3, "t0": 0, "t1": 6}, "lth": {"rewind_step": 2},
+          "gmp": {"t_p": 3, "t0": 0, "t1": 6}, "lth": {"rewind_step": 1},
           "synflow": {"iterations": 2}, "rescale": {"schedule": [4, 4, 4]},
           "frozen_probe": {"every_epoch": True, "per_layer": True, "pairs": 2,
                            "fisher_samples": 8, "fisher_classes": 3, "cutoff": 0.5},

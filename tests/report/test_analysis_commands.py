@@ -119,8 +119,9 @@ def test_boxplot_tick_labels_fit_in_the_figure(tmp_path):
     assert all(fig.bbox.x0 <= b.x0 and b.x1 <= fig.bbox.x1 and fig.bbox.y0 <= b.y0 for b in boxes)
     assert not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:]))
     # what all cells share moves to the title, what differs stays on the ticks
-    assert "experiment=zilly_frozen_counts" in fig.axes[0].get_title()
-    assert fig.axes[0].get_xticklabels()[1].get_text() == "optim.weight_decay=1e-4\n(n=3)"
+    assert "experiment = zilly_frozen_counts" in fig.axes[0].get_title()
+    assert "Dirac reset" in fig.axes[0].get_title()  # the paper's name of the method
+    assert fig.axes[0].get_xticklabels()[1].get_text() == "weight decay = 1e-4\n(n=3)"
     plt.close(fig)
 
 

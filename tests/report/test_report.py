@@ -55,7 +55,7 @@ def test_grid_in_the_papers_order_with_paper_values_and_delta(grid_runs):
                              ["2.0", "92.0 ± 1.4 (90.0)", "96.0 ± 1.4 (99.0)"]]
     assert md_rows(delta) == [["dataset.alpha", "bl", "lw"], ["0.5", "+2.0", "+5.0"],
                               ["2.0", "+2.0", "-3.0"]]
-    assert text.startswith("Someone et al. 2021, Table 1\ntest_acc × 100 at each run's last epoch")
+    assert text.startswith("Someone et al. 2021, Table 1\ntest_acc in % at each run's last epoch")
     assert "Same in every run: experiment=t_1" in text  # not a column
 
 
@@ -111,11 +111,13 @@ def test_latex_and_csv(grid_runs, tmp_path, capsys):
 @pytest.mark.sizes  # a 4-job sweep in a subprocess (about 8 s): CI's second stage
 def test_reinit_table1_sweep_prints_the_papers_layout(tmp_path):
     """The README's Table 1 command, shrunk by ci=smoke: alpha down, methods across in the
-    paper's order whatever the command's order, each cell `ours ± std (paper)`."""
+    paper's order whatever the command's order, each cell `ours ± std (paper)`, no Δ."""
     out = run_cli("-m", "experiment=reinit_table1", "method=lw,bl", "dataset.alpha=2.0,0.5",
                   "seed=0,1", "ci=smoke", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
-    rows = md_rows((tmp_path / "sweep" / "table.md").read_text().split("Δ")[0])
+    text = (tmp_path / "sweep" / "table.md").read_text()
+    assert "Test level ci=smoke" in text and "Δ = ours − paper" not in text  # no Δ at a test level
+    rows = md_rows(text)
     assert rows[0] == ["dataset.alpha", "bl", "lw"]
     assert [r[0] for r in rows[1:]] == ["0.5", "2.0"]
     assert rows[1][1].endswith(" (20.3)") and " ± " in rows[1][1]

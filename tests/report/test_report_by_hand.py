@@ -95,7 +95,7 @@ def test_format_table_layout():
     df = table_from_results([run("a", 0, 0.25, paper=0.5), run("a", 1, 0.75, paper=0.5),
                              run("b", 0, 0.125), run("c", 0, None, "diverged")])
     lines = format_table(df).splitlines()
-    assert lines[0].startswith("test_acc at each run's last epoch; ours: mean ± std over 2 seeds")
+    assert lines[0].startswith("test_acc at each run's last epoch; ours: mean ± std over up to 2 seeds ([n=k]: fewer)")
     assert lines[1] == "Same in every run: experiment=e"  # constant columns leave the table
     table = [line for line in lines if line.startswith("|")]
     head = [c.strip() for c in table[0].strip("|").split("|")]
@@ -259,9 +259,9 @@ def test_paper_layout_in_the_papers_order_with_a_grid_per_extra_metric():
             for a, m, acc, f in (("0.5", "lw", 0.25, 1), ("2.0", "bl", 0.75, 2), ("2.0", "lw", 1.0, 3))]
     chunks = format_table(table_from_results(runs)).split("\n\n")
     assert chunks[0].splitlines() == [
-        "P", "test_acc × 100 at each run's last epoch; ours: one run; the paper's value in parentheses",
+        "P", "test_acc in % at each run's last epoch; ours: one run; the paper's value in parentheses",
         "Same in every run: experiment=e"]
-    assert chunks[2::2] == ["Δ = ours − paper (test_acc × 100):", "frozen (mean ± std / total):",
+    assert chunks[2::2] == ["Δ = ours − paper (test_acc in %):", "frozen (mean ± std / total):",
                             "loss:"]
     assert len(chunks) == 8  # four grids, no footer
     main_grid, delta, frozen, loss = (md(c) for c in chunks[1::2])
@@ -285,12 +285,12 @@ def test_rows_only_layout_scales_the_main_column_and_leaves_a_missing_metric_emp
     runs = [configured("a_1", 0, rep, test_acc=0.5, loss=2.0), configured("b", 0, rep, test_acc=0.25)]
     df = table_from_results(runs)
     head, grid = format_table(df).split("\n\n")
-    assert md(grid) == [["method", "test_acc × 100", "loss"], ["a_1", "50.0", "2"], ["b", "25.0", ""]]
+    assert md(grid) == [["method", "test_acc in %", "loss"], ["a_1", "50.0", "2"], ["b", "25.0", ""]]
     tex = format_latex(df)
     assert "\\begin{tabular}{lrr}" in tex and "\\toprule" in tex and "\\centering" in tex
     assert "a\\_1 & 50.0 & 2" in tex  # row keys escaped, numbers as they are
-    assert "method & test\\_acc × 100 & loss" in tex  # column names escaped
-    assert "\\caption{test\\_acc $\\times$ 100 at each run's last epoch; ours: one run; no paper values" \
+    assert "method & test\\_acc in \\% & loss" in tex  # column names escaped
+    assert "\\caption{test\\_acc in \\% at each run's last epoch; ours: one run; no paper values" \
            ". Same in every run: experiment=e.}" in tex
 
 
@@ -302,9 +302,9 @@ def test_latex_caption_of_each_grid_and_of_no_results():
     tex = format_latex(df)
     captions = [line.strip() for line in tex.splitlines() if line.strip().startswith("\\caption")]
     assert captions == [
-        "\\caption{P \\& Q. test\\_acc $\\times$ 100 at each run's last epoch; ours: one run; the "
+        "\\caption{P \\& Q. test\\_acc in \\% at each run's last epoch; ours: one run; the "
         "paper's value in parentheses.}",
-        "\\caption{$\\Delta$ = ours $-$ paper (test\\_acc $\\times$ 100)}"]
+        "\\caption{$\\Delta$ = ours $-$ paper (test\\_acc in \\%)}"]
     assert tex.count("\\end{table}\n\n\\begin{table}") == 1
     assert format_latex(pd.DataFrame()) == "% no results\n"
 

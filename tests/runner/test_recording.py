@@ -10,7 +10,7 @@ from methods.base import Method
 from runner.errors import Diverged
 from runner.results import RunRecorder
 from runner.train import Trainer
-from test_trainer_bookkeeping import BASE, script
+from trainer_fixtures import BASE, script
 
 
 class CountEpochEnds(Method):

@@ -19,6 +19,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from runner import app, checkpoint
 from runner.results import load_results
+from trainer_fixtures import BASE, Compiled, script
 
 # several phases (3 rounds of LW) with SWR stacked on, early stopping with restored best weights,
 # a checkpoint after every epoch: state in the model, masks, methods, RNGs and the phase
@@ -115,6 +116,7 @@ def test_checkpoints_load_with_weights_only(run_cfg, tmp_path):
 SWEEP = ["-m", "experiment=reinit_table1", "ci=smoke", "ci.checkpoints=true", "device=cpu",
          "train.max_epochs=8",
          "train.max_repeat=2", "train.max_batches=4", "train.checkpoint_every=1", "method=lw,bl",
+         "dataset.alpha=1.0",  # one alpha of the declared sweep
          "seed=0,1,2"]
 
 
@@ -228,7 +230,6 @@ def keep_checkpoints(trainer):
 
 
 def scripted(compose_cfg, overrides):
-    from test_trainer_bookkeeping import BASE, script
     return compose_cfg(BASE + [script([1, 2, 1.5], [3, 1, 2])] + overrides)
 
 
@@ -294,7 +295,6 @@ def test_a_checkpoint_of_a_compiled_model_has_the_models_own_names(compose_cfg, 
     trainer = scripted_trainer(scripted(compose_cfg, ["+phases=[{name: a, epochs: 1}]"]), tmp_path)
     trainer.fit()
     model = trainer.ctx.model
-    from test_trainer_bookkeeping import Compiled
     trainer.ctx.model = Compiled(model)
     trainer.save_checkpoint(1, None)
     state = checkpoint.load(trainer.rec.dir / checkpoint.CHECKPOINT_FILE)
@@ -323,3 +323,11 @@ def test_a_signal_during_a_checkpoint_write_stops_the_run_after_the_write(compos
     monkeypatch.undo()
     state = checkpoint.load(tmp_path / checkpoint.CHECKPOINT_FILE)
     assert state["context"]["epoch"] == 0 and state["progress"]["next_epoch"] == 1
+
+
+def test_resume_auto_without_a_search_root_looks_beside_the_run(compose_cfg, tmp_path):
+    from runner.training.lifecycle import run
+    cfg = compose_cfg(BASE + ["train.epochs=1", "resume=auto"])
+    first = run(cfg, tmp_path / "runs" / "a")
+    again = run(cfg, tmp_path / "runs" / "b")
+    assert first["status"] == "completed" and again["reused_from"] == str(tmp_path / "runs" / "a")

@@ -211,13 +211,16 @@ def test_sweep_key_that_only_a_swept_group_has_gets_a_hint(hydra_cli, capsys, mo
     assert not (tmp_path / "multirun").exists() and not (tmp_path / "outputs").exists()
 
 
-def test_missing_dataset_is_one_clear_line(hydra_cli, capsys, monkeypatch, tmp_path):
+def test_missing_dataset_offline_is_one_line_before_a_run_directory(hydra_cli, capsys,
+                                                                     monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    assert hydra_cli("experiment=fmnist_mlp", "dataset=mnist", f"data_root={tmp_path}/nowhere") == 1
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("error: dataset MNIST not found") and "download=true" in last
+    assert hydra_cli("experiment=fmnist_mlp", "dataset=mnist", f"data_root={tmp_path}/nowhere",
+                     "dataset.reader.download=false") == 2
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "not found" not in out  # printed once
+    assert err.startswith(f"error: dataset MNIST not found (looked in: {tmp_path}/nowhere/mnist")
+    assert "dataset.reader.root=DIR" in err and "download=true" in err
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no run directory
 
 
 @pytest.mark.sizes  # the real default run, 1,800 steps in a subprocess (about 8 s)
@@ -242,7 +245,7 @@ def test_every_package_ships_in_the_wheel():
     assert found <= listed, f"add to pyproject's packages: {sorted(found - listed)}"
 
 
-# -- run(): the record, reuse, and how an ending is recorded (mutation testing) --------------------
+# -- run(): the record, reuse, and how an ending is recorded ------------------------------------
 class Stop(Method):
     """Ends the run in its setup hook with the exception `kind`."""
 

@@ -1,4 +1,6 @@
 """Dynamic and iterative sparse training (Wimmer's thesis Sec. 5.5.1): SET, RigL, GMP, LTH, FT."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -128,7 +130,8 @@ def test_lth_rewinds_exactly_to_the_saved_iteration_and_prunes_20_percent(basis)
     named = dict(prunable(ctx.model))
     total = sum(p.numel() for p in named.values())
     kept = sum(ctx.masks[n].keep.sum().item() for n in named)
-    assert kept == round(0.8 * total)
+    first = total - math.ceil(0.2 * total)  # OpenLTH prunes ceil(0.2 x kept): 287 of 1432
+    assert kept == first
     for n, p in ctx.model.named_parameters():
         keep = ctx.masks[n].keep if n in ctx.masks else torch.ones_like(p, dtype=torch.bool)
         assert torch.equal(p.detach()[keep], saved[n][keep]), n  # bitwise
@@ -136,7 +139,7 @@ def test_lth_rewinds_exactly_to_the_saved_iteration_and_prunes_20_percent(basis)
     assert not ctx.optimizer.state  # a fresh optimizer
     ctx.phase = Phase(2, 2, "round3", None)
     method.on_phase_start(ctx)
-    assert sum(ctx.masks[n].keep.sum().item() for n in named) == round(0.8 * round(0.8 * total))
+    assert sum(ctx.masks[n].keep.sum().item() for n in named) == first - math.ceil(0.2 * first)
     summary = method.on_phase_end(ctx)
     assert abs(summary["sparsity"] - 0.36) < 1e-3
     assert summary["layer_density"] == {n: ctx.masks[n].keep.sum().item() / p.numel()
@@ -345,13 +348,15 @@ def mlp_data(seed=0):
 @pytest.mark.parametrize("cls", [SET, RigL])
 def test_set_and_rigl_pick_their_drops_and_growths_by_hand(cls):
     """Setup: in each layer the k entries of largest torch.rand(shape, ctx.gen) (uniform q = 0.5:
-    k = 10, 5). An update at t = 1 of a phase (fraction 0.5, stop 1, 4 steps): fraction
-    0.25 (1 + cos(pi / 4)) = 0.427, so n = 4 of 10 and 2 of 5: the n kept entries of least |w|
+    k = 10, 5). An update at t = 1 of a phase (fraction 0.5 to 0, stop 1, 4 steps, the nearest
+    count: rounding round): fraction 0.25 (1 + cos(pi / 4)) = 0.427, so n = 4 of 10 and 2 of
+    5: the n kept entries of least |w|
     are dropped and n regrown, largest score first, among all entries not kept after the drop:
     SET's score is the next torch.rand(shape, ctx.gen), RigL's |grad|."""
     model = tiny_mlp()
     ctx = context(model, total_steps=4, seed=3)
-    method = cls(sparsity=0.5, t_p=1, fraction=0.5, stop=1.0, distribution="uniform")
+    method = cls(sparsity=0.5, t_p=1, fraction=0.5, fraction_end=0.0, stop=1.0, rounding="round",
+                 distribution="uniform")
     method.setup(ctx)
     named = prunable(model)
     g = torch.Generator().manual_seed(3)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from runner.analysis.common import (AnalysisError, cli, completed, figure_path, final, plt,
-                                    save, value)
+                                    metric_label, percent, save, titled, value)
 from runner.sparse import cops, pruning
 from runner.sparse.keep import exact_density, keep_count
 
@@ -70,7 +70,7 @@ def fig43(out) -> None:
         lo, hi = (mid, hi) if slope > 0 else (lo, mid)
     right.set(xlabel="λ", ylabel="g(λ)", title="Algorithm 4.1: first three bisection steps")
     right.legend(fontsize=8)
-    fig.suptitle("Thesis Fig. 4.3 on a toy problem (6 weights)")
+    fig.suptitle("Wimmer's thesis, Fig. 4.3 on a toy problem (6 weights)")
     save(fig, out)
 
 
@@ -102,7 +102,7 @@ def _scored(experiment: str, data: str, batches: int, overrides: Sequence[str],
     ctx, method = parts.ctx, parts.methods.methods[0]
     calib = method.calibration(ctx)
     scores = {k: pruning.scores(k, ctx.model, calib, loss_fn=ctx.loss_fn, gen=ctx.gen,
-                                normalize=True) for k in kinds}
+                                temperature=method.temperature, normalize=True) for k in kinds}
     where = ("synthetic inputs of " if data == "synthetic" else "") + cfg.dataset.name
     label = (f"{cfg.model._target_.split('.')[-1]} on {where}, {len(calib)} score batches"
              + (f" ({' '.join(overrides)})" if overrides else ""))
@@ -134,7 +134,7 @@ def fig46(experiment, data, batches, overrides, out, qs=(0.9, 0.995), alphas=ALP
         ax.set(xlabel="α_κ", ylabel="mask similarity (eq. 4.29)", ylim=(0, 1.02),
                title=f"q = {q}")
         ax.legend(fontsize=8)
-    fig.suptitle(f"Thesis Fig. 4.6 (G-COPS mask similarities), no training: {label}")
+    fig.suptitle(f"Wimmer's thesis, Fig. 4.6 (G-COPS mask similarities), no training: {label}")
     save(fig, out)
 
 
@@ -180,7 +180,7 @@ def fig41(dirs, experiment, data, batches, overrides, out, qs=(0.9, 0.95, 0.99, 
                 ax.plot(list(by_q), [np.mean(v) for v in by_q.values()], "o-", label=name)
         ax.set(xlabel="compression rate q", ylabel="test accuracy", title="trained (DIR)")
         ax.legend(fontsize=8)
-    fig.suptitle("Thesis Fig. 4.1")
+    fig.suptitle("Wimmer's thesis, Fig. 4.1")
     save(fig, out)
 
 
@@ -238,12 +238,13 @@ def fig47(dirs, out) -> None:
         ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas], fontsize=7)
         ax.set(xlabel="α_κ2", ylabel="α_κ1", title=f"q = {q}: A(α1) - A(α2), diagonal A(α) "
                "(red: best test, bold: best val)")
-    fig.suptitle("Thesis Fig. 4.7: G-COPS test stability")
+    fig.suptitle("Wimmer's thesis, Fig. 4.7: G-COPS test stability")
     save(fig, out)
 
 
 def fig48(dirs, out) -> None:
     runs = completed(dirs, "fig48: snip / usnip / u_cops runs over method.classes")
+    scale = 100.0 if percent(runs, "test_acc") else 1.0
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in ("snip", "usnip", "u_cops"):
         mine = [r for r in runs if r.get("choices", {}).get("method") == method]
@@ -252,9 +253,9 @@ def fig48(dirs, out) -> None:
         n_all = max(int(value(r, "dataset.num_classes")) for r in mine)
         by = {(n_all if k is None else int(k)): v
               for k, v in _means(mine, "method.classes").items()}
-        ax.plot(sorted(by), [by[k] for k in sorted(by)], "o-", label=method)
-    ax.set(xlabel="#T (classes known when scoring)", ylabel="test accuracy",
-           title="Thesis Fig. 4.8: U-COPS vs SNIP vs USNIP")
+        ax.plot(sorted(by), [scale * by[k] for k in sorted(by)], "o-", label=method)
+    ax.set(xlabel="#T (classes known when scoring)", ylabel=metric_label("test_acc", scale == 100))
+    titled(fig, "Wimmer's thesis, Fig. 4.8: U-COPS vs SNIP vs USNIP", runs)
     ax.legend()
     save(fig, out)
 
@@ -295,4 +296,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from runner.errors import exit_with
+    exit_with(main)

@@ -33,8 +33,9 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from runner.analysis.common import (AnalysisError, cli, completed, figure_path, metrics,  # noqa: E402
-                                    save, value)
+from runner.analysis.common import (AnalysisError, cli, completed, experiment_cfg,  # noqa: E402
+                                    figure_path, metric_label, metrics, percent, save, titled,
+                                    value)
 from runner.models import params  # noqa: E402
 from runner.sparse import pruning  # noqa: E402
 from runner.sparse.keep import exact_density, keep_count  # noqa: E402
@@ -55,20 +56,6 @@ TABLE33_QUOTED = [("Connection-Learning [59]", "no", "no", 8.3, 99.2),
 TABLE33_OWN = {"baseline": ("-", "-", 100.0, 99.4), "snip": ("yes", "no", 1.0, 98.9),
                "grasp": ("yes", "no", 1.0, 98.9), "freezenet": ("yes", "no", 1.0, 99.1)}
 FIG31_QS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)  # not given by the thesis (Fig. 3.1, Sec. 3.1): ours
-
-
-def experiment_cfg(experiment: str, overrides: Sequence[str] = ()):
-    """The composed config of an experiment (no run)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from runner.app import conf_dir
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            return compose("config", overrides=[f"experiment={experiment}", *overrides])
-    finally:
-        GlobalHydra.instance().clear()
 
 
 def build(experiment: str, device: str = "meta", seed: int = 0):
@@ -240,14 +227,15 @@ def calibration(cfg, data: str, seed: int, n: int):
 
 def fig31_curves(experiment: str, data: str, seeds: int, qs: Sequence[float]) -> pd.DataFrame:
     """Relative gradient flow (mean |g| over the trained weights / the dense network's over all)
-    of FreezeNet, SNIP and GraSP at each q, one calibration batch per seed (Fig. 4.1's caption)."""
+    of FreezeNet, SNIP and GraSP (at the methods' temperature) at each q, one calibration batch per
+    seed (Fig. 4.1's caption)."""
     rows = []
     for seed in range(seeds):
         model, cfg = build(experiment, "cpu", seed)
         batch = [calibration(cfg, data, seed, int(cfg.method.batch_size))]
         dense = pruning.mean_abs_gradient(model, batch)
         snip = pruning.scores("snip", model, batch)
-        grasp = pruning.scores("grasp", model, batch)
+        grasp = pruning.scores("grasp", model, batch, temperature=pruning.GRASP_TEMPERATURE)
         D = sum(t.numel() for t in snip.values())
         for q in qs:
             d = keep_count(D, exact_density(q), "floor")
@@ -280,7 +268,7 @@ def fig31(experiment: str, data: str, seeds: int, out: Optional[str]):
     ax.set_ylim(bottom=0)
     model = experiment_cfg(experiment).model._target_.rsplit(".", 1)[-1]
     src = "synthetic inputs" if data == "synthetic" else experiment_cfg(experiment).dataset.name
-    ax.set_title(f"Fig. 3.1 analogue: {model}, {src}, {seeds} seeds, at initialization", fontsize=9)
+    ax.set_title(f"Wimmer's thesis, Fig. 3.1 analogue: {model}, {src}, {seeds} seeds, at initialization", fontsize=9)
     ax.legend(fontsize=8)
     print(df.groupby(["method", "q"])["flow"].mean().unstack(0).to_string(float_format="%.4g"))
     return save(fig, figure_path(out, [], f"freezenet_fig31_{experiment}_{data}"))
@@ -301,6 +289,8 @@ def accuracy(dirs: Sequence[str], y: str, hue: str, out: Optional[str]):
         rows.append({"q": float(q), "hue": str(value(r, hue)), "y": at[y],
                      "q_beta": last.get("q_beta", float("nan"))})
     df = pd.DataFrame(rows)
+    pct = percent(runs, y)
+    df["y"] *= 100.0 if pct else 1.0
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, g in df[df.q > 0].groupby("hue", sort=False):
         stats = g.groupby("q")["y"].agg(["mean", "std"]).fillna(0.0)
@@ -309,7 +299,9 @@ def accuracy(dirs: Sequence[str], y: str, hue: str, out: Optional[str]):
     if len(base):
         ax.axhline(base.y.mean(), linestyle="--", color="grey", label=f"dense (n={len(base)})")
     ax.set_xlabel("compression rate q")
-    ax.set_ylabel(y)
+    ax.set_ylabel(metric_label(y, pct))
+    titled(fig, f"Wimmer's thesis, Figs. 3.3-3.6: {metric_label(y)} against the compression rate",
+           runs)
     qs = sorted(df[df.q > 0].q.unique())
     qb = df[df.q > 0].groupby("q")["q_beta"].mean()
     top = ax.secondary_xaxis("top")
@@ -334,6 +326,7 @@ def grads(dirs: Sequence[str], out: Optional[str]):
     ax.set_xlabel("epoch")
     ax.set_ylabel("|gradient| of trained weights, mean ± std")
     ax.legend(fontsize=7)
+    titled(fig, "Wimmer's thesis, Fig. 3.5 (b): gradient magnitudes of the trained weights", runs)
     return save(fig, figure_path(out, dirs, "freezenet_grads"))
 
 
@@ -370,4 +363,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from runner.errors import exit_with
+    exit_with(main)

@@ -44,7 +44,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from runner.analysis.common import (AnalysisError, cli, completed, figure_path, final, metrics,
-                                     plt, save, value)
+                                     metric_label, percent, plt, save, titled, value)
 from runner.analysis.interspace_costs import (  # noqa: F401 (the costs, re-exported)
     COST_SETUPS, VGG16_LTH, LayerCost, ip_flops, layer_costs, max_bound, measure_speedup,
     network_flops, network_speedup, run_costs, sp_flops, speedup_ip, speedup_sp, theorem_bound,
@@ -57,7 +57,7 @@ def fig5_3(out: str, d2_max: int = 100) -> None:
     ax.semilogy(d2, [max(max_bound(n), 1e-300) for n in d2])
     ax.set_xlabel("D2 = c_out c_in (3x3 filters)")
     ax.set_ylabel("max_d eps (Theorem 5.3.1)")
-    ax.set_title("Fig. 5.3: bound on P(rho_T = rho_id), K = 3")
+    ax.set_title("Wimmer's thesis, Fig. 5.3: bound on P(rho_T = rho_id), K = 3")
     save(fig, out)
 
 
@@ -70,7 +70,7 @@ def fig5_4(out: str, c_outs: Sequence[int] = (64, 512), k: int = 3) -> None:
         ax.axhline(1, color="grey", lw=0.5)
         ax.set_xlabel("compression rate q")
         ax.set_ylabel("theoretical speed-up")
-        ax.set_title(f"Fig. 5.4: c_out = {c}, K = {k}")
+        ax.set_title(f"Wimmer's thesis, Fig. 5.4: c_out = {c}, K = {k}")
         ax.legend()
     save(fig, out)
 
@@ -89,19 +89,21 @@ def speedup(out: Optional[str], qs: Sequence[float], repeats: int) -> None:
         ax.plot(list(res), [r["ip_speedup"] for r in res.values()], "o-", label="IP (measured)")
         ax.set_xlabel("compression rate q (every layer)")
         ax.set_ylabel("CPU speed-up over dense")
-        ax.set_title("Fig. 5.8 b: scipy.sparse inference, VGG-16-LTH convs, batch 1")
+        ax.set_title("Wimmer's thesis, Fig. 5.8 b: scipy.sparse inference, VGG-16-LTH convs, batch 1")
         ax.legend()
         save(fig, out)
 
 
-def _lines(points: Dict[str, Dict[float, List[float]]], ax, label_x: str, metric: str) -> None:
+def _lines(points: Dict[str, Dict[float, List[float]]], ax, label_x: str, metric: str,
+           scale: float = 1.0) -> None:
+    """One line per label, mean ± std over seeds, `scale` 100 for percent."""
     for label, by_x in sorted(points.items()):
         xs = sorted(by_x)
-        means = [float(np.mean(by_x[x])) for x in xs]
-        stds = [float(np.std(by_x[x])) for x in xs]
+        means = [scale * float(np.mean(by_x[x])) for x in xs]
+        stds = [scale * float(np.std(by_x[x])) for x in xs]
         ax.errorbar(xs, means, yerr=stds, marker="o", capsize=2, label=label)
     ax.set_xlabel(label_x)
-    ax.set_ylabel(metric)
+    ax.set_ylabel(metric_label(metric, scale == 100))
     ax.legend(fontsize=7)
 
 
@@ -119,8 +121,9 @@ def rounds(dirs: Sequence[str], hue: Sequence[str], metric: str, out: Optional[s
             points.setdefault(label, {}).setdefault(round(phase["sparsity"], 4), []).append(
                 phase["end"][metric])
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    _lines(points, ax, "sparsity q after the round", metric)
-    ax.set_title("LTH rounds (Figs. 5.7, 5.10)")
+    _lines(points, ax, "sparsity q after the round", metric,
+           100.0 if percent(runs, metric) else 1.0)
+    titled(fig, "Wimmer's thesis, Figs. 5.7 and 5.10: LTH rounds", runs)
     save(fig, figure_path(out, dirs, "interspace_rounds"))
 
 
@@ -137,7 +140,7 @@ def curve(dirs: Sequence[str], x: str, hue: Sequence[str], metric: str,
         label = ", ".join(f"{k}={value(run, k)}" for k in hue)
         points.setdefault(label, {}).setdefault(float(xv), []).append(final(run, metric))
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    _lines(points, ax, x, metric)
+    _lines(points, ax, x, metric, 100.0 if percent(runs, metric) else 1.0)
     save(fig, figure_path(out, dirs, f"interspace_curve_{metric}"))
 
 
@@ -170,19 +173,22 @@ def flops(dirs: Sequence[str], hue: Sequence[str], metric: str, out: Optional[st
     print(f"| {', '.join(hue)} | round | sparsity | theoretical speed-up | {metric} | runs |")
     print("|---|---|---|---|---|---|")
     fig, ax = plt.subplots(figsize=(5, 3.5))
+    scale = 100.0 if percent(runs, metric) else 1.0
     for label, by_round in sorted(points.items()):
         rows = [np.array(by_round[i]) for i in sorted(by_round)]
         xs = [float(r[:, 0].mean()) for r in rows]
         ys, sd = [float(r[:, 2].mean()) for r in rows], [float(r[:, 2].std()) for r in rows]
-        ax.errorbar(xs, ys, yerr=sd, marker="o", capsize=2, label=label)
+        ax.errorbar(xs, [scale * y for y in ys], yerr=[scale * d for d in sd], marker="o",
+                    capsize=2, label=label)
         for i, (r, x, y) in enumerate(zip(rows, xs, ys)):
             print(f"| {label} | {i + 1} | {r[:, 1].mean():.4f} | {x:.2f} | {y:.4f} | {len(r)} |")
     if dense_acc:
-        ax.axhline(float(np.mean(dense_acc)), color="grey", ls="--", lw=1, label="dense (SP)")
+        ax.axhline(scale * float(np.mean(dense_acc)), color="grey", ls="--", lw=1,
+                   label="dense (SP)")
     ax.set_xscale("log")
     ax.set_xlabel("theoretical speed-up (dense FLOPs / sparse FLOPs)")
-    ax.set_ylabel(metric)
-    ax.set_title("Fig. 5.8 a: LTH rounds by FLOPs")
+    ax.set_ylabel(metric_label(metric, scale == 100))
+    titled(fig, "Wimmer's thesis, Fig. 5.8 a: LTH rounds by FLOPs", runs)
     ax.legend(fontsize=7)
     save(fig, figure_path(out, dirs, "interspace_flops"))
 
@@ -207,7 +213,7 @@ def gradnorm(dirs: Sequence[str], out: Optional[str]) -> None:
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("lr × ‖gradient‖₂ (mean over the epoch's steps)")
-    ax.set_title("Fig. 5.6 a: gradient norm x learning rate")
+    ax.set_title("Wimmer's thesis, Fig. 5.6 a: gradient norm x learning rate")
     ax.legend(fontsize=7)
     save(fig, figure_path(out, dirs, "interspace_gradnorm"))
 
@@ -262,4 +268,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from runner.errors import exit_with
+    exit_with(main)

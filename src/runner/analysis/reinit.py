@@ -33,8 +33,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy.stats import binomtest  # noqa: E402
 
-from runner.analysis.common import (AnalysisError, cli, completed, experiments,  # noqa: E402
-                                    figure_path, save, value)
+from runner.analysis.common import (AnalysisError, cli, colours, completed, experiments,  # noqa: E402
+                                    figure_path, legend_outside, method_name, method_rank,
+                                    options_changed, save, titled, value)
+from runner.tables import cell_keys  # noqa: E402
 
 METHODS = ["bl", "welsr", "dsd", "wels", "fc", "lw"]
 LETTERS = dict(zip(METHODS, "BRDWFL"))
@@ -44,6 +46,7 @@ DATASETS = {  # Table 4: training examples, classes
     "oxford_pets": (3680, 37), "stanford_dogs": (12000, 120), "cars196": (8144, 196),
     "caltech101": (3060, 101), "cassava": (5656, 4), "cub200_2010": (3000, 200)}
 PAPER_TABLE2 = Path(__file__).parent / "data" / "reinit_table2.csv"
+PAPER = "Alabdulmohsin et al. 2021"
 
 
 # -- Table 2 ------------------------------------------------------------------------------------
@@ -209,7 +212,7 @@ def plot_tree(df: pd.DataFrame, out, source: str = "the paper's Table 2") -> Pat
         node = text.get_text().split("#")[1].split()[0] if "#" in text.get_text() else None
         if node is not None:
             text.set_text(labels[int(node)])
-    ax.set_title(f"Figure 2 (Alabdulmohsin et al. 2021): the best method per cell of {source}; "
+    ax.set_title(f"{PAPER}, Fig. 2: the best method per cell of {source}; "
                  f"left branch: condition true", fontsize=10)
     return save(fig, out)
 
@@ -224,51 +227,74 @@ def _probe(r: dict, key: str, what: str):
     return r["phases"][-1][key]
 
 
+def _by_method(df: pd.DataFrame):
+    """(paper name, colour, rows) per method, in the paper's order, one colour per method."""
+    names = sorted(df["method"].unique(), key=method_rank)
+    colour = colours(names, True)
+    return [(method_name(m), colour[m], df[df.method == m]) for m in names]
+
+
 def plot_budget(dirs, out, x: str = "train.epochs") -> Path:
     """Figure 3: final test accuracy against the steps (epochs) per round, one line per method."""
+    runs = completed(dirs)
     rows = [{"method": r["choices"].get("method"), "x": value(r, x),
-             "acc": 100 * r["summary"]["test_acc"]} for r in completed(dirs)]
-    df = pd.DataFrame(rows).groupby(["method", "x"])["acc"].agg(["mean", "std"]).reset_index()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for m, g in df.groupby("method"):
-        ax.errorbar(g["x"], g["mean"], yerr=g["std"].fillna(0), label=m, marker="o", capsize=2)
-    ax.set(xscale="log", xlabel=f"{x} (per round)", ylabel="test accuracy [%]")
-    ax.legend()
+             "acc": 100 * r["summary"]["test_acc"]} for r in runs]
+    df = pd.DataFrame(rows).groupby(["method", "x"])["acc"].agg(["mean", "std", "size"]).reset_index()
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for name, colour, g in _by_method(df):
+        ax.errorbar(g["x"], g["mean"], yerr=g["std"].fillna(0), color=colour, marker="o",
+                    capsize=2, label=f"{name} (n={int(g['size'].min())} per point)")
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(df["x"].unique()), [f"{v:g}" for v in sorted(df["x"].unique())])
+    ax.minorticks_off()
+    ax.set(xlabel="training steps per round" + ("" if x == "train.epochs" else f" ({x})"),
+           ylabel="test accuracy [%]")
+    legend_outside(ax)
+    titled(fig, f"{PAPER}, Fig. 3: accuracy against the training budget per round", runs)
     return save(fig, out)
 
 
 def plot_margins(dirs, out) -> Path:
     """Figure 4: the smallest training margins (softmax), mean over seeds, per method."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    runs = completed(dirs)
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
     by: Dict[str, List] = {}
-    for r in completed(dirs):
+    for r in runs:
         by.setdefault(r["choices"].get("method"), []).append(_probe(r, "margins", "margins"))
-    for m, curves in sorted(by.items()):
-        n = min(len(c) for c in curves)
-        ax.plot(np.mean([c[:n] for c in curves], axis=0), label=m)
-    ax.set(yscale="log", xlabel="rank", ylabel="softmax margin")
-    ax.legend()
+    colour = colours(list(by), True)
+    for m in sorted(by, key=method_rank):
+        n = min(len(c) for c in by[m])
+        ax.plot(np.arange(1, n + 1), np.mean([c[:n] for c in by[m]], axis=0), color=colour[m],
+                label=f"{method_name(m)} (n={len(by[m])})")
+    ax.set(yscale="log", xlabel="training example, by rank of its margin",
+           ylabel="softmax margin (log scale)")
+    legend_outside(ax)
+    titled(fig, f"{PAPER}, Fig. 4: the smallest training margins", runs)
     return save(fig, out)
 
 
 def plot_perturb(dirs, out, key: str = "loss") -> Path:
     """Figure 5: training loss (or accuracy) under Gaussian weight noise of std sigma."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    runs = completed(dirs)
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
     rows = [{"method": r["choices"].get("method"), "sigma": float(s), "v": v[key]}
-            for r in completed(dirs) for s, v in _probe(r, "perturb", "perturb").items()]
-    df = pd.DataFrame(rows).groupby(["method", "sigma"])["v"].mean().reset_index()
-    for m, g in df.groupby("method"):
-        ax.plot(g["sigma"], g["v"], marker="o", label=m)
-    ax.set(xlabel="noise std sigma", ylabel=f"training {key}")
-    ax.legend()
+            for r in runs for s, v in _probe(r, "perturb", "perturb").items()]
+    df = pd.DataFrame(rows).groupby(["method", "sigma"])["v"].agg(["mean", "size"]).reset_index()
+    for name, colour, g in _by_method(df):
+        ax.plot(g["sigma"], g["mean"], marker="o", color=colour,
+                label=f"{name} (n={int(g['size'].min())})")
+    ax.set(xlabel="std σ of the Gaussian noise added to every weight",
+           ylabel="training loss (cross-entropy)" if key == "loss" else f"training {key}")
+    legend_outside(ax)
+    titled(fig, f"{PAPER}, Fig. 5: robustness to weight perturbations", runs)
     return save(fig, out)
 
 
 def weight_ratios(dirs) -> pd.DataFrame:
     """Appendix D: each run's weight size over the baseline's with the same seed and cell."""
     rows = []
-    for r in completed(dirs):
-        cell = tuple(sorted((k, v) for k, v in r["choices"].items() if k != "method"))
+    runs = completed(dirs)
+    for r, cell in zip(runs, _cells_without_method(runs)):  # matched on resolved values
         rows.append({"cell": cell, "seed": r["seed"], "method": r["choices"].get("method"),
                      "size": _probe(r, "weight_size", "ratio")})
     df = pd.DataFrame(rows)
@@ -280,27 +306,42 @@ def weight_ratios(dirs) -> pd.DataFrame:
     return df.assign(ratio=df["size"] / df["bl_size"]).dropna(subset=["ratio"])
 
 
-def plot_ratio(dirs, out) -> Path:
-    """Figure 6: Gaussian approximation of the density of the weight-size ratio to BL."""
+def plot_ratio(dirs, out, min_density: int = 5) -> Path:
+    """Figure 6: Gaussian approximation of the density of the weight-size ratio to BL; with
+    fewer than `min_density` runs of a method, its ratios themselves (no density from a few
+    points)."""
     df = weight_ratios(dirs)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
     grid = np.linspace(0, max(2.0, df["ratio"].max() * 1.2), 400)
-    for m, g in df.groupby("method"):
+    for name, colour, g in _by_method(df):
         mu, sd = g["ratio"].mean(), max(g["ratio"].std(ddof=0), 1e-3)
-        ax.plot(grid, np.exp(-0.5 * ((grid - mu) / sd) ** 2) / (sd * math.sqrt(2 * math.pi)), label=m)
+        if len(g) >= min_density:
+            ax.plot(grid, np.exp(-0.5 * ((grid - mu) / sd) ** 2) / (sd * math.sqrt(2 * math.pi)),
+                    color=colour, label=f"{name} (n={len(g)})")
+        else:
+            ax.plot(g["ratio"], np.zeros(len(g)), "|", markersize=20, color=colour,
+                    label=f"{name}: the ratios (n={len(g)}, too few for a density)")
     ax.axvline(1.0, color="k", lw=0.5)
-    ax.set(xlabel="weight size / baseline's", ylabel="density")
-    ax.legend()
+    ax.set(xlim=(grid[0], grid[-1]), xlabel="weight norm / the baseline's (same seed)",
+           ylabel="density (Gaussian fit)")
+    if all(len(g) < min_density for _, _, g in _by_method(df)):
+        ax.set(ylabel="single runs (too few for a density)", yticks=[])
+    legend_outside(ax)
+    titled(fig, f"{PAPER}, Fig. 6: weight size relative to BL", completed(dirs))
     return save(fig, out)
+
+
+def _cells_without_method(runs: List[dict]) -> List[str]:
+    """Each run's cell by its resolved values, the method and its options left out."""
+    return [" ".join(f"{k}={v}" for k, v in sorted(keys.items()) if k != "method")
+            for keys in cell_keys(runs)]
 
 
 def paired(dirs, a: str = "bl", b: str = "lw") -> pd.DataFrame:
     """Runs of methods a and b matched on everything but the method (mean over seeds)."""
-    rows = []
-    for r in completed(dirs):
-        pairs = [o for o in r.get("overrides", []) if not o.startswith(("method=", "seed="))]
-        rows.append({"cell": " ".join(sorted(pairs)), "method": r["choices"].get("method"),
-                     "acc": 100 * r["summary"]["test_acc"]})
+    runs = completed(dirs)
+    rows = [{"cell": c, "method": r["choices"].get("method"), "acc": 100 * r["summary"]["test_acc"]}
+            for r, c in zip(runs, _cells_without_method(runs))]
     df = pd.DataFrame(rows).groupby(["cell", "method"])["acc"].mean().unstack()
     if a not in df or b not in df:
         raise AnalysisError(f"grid needs runs of method={a},{b} over the same grid "
@@ -311,31 +352,37 @@ def paired(dirs, a: str = "bl", b: str = "lw") -> pd.DataFrame:
 def plot_grid(dirs, out) -> Path:
     """Figure 7: test accuracy of BL (x) against LW (y) over a hyperparameter grid."""
     df = paired(dirs)
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.scatter(df["bl"], df["lw"])
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.scatter(df["bl"], df["lw"], color=colours(["lw"], True)["lw"], label="one grid cell")
     lim = [min(df.min()) - 1, max(df.max()) + 1]
-    ax.plot(lim, lim, "k--", lw=0.7)
+    ax.plot(lim, lim, "k--", lw=0.7, label="equal accuracy")
     ax.set(xlim=lim, ylim=lim, xlabel="BL test accuracy [%]", ylabel="LW test accuracy [%]")
+    legend_outside(ax)
+    titled(fig, f"{PAPER}, Fig. 7: BL against LW over a hyperparameter grid", completed(dirs))
     return save(fig, out)
 
 
-def ablation(dirs, base: str = "method.rescale") -> pd.DataFrame:
-    """Appendix E: share of cells in which full LW beats each ablated variant."""
+def ablation(dirs) -> pd.DataFrame:
+    """Appendix E: share of cells in which full LW beats each ablated variant. A run's variant
+    is the LW options it ran with that differ from the experiment's (`options_changed`);
+    runs of other methods are left out."""
+    runs = [r for r in completed(dirs) if r.get("choices", {}).get("method") == "lw"]
+    if not runs:
+        raise AnalysisError(f"ablation needs runs of method=lw (experiment=reinit_ablation); "
+                            f"found {experiments(completed(dirs))}")
     rows = []
-    for r in completed(dirs):
-        over = dict(o.split("=", 1) for o in r.get("overrides", []) if "=" in o)
-        variant = " ".join(f"{k}={v}" for k, v in sorted(over.items())
-                           if k.startswith("method.")) or "lw"
-        cell = " ".join(f"{k}={v}" for k, v in sorted(over.items())
-                        if not k.startswith(("method", "seed")))
-        rows.append({"cell": cell, "variant": variant, "acc": r["summary"]["test_acc"]})
+    for r, c in zip(runs, _cells_without_method(runs)):
+        changed = options_changed(r)
+        rows.append({"cell": c, "acc": r["summary"]["test_acc"],
+                     "variant": " ".join(f"{k}={v}" for k, v in sorted(changed.items())) or "lw"})
     wide = pd.DataFrame(rows).groupby(["cell", "variant"])["acc"].mean().unstack()
-    if "lw" not in wide:
-        raise AnalysisError("ablation needs runs of full LW (no method.* override) beside its "
-                            "variants (experiment=reinit_ablation)")
-    return pd.DataFrame([{"variant": v, "cells": int(wide[["lw", v]].dropna().shape[0]),
-                          "P(LW better)": float((wide["lw"] > wide[v]).mean())}
-                         for v in wide.columns if v != "lw"])
+    if "lw" not in wide or len(wide.columns) < 2:
+        raise AnalysisError("ablation needs runs of full LW (the experiment's own options) beside "
+                            "variants with other options, e.g. method.rescale=true,false; found "
+                            + ", ".join(map(str, wide.columns)))
+    pairs = {v: wide[["lw", v]].dropna() for v in wide.columns if v != "lw"}
+    return pd.DataFrame([{"variant": v, "cells": len(d), "P(LW better)": float((d["lw"] > d[v]).mean())}
+                         for v, d in pairs.items()])
 
 
 # -- command line ---------------------------------------------------------------------------------
@@ -381,4 +428,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from runner.errors import exit_with
+    exit_with(main)

@@ -26,7 +26,8 @@ from torch import nn  # noqa: E402
 from methods.base import Method  # noqa: E402
 from methods.swr import chain_starts, layer_slots, rescale_, rescale_layers  # noqa: E402
 from runner.analysis.common import (AnalysisError, cli, completed, experiments,  # noqa: E402
-                                    figure_path, metrics, save, value)
+                                    figure_path, legend_outside, metrics, percent, save, titled,
+                                    value)
 from runner.plots import draw  # noqa: E402
 
 
@@ -138,6 +139,9 @@ def test_accuracy(ctx) -> float:
 
 
 # -- figures -------------------------------------------------------------------------------------
+PAPER = "Oh et al. 2025"
+
+
 def _phase_metric(run: dict, phase: int, y: str = "test_acc") -> pd.Series:
     m = metrics(run, y)
     return m.loc[m.phase == phase, y].dropna()
@@ -169,12 +173,15 @@ def warm_start_figure(dirs, scratch_dirs=(), out: Optional[str] = None, title: s
                                     if r["choices"].get("method") == "vanilla"],
             "vanilla, from scratch": [r["summary"]["test_acc"] for r in scratch]}
     fig, ax = plt.subplots(figsize=(6, 4))
-    draw(ax, runs, "test_acc", "method", title=title)
+    draw(ax, runs, "test_acc", "method")
+    scale = 100.0 if percent(runs, "test_acc") else 1.0
     for (label, values), color in zip(refs.items(), ("red", "black")):
         if values:
-            ax.axhline(sum(values) / len(values), linestyle="--", color=color, linewidth=1,
-                       label=f"{label} (final, n={len(values)})")
-    ax.legend(fontsize=7)
+            ax.axhline(scale * sum(values) / len(values), linestyle="--", color=color,
+                       linewidth=1, label=f"{label} (final, n={len(values)})")
+    legend_outside(ax)
+    titled(fig, title or f"{PAPER}, Fig. 2: warm start (first phase on part of the data)",
+           runs + scratch)
     return save(fig, figure_path(out, list(dirs), "swr_warm"))
 
 
@@ -182,8 +189,10 @@ def balance_figure(dirs, out: Optional[str] = None, title: str = "") -> Path:
     """Fig. 5: balancedness (left) and test accuracy (right) per method over epochs."""
     runs = completed(dirs)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    draw(left, runs, "balancedness", "method", title=title)
-    draw(right, runs, "test_acc", "method", title=title)
+    draw(left, runs, "balancedness", "method")
+    draw(right, runs, "test_acc", "method")
+    legend_outside(right)
+    titled(fig, title or f"{PAPER}, Fig. 5: balancedness (left) and test accuracy (right)", runs)
     return save(fig, figure_path(out, list(dirs), "swr_balance"))
 
 
@@ -212,12 +221,14 @@ def scaling_figure(dirs, out: Optional[str] = None, title: str = "") -> Path:
     for ax, prop in zip(axes, (False, True)):
         g = df[df.proportional == prop].groupby("factor").mean(numeric_only=True).sort_index()
         ax.axhline(df.pretrained_best.mean(), color="black", label="best before scaling")
-        ax.plot(g.index, g.after_scaling, "--o", color="C3" if prop else "C0", label="right after scaling")
-        ax.plot(g.index, g.best_after, "-o", color="C3" if prop else "C0", label="best after training")
+        ax.plot(g.index, g.after_scaling, "--o", color="C3", label="right after scaling")
+        ax.plot(g.index, g.best_after, "-o", color="C0", label="best after further training")
         ax.set_xlabel("scaling factor per layer")
-        ax.set_title(("proportional" if prop else "not proportional") + (f" — {title}" if title else ""))
-        ax.legend(fontsize=7)
-    axes[0].set_ylabel("test_acc")
+        ax.set_title("proportional scaling" if prop else "not proportional", fontsize=9)
+    axes[0].set_ylabel("test accuracy")
+    legend_outside(axes[1])
+    titled(fig, title or f"{PAPER}, Fig. 1: test accuracy after scaling the weights",
+           completed(dirs))
     return save(fig, figure_path(out, list(dirs), "swr_scaling"))
 
 
@@ -236,4 +247,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from runner.errors import exit_with
+    exit_with(main)

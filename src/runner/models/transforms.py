@@ -156,6 +156,19 @@ def filter_bases(model: nn.Module) -> List[nn.Parameter]:
     return list(seen.values())
 
 
+def spatial_shapes(model: nn.Module) -> Dict[int, torch.Size]:
+    """id(coefficients) -> the shape (out, in, K, K) of the spatial weight that the FB layer's
+    coefficients compute, for every FB layer."""
+    out: Dict[int, torch.Size] = {}
+    for m in model.modules():
+        if parametrize.is_parametrized(m, "weight"):
+            fb = m.parametrizations.weight[0]
+            if isinstance(fb, FilterBasis):
+                coef = m.parametrizations.weight.original
+                out[id(coef)] = torch.Size((*coef.shape[:2], *fb.kernel))
+    return out
+
+
 def prunable(model: nn.Module) -> List[tuple]:
     """(stored name, tensor) of the weights a pruning method masks: every weight (spatial, or
     the coefficients of an FB layer) except the filter bases."""

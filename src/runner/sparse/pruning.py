@@ -51,6 +51,11 @@ from runner.sparse.keep import SCOPES, keep_count, split_count, top_k_masks
 Batch = Tuple[torch.Tensor, torch.Tensor]
 Scores = Dict[str, torch.Tensor]
 SCORES = ("random", "magnitude", "snip", "usnip", "grasp", "synflow")
+# GraSP's softmax temperature where the thesis states none: T = 200, as GraSP's authors' code
+# (alecwangcq/GraSP, pruner/GraSP.py line 49, `T=200`; outputs divided by T at lines 89, 105, 123)
+# and Synaptic-Flow's GraSP pruner (Pruners/pruners.py lines 138, 147, 157), the code of the
+# setups the thesis's PaI experiments follow. T = 1 (plain logits) is `temperature: 1`.
+GRASP_TEMPERATURE = 200.0
 
 
 def weights(model: nn.Module):

@@ -50,6 +50,9 @@ def set_masks(ctx, masks: Dict[str, torch.Tensor]) -> None:
         ctx.masks.set(name, m, ctx.masks[name].kind if name in ctx.masks else "pruned")
 
 
-def cosine_fraction(alpha: float, t: int, end: int) -> float:
-    """The update fraction of DST at step t: alpha / 2 * (1 + cos(pi t / end)) (RigL)."""
-    return alpha / 2 * (1 + math.cos(math.pi * t / end)) if t < end else 0.0
+def cosine_fraction(alpha: float, t: int, end: int, alpha_end: float = 0.0) -> float:
+    """The update fraction of DST at step t < end: alpha_end + (alpha - alpha_end) / 2 *
+    (1 + cos(pi t / end)) (RigL: alpha_end 0; Liu et al. 2021: 0.005); 0 from `end` on."""
+    if t >= end:
+        return 0.0
+    return alpha_end + (alpha - alpha_end) / 2 * (1 + math.cos(math.pi * t / end))

@@ -55,6 +55,23 @@ def check_labels(arrays: Arrays, classes: int, name: str) -> None:
                             + (f"; files in {arrays.source}" if arrays.source else ""))
 
 
+def read_ahead(cfg) -> None:
+    """Read (or download) every dataset the run's phases name, before the run's directory is
+    written, so that missing data stop the run in one line; the arrays read from files wait in
+    `ARRAYS` for the trainer. Streamed datasets are read by their workers later."""
+    keys = dict.fromkeys(phase.get("dataset") for phase in cfg.phases)
+    for key in keys:
+        ds = cfg.dataset if key is None else cfg.datasets.get(key)
+        if ds is None or ds.get("stream") is not None:
+            continue
+        reader = OmegaConf.to_yaml(ds.reader, resolve=True)
+        if ARRAYS.get(reader) is None:
+            arrays = instantiate(ds.reader, "dataset.reader")
+            if arrays.source is not None:
+                check_labels(arrays, ds.num_classes, ds.get("name", "dataset"))
+                ARRAYS.put(reader, arrays)
+
+
 class DataStager:
     """Puts each phase's data and pipeline into the run's context (`parts.ctx`)."""
 

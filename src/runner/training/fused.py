@@ -146,6 +146,8 @@ def check_fusable(trainer: Trainer, where: str) -> None:
         for m in trainer.parts.methods.by_hook[hook]:
             if not (hook == "loss_term" and fused_penalty(m)):
                 refuse(f"method {m.name} acts in every training step ({hook}) and cannot be fused")
+    if trainer.ctx.phase_start_step:
+        refuse(f"a phase starting at step {trainer.ctx.phase_start_step} is not fused")
     if len(trainer.ctx.masks):
         refuse(f"masks ({', '.join(trainer.ctx.masks.names())}) are not fused ({where})")
     for name, mod in trainer.ctx.model.named_modules():

@@ -13,13 +13,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from runner import checkpoint, distributed
-from runner.checks import report_at
+from runner.checks import check_shadowed, report_at
 from runner.config import prepare as prepare_config
-from runner.errors import ConfigError, Diverged, Interrupted, RunnerError
+from runner.errors import (ConfigError, DatasetMissing, Diverged, DownloadFailed, Interrupted,
+                           RunnerError)
 from runner.logs import environment, log_start
 from runner.results import RunRecorder
 from runner.train import Trainer
 from runner.training import build, fused
+from runner.training.data import read_ahead
 from runner.training.signals import interruptible
 
 log = logging.getLogger("runner")
@@ -65,14 +67,19 @@ def run(cfg: DictConfig, out_dir, choices: Optional[Dict[str, str]] = None,
     `record_invalid` (sweeps): a config error is recorded as a failed result.json, so the sweep's
     table counts it."""
     choices, out_dir = dict(choices or {}), Path(out_dir)
-    try:
-        cfg, device = prepare(cfg, job)
-    except ConfigError as e:
+
+    def refused(e: Exception) -> None:
         if record_invalid:
             RunRecorder(out_dir, {"name": OmegaConf.select(cfg, "name", default="run"),
                                   "seed": OmegaConf.select(cfg, "seed", default=None),
                                   "choices": choices, "overrides": list(overrides or []),
                                   "config": None}, tracked=False).finish("failed", error=str(e))
+
+    try:
+        check_shadowed(cfg, overrides)
+        cfg, device = prepare(cfg, job)
+    except ConfigError as e:
+        refused(e)
         raise
     if cfg.train.fused_seeds > 1:  # a list: one result per seed
         base = {"name": cfg.name, "choices": choices, "paper_value": paper_value(cfg, choices),
@@ -91,6 +98,11 @@ def run(cfg: DictConfig, out_dir, choices: Optional[Dict[str, str]] = None,
             raise ConfigError(f"resume={cfg.resume}: the checkpoint in {where} belongs to another "
                               "config; resume with the run's own overrides only")
         log.info("resuming %s from %s (phase %d)", cfg.name, where, state["position"]["phase"])
+    try:
+        read_ahead(cfg)
+    except (DatasetMissing, DownloadFailed) as e:  # before anything of the run is written
+        refused(e)
+        raise
     t0 = time.time()
     base = {"name": cfg.name, "seed": cfg.seed, "choices": choices,
             "overrides": list(overrides or []), "paper_value": paper_value(cfg, choices),

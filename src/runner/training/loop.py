@@ -29,12 +29,14 @@ class Loop:
         self.diverge_ref = state["diverge_ref"]
 
     def epoch(self, phase: Phase, epoch: int, evaluate: bool, batch_size, schedule=None,
-              start: int = 0) -> Optional[Dict[str, Any]]:
-        """Train one epoch of `phase`. An epoch that is not evaluated keeps its training loss on
-        the device and returns None; an evaluated one reads every epoch's loss since the last
-        evaluation in one host sync, checks them for divergence, and returns its row."""
+              start: int = 0, limit=None) -> Optional[Dict[str, Any]]:
+        """Train one epoch of `phase` (its first `limit` batches where given). An epoch that is
+        not evaluated keeps its training loss on the device and returns None; an evaluated one
+        reads every epoch's loss since the last evaluation in one host sync, checks them for
+        divergence, and returns its row."""
         t0 = time.perf_counter()
-        stats = self.train_epoch(batch_size, self.parts.opts.max_batches, schedule, start, evaluate)
+        stats = self.train_epoch(batch_size, self.parts.opts.max_batches if limit is None else limit,
+                                 schedule, start, evaluate)
         return self.close(phase, epoch, evaluate, stats, t0)
 
     def close(self, phase: Phase, epoch: int, evaluate: bool, stats: torch.Tensor,

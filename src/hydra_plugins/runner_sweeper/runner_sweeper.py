@@ -1,0 +1,133 @@
+"""The sweeper of `python -m runner -m`: Hydra's basic sweeper (the cartesian product of the
+comma-separated values), where each experiment declares its own sweep.
+
+An experiment's `hydra.sweeper.params` (e.g. the methods, signal strengths and seeds of a paper's
+table) is the sweep of `-m experiment=NAME`; the command line's sweeps narrow or extend it key by
+key (`seed=0,1`). Without `experiment=` on the command line the default experiment is one run
+of the sweep's values. A sweep over several experiments (`experiment=a,b`) runs each with its own
+declared sweep. Before anything runs, the sweeper prints the number of runs and the cost the
+experiment estimates (`hydra.sweeper.run_minutes` on `hydra.sweeper.run_on`);
+`hydra.sweeper.dry=true` stops there. All jobs share one directory,
+`outputs/multirun/<experiment>/<time>_<id>/` (several experiments: their names joined by `+`).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+
+@dataclass
+class SweeperConf:
+    _target_: str = "hydra_plugins.runner_sweeper.runner_sweeper.ExperimentSweeper"
+    max_batch_size: Optional[int] = None
+    params: Optional[Dict[str, str]] = None  # the experiment's own sweep (KEY: comma-separated values)
+    run_minutes: Optional[float] = None  # the experiment's estimate of one run, in minutes ...
+    run_on: str = ""  # ... on this hardware ("one CPU thread", "one GPU")
+    dry: bool = False  # true: print the number of runs and the cost, run nothing
+
+
+def register() -> None:
+    """The config node and the class: Hydra's scan of `hydra_plugins` misses packages installed
+    in editable mode (`pip install -e .`), so the class is registered by hand too."""
+    ConfigStore.instance().store(group="hydra/sweeper", name="runner", node=SweeperConf)
+    Plugins.instance().register(ExperimentSweeper)
+
+
+def duration(minutes: float) -> str:
+    if minutes < 1:
+        return f"{minutes * 60:.0f} s"
+    return f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
+
+
+class ExperimentSweeper(BasicSweeper):
+    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None,
+                 run_minutes: Optional[float] = None, run_on: str = "", dry: bool = False) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        self.dry = dry  # the cost is read from each experiment's config (`announce`)
+
+    def plan(self, arguments: List[str]) -> List[Tuple[str, List[List[str]], DictConfig]]:
+        """(experiment, its jobs' overrides, its config) for each experiment of the sweep."""
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        parsed = parser.parse_overrides(arguments)
+        chosen = [o for o in parsed if o.key_or_group == "experiment" and o.package is None]
+        if not chosen or not chosen[-1].is_sweep_override():
+            name = str(self.config.hydra.runtime.choices.get("experiment"))
+            # the default experiment is one run (one cell of its table) unless named
+            params = [f"{k}={v}" for k, v in (self.params or {}).items()] if chosen else []
+            jobs = self.split_arguments(parser.parse_overrides(params + arguments), None)[0]
+            return [(name, jobs, self.config)]
+        rest = [a for a, o in zip(arguments, parsed) if o is not chosen[-1]]
+        plan = []
+        for name in dict.fromkeys(chosen[-1].sweep_string_iterator()):
+            cfg = self.hydra_context.config_loader.load_configuration(
+                config_name=self.config.hydra.job.config_name, run_mode=RunMode.MULTIRUN,
+                overrides=list(self.config.hydra.overrides.hydra) + rest + [f"experiment={name}"])
+            params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.params or {}).items()]
+            jobs = self.split_arguments(
+                parser.parse_overrides(params + rest + [f"experiment={name}"]), None)[0]
+            plan.append((name, jobs, cfg))
+        return plan
+
+    def announce(self, plan) -> None:
+        """The number of runs and the experiments' cost estimates, before anything runs."""
+        total = sum(len(jobs) for _, jobs, _ in plan)
+        parts = []
+        for name, jobs, cfg in plan:
+            level = OmegaConf.select(cfg, "ci.level", default="none")
+            minutes = OmegaConf.select(cfg, "hydra.sweeper.run_minutes", default=None)
+            on = OmegaConf.select(cfg, "hydra.sweeper.run_on", default="")
+            if level != "none":
+                cost = f"test level ci={level}"
+            elif minutes is None:
+                cost = "no cost estimate in the experiment file"
+            else:
+                cost = (f"estimated {duration(minutes)} a run on {on}, "
+                        f"{duration(minutes * len(jobs))} in all")
+            parts.append(f"{name}: {len(jobs)} runs, {cost}")
+        print(f"sweep of {total} runs ({'; '.join(parts)})", flush=True)
+
+    def pin_directory(self, plan) -> None:
+        """One directory for every job: the primary config's, named after the swept
+        experiments (a job's config would otherwise resolve `${name}` to its own)."""
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        given = any(o.split("=", 1)[0].lstrip("+~") == "hydra.sweep.dir"
+                    for o in self.config.hydra.overrides.hydra)
+        names = [name for name, _, _ in plan]
+        if not given and len(names) > 1 and sweep_dir.parent.name == str(self.config.name):
+            sweep_dir = sweep_dir.parent.parent / "+".join(names) / sweep_dir.name
+        with open_dict(self.config):
+            self.config.hydra.sweep.dir = str(sweep_dir)
+            self.config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{sweep_dir}'")
+
+    def sweep(self, arguments: List[str]) -> Any:
+        plan = self.plan(arguments)
+        self.announce(plan)
+        if self.dry:
+            return []
+        self.pin_directory(plan)
+        jobs = [job for _, experiment_jobs, _ in plan for job in experiment_jobs]
+        self.overrides = list(self.split_overrides_to_chunks(jobs, self.max_batch_size))
+        self.params = {}  # already in the jobs' overrides
+        return self.launch_batches()
+
+    def launch_batches(self) -> Any:
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        returns, first = [], 0
+        while not self.is_done():
+            batch = self.get_job_batch()
+            self.validate_batch_is_legal(batch)
+            results = self.launcher.launch(batch, initial_job_idx=first)
+            for r in results:
+                _ = r.return_value  # raises where a job raised
+            first += len(batch)
+            returns.append(results)
+        return returns
