@@ -61,8 +61,11 @@ PHASE_SETS = {"train.epochs": "epochs", "train.patience": "patience", "optim.lr"
 
 def check_shadowed(cfg, overrides) -> None:
     """A command-line value of a run-level option reaches every phase: a phase that sets its own
-    different value (not an interpolation of the option) is refused, naming the phase key."""
+    different value (not an interpolation of the option, nor typed on the same command line) is
+    refused, naming the phase key."""
     typed = {o.split("=", 1)[0].lstrip("+~") for o in overrides or [] if "=" in o}
+    if not typed & set(PHASE_SETS):
+        return
     phases = OmegaConf.to_container(cfg.phases, resolve=False)
 
     def resolved(path: str):
@@ -73,7 +76,8 @@ def check_shadowed(cfg, overrides) -> None:
         field, value = PHASE_SETS[key], resolved(key)
         own = [(i, resolved(f"phases.{i}.{field}")) for i, p in enumerate(phases)
                if p.get(field) is not None and p[field] != "${" + key + "}"]
-        own = [(i, v) for i, v in own if v != value]
+        own = [(i, v) for i, v in own if v != value  # a phase value typed too is meant
+               and not typed & {"phases", f"phases.{i}", f"phases.{i}.{field}"}]
         if own:
             which = ", ".join(f"phases.{i}.{field}={v}".replace(" ", "") for i, v in own)
             fix = " ".join(f"phases.{i}.{field}={value}".replace(" ", "") for i, _ in own)

@@ -33,6 +33,15 @@ def test_the_suggested_phase_keys_are_accepted(hydra_cli, tmp_path, capsys, phas
     assert pd.read_csv(out / "metrics.csv")["phase"].value_counts().to_dict() == {0: 2, 1: 2}
 
 
+def test_a_phase_value_typed_beside_the_run_level_one_is_meant(compose_cfg):
+    from runner.checks import check_shadowed
+    from runner.errors import ConfigError
+    typed = ["experiment=fmnist_blur_to_sharp", "train.epochs=6", "phases.1.epochs=5"]
+    check_shadowed(compose_cfg(typed), typed)  # phase 0 inherits; phase 1 is typed: no refusal
+    with pytest.raises(ConfigError, match=r"phases\.1\.epochs=3 sets its own"):
+        check_shadowed(compose_cfg(typed[:2]), typed[:2])
+
+
 def test_the_swr_from_scratch_reference_trains_what_it_says(compose_cfg):
     """docs/swr.md, Fig. 2: `experiment=swr_gen_mnist_mlp method=vanilla train.epochs=100`."""
     cfg = compose_cfg(["experiment=swr_gen_mnist_mlp", "method=vanilla", "train.epochs=100"])
