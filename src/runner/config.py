@@ -90,6 +90,9 @@ class OptimConfig:
     weight_decay: float = valid(0.0, NON_NEGATIVE)  # coupled L2 (optimizer's weight_decay) on weights
     weight_decay_bias: Optional[float] = valid(None, at_least(0, "as weight_decay"))  # None: same as weight_decay
     weight_decay_norm: Optional[float] = valid(None, at_least(0, "as weight_decay"))  # normalization layers; None: same as weight_decay
+    weight_decay_form: str = valid("half", OneOf(("half", "full")))  # the penalty a decay lambda stands for:
+    # half: loss + lambda/2 ||w||^2 (gradient + lambda w, torch's weight_decay); full: loss + lambda ||w||^2
+    # (Keras' l2(lambda) regularizer, gradient + 2 lambda w)
     fused: Optional[bool] = None  # fused optimizer kernels; None: on a GPU only
 
 

@@ -12,10 +12,14 @@ from runner.errors import RunnerError
 from runner.models.params import parameters
 
 
+FORM_FACTOR = {"half": 1.0, "full": 2.0}  # optimizer decay per unit of lambda (`weight_decay_form`)
+
+
 def group_decay(kind: str, cfg: OptimConfig, weight_decay: float) -> float:
-    """The weight decay of a group: biases and norm parameters may have their own."""
+    """The optimizer's weight decay of a group: biases and norm parameters may have their own
+    lambda; `weight_decay_form=full` (lambda ||w||^2, Keras' l2) doubles it."""
     own = {"biases": cfg.weight_decay_bias, "norm": cfg.weight_decay_norm}.get(kind)
-    return weight_decay if own is None else own
+    return FORM_FACTOR[cfg.weight_decay_form] * (weight_decay if own is None else own)
 
 
 def param_groups(model: nn.Module, cfg: OptimConfig, weight_decay: float) -> List[dict]:

@@ -90,3 +90,14 @@ def test_dsd_eta_is_a_fresh_draw_unless_zeros_is_asked_for(compose_cfg):
 def test_l2_conventions_default_to_what_produced_the_papers_lambdas(compose_cfg):
     for method in ("l2", "l2_init"):
         assert compose_cfg([f"method={method}"]).method.convention == "code"
+
+
+def test_reinit_table5_runs_the_reading_the_text_supports_best(compose_cfg):
+    """App. B and Sec. 1.1: full-batch gradient descent at lr 0.05 without momentum, T = 1,800
+    steps in 5 rounds, the penalty lambda ||w||^2 of a Keras l2(lambda) on the weights only."""
+    for method in ("bl", "rescale", "lw"):
+        cfg = compose_cfg(["experiment=reinit_table5", f"method={method}", "optim.weight_decay=0.05"])
+        o = cfg.optim
+        assert (o.name, o.lr, o.momentum, o.weight_decay_form, o.weight_decay_bias) == \
+            ("sgd", 0.05, 0.0, "full", 0.0), method
+        assert cfg.train.batch_size is None and cfg.train.epochs * cfg.phases[0].repeat == 1800

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from conftest import needs_fashion_mnist, run_cli
 from runner.config import ScheduleConfig
 from runner.data.tensors import subset_indices
-from runner.optim import Schedule, param_groups
+from runner.optim import Schedule, build_optimizer, param_groups
 from runner.report import format_table, main as report_main, table_from_results
 from runner.results import load_results
 from methods.base import Method
@@ -106,11 +106,28 @@ def test_schedules():
 
 def test_per_group_weight_decay():
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
-    cfg = OmegaConf.create({"weight_decay_bias": 0.0, "weight_decay_norm": None})
+    cfg = OmegaConf.create({"weight_decay_bias": 0.0, "weight_decay_norm": None, "weight_decay_form": "half"})
     groups = {g["kind"]: g for g in param_groups(model, cfg, 5e-4)}
     assert groups["weights"]["weight_decay"] == 5e-4 and len(groups["weights"]["params"]) == 2
     assert groups["biases"]["weight_decay"] == 0.0 and len(groups["biases"]["params"]) == 2
     assert groups["norm"]["weight_decay"] == 5e-4 and len(groups["norm"]["params"]) == 2
+
+
+def test_weight_decay_form_full_is_keras_l2():
+    """`full`: one SGD step on loss + lam ||w||^2 (Keras' l2(lam)) by hand: w - lr (g + 2 lam w)."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3, 2, bias=False)
+    w0, x = layer.weight.detach().clone(), torch.randn(5, 3)
+    cfg = OmegaConf.create({"name": "sgd", "momentum": 0.0, "nesterov": False, "fused": False,
+                            "weight_decay_bias": None, "weight_decay_norm": None,
+                            "weight_decay_form": "full"})
+    opt = build_optimizer(layer, cfg, lr=0.1, weight_decay=0.05)
+    layer(x).sum().backward()
+    grad = x.sum(0).expand(2, 3)  # d/dw of sum(x w^T)
+    opt.step()
+    torch.testing.assert_close(layer.weight.detach(), w0 - 0.1 * (grad + 2 * 0.05 * w0))
+    cfg.weight_decay_form = "half"
+    assert param_groups(layer, cfg, 0.05)[0]["weight_decay"] == 0.05
 
 
 def test_paper_value_lookup():
