@@ -300,6 +300,7 @@ def cli() -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
     sys.argv += distributed.worker_overrides()  # torchrun ranks > 0 write no files
+    runner_sweeper.register()
     _started.clear()
     stderr = sys.stderr
     held = sys.stderr = HeldStderr(stderr)

@@ -11,10 +11,13 @@ experiment estimates (`hydra.sweeper.run_minutes` on `hydra.sweeper.run_on`);
 `outputs/multirun/<experiment>/<time>_<id>/` (several experiments: their names joined by `+`).
 """
 
+import importlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from hydra._internal.core_plugins import basic_sweeper
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.plugins import Plugins
@@ -34,10 +37,16 @@ class SweeperConf:
 
 
 def register() -> None:
-    """The config node and the class: Hydra's scan of `hydra_plugins` misses packages installed
-    in editable mode (`pip install -e .`), so the class is registered by hand too."""
+    """The config node and the class, before each command line. Hydra's scan of `hydra_plugins`
+    misses packages installed in editable mode (`pip install -e .`), so the class is registered
+    by hand; a later scan (a fresh plugin registry) re-executes Hydra's basic sweeper module,
+    after which this module is re-executed too, to subclass the BasicSweeper that is current."""
     ConfigStore.instance().store(group="hydra/sweeper", name="runner", node=SweeperConf)
-    Plugins.instance().register(ExperimentSweeper)
+    plugins = Plugins.instance()
+    module = sys.modules[__name__]
+    if module.ExperimentSweeper.__base__ is not basic_sweeper.BasicSweeper:
+        importlib.reload(module)
+    plugins.register(module.ExperimentSweeper)
 
 
 def duration(minutes: float) -> str:
