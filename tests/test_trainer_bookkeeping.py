@@ -39,6 +39,7 @@ from runner.data.tensors import Arrays, Pipeline, Split, Splits
 from runner.errors import ConfigError, DataError, Diverged, RunnerError
 from runner.results import RunRecorder
 from runner.instantiate import instantiate
+from runner.targets import register
 from runner.train import Trainer
 from runner.training.best import BestEpoch, score
 from runner.training.build import expand_phases, mse_one_hot, resolve_device
@@ -364,18 +365,22 @@ class Box:
         self.v, self.inner = v, inner
 
 
-def test_call_builds_nested_targets_and_names_where_a_value_is_refused():
-    box = instantiate({"_target_": f"{__name__}.Box", "v": {"k": 1},
-                "inner": {"_target_": f"{__name__}.Box", "v": 2}}, "model")
-    assert isinstance(box.inner, Box) and box.inner.v == 2 and box.v == {"k": 1}  # no target: kept
-    with pytest.raises(RunnerError, match=re.escape(
-            f"model.inner: bad option x (calling {__name__}.Box)")):
-        instantiate({"_target_": f"{__name__}.Box", "inner": {"_target_": f"{__name__}.Box", "bad": "x"}},
-             "model")
-    with pytest.raises(RunnerError, match=r"^m\._target_='len' is not a dotted path to a callable$"):
-        instantiate({"_target_": "len"}, "m")
+register("model", Box)  # a component the tests' configs may name (with target_allowlist)
+
+
+def test_call_names_where_a_value_is_refused_and_refuses_untyped_targets():
+    box = instantiate({"_target_": f"{__name__}.Box", "v": {"k": 1}}, "model", "model", [__name__])
+    assert isinstance(box, Box) and box.v == {"k": 1}
+    with pytest.raises(RunnerError, match=re.escape(f"model: bad option x (calling {__name__}.Box)")):
+        instantiate({"_target_": f"{__name__}.Box", "bad": "x"}, "model", "model", [__name__])
+    with pytest.raises(RunnerError, match=r"^m\._target_='len' is refused: not a dotted path"):
+        instantiate({"_target_": "len"}, "m", "model")
+    with pytest.raises(RunnerError, match=r"^m\._target_=.*Box' is refused: .*outside the allowed"):
+        instantiate({"_target_": f"{__name__}.Box"}, "m", "model")  # not in target_allowlist
+    with pytest.raises(RunnerError, match=r"^m\._target_=.*Box' is refused: a component of another kind.*allowed at m: a registered dataset reader"):
+        instantiate({"_target_": f"{__name__}.Box"}, "m", "reader", [__name__])
     with pytest.raises(RunnerError, match="^m has no _target_"):
-        instantiate(OmegaConf.create({"v": 1}), "m")
+        instantiate(OmegaConf.create({"v": 1}), "m", "model")
 
 
 def tiny_images(n_train=16, n_test=4, fail=False, start=0, source=None, classes=2):
@@ -387,6 +392,9 @@ def tiny_images(n_train=16, n_test=4, fail=False, start=0, source=None, classes=
     return Arrays(x[:n_train].clone(), y[:n_train], x[n_train:].clone(), y[n_train:], source=source)
 
 
+register("reader", tiny_images)
+
+
 class Add:
     """An augmentation: adds `v` (to inputs already in [0, 1])."""
 
@@ -395,6 +403,9 @@ class Add:
 
     def __call__(self, x, gen):
         return x + self.v
+
+
+register("transform", Add)
 
 
 def image_trainer(base_cfg, tmp_path, reader=(), **keys):
@@ -579,6 +590,9 @@ def scaled_by(k):
             for p in model.parameters():
                 p.mul_(k)
     return apply
+
+
+register("model_transform", scaled_by)
 
 
 def test_the_model_gets_its_transforms_and_the_trainer_its_methods(base_cfg, tmp_path):
@@ -1079,6 +1093,9 @@ class SeeGen:
         return x
 
 
+register("transform", SeeGen)
+
+
 def test_cached_inputs_are_augmented_with_the_trainers_generator(base_cfg, tmp_path):
     trainer = image_trainer(base_cfg, tmp_path, dataset__augment=[{"_target_": f"{__name__}.SeeGen"}])
     trainer.data.load_phase_data(trainer.parts.phases[0])
@@ -1122,8 +1139,8 @@ def test_an_apple_gpu_is_a_device_where_it_is_available(monkeypatch):
 
 
 def test_an_unimportable_target_is_named():
-    with pytest.raises(RunnerError, match=r"(?s)^model\._target_='nowhere\.Net' cannot be imported \(.*No module named 'nowhere'"):
-        instantiate({"_target_": "nowhere.Net"}, "model")
+    with pytest.raises(RunnerError, match=r"(?s)^model\._target_='nowhere\.Net' is refused: module nowhere cannot be imported \(.*No module named 'nowhere'"):
+        instantiate({"_target_": "nowhere.Net"}, "model", "model", ["nowhere"])
 
 
 def test_train_options_are_resolved_and_progress_is_taken_from_the_config(base_cfg, tmp_path):
@@ -1277,10 +1294,10 @@ def test_the_run_context_carries_the_trainers_device(trainer):
 
 def test_call_gives_targets_plain_resolved_values_from_a_config():
     root = OmegaConf.create({"n": 2, "m": {"_target_": f"{__name__}.Box", "v": [1, "${n}"],
-                                           "inner": {"_target_": f"{__name__}.Box", "v": {"a": "${n}"}}}})
-    box = instantiate(root.m, "m")
+                                           "inner": {"a": "${n}"}}})
+    box = instantiate(root.m, "m", "model", [__name__])
     assert type(box.v) is list and box.v == [1, 2]
-    assert isinstance(box.inner, Box) and type(box.inner.v) is dict and box.inner.v == {"a": 2}
+    assert type(box.inner) is dict and box.inner == {"a": 2}
 
 
 def test_channels_last_models_keep_their_weights_channels_last(trainer):

@@ -35,6 +35,7 @@ from runner.results import load_results
 from runner.tables import (IGNORED, LEAD, NOT_DONE, STATS, Layout, deduplicate,  # noqa: F401
                            key_value, metric_value, not_done, paper_order, run_identity,
                            table_from_results)
+from runner.targets import register
 
 FORMATS = ("markdown", "csv", "latex")
 
@@ -263,6 +264,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         write_tables(df, Path(args.out), args.metric)
     print(format_as(df, args.format, args.metric))
     return 0
+
+
+register("callback", AggregateOnMultirunEnd)  # config slots of this kind may name them (runner.targets)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import torch
 from runner.data.readers import how_to_provide
 from runner.data.tensors import Arrays
 from runner.errors import DataError, DatasetMissing
+from runner.targets import register
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
@@ -105,3 +106,6 @@ def tiny_imagenet(root: str, size: Optional[int] = 64) -> Arrays:
             yte.append(index[wnid])
     return Arrays(load_images(ftr, size), torch.tensor(ytr), load_images(fte, size),
                   torch.tensor(yte), source=str(base))
+
+
+register("reader", image_folder, tiny_imagenet)  # config slots of this kind may name them (runner.targets)

@@ -24,6 +24,7 @@ import torch
 
 from runner.data.tensors import Arrays
 from runner.errors import DataError, DatasetMissing, DownloadFailed
+from runner.targets import register
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
@@ -272,3 +273,6 @@ def digits(test_fraction: float = 0.2, seed: int = 0) -> Arrays:
     n_test = int(round(test_fraction * len(y)))
     te, tr = perm[:n_test], perm[n_test:]
     return Arrays(x[tr], y[tr], x[te], y[te])
+
+
+register("reader", fashion_mnist, mnist, kmnist, emnist_letters, cifar10, cifar100, svhn, digits)  # config slots of this kind may name them (runner.targets)

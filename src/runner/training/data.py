@@ -77,7 +77,7 @@ class DataStager:
         key = OmegaConf.to_yaml(ds.reader, resolve=True)  # interpolated options (seed) count
         arrays = ARRAYS.get(key)
         if arrays is None:
-            arrays = instantiate(ds.reader, "dataset.reader")
+            arrays = instantiate(ds.reader, "dataset.reader", "reader", self.parts.cfg.target_allowlist)
             check_labels(arrays, ds.num_classes, ds.get("name", "dataset"))
             if arrays.source is not None:
                 ARRAYS.put(key, arrays)
@@ -96,7 +96,8 @@ class DataStager:
         self.free_device_memory()
         val_seed = cfg.seed if tr.val_seed is None else tr.val_seed
         if ds.get("stream") is not None:  # files read by workers
-            splits = stream_splits(instantiate(ds.reader, "dataset.reader"), tr.val_fraction,
+            splits = stream_splits(instantiate(ds.reader, "dataset.reader", "reader", cfg.target_allowlist),
+                                   tr.val_fraction,
                                    val_seed, device, **OmegaConf.to_container(ds.stream, resolve=True))
         else:
             splits = split_train_val(self.arrays(ds), tr.val_fraction, val_seed, device)
@@ -128,9 +129,12 @@ class DataStager:
         if idx is not None:
             splits.train = splits.train.take(idx.to(device))
         augment = phase.cfg.augment if phase.cfg.augment is not None else ds.get("augment", [])
+        allow = self.parts.cfg.target_allowlist
         pipe = Pipeline(ds.get("mean", [0.0]), ds.get("std", [1.0]),
-                        [instantiate(t, f"{phase.name}.transform") for t in phase.cfg.transform],
-                        [instantiate(t, f"{phase.name}.augment") for t in augment], device)
+                        [instantiate(t, f"{phase.name}.transform", "transform", allow)
+                         for t in phase.cfg.transform],
+                        [instantiate(t, f"{phase.name}.augment", "transform", allow) for t in augment],
+                        device)
         ctx.pipeline = self.with_layout(pipe)
         streamed = hasattr(splits.train, "batches")
         if not streamed and self.float_bytes(splits, pipe) <= self.cache_bytes():
