@@ -20,7 +20,9 @@ from typing import Any, Dict, Iterator, List
 from runner.errors import ConfigError
 from runner.results import METRICS_FILE, RESULT_FILE, orphans
 
-RESUME_OPTIONS = ("device", "threads", "data_root", "progress", "logger", "distributed")  # where, how
+# where and how a resumed run goes on; not `threads`: on the CPU a convolution's result depends on
+# the thread count (swr_gen_cifar10_cnn: threads=1 and 4 differ), so a resumed run keeps its own
+RESUME_OPTIONS = ("device", "data_root", "progress", "logger", "distributed")
 RUN_FILES = (RESULT_FILE, "checkpoint.pt", METRICS_FILE)
 
 

@@ -185,3 +185,151 @@ def test_run_directories_read_on_resume_are_refused_whole(tmp_path, monkeypatch,
                 (run_dir / "result.json").read_text() != record:
             problems.append(f"{record[:40]}: the run directory changed")
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.sizes
+def test_corrupt_or_incomplete_checkpoints_are_one_line(tmp_path, monkeypatch, capsys):
+    """Truncated, foreign or incomplete checkpoint.pt of an interrupted run: one line and exit 1;
+    what cannot be read changes nothing, what lacks a holder ends `failed`, saying which."""
+    import torch
+
+    from runner import checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    done = tmp_path / "done"
+    assert in_process(SMOKE, done) == 0
+    capsys.readouterr()
+    record = json.loads((done / "result.json").read_text())
+    ident = checkpoint.identity(record["choices"], record["config"])
+    record["status"] = "interrupted"
+    good = tmp_path / "good.pt"
+    torch.save({"identity": ident, "position": {"phase": 0}, "progress": None}, good)
+    cases = [(good.read_bytes()[:50], "cannot be read", False),
+             (b"not a zip", "cannot be read", False),
+             ({"x": 1}, "is incomplete (no identity or position)", False),
+             ({"identity": ident, "position": {"phase": "0"}}, "is incomplete", False),
+             ({"identity": ident, "position": {"phase": 0}, "progress": None},
+              "the checkpoint has no 'methods'", True)]
+    problems = []
+    for i, (content, expect, runs) in enumerate(cases):
+        run_dir = tmp_path / f"ckpt{i}"
+        run_dir.mkdir()
+        (run_dir / "result.json").write_text(json.dumps(record))
+        if isinstance(content, bytes):
+            (run_dir / "checkpoint.pt").write_bytes(content)
+        else:
+            torch.save(content, run_dir / "checkpoint.pt")
+        code = in_process([f"resume={run_dir}"], tmp_path / f"fresh{i}")
+        printed = capsys.readouterr()
+        lines = [line for line in printed.err.splitlines() if line.strip()]
+        status = json.loads((run_dir / "result.json").read_text())["status"]
+        if code != 1 or len(lines) != 1 or expect not in lines[0] or "Traceback" in printed.err:
+            problems.append(f"{expect}: exit {code}, stderr {lines}")
+        if status != ("failed" if runs else "interrupted"):
+            problems.append(f"{expect}: status {status}")
+    assert not problems, "\n".join(problems)
+
+
+SWEEP = ["-m", "experiment=fmnist_mlp", "ci=smoke", "device=cpu", "threads=1", "progress=false"]
+
+
+@pytest.mark.sizes
+def test_an_interrupted_sweep_ends_with_its_table(tmp_path):
+    """Ctrl-C after the first job: the table of what ran, counting the jobs without a result."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "runner", *SWEEP, "seed=range(40)",
+                             f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not (sweep / "1" / "result.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, err[-2000:]
+    assert (sweep / "table.md").exists() and "table written to" in out
+    assert "without a result" in err and "Traceback" not in err
+    statuses = [r["status"] for r in load_results([sweep])]
+    assert 1 <= statuses.count("completed") < 40 and "running" not in statuses
+
+
+@pytest.mark.sizes
+def test_a_sweep_where_nothing_completed_exits_non_zero(hydra_cli, tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    assert hydra_cli(*SWEEP, "train.epochs=0,-1", f"hydra.sweep.dir={sweep}") == 1
+    err = capsys.readouterr().err
+    assert "not every job completed (2 failed)" in err
+    assert [r["status"] for r in load_results([sweep])] == ["failed", "failed"]
+    before = (sweep / "0" / "result.json").read_text()
+    assert hydra_cli(*SWEEP, "seed=0,1", f"hydra.sweep.dir={sweep}") == 2  # holds runs already
+    assert "already holds runs" in capsys.readouterr().err
+    assert (sweep / "0" / "result.json").read_text() == before
+
+
+def _idx(path: Path, header_dims, body: bytes = b"") -> None:
+    import gzip
+    import struct
+    data = struct.pack(">HBB", 0, 0x08, len(header_dims)) + struct.pack(f">{len(header_dims)}I", *header_dims)
+    path.write_bytes(gzip.compress(data + body))
+
+
+def _mnist(root: Path, images=(20, 28, 28), labels=(20,)) -> Path:
+    """root/mnist with training files of the given IDX shapes (test files well formed)."""
+    import math
+    d = root / "mnist"
+    d.mkdir(parents=True)
+    _idx(d / "train-images-idx3-ubyte.gz", images, bytes(min(math.prod(images), 10**6)))
+    _idx(d / "train-labels-idx1-ubyte.gz", labels, bytes(min(math.prod(labels), 10**6)))
+    _idx(d / "t10k-images-idx3-ubyte.gz", (10, 28, 28), bytes(10 * 28 * 28))
+    _idx(d / "t10k-labels-idx1-ubyte.gz", (10,), bytes(10))
+    return d
+
+
+def _png_bomb(path: Path) -> None:
+    """A PNG header promising 40000 x 40000 pixels (PIL refuses it unopened)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 40000, 40000, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.sizes
+def test_bad_data_files_are_named(tmp_path, monkeypatch, capsys):
+    """Files that pass a first look and would crash later: one line naming the file, exit 1."""
+    monkeypatch.chdir(tmp_path)
+    mnist = ["dataset=mnist", "experiment=fmnist_mlp", "device=cpu", "threads=1", "train.max_epochs=1"]
+    cases = []
+    d = _mnist(tmp_path / "a", images=(2**32 - 1, 2**32 - 1, 2**32 - 1))
+    cases.append((mnist + [f"data_root={tmp_path / 'a'}"], str(d / "train-images-idx3-ubyte.gz")))
+    d = _mnist(tmp_path / "b", labels=(20, 2))
+    cases.append((mnist + [f"data_root={tmp_path / 'b'}"], str(d / "train-labels-idx1-ubyte.gz")))
+    d = _mnist(tmp_path / "c", images=(20, 784))
+    cases.append((mnist + [f"data_root={tmp_path / 'c'}"], str(d / "train-images-idx3-ubyte.gz")))
+    folder = ["dataset=caltech101", "experiment=fmnist_mlp", "device=cpu", "threads=1"]
+    for split in ("train", "test"):
+        (tmp_path / "e" / "caltech101" / split / "cat").mkdir(parents=True)
+    cases.append((folder + [f"data_root={tmp_path / 'e'}"], str(tmp_path / "e" / "caltech101" / "train")))
+    for split in ("train", "test"):
+        (tmp_path / "f" / "caltech101" / split / "cat").mkdir(parents=True)
+        _png_bomb(tmp_path / "f" / "caltech101" / split / "cat" / "bomb.png")
+    cases.append((folder + [f"data_root={tmp_path / 'f'}"], "bomb.png"))
+    problems = []
+    for i, (args, names) in enumerate(cases):
+        code = in_process(args, tmp_path / f"out{i}")
+        printed = capsys.readouterr()
+        lines = [line for line in printed.err.splitlines() if line.strip()]
+        statuses = [r["status"] for r in load_results([tmp_path / f"out{i}"])]
+        if code != 1 or len(lines) != 1 or names not in lines[0] or "Traceback" in printed.err \
+                or statuses not in ([], ["failed"]):
+            problems.append(f"{args[-1]}: exit {code}, stderr {lines}, statuses {statuses}")
+    assert not problems, "\n".join(problems)

@@ -66,15 +66,29 @@ def test_a_new_run_is_refused_in_another_runs_directory(tmp_path):
 
 
 @pytest.mark.parametrize("extra,ok", [
-    (["device=cuda", "threads=2", "data_root=/d", "progress=false", "logger=tensorboard"], True),
-    (["+logger.log_dir=/x"], True), (["seed=1"], False), (["train.epochs=3"], False),
+    (["device=cuda", "data_root=/d", "progress=false", "logger=tensorboard"], True),
+    (["+logger.log_dir=/x", "distributed.enabled=true"], True), (["threads=2"], False),
+    (["seed=1"], False), (["train.epochs=3"], False),
     (["method=l2"], False), (["+extra_methods=[]"], False)])
 def test_only_where_and_how_it_runs_may_change_on_resume(tmp_path, extra, ok):
     record = {"status": "interrupted", "overrides": ["seed=0"]}
     if ok:
         assert rundir.resume_overrides(str(tmp_path), record, extra + ["resume=x"]) == ["seed=0"] + extra
     else:
-        with pytest.raises(ConfigError, match="would change the run; on resume only device, threads"):
+        with pytest.raises(ConfigError, match="would change the run; on resume only device, data_root"):
             rundir.resume_overrides(str(tmp_path), record, extra)
     with pytest.raises(ConfigError, match="the run completed"):
         rundir.resume_overrides(str(tmp_path), {**record, "status": "completed"}, extra)
+
+
+def test_where_the_data_lie_and_the_tracker_do_not_make_another_run():
+    """Resume may point `data_root` elsewhere and pick another logger: the same run."""
+    from runner.tables import run_identity
+    config = {"seed": 0, "data_root": "/a/data", "logger": {"name": "csv"},
+              "dataset": {"reader": {"root": "/a/data/mnist"}, "name": "mnist"}}
+    moved = {**config, "data_root": "/b", "logger": {"name": "wandb"},
+             "dataset": {"reader": {"root": "/b/mnist"}, "name": "mnist"}}
+    same = run_identity({"choices": {"logger": "csv"}, "config": config})
+    assert same == run_identity({"choices": {"logger": "wandb"}, "config": moved})
+    other = {**moved, "dataset": {"reader": {"root": "/b/kmnist"}, "name": "mnist"}}
+    assert same != run_identity({"choices": {}, "config": other})
