@@ -333,3 +333,27 @@ def test_bad_data_files_are_named(tmp_path, monkeypatch, capsys):
                 or statuses not in ([], ["failed"]):
             problems.append(f"{args[-1]}: exit {code}, stderr {lines}, statuses {statuses}")
     assert not problems, "\n".join(problems)
+
+
+EMPTY = [  # splits that come out empty once the data are read: one line, exit 2, status failed
+    (["train.val_fraction=0.99"], ["no training samples", "train.val_fraction=0.99"]),
+    (["phases.0.subset.fraction=0.0001"], ["no training samples", "'fraction': 0.0001"]),
+    (["phases.0.subset.chunks=1000"], ["no training samples", "'chunks': 1000"]),
+    (["ci.n_train=3", "train.val_fraction=0.1"], ["train.val_fraction=0.1 leaves no validation"]),
+]
+
+
+@pytest.mark.sizes
+def test_empty_splits_are_one_line_and_an_honest_status(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    problems = []
+    for i, (args, expect) in enumerate(EMPTY):
+        case = tmp_path / f"case{i}"
+        code = in_process(SMOKE + args, case / "out")
+        printed = capsys.readouterr()
+        lines = [line for line in printed.err.splitlines() if line.strip()]
+        statuses = [r["status"] for r in load_results([case])]
+        if code != 2 or len(lines) != 1 or not all(e in lines[0] for e in expect) \
+                or "Traceback" in printed.err or statuses not in ([], ["failed"]):
+            problems.append(f"{args}: exit {code}, stderr {lines}, statuses {statuses}")
+    assert not problems, "\n".join(problems)

@@ -55,6 +55,19 @@ def check_labels(arrays: Arrays, classes: int, name: str) -> None:
                             + (f"; files in {arrays.source}" if arrays.source else ""))
 
 
+def check_split_sizes(splits: Splits, phase: Phase, val_fraction: float, available: int) -> None:
+    """A phase trains on at least one sample, and validates on one when asked to."""
+    if len(splits.train) == 0:
+        sub = {k: v for k, v in phase.cfg.subset.items() if v is not None and k != "access"}
+        raise ConfigError(f"phase {phase.name!r} (repeat {phase.repeat}) has no training samples: "
+                          f"{available} after train.val_fraction={val_fraction}, then subset "
+                          f"{sub or 'none'}; give a larger subset, fewer chunks or a smaller "
+                          f"val_fraction")
+    if val_fraction > 0 and len(splits.val) == 0:
+        raise ConfigError(f"train.val_fraction={val_fraction} leaves no validation sample in phase "
+                          f"{phase.name!r}; raise it, or set 0 for no validation")
+
+
 class DataStager:
     """Puts each phase's data and pipeline into the run's context (`parts.ctx`)."""
 
@@ -128,6 +141,7 @@ class DataStager:
                              phase.repeat, sub.access)
         if idx is not None:
             splits.train = splits.train.take(idx.to(device))
+        check_split_sizes(splits, phase, self.parts.cfg.train.val_fraction, len(base.train))
         augment = phase.cfg.augment if phase.cfg.augment is not None else ds.get("augment", [])
         allow = self.parts.cfg.target_allowlist
         pipe = Pipeline(ds.get("mean", [0.0]), ds.get("std", [1.0]),
