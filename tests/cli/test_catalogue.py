@@ -357,3 +357,16 @@ def test_empty_splits_are_one_line_and_an_honest_status(tmp_path, monkeypatch, c
                 or "Traceback" in printed.err or statuses not in ([], ["failed"]):
             problems.append(f"{args}: exit {code}, stderr {lines}, statuses {statuses}")
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.sizes
+def test_a_new_run_in_an_existing_runs_directory_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    done = tmp_path / "done"
+    assert in_process(SMOKE, done) == 0
+    capsys.readouterr()
+    files = {p.name: p.read_bytes() for p in done.iterdir() if p.is_file()}
+    assert in_process(SMOKE + ["seed=1"], done) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds a run (result.json, metrics.csv)" in err[0]
+    assert {p.name: p.read_bytes() for p in done.iterdir() if p.is_file()} == files
