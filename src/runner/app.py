@@ -199,6 +199,9 @@ def cli() -> None:
     _started.clear()
     try:
         main()
+    except KeyboardInterrupt:  # Ctrl-C between a sweep's jobs (inside a run: `Interrupted`)
+        print("error: interrupted by SIGINT", file=sys.stderr)
+        sys.exit(130)
     except SystemExit as exit_:
         if exit_.code not in (0, None) and not _started:
             explain_failed_overrides(sys.argv[1:])

@@ -47,17 +47,23 @@ def save(path: Path, obj: Any) -> None:
 
 
 def load(path: Path) -> Dict[str, Any]:
-    """The checkpoint at `path`, read without running code from it; a file that cannot be read
-    or lacks its identity and position is one line (`RunnerError`), before anything is written."""
+    """A file `save` wrote, read without running code from it; one line if it cannot be read."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise RunnerError(f"checkpoint {path} cannot be read ({type(e).__name__}: "
                           f"{' '.join(str(e).split())[:200]}); start the run again") from None
-    position = state.get("position") if isinstance(state, dict) else None
-    if not (isinstance(state.get("identity") if isinstance(state, dict) else None, str)
-            and isinstance(position, dict) and isinstance(position.get("phase"), int)
-            and not isinstance(position.get("phase"), bool) and position["phase"] >= 0):
+
+
+def load_run(path: Path) -> Dict[str, Any]:
+    """A run's checkpoint.pt (`load`); one without its identity and position is one line too,
+    before anything is written."""
+    state = load(path)
+    ident, position = (state.get("identity"), state.get("position")) if isinstance(state, dict) \
+        else (None, None)
+    phase = position.get("phase") if isinstance(position, dict) else None
+    if not (isinstance(ident, str) and isinstance(phase, int) and not isinstance(phase, bool)
+            and phase >= 0):
         raise RunnerError(f"checkpoint {path} is incomplete (no identity or position); it is not "
                           f"a checkpoint of this runner: start the run again")
     return state

@@ -276,8 +276,9 @@ class AggregateOnMultirunEnd(Callback):
         atexit.register(self._at_exit)
 
     def _at_exit(self) -> None:
-        if not self.ended:  # the sweep stopped early: its table all the same
-            self.ended = True
+        if not self.ended and self.sweep.is_dir() and \
+                next(self.sweep.rglob(RESULT_FILE), None) is not None:
+            self.ended = True  # the sweep stopped early: the table of what ran all the same
             sweep_table(self.sweep, self.jobs)
 
     def on_multirun_end(self, config, **kwargs) -> None:

@@ -136,7 +136,10 @@ def check_tree(node: Any, allowlist: Sequence[str], path: str = "") -> None:
     slots (values that interpolations carry into one) a component of any kind."""
     if isinstance(node, dict):
         if "_target_" in node:
-            resolve(node["_target_"], path or "(top level)", slot_kind(path) or "any", allowlist)
+            kind = slot_kind(path) or "any"
+            obj = resolve(node["_target_"], path or "(top level)", kind, allowlist)
+            if kind not in ("any", "method"):  # a method's options: runner.config.check_method
+                _check_arguments(obj, node, path)
             for k in node:
                 if k != "_target_" and str(k).startswith("_") and str(k).endswith("_"):
                     raise ConfigError(f"{path}.{k} is refused: the runner calls {path}._target_ "
@@ -151,6 +154,17 @@ def check_tree(node: Any, allowlist: Sequence[str], path: str = "") -> None:
     elif isinstance(node, list):
         for i, v in enumerate(node):
             check_tree(v, allowlist, f"{path}.{i}")
+
+
+def _check_arguments(obj: Callable, node: Dict[str, Any], path: str) -> None:
+    """The node's other keys are arguments `obj` takes (before anything runs)."""
+    kwargs = {k: v for k, v in node.items() if k != "_target_"}
+    try:
+        inspect.signature(obj).bind(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{path}: {e} (calling {node['_target_']}); fix or drop the key") from None
+    except ValueError:  # no signature to check (a builtin): the call names it
+        pass
 
 
 def _has_target(node: Any) -> bool:

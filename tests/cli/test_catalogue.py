@@ -84,9 +84,12 @@ VALUES = [  # refused before a run directory exists: exit 2
     (["optim.lr=${optim.lr}"], ["optim.lr"]),  # a cycle
     (["method=l2", "+method.lamda=0.1"], ["method.lamda is not an option", "method.lambda"]),
     (["seed=-5"], ["seed=-5"]),
+    (["+model.hiden=[3]"], ["model: got an unexpected keyword argument 'hiden'", "runner.models.mlp.mlp"]),
+    (["+dataset.reader.rot=x"], ["dataset.reader: got an unexpected keyword argument 'rot'"]),
+    (["+dataset.augment=[{_target_: runner.data.transforms.HFlip, q: 1}]"], ["dataset.augment.0: got an"]),
     (["dataset.shape=[]"], ["dataset.shape=[]"]),
     (["+datasets.more={num_classes: 0}"], ["datasets.more has no reader, shape"]),
-    (["+datasets.more={reader: {_target_: runner.data.synthetic.shapes_only}, shape: [1], num_classes: 0}"],
+    (["+datasets.more={reader: {_target_: runner.data.synthetic.shapes_only, shape: [1], num_classes: 2}, shape: [1], num_classes: 0}"],
      ["datasets.more.num_classes=0"]),
     (["dataset.num_classes=true"], ["dataset.num_classes=True"]),
     (["phases.0.repeat=9223372036854775808"], ["phases.0.repeat=9223372036854775808", "64-bit"]),
