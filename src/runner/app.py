@@ -1,8 +1,8 @@
 """`python -m runner`: the Hydra application."""
 from __future__ import annotations
 
+import contextlib
 import difflib
-import json
 import logging
 import shutil
 import sys
@@ -18,10 +18,9 @@ from hydra.core.plugins import Plugins
 from omegaconf import DictConfig, OmegaConf
 
 from runner import config as schema
-from runner import distributed, extras, options
+from runner import distributed, extras, hydra_keys, options, rundir
 from runner.errors import ConfigError, DatasetMissing, DownloadFailed, Interrupted, RunnerError
 from runner.report import format_table, table_from_results
-from runner.results import RESULT_FILE
 from runner.training.lifecycle import run
 
 # Hydra's plugin scan re-imports its core sweeper module; scan first, so that the runner's sweeper
@@ -44,6 +43,7 @@ def conf_dir() -> Path:
 schema.register()
 options.register()
 runner_sweeper.register()
+hydra_keys.install()  # Hydra's own instantiating keys pass the runner's target rules
 OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:6], use_cache=True, replace=True)
 # ${job_tag:N}: "[job N]" in a sweep's log lines, nothing in a single run's (N null)
 OmegaConf.register_new_resolver("job_tag", lambda num: "" if num is None else f"[job {num}]",
@@ -65,15 +65,18 @@ EXIT_CONFIG = 2  # a bad config, found before anything ran (as a usage error)
 
 def resumed_config(run_dir: str, extra: List[str]):
     """`resume=DIR`: the config of the run in DIR (composed from the overrides its result.json
-    records) with the command line's other overrides; returns (cfg, choices, overrides)."""
+    records, checked as if typed: `runner.rundir`) with the command line's other overrides;
+    returns (cfg, choices, overrides)."""
     from hydra import compose
 
-    path = Path(run_dir) / RESULT_FILE
-    if not path.exists():
-        raise ConfigError(f"resume={run_dir}: no {RESULT_FILE} there; give a run directory")
-    original = json.loads(path.read_text()).get("overrides", [])
-    overrides = original + [o for o in extra if o.split("=")[0].lstrip("+~") != "resume"]
-    cfg = compose("config", overrides=overrides + [f"resume={run_dir}"], return_hydra_config=True)
+    overrides = rundir.resume_overrides(run_dir, rundir.read_record(run_dir), extra)
+    try:
+        cfg = compose("config", overrides=overrides + [f"resume={run_dir}"], return_hydra_config=True)
+    except ConfigError:
+        raise
+    except Exception as e:  # what DIR records does not compose
+        raise ConfigError(f"resume={run_dir}: its recorded overrides do not compose "
+                          f"({' '.join(str(e).split())[:200]})") from None
     choices = job_choices(cfg.hydra.runtime.choices)
     plain = OmegaConf.to_container(cfg)
     plain.pop("hydra")
@@ -91,7 +94,7 @@ def fail(single: bool, code: int, message: str, run_dir: Optional[Path] = None) 
     for handler in logging.getLogger().handlers + log.handlers:  # the log files, not the console
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
-    if run_dir is not None and not (run_dir / RESULT_FILE).exists():
+    if run_dir is not None and not any((run_dir / f).exists() for f in rundir.RUN_FILES):
         shutil.rmtree(run_dir, ignore_errors=True)  # only Hydra's record of a run never started
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
@@ -110,8 +113,12 @@ def execute(cfg: DictConfig, out_dir: Path, overrides: List[str], choices: Dict[
         if single and cfg.resume not in (None, "auto"):
             cfg, choices, overrides = resumed_config(cfg.resume, overrides)
             out_dir = Path(cfg.resume)
-        result = run(cfg, out_dir, choices=choices, overrides=overrides, job=job,
-                     record_invalid=not single, search_root=search_root)
+        owner = distributed.rank() == 0  # the rank that writes the run's files
+        if owner and fresh_dir is not None:
+            rundir.check_fresh(out_dir)
+        with rundir.owned(out_dir) if owner else contextlib.nullcontext():
+            result = run(cfg, out_dir, choices=choices, overrides=overrides, job=job,
+                         record_invalid=not single, search_root=search_root)
     except Interrupted as e:
         log.error("%s", e)
         if distributed.rank() == 0:  # the rank that writes the run's record
@@ -306,6 +313,9 @@ def cli() -> None:
     held = sys.stderr = HeldStderr(stderr)
     try:
         main()
+    except KeyboardInterrupt:  # Ctrl-C between a sweep's jobs (inside a run: `Interrupted`)
+        print("error: interrupted by SIGINT", file=sys.stderr)
+        sys.exit(130)
     except SystemExit as exit_:
         if exit_.code in (0, None) or _started:
             raise

@@ -47,11 +47,26 @@ def save(path: Path, obj: Any) -> None:
 
 
 def load(path: Path) -> Dict[str, Any]:
+    """A file `save` wrote, read without running code from it; one line if it cannot be read."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise RunnerError(f"checkpoint {path} cannot be read ({type(e).__name__}: "
                           f"{' '.join(str(e).split())[:200]}); start the run again") from None
+
+
+def load_run(path: Path) -> Dict[str, Any]:
+    """A run's checkpoint.pt (`load`); one without its identity and position is one line too,
+    before anything is written."""
+    state = load(path)
+    ident, position = (state.get("identity"), state.get("position")) if isinstance(state, dict) \
+        else (None, None)
+    phase = position.get("phase") if isinstance(position, dict) else None
+    if not (isinstance(ident, str) and isinstance(phase, int) and not isinstance(phase, bool)
+            and phase >= 0):
+        raise RunnerError(f"checkpoint {path} is incomplete (no identity or position); it is not "
+                          f"a checkpoint of this runner: start the run again")
+    return state
 
 
 def rng_state(generators: Dict[str, torch.Generator]) -> Dict[str, Any]:

@@ -1,6 +1,6 @@
-"""Checks of option combinations that one field's range cannot express (called by
-`runner.config.validate`, before a run starts)."""
-from omegaconf import OmegaConf
+"""Checks of option combinations, and of the free-form dataset nodes, that one field's range
+cannot express (called by `runner.config.validate`, before a run starts)."""
+from omegaconf import DictConfig, OmegaConf
 
 from runner.errors import ConfigError
 
@@ -48,9 +48,51 @@ def check_subsets(cfg) -> None:
                               f"{sub.chunks} (repeat r trains on chunk r); set repeat <= chunks")
 
 
+def check_training(cfg) -> None:
+    """Phases, optimizer, schedule and loss options that only make sense together."""
+    if len(cfg.phases) == 0:
+        raise ConfigError("phases=[] leaves the run nothing to train; give at least one phase, "
+                          "e.g. phases=[{name: train}]")
+    optim = cfg.optim
+    if len(optim.betas) != 2:
+        raise ConfigError(f"optim.betas has {len(optim.betas)} values; give two, e.g. "
+                          f"optim.betas=[0.9,0.999]")
+    if optim.nesterov and (optim.name != "sgd" or optim.momentum <= 0):
+        raise ConfigError(f"optim.nesterov=true needs optim.name=sgd with optim.momentum > 0 "
+                          f"(got {optim.name}, momentum {optim.momentum}); set both or drop nesterov")
+    if cfg.schedule.name == "step_iter" and cfg.schedule.step_size < 1:
+        raise ConfigError(f"schedule.step_size={cfg.schedule.step_size}: schedule.name=step_iter "
+                          f"needs a step size >= 1")
+    if cfg.train.label_smoothing and cfg.train.loss != "cross_entropy":
+        raise ConfigError(f"train.label_smoothing={cfg.train.label_smoothing} needs "
+                          f"train.loss=cross_entropy (got {cfg.train.loss}); drop one of them")
+
+
+def check_datasets(cfg) -> None:
+    """Each dataset node has a reader, at least one class and a shape of positive sizes (checked
+    before a test level builds synthetic data of that shape)."""
+    nodes = [("dataset", cfg.dataset)] + [(f"datasets.{k}", v) for k, v in (cfg.datasets or {}).items()]
+    for where, ds in nodes:
+        if not isinstance(ds, DictConfig):
+            continue
+        missing = [k for k in ("reader", "shape", "num_classes") if k not in ds]
+        if missing:
+            raise ConfigError(f"{where} has no {', '.join(missing)}; a dataset node sets reader, "
+                              f"shape and num_classes (see conf/dataset/)")
+        n = ds["num_classes"]
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ConfigError(f"{where}.num_classes={n!r} is invalid; valid: an integer >= 1")
+        shape = ds["shape"]
+        if shape is not None and not (len(shape) and all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)):
+            raise ConfigError(f"{where}.shape={list(shape)} is invalid; valid: sizes >= 1, "
+                              f"e.g. [1, 28, 28]")
+
+
 def check_combinations(cfg) -> None:
     check_report(cfg)
     check_subsets(cfg)
+    check_training(cfg)
 
 
 # run-level options that a phase may set for itself (runner.config.PhaseConfig)

@@ -24,11 +24,15 @@ from typing import Any, Dict, List, Optional, Sequence
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from runner import ci, extras, options
+from runner import ci, extras, options, targets
 from runner.errors import ConfigError
 
 from runner.ranges import NON_NEGATIVE, POSITIVE, OneOf, Range, at_least  # noqa: F401 (re-exported)
 from runner.results import ROW_METRICS
+
+
+SEED_MAX = 2**32 - 1  # seeds in [0, SEED_MAX] give distinct runs (NumPy's seed is 32 bits)
+INT_LIMIT = 2**63  # integers of the config fit a 64-bit integer (torch's, NumPy's)
 
 
 def valid(default: Any, rule) -> Any:
@@ -47,7 +51,7 @@ class TrainConfig:
     restore_best: bool = False  # load the best-validation weights at the end of each phase
     select_by: str = valid("val_loss", OneOf(("val_loss", "val_acc")))  # best-validation epoch: lowest val_loss | highest val_acc
     val_fraction: float = valid(0.1, Range(0, 1, hi_open=True))  # share of the training set held out for validation
-    val_seed: Optional[int] = valid(None, at_least(0, "the run's seed"))  # seed of the train/val split; None: the run's seed
+    val_seed: Optional[int] = valid(None, Range(0, SEED_MAX, note="the run's seed"))  # seed of the train/val split; None: the run's seed
     eval_test: bool = True  # evaluate the test set with validation (needed for test@best-val)
     fused_seeds: int = valid(1, at_least(1))  # K > 1: seeds seed..seed+K-1 as one batched model
     # in one process, each in its own run directory DIR/seed<N> (runner.training.fused)
@@ -192,7 +196,7 @@ class DistributedConfig:
 class RunnerConfig:
     name: str = "run"
     description: str = ""
-    seed: int = valid(0, NON_NEGATIVE)
+    seed: int = valid(0, Range(0, SEED_MAX))  # NumPy takes 32 bits: larger seeds would alias
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: Optional[int] = valid(None, at_least(1, "torch's default"))  # torch CPU threads; None: torch's default (1 suits tiny models
     # and parallel sweeps: hydra/launcher=joblib hydra.launcher.n_jobs=2)
@@ -217,8 +221,9 @@ class RunnerConfig:
     logger: Any = None  # tracker (conf/logger/): csv (run files only), tensorboard, mlflow, wandb
     resume: Optional[str] = None  # DIR: continue that run from its checkpoint; auto (sweeps):
     # skip jobs whose config completed under the sweep's parent directory, resume unfinished ones
-    target_allowlist: List[str] = field(default_factory=list)  # module prefixes `_target_` may
-    # name besides runner., methods., torch. and torchvision.
+    target_allowlist: List[str] = field(default_factory=list)  # modules of your own code whose
+    # components (runner.targets.register, Method subclasses) `_target_` may name, besides
+    # runner and methods
 
 
 def register() -> None:
@@ -232,9 +237,6 @@ def register() -> None:
 
 
 # -- validation -----------------------------------------------------------------------------------
-TARGET_PREFIXES = ("runner.", "methods.", "torch.", "torchvision.")
-
-
 def _fail(key: str, value: Any, rule) -> ConfigError:
     shown = "null" if value is None else repr(value)
     return ConfigError(f"{key}={shown} is invalid; valid: {rule}")
@@ -266,32 +268,42 @@ def _check_finite(node: Any, key: str) -> None:
             _check_finite(v, f"{key}.{i}")
     elif isinstance(node, float) and not math.isfinite(node):
         raise ConfigError(f"{key}={node} is not a finite number; give a finite value")
+    elif isinstance(node, int) and not isinstance(node, bool) and not -INT_LIMIT < node < INT_LIMIT:
+        raise ConfigError(f"{key}={node} does not fit a 64-bit integer; give a smaller value")
 
 
-def _check_targets(node: Any, key: str, allowed: Sequence[str]) -> None:
-    """Every `_target_` lies inside an allowed package (nothing else is ever imported)."""
-    if isinstance(node, dict):
-        target = node.get("_target_")
-        if target is not None and not str(target).startswith(tuple(allowed)):
-            where = f"{key}._target_" if key else "_target_"
-            raise ConfigError(f"{where}={target!r} is refused: targets must start with "
-                              f"{', '.join(allowed)} (add a trusted prefix to target_allowlist)")
-        for k, v in node.items():
-            _check_targets(v, f"{key}.{k}" if key else str(k), allowed)
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            _check_targets(v, f"{key}.{i}", allowed)
+def _check_known_keys(schema, node, prefix: str) -> None:
+    """Every key of a schema-typed node is a field of its schema (`+train.epoch=3` is a typo,
+    though Hydra's `+` adds it)."""
+    if not isinstance(node, DictConfig):
+        return
+    names = [f.name for f in fields(schema)]
+    for key in node.keys():
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {prefix}{near[0]}?)" if near else ""
+            raise ConfigError(f"{prefix}{key} is not an option{hint}; valid keys"
+                              f"{' of ' + prefix.rstrip('.') if prefix else ''}: {', '.join(names)}")
+    for f in fields(schema):
+        value = node[f.name]
+        if is_dataclass(f.type):
+            _check_known_keys(f.type, value, prefix + f.name + ".")
+        elif typing.get_origin(f.type) is list and is_dataclass(typing.get_args(f.type)[0]) \
+                and isinstance(value, ListConfig):
+            for i, item in enumerate(value):
+                _check_known_keys(typing.get_args(f.type)[0], item, f"{prefix}{f.name}.{i}.")
 
 
 def check_targets(cfg: DictConfig) -> Dict[str, Any]:
-    """The resolved config, after checking that every `_target_` in it may be imported."""
+    """The resolved config, after checking that every `_target_` in it sits in a slot and names a
+    callable of that slot's kind (`runner.targets`; nothing else is ever imported)."""
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
     except Exception as e:  # an interpolation that does not resolve
         raise ConfigError(" ".join(str(e).split())) from None
-    allowed = list(TARGET_PREFIXES) + [p if p.endswith(".") else p + "."
-                                       for p in resolved.get("target_allowlist") or []]
-    _check_targets(resolved, "", allowed)
+    allowlist = resolved.get("target_allowlist") or []
+    targets.check_allowlist(allowlist)
+    targets.check_tree(resolved, allowlist)
     return resolved
 
 
@@ -373,19 +385,21 @@ def check_tuned(cfg: DictConfig, resolved: Dict[str, Any]) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Raise `ConfigError` (one line) at the first option outside its valid values."""
-    from runner.checks import check_combinations
+    from runner.checks import check_combinations, check_datasets
 
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:  # a base (conf/family_*.yaml) leaves a value to each experiment
         raise ConfigError(f"{missing[0]} is not set (??? in the experiment's base); set it in the "
                           f"experiment file or on the command line")
     resolved = check_targets(cfg)
+    _check_known_keys(RunnerConfig, cfg, "")
     _check_fields(RunnerConfig, cfg, "")
     _check_finite(resolved, "")
     for where, node in [("method", resolved.get("method"))] + [
             (f"extra_methods.{i}", m) for i, m in enumerate(resolved.get("extra_methods") or [])]:
         check_method(node, where)
     check_tuned(cfg, resolved)
+    check_datasets(cfg)
     logger = (resolved.get("logger") or {}).get("name")
     if logger in extras.EXTRAS:  # set in an experiment file: refused before the run starts
         extras.require(logger, f"logger={logger}")
@@ -395,7 +409,10 @@ def validate(cfg: DictConfig) -> None:
 def prepare(cfg: DictConfig) -> DictConfig:
     """The config a run trains, before anything is built: a new config with its test level
     written into ordinary options (`runner.ci.apply`; a copy as it is without one), validated."""
+    from runner.checks import check_datasets
+
     check_targets(cfg)  # what the config names, also where a test level replaces it
+    check_datasets(cfg)
     cfg = ci.apply(cfg)
     validate(cfg)
     return cfg

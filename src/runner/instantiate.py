@@ -2,35 +2,28 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Sequence
 
 import torch
-from hydra.utils import get_method
 from omegaconf import OmegaConf
 
+from runner import targets
 from runner.errors import RunnerError
 
 
-def instantiate(node, where: str) -> Any:
-    """Call the `_target_` of a config node with its other keys (nested `_target_`s are built
-    first). A bad target or argument names `where`, and so does a `ValueError` (a constructor's
-    way of refusing an option); other errors inside the target propagate unchanged. Which
-    targets may be named is checked before (`runner.config.validate`).
+def instantiate(node, where: str, kind: str, allowlist: Sequence[str] = ()) -> Any:
+    """Call the `_target_` of a config node with its other keys. The target must be a component
+    of `kind` (`runner.targets.resolve`, checked again here as with the config before the run).
+    A bad target or argument names `where`, and so does a `ValueError` (a constructor's way of
+    refusing an option); other errors inside the target propagate unchanged.
     """
     kwargs = OmegaConf.to_container(node, resolve=True) if not isinstance(node, dict) else dict(node)
     target = kwargs.pop("_target_", None)
     if target is None:
         raise RunnerError(f"{where} has no _target_ (keys: {sorted(kwargs)})")
-    try:
-        fn = get_method(target) if "." in target else None
-    except Exception as e:
-        raise RunnerError(f"{where}._target_={target!r} cannot be imported ({e})") from None
-    if fn is None:
-        raise RunnerError(f"{where}._target_={target!r} is not a dotted path to a callable")
+    fn = targets.resolve(target, where, kind, allowlist)
     if "lambda" in kwargs:  # Python reserves the word; constructors take `lam`
         kwargs["lam"] = kwargs.pop("lambda")
-    kwargs = {k: instantiate(v, f"{where}.{k}") if isinstance(v, dict) and "_target_" in v else v
-              for k, v in kwargs.items()}
     try:
         inspect.signature(fn).bind(**kwargs)
     except TypeError as e:
@@ -43,7 +36,8 @@ def instantiate(node, where: str) -> Any:
 
 def build_model(cfg) -> torch.nn.Module:
     """The configured model with its `model_transforms` applied (masks' structure, bases, ...)."""
-    model = instantiate(cfg.model, "model")
+    allow = cfg.get("target_allowlist") or ()
+    model = instantiate(cfg.model, "model", "model", allow)
     for i, t in enumerate(cfg.get("model_transforms") or []):
-        model = instantiate(t, f"model_transforms[{i}]")(model) or model
+        model = instantiate(t, f"model_transforms.{i}", "model_transform", allow)(model) or model
     return model

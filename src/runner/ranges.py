@@ -21,12 +21,13 @@ class Range:
                 and (self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)))
 
     def __str__(self) -> str:
+        lo, hi = (b if b is None or isinstance(b, int) else f"{b:g}" for b in (self.lo, self.hi))
         if self.lo is not None and self.hi is not None:
-            text = f"{'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+            text = f"{'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}"
         elif self.lo is not None:
-            text = f"{'>' if self.lo_open else '>='} {self.lo:g}"
+            text = f"{'>' if self.lo_open else '>='} {lo}"
         else:
-            text = f"{'<' if self.hi_open else '<='} {self.hi:g}"
+            text = f"{'<' if self.hi_open else '<='} {hi}"
         return text + (f", or null ({self.note})" if self.note else "")
 
 

@@ -24,6 +24,7 @@ share a directory tree, is skipped, and the table says how many were.
 from __future__ import annotations
 
 import argparse
+import atexit
 import math
 import sys
 from dataclasses import dataclass
@@ -33,10 +34,11 @@ from typing import Dict, List, Optional, Tuple
 import pandas as pd
 from hydra.experimental.callback import Callback
 
-from runner.results import load_results
+from runner.results import RESULT_FILE, load_results
 from runner.tables import (IGNORED, LEAD, NOT_DONE, STATS, Layout, base_method,  # noqa: F401
                            cell_keys, deduplicate, group_runs, key_value, metric_value, not_done,
                            paper_order, run_identity, table_from_results)
+from runner.targets import register
 
 FORMATS = ("markdown", "csv", "latex")
 
@@ -251,21 +253,63 @@ def write_tables(df: pd.DataFrame, prefix: Path, metric: Optional[str] = None) -
     return text
 
 
-class AggregateOnMultirunEnd(Callback):
-    """Hydra callback: the sweep's table, printed and written next to its runs; the sweep exits
-    with status 1 when a job did not complete (the table counts them)."""
+def sweep_size(task_overrides: List[str]) -> Optional[int]:
+    """How many jobs a sweep's command line makes (Hydra's basic sweeper), None if unknown."""
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        parsed = OverridesParser.create().parse_overrides(list(task_overrides))
+        return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
+    except Exception:
+        return None
 
-    def on_multirun_end(self, config, **kwargs) -> None:
-        sweep = Path(config.hydra.sweep.dir)
-        if not sweep.exists():  # hydra.sweeper.dry=true: nothing ran
-            return
-        df = table_from_results(load_results([sweep]))
+
+def sweep_table(sweep: Path, jobs: Optional[int]) -> bool:
+    """Print and write the sweep's table with what did not complete; True when every job of the
+    sweep completed (and at least one ran)."""
+    results = load_results([sweep]) if sweep.is_dir() else []
+    df = table_from_results(results)
+    if results:
         print(write_tables(df, sweep / "table"))
         print(f"table written to {sweep}/table.md, table.csv and table.tex")
-        bad = not_done(df)
-        if bad:
-            counts = ", ".join(f"{n} {what}" for what, n in bad.items())
-            print(f"error: not every job completed ({counts}); see the table", file=sys.stderr)
+    bad = not_done(df)
+    missing = max(0, (jobs or 0) - len(results))  # refused before recording, or never started
+    if missing:
+        bad["without a result"] = missing
+    if bad or not results:
+        counts = ", ".join(f"{n} {what}" for what, n in bad.items()) or "no job recorded a result"
+        print(f"error: not every job completed ({counts}); see the table", file=sys.stderr)
+        return False
+    return True
+
+
+class AggregateOnMultirunEnd(Callback):
+    """Hydra callback: the sweep's table, printed and written next to its runs, also when the
+    sweep is interrupted or a worker dies (then at the process's exit); the sweep exits with
+    status 1 when a job did not complete or none recorded a result (the table counts them)."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self.sweep = Path(config.hydra.sweep.dir)
+        self.ended = True  # until it starts
+        if self.sweep.is_dir() and next(self.sweep.rglob(RESULT_FILE), None) is not None:
+            print(f"error: {self.sweep} already holds runs; a new sweep needs a new directory "
+                  f"(add resume=auto to reuse their results)", file=sys.stderr)
+            raise SystemExit(2)
+        self.jobs = sweep_size(config.hydra.overrides.task)
+        self.ended = False
+        atexit.register(self._at_exit)
+
+    def _at_exit(self) -> None:
+        if not self.ended and self.sweep.is_dir() and \
+                next(self.sweep.rglob(RESULT_FILE), None) is not None:
+            self.ended = True  # the sweep stopped early: the table of what ran all the same
+            sweep_table(self.sweep, self.jobs)
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        self.ended = True
+        if config.hydra.sweeper.get("dry"):  # hydra.sweeper.dry=true: nothing ran
+            return
+        if not sweep_table(Path(config.hydra.sweep.dir), getattr(self, "jobs", None)):
             raise SystemExit(1)
 
 
@@ -319,6 +363,9 @@ def by_experiment(results: List[dict]) -> Dict[str, List[dict]]:
     for r in results:
         groups.setdefault(labels[str(r.get("name"))], []).append(r)
     return groups
+
+
+register("callback", AggregateOnMultirunEnd)  # config slots of this kind may name them (runner.targets)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import socket
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import IO, Any, Callable, Dict, List, Optional
 
 from runner.loggers import open_tracker
+
+log = logging.getLogger("runner")
 
 METRICS_FILE, RESULT_FILE = "metrics.csv", "result.json"
 _UMASK = os.umask(0)
@@ -70,27 +73,33 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         raise
 
 
+def orphans(directory: Path) -> List[Path]:
+    """Temporary files `write_atomic` left in `directory` when its process was killed mid-write."""
+    return sorted(p for p in Path(directory).glob(".*.tmp") if p.is_file())
+
+
 def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
     text = json.dumps(_clean(data), indent=2, default=str).encode()
     write_atomic(path, lambda f: f.write(text))
 
 
 def is_dead(result: Dict[str, Any], now: Optional[float] = None) -> bool:
-    """A `running` result whose process is gone: on this host, no process `pid`; elsewhere, no
-    heartbeat for DEAD_AFTER_S seconds. Results without a heartbeat (older runs) count as dead."""
+    """A `running` result whose process is gone: no heartbeat for DEAD_AFTER_S seconds (whatever
+    its pid, which the system may have given to another process), or, on this host, no process
+    `pid`. Results without a heartbeat (older runs) count as dead."""
     if result.get("status") != "running":
         return False
+    beat = result.get("heartbeat")
+    if not isinstance(beat, (int, float)) or (now or time.time()) - beat > DEAD_AFTER_S:
+        return True
     if result.get("host") == socket.gethostname() and result.get("pid"):
         try:
             os.kill(int(result["pid"]), 0)
         except ProcessLookupError:
             return True
-        except (PermissionError, OSError):
+        except (PermissionError, OSError, ValueError, OverflowError):
             pass
-        else:
-            return False
-    beat = result.get("heartbeat")
-    return not isinstance(beat, (int, float)) or (now or time.time()) - beat > DEAD_AFTER_S
+    return False
 
 
 def data_rows(csv_text: str) -> int:
@@ -270,9 +279,10 @@ class RunRecorder(Recorder):
             self.result.update(status=status, **fields)
         try:
             self.write()
-        except OSError:  # no room for a new file: overwrite the old one in place
-            with open(self.dir / RESULT_FILE, "w") as f:
-                json.dump(_clean(self.result), f, indent=2, default=str)
+        except OSError as e:  # never in place: the old record stays whole, its heartbeat stops
+            log.error("%s could not be written (%s: %s); it keeps its last status, counted dead "
+                      "once its heartbeat is %d s old", self.dir / RESULT_FILE, type(e).__name__,
+                      e, DEAD_AFTER_S)
         if self.tracker:
             self.tracker.finish(self.result)
         return self.result

@@ -286,17 +286,31 @@ class Layout:
         return self.rows + self.cols
 
 
+def _without_root(value: Any, root: Any) -> Any:
+    """`value` with the data directory `root` at the start of its paths written as `${data_root}`."""
+    if isinstance(value, dict):
+        return {k: _without_root(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_root(v, root) for v in value]
+    if isinstance(root, str) and root and isinstance(value, str) and \
+            (value == root or value.startswith(root.rstrip("/") + "/")):
+        return "${data_root}" + value[len(root.rstrip("/")):]
+    return value
+
+
 def run_identity(result: Dict[str, Any]) -> str:
     """What makes two runs the same run: the group choices and the resolved config (seed
-    included) without the execution settings, or, without a config, the command line."""
+    included) without the execution settings (nor the data directory inside paths), or, without
+    a config, the command line."""
     cfg = result.get("config")
+    choices = {k: v for k, v in (result.get("choices") or {}).items() if k not in IGNORED}
     if cfg:
-        return json.dumps([result.get("choices", {}),
-                           {k: v for k, v in cfg.items() if k not in IGNORED - {"seed"}},
+        kept = {k: v for k, v in cfg.items() if k not in IGNORED - {"seed"}}
+        return json.dumps([choices, _without_root(kept, cfg.get("data_root")),
                            result.get("seed", cfg.get("seed"))], sort_keys=True, default=str)
     overrides = sorted(o for o in result.get("overrides", [])
                        if o.lstrip("+~").split("=")[0].split(".")[0] not in IGNORED - {"seed"})
-    return json.dumps([result.get("choices", {}), overrides, result.get("seed")], default=str)
+    return json.dumps([choices, overrides, result.get("seed")], default=str)
 
 
 def deduplicate(results: List[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], int]:

@@ -196,5 +196,8 @@ class Trainer:
         if progress is not None and start > 0:
             self.data.load_phase_data(self.parts.phases[start])
         for key, holder in holders(self.parts, self.loop, self.rec, progress).items():
+            if key not in state:
+                raise RunnerError(f"the checkpoint has no {key!r} (incomplete, or written by "
+                                  f"another version); start the run again")
             holder.load_state_dict(state[key])
         return start, progress

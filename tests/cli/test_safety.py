@@ -23,6 +23,7 @@ from runner.app import execute, job_choices
 from runner.errors import ConfigError
 from runner.report import table_from_results
 from runner.results import RunRecorder, is_dead, load_results
+from runner.targets import register
 
 SMOKE = ["experiment=fmnist_mlp", "ci=smoke", "device=cpu", "threads=1"]
 
@@ -201,6 +202,9 @@ def test_config_errors_exit_2_and_leave_no_run_directory(hydra_cli, tmp_path):
 def unchanged():
     """A model transform (for the allow-list test): leaves the model as it is."""
     return lambda model: model
+
+
+register("model_transform", unchanged)
 
 
 def test_target_allowlist_admits_a_trusted_prefix(run_cfg):

@@ -16,6 +16,7 @@ from runner.data import transforms
 from runner.data.tensors import Arrays, Pipeline, Split, Splits
 from runner.errors import ConfigError, DataError, RunnerError
 from runner.results import RunRecorder
+from runner.targets import register
 from runner.train import Trainer
 from runner.training.data import check_labels
 from trainer_fixtures import base_cfg, make_phase, trainer, with_  # noqa: F401
@@ -31,6 +32,9 @@ def tiny_images(n_train=16, n_test=4, fail=False, start=0, source=None, classes=
     return Arrays(x[:n_train].clone(), y[:n_train], x[n_train:].clone(), y[n_train:], source=source)
 
 
+register("reader", tiny_images)
+
+
 class Add:
     """An augmentation: adds `v` (to inputs already in [0, 1])."""
 
@@ -39,6 +43,9 @@ class Add:
 
     def __call__(self, x, gen):
         return x + self.v
+
+
+register("transform", Add)
 
 
 def image_trainer(base_cfg, tmp_path, reader=(), **keys):
@@ -347,6 +354,9 @@ class SeeGen:
     def __call__(self, x, gen):
         self.gens.append(gen)
         return x
+
+
+register("transform", SeeGen)
 
 
 def test_cached_inputs_are_augmented_with_the_trainers_generator(base_cfg, tmp_path):

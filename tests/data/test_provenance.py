@@ -10,6 +10,7 @@ import torch
 
 from methods.base import Method
 from runner.data.tensors import Arrays, Pipeline, Split
+from runner.targets import register
 
 N_TRAIN, N_TEST, TEST = 200, 40, 100_000
 BASE = ["experiment=fmnist_mlp", f"target_allowlist=[{__name__}]", "dataset=reinit_synthetic", f"dataset.reader._target_={__name__}.numbered",
@@ -22,6 +23,9 @@ BASE = ["experiment=fmnist_mlp", f"target_allowlist=[{__name__}]", "dataset=rein
 def numbered(n_train: int = N_TRAIN, n_test: int = N_TEST, **unused) -> Arrays:
     xtr, xte = torch.arange(N_TRAIN, dtype=torch.float32), TEST + torch.arange(N_TEST).float()
     return Arrays(xtr[:, None], xtr.long() % 10, xte[:, None], xte.long() % 10)
+
+
+register("reader", numbered)
 
 
 class Seen(Method):

@@ -63,7 +63,7 @@ def method_options(name: str) -> dict:
 
 
 def build_method(name: str) -> Method:
-    return instantiate(copy.deepcopy(method_options(name)), f"method {name}")
+    return instantiate(copy.deepcopy(method_options(name)), f"method {name}", "method")
 
 
 def make_model():

@@ -238,7 +238,7 @@ def test_the_same_config_and_seed_is_one_run_whatever_the_command_line_said():
 
 def test_interrupted_and_still_running_runs_are_counted_apart():
     alive = {"host": "elsewhere", "heartbeat": time.time()}
-    mine = {"host": socket.gethostname(), "pid": os.getpid()}  # this process: alive
+    mine = {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}  # this process
     df = table_from_results([run(seed=0), run(seed=1, value=None, status="interrupted"),
                              run(seed=2, value=0.9, status="running") | alive,
                              run(seed=3, value=0.9, status="running") | mine])

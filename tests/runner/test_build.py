@@ -17,6 +17,7 @@ from methods.base import Method
 from runner.errors import ConfigError, RunnerError
 from runner.instantiate import instantiate
 from runner.results import RunRecorder
+from runner.targets import register
 from runner.train import Trainer
 from runner.training.build import expand_phases, mse_one_hot, resolve_device
 from trainer_fixtures import BASE, Compiled, base_cfg, make_phase, trainer, with_  # noqa: F401
@@ -139,31 +140,37 @@ class Box:
         self.v, self.inner = v, inner
 
 
-def test_instantiate_builds_nested_targets_and_names_where_a_value_is_refused():
-    box = instantiate({"_target_": f"{__name__}.Box", "v": {"k": 1},
-                "inner": {"_target_": f"{__name__}.Box", "v": 2}}, "model")
-    assert isinstance(box.inner, Box) and box.inner.v == 2 and box.v == {"k": 1}  # no target: kept
-    with pytest.raises(RunnerError, match=re.escape(
-            f"model.inner: bad option x (calling {__name__}.Box)")):
-        instantiate({"_target_": f"{__name__}.Box", "inner": {"_target_": f"{__name__}.Box", "bad": "x"}},
-             "model")
-    with pytest.raises(RunnerError, match=r"^m\._target_='len' is not a dotted path to a callable$"):
-        instantiate({"_target_": "len"}, "m")
+register("model", Box)  # a component the tests' configs may name (with target_allowlist)
+
+
+def test_instantiate_names_where_a_value_is_refused_and_refuses_untyped_targets():
+    box = instantiate({"_target_": f"{__name__}.Box", "v": {"k": 1}}, "model", "model", [__name__])
+    assert isinstance(box, Box) and box.v == {"k": 1}
+    with pytest.raises(RunnerError, match=re.escape(f"model: bad option x (calling {__name__}.Box)")):
+        instantiate({"_target_": f"{__name__}.Box", "bad": "x"}, "model", "model", [__name__])
+    with pytest.raises(RunnerError, match=r"^m\._target_='len' is refused: not a dotted path"):
+        instantiate({"_target_": "len"}, "m", "model")
+    with pytest.raises(RunnerError, match=r"^m\._target_=.*Box' is refused: .*outside the allowed"):
+        instantiate({"_target_": f"{__name__}.Box"}, "m", "model")  # not in target_allowlist
+    with pytest.raises(RunnerError, match=r"^m\._target_=.*Box' is refused: a component of another "
+                       r"kind.*allowed at m: a registered dataset reader"):
+        instantiate({"_target_": f"{__name__}.Box"}, "m", "reader", [__name__])
     with pytest.raises(RunnerError, match="^m has no _target_"):
-        instantiate(OmegaConf.create({"v": 1}), "m")
+        instantiate(OmegaConf.create({"v": 1}), "m", "model")
 
 
 def test_instantiate_gives_targets_plain_resolved_values_from_a_config():
     root = OmegaConf.create({"n": 2, "m": {"_target_": f"{__name__}.Box", "v": [1, "${n}"],
-                                           "inner": {"_target_": f"{__name__}.Box", "v": {"a": "${n}"}}}})
-    box = instantiate(root.m, "m")
+                                           "inner": {"a": "${n}"}}})
+    box = instantiate(root.m, "m", "model", [__name__])
     assert type(box.v) is list and box.v == [1, 2]
-    assert isinstance(box.inner, Box) and type(box.inner.v) is dict and box.inner.v == {"a": 2}
+    assert type(box.inner) is dict and box.inner == {"a": 2}
 
 
 def test_an_unimportable_target_is_named():
-    with pytest.raises(RunnerError, match=r"(?s)^model\._target_='nowhere\.Net' cannot be imported \(.*No module named 'nowhere'"):
-        instantiate({"_target_": "nowhere.Net"}, "model")
+    with pytest.raises(RunnerError, match=r"(?s)^model\._target_='nowhere\.Net' is refused: module "
+                       r"nowhere cannot be imported \(.*No module named 'nowhere'"):
+        instantiate({"_target_": "nowhere.Net"}, "model", "model", ["nowhere"])
 
 
 # -- the trainer's parts: phases, options, loss, model, methods --------------------------------
@@ -204,6 +211,9 @@ def scaled_by(k):
             for p in model.parameters():
                 p.mul_(k)
     return apply
+
+
+register("model_transform", scaled_by)
 
 
 def test_the_model_gets_its_transforms_and_the_trainer_its_methods(base_cfg, tmp_path):

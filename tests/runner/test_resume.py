@@ -17,6 +17,7 @@ import torch
 
 from hydra.core.global_hydra import GlobalHydra
 
+from methods.base import Method
 from runner import app, checkpoint
 from runner.results import load_results
 from trainer_fixtures import BASE, Compiled, script
@@ -147,22 +148,20 @@ def test_killed_sweep_resumes_only_its_unfinished_jobs(hydra_cli, tmp_path, caps
         assert (second / name).read_text() == (whole / name).read_text()
 
 
-class CrashOnce:
+class CrashOnce(Method):
     """A method that raises once, at its `step`-th training step in this process (the resumed
     run passes that step again and goes on)."""
 
     crashed, steps = False, 0  # steps: after_step calls in this process
 
-    def __new__(cls, step: int):
-        from methods.base import Method
+    def __init__(self, step: int):
+        self.step = step
 
-        class Crash(Method):
-            def after_step(self, ctx):
-                CrashOnce.steps += 1
-                if ctx.step == step and not CrashOnce.crashed:
-                    CrashOnce.crashed = True
-                    raise RuntimeError("injected fault")
-        return Crash()
+    def after_step(self, ctx):
+        CrashOnce.steps += 1
+        if ctx.step == self.step and not CrashOnce.crashed:
+            CrashOnce.crashed = True
+            raise RuntimeError("injected fault")
 
 
 MASKED = ["experiment=fmnist_mlp", "ci=smoke", "ci.checkpoints=true", "device=cpu", "optim=adam",

@@ -217,7 +217,7 @@ def calibration(cfg, data: str, seed: int, n: int):
     from runner.data.tensors import Pipeline
     from runner.instantiate import instantiate
     try:
-        arrays = instantiate(cfg.dataset.reader, "dataset.reader")
+        arrays = instantiate(cfg.dataset.reader, "dataset.reader", "reader", cfg.target_allowlist)
     except Exception as e:
         raise AnalysisError(f"{cfg.dataset.name} is not available here ({e}); use --data synthetic")
     idx = torch.randperm(len(arrays.y_train), generator=g)[:n]

@@ -18,6 +18,7 @@ import torch
 from runner.data.readers import how_to_provide
 from runner.data.tensors import Arrays
 from runner.errors import DataError, DatasetMissing
+from runner.targets import register
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
@@ -34,8 +35,8 @@ def load_images(paths: Sequence[Path], size: Optional[int], channels: int = 3) -
                 if size is not None and im.size != (size, size):
                     im = im.resize((size, size), Image.BILINEAR)
                 a = np.asarray(im, dtype=np.uint8)
-        except OSError as e:
-            raise DataError(f"{p} cannot be read as an image ({' '.join(str(e).split())}); "
+        except (OSError, Image.DecompressionBombError) as e:  # a bomb: too many pixels
+            raise DataError(f"{p} cannot be read as an image ({' '.join(str(e).split())[:200]}); "
                             f"replace or remove it") from None
         return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
@@ -65,8 +66,13 @@ def folder_tree(name: str, root: str, train: str, test: str):
     classes = sorted(p.name for p in dirs[0].iterdir() if p.is_dir())
     unknown = sorted({p.name for p in dirs[1].iterdir() if p.is_dir()} - set(classes))
     if unknown:
-        raise ValueError(f"{name}: test classes without training images: {unknown[:5]}")
-    return _tree(dirs[0], classes), _tree(dirs[1], classes)
+        raise DataError(f"{name}: {dirs[1]} has classes without training images: {unknown[:5]}")
+    trees = _tree(dirs[0], classes), _tree(dirs[1], classes)
+    for d, (files, _) in zip(dirs, trees):
+        if not files:
+            raise DataError(f"{name}: {d} holds no images in class sub-directories "
+                            f"({d}/<class>/<image>, extensions {', '.join(EXTENSIONS)})")
+    return trees
 
 
 def image_folder(name: str, root: str, train: str = "train", test: str = "test",
@@ -105,3 +111,6 @@ def tiny_imagenet(root: str, size: Optional[int] = 64) -> Arrays:
             yte.append(index[wnid])
     return Arrays(load_images(ftr, size), torch.tensor(ytr), load_images(fte, size),
                   torch.tensor(yte), source=str(base))
+
+
+register("reader", image_folder, tiny_imagenet)  # config slots of this kind may name them (runner.targets)

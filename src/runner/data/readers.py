@@ -9,6 +9,7 @@ read (the trainer writes it into result.json and checks labels against the class
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
 import shutil
@@ -24,6 +25,7 @@ import torch
 
 from runner.data.tensors import Arrays
 from runner.errors import DataError, DatasetMissing, DownloadFailed
+from runner.targets import register
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
@@ -45,7 +47,7 @@ def read_idx(path: Path) -> torch.Tensor:
         raise corrupt(path, e) from None
     if zero != 0 or dtype_code != 0x08:
         raise DataError(f"{path} is not an unsigned-byte IDX file")
-    size = 4 + 4 * ndim + int(np.prod(shape))
+    size = 4 + 4 * ndim + math.prod(shape)  # Python integers: a hostile header cannot overflow
     if len(data) != size:
         raise DataError(f"{path} holds {len(data)} bytes, its header promises {size} "
                         f"(shape {tuple(shape)}): truncated or corrupt; provide it again")
@@ -72,6 +74,10 @@ def idx_dataset(name: str, dirs: List[Path], prefixes=("train", "t10k"), how: st
             files.append(f)
     xtr, ytr, xte, yte = map(read_idx, files)
     for (x, y), (fx, fy) in (((xtr, ytr), files[:2]), ((xte, yte), files[2:])):
+        if x.dim() != 3 or y.dim() != 1:
+            bad, dims = (fx, tuple(x.shape)) if x.dim() != 3 else (fy, tuple(y.shape))
+            raise DataError(f"{bad} holds an array of shape {dims}; IDX images are (N, H, W) and "
+                            f"labels (N,): provide the right file")
         if len(x) != len(y):
             raise DataError(f"{name}: {fx} holds {len(x)} images but {fy} {len(y)} labels; "
                             f"the files do not belong together")
@@ -272,3 +278,6 @@ def digits(test_fraction: float = 0.2, seed: int = 0) -> Arrays:
     n_test = int(round(test_fraction * len(y)))
     te, tr = perm[:n_test], perm[n_test:]
     return Arrays(x[tr], y[tr], x[te], y[te])
+
+
+register("reader", fashion_mnist, mnist, kmnist, emnist_letters, cifar10, cifar100, svhn, digits)  # config slots of this kind may name them (runner.targets)

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from runner.data.folders import folder_tree
 from runner.data.tensors import Splits, val_count
+from runner.targets import register
 
 # torchvision 0.29 marks its JPEG decoder deprecated in favour of TorchCodec; it still works
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of "
@@ -208,6 +209,9 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     bench(a.root, a.workers, a.batch_size, a.batches)
     return 0
+
+
+register("reader", folder_files)  # config slots of this kind may name them (runner.targets)
 
 
 if __name__ == "__main__":

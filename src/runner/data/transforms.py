@@ -12,6 +12,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from runner.targets import register
+
 
 def _rand(n: int, gen: Optional[torch.Generator], device) -> torch.Tensor:
     return torch.rand(n, generator=gen, device=device)
@@ -258,3 +260,6 @@ class ColorJitter:
             hsv = torch.stack([(hsv[:, 0] + shift) % 1.0, hsv[:, 1], hsv[:, 2]], 1)
             x = _hsv_to_rgb(hsv)
         return x
+
+
+register("transform", ToRGB, Resize, Blur, RandomCrop, HFlip, VFlip, RandomAffine, RandomShift, RandomBlur, RandomContrast, ColorJitter)  # config slots of this kind may name them (runner.targets)

@@ -10,6 +10,7 @@ from torch import nn
 from runner.models.base import Network
 from runner.models.init import initialize
 from runner.models.layers import conv_block
+from runner.targets import register
 
 # (channels, kernel, stride, padding) of the eight feature convs.
 ALLCNN_C = ((96, 3, 1, 1), (96, 3, 1, 1), (96, 3, 2, 1), (192, 3, 1, 1), (192, 3, 1, 1),
@@ -32,3 +33,6 @@ def allcnn(in_shape: Sequence[int], num_classes: int, norm: Optional[str] = "bat
         c = width_
     head = nn.Sequential(nn.Conv2d(c, num_classes, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     return initialize(Network(blocks, head), init, zero_bias)
+
+
+register("model", allcnn)  # config slots of this kind may name them (runner.targets)

@@ -6,6 +6,7 @@ from torch import nn
 from runner.models.base import Network, flat_size
 from runner.models.init import initialize
 from runner.models.layers import conv_block, dense_block, with_flatten
+from runner.targets import register
 
 
 def _convs_then_dense(in_shape, num_classes, convs, hidden: Sequence[int], fc_norm, dropout,
@@ -49,3 +50,6 @@ def scnn(in_shape: Sequence[int], num_classes: int, widths: Sequence[int] = (32,
         convs.append(conv_block(c, w, kernel, 1, padding, norm, pool=2 if i % 2 else 0))
         c = w
     return _convs_then_dense(in_shape, num_classes, convs, [hidden], norm, dropout, init, zero_bias)
+
+
+register("model", swr_cnn, scnn, lenet5_caffe)  # config slots of this kind may name them (runner.targets)

@@ -6,6 +6,7 @@ from torch import nn
 
 from runner.models.base import Network
 from runner.models.init import initialize
+from runner.targets import register
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -29,3 +30,6 @@ def mlp(in_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (100,
     if not hidden:
         head = nn.Sequential(nn.Flatten(), head)
     return initialize(Network(blocks, head), init, zero_bias)
+
+
+register("model", mlp)  # config slots of this kind may name them (runner.targets)

@@ -10,6 +10,7 @@ from torch import nn
 from runner.models.base import Network
 from runner.models.init import initialize
 from runner.models.layers import conv_block
+from runner.targets import register
 
 # (output channels, stride) of the 13 depthwise-separable blocks.
 SEPARABLE = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1),
@@ -35,3 +36,6 @@ def mobilenet_v1(in_shape: Sequence[int], num_classes: int, width: float = 1.0,
     pool = [nn.AdaptiveAvgPool2d(1), nn.Flatten()] + ([nn.Dropout(dropout)] if dropout else [])
     blocks.append(nn.Sequential(*pool))
     return initialize(Network(blocks, nn.Linear(c, num_classes)), init, zero_bias)
+
+
+register("model", mobilenet_v1)  # config slots of this kind may name them (runner.targets)

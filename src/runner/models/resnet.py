@@ -10,6 +10,7 @@ from torch import nn
 
 from runner.models.base import Network, norm_layer
 from runner.models.init import initialize
+from runner.targets import register
 
 
 class BasicBlock(nn.Module):
@@ -49,3 +50,6 @@ def resnet(in_shape: Sequence[int], num_classes: int, depths: Sequence[int] = (2
             c = w
     blocks.append(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
     return initialize(Network(blocks, nn.Linear(c, num_classes)), init, zero_bias)
+
+
+register("model", resnet)  # config slots of this kind may name them (runner.targets)

@@ -11,6 +11,7 @@ from torch import nn
 
 from runner.models.base import Network, norm_layer
 from runner.models.init import initialize
+from runner.targets import register
 
 
 def _stride_on_1x1(model: nn.Module) -> None:
@@ -46,3 +47,6 @@ def torchvision_resnet(in_shape: Sequence[int], num_classes: int, arch: str = "r
     residual = [b for layer in (m.layer1, m.layer2, m.layer3, m.layer4) for b in layer]
     net = Network([stem, *residual, nn.Sequential(m.avgpool, nn.Flatten())], m.fc)
     return net if weights else initialize(net, init, zero_bias)
+
+
+register("model", torchvision_resnet)  # config slots of this kind may name them (runner.targets)

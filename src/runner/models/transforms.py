@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from runner.models.params import select
+from runner.targets import register
 
 SHARING = ("coarse", "medium", "fine", "in_nc", "out_nc")
 INITS = ("standard", "orthonormal", "random")
@@ -174,3 +175,6 @@ def prunable(model: nn.Module) -> List[tuple]:
     the coefficients of an FB layer) except the filter bases."""
     bases = {id(b) for b in filter_bases(model)}
     return [(n, p) for n, p in select(model, "weights") if id(p) not in bases]
+
+
+register("model_transform", filter_basis)  # config slots of this kind may name them (runner.targets)

@@ -11,6 +11,7 @@ from torch import nn
 from runner.models.base import Network, flat_size
 from runner.models.init import initialize
 from runner.models.layers import conv_block, dense_block, with_flatten
+from runner.targets import register
 
 # Simonyan & Zisserman 2015, Table 1, configuration D; "M" is a 2x2 max-pool.
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -44,3 +45,6 @@ def vgg(in_shape: Sequence[int], num_classes: int, layers: Sequence[Union[int, s
         blocks.append(dense_block(width, h, fc_norm, dropout=dropout, order=fc_order))
         width = h
     return initialize(Network(blocks, nn.Linear(width, num_classes)), init, zero_bias)
+
+
+register("model", vgg)  # config slots of this kind may name them (runner.targets)

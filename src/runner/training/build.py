@@ -119,8 +119,10 @@ class Parts:
         self.scaler = (torch.amp.GradScaler(self.device.type)
                        if self.amp is torch.float16 and self.device.type == "cuda" else None)
         model = self.prepare_model(build_model(cfg))
-        methods = [instantiate(cfg.method, "method")] if cfg.method is not None else []
-        methods += [instantiate(m, f"extra_methods[{i}]") for i, m in enumerate(cfg.extra_methods)]
+        allow = cfg.target_allowlist
+        methods = [instantiate(cfg.method, "method", "method", allow)] if cfg.method is not None else []
+        methods += [instantiate(m, f"extra_methods.{i}", "method", allow)
+                    for i, m in enumerate(cfg.extra_methods)]
         self.methods = MethodStack(methods)
         self.phases = expand_phases(cfg)
         self.loss_fn = loss_function(self.opts)

@@ -66,10 +66,23 @@ def read_ahead(cfg) -> None:
             continue
         reader = OmegaConf.to_yaml(ds.reader, resolve=True)
         if ARRAYS.get(reader) is None:
-            arrays = instantiate(ds.reader, "dataset.reader")
+            arrays = instantiate(ds.reader, "dataset.reader", "reader", cfg.target_allowlist)
             if arrays.source is not None:
                 check_labels(arrays, ds.num_classes, ds.get("name", "dataset"))
                 ARRAYS.put(reader, arrays)
+
+
+def check_split_sizes(splits: Splits, phase: Phase, val_fraction: float, available: int) -> None:
+    """A phase trains on at least one sample, and validates on one when asked to."""
+    if len(splits.train) == 0:
+        sub = {k: v for k, v in phase.cfg.subset.items() if v is not None and k != "access"}
+        raise ConfigError(f"phase {phase.name!r} (repeat {phase.repeat}) has no training samples: "
+                          f"{available} after train.val_fraction={val_fraction}, then subset "
+                          f"{sub or 'none'}; give a larger subset, fewer chunks or a smaller "
+                          f"val_fraction")
+    if val_fraction > 0 and len(splits.val) == 0:
+        raise ConfigError(f"train.val_fraction={val_fraction} leaves no validation sample in phase "
+                          f"{phase.name!r}; raise it, or set 0 for no validation")
 
 
 class DataStager:
@@ -95,7 +108,7 @@ class DataStager:
         key = OmegaConf.to_yaml(ds.reader, resolve=True)  # interpolated options (seed) count
         arrays = ARRAYS.get(key)
         if arrays is None:
-            arrays = instantiate(ds.reader, "dataset.reader")
+            arrays = instantiate(ds.reader, "dataset.reader", "reader", self.parts.cfg.target_allowlist)
             check_labels(arrays, ds.num_classes, ds.get("name", "dataset"))
             if arrays.source is not None:
                 ARRAYS.put(key, arrays)
@@ -114,7 +127,8 @@ class DataStager:
         self.free_device_memory()
         val_seed = cfg.seed if tr.val_seed is None else tr.val_seed
         if ds.get("stream") is not None:  # files read by workers
-            splits = stream_splits(instantiate(ds.reader, "dataset.reader"), tr.val_fraction,
+            splits = stream_splits(instantiate(ds.reader, "dataset.reader", "reader", cfg.target_allowlist),
+                                   tr.val_fraction,
                                    val_seed, device, **OmegaConf.to_container(ds.stream, resolve=True))
         else:
             splits = split_train_val(self.arrays(ds), tr.val_fraction, val_seed, device)
@@ -150,10 +164,14 @@ class DataStager:
                              phase.repeat, sub.access)
         if idx is not None:
             splits.train = splits.train.take(idx.to(device))
+        check_split_sizes(splits, phase, self.parts.cfg.train.val_fraction, len(base.train))
         augment = phase.cfg.augment if phase.cfg.augment is not None else ds.get("augment", [])
+        allow = self.parts.cfg.target_allowlist
         pipe = Pipeline(ds.get("mean", [0.0]), ds.get("std", [1.0]),
-                        [instantiate(t, f"{phase.name}.transform") for t in phase.cfg.transform],
-                        [instantiate(t, f"{phase.name}.augment") for t in augment], device)
+                        [instantiate(t, f"{phase.name}.transform", "transform", allow)
+                         for t in phase.cfg.transform],
+                        [instantiate(t, f"{phase.name}.augment", "transform", allow) for t in augment],
+                        device)
         ctx.pipeline = self.with_layout(pipe)
         streamed = hasattr(splits.train, "batches")
         if not streamed and self.float_bytes(splits, pipe) <= self.cache_bytes():

@@ -93,7 +93,7 @@ def run(cfg: DictConfig, out_dir, choices: Optional[Dict[str, str]] = None,
         return checkpoint.reuse(where, out_dir)
     state = None
     if kind == "checkpoint":
-        state = checkpoint.load(where / checkpoint.CHECKPOINT_FILE)
+        state = checkpoint.load_run(where / checkpoint.CHECKPOINT_FILE)
         if state.get("identity") != ident:
             raise ConfigError(f"resume={cfg.resume}: the checkpoint in {where} belongs to another "
                               "config; resume with the run's own overrides only")

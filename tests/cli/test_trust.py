@@ -1,0 +1,195 @@
+"""Every route from a config to running code or writing a file is refused: `_target_`s of every
+slot (torch's own loaders and writers included), Hydra's instantiating keys, experiment files
+from elsewhere and the overrides a run directory records. Each case would create a marker file;
+it must not appear, and the command ends with one line and exit status 2, leaving no run."""
+import json
+import pickle
+import sys
+from pathlib import Path
+
+import pytest
+
+SMOKE = ["experiment=fmnist_mlp", "ci=smoke", "device=cpu", "threads=1"]
+MARKER = "MARKER"  # replaced by the case's marker path
+TOUCH = f"touch {MARKER}"
+
+
+class Pickled:
+    """A pickle that runs a command when loaded."""
+
+    def __reduce__(self):
+        import os
+        return os.system, (TOUCH.replace(MARKER, str(Pickled.marker)),)
+
+
+def node(target, **kwargs):
+    """A config node in override syntax."""
+    items = ", ".join(f"{k}: {json.dumps(v)}" for k, v in kwargs.items())
+    return "{_target_: " + target + (", " + items if items else "") + "}"
+
+
+TARGETS = [  # (overrides after SMOKE, the slot the message names)
+    ([f"method._target_=os.system", f"+method.command='{TOUCH}'"], "method._target_"),
+    ([f"+extra_methods=[{node('torch.os.system', command=TOUCH)}]"], "extra_methods.0._target_"),
+    ([f"+extra_methods=[{node('runner.checkpoint.shutil.rmtree', path='KEEP')}]"], "extra_methods.0"),
+    ([f"+extra_methods=[{node('runner.checkpoint.save', path=MARKER, obj=1)}]"], "extra_methods.0"),
+    ([f"+model_transforms=[{node('os.system', command=TOUCH)}]"], "model_transforms.0"),
+    ([f"model._target_=subprocess.call", f"+model.args=[touch,{MARKER}]"], "model._target_"),
+    ([f"dataset.reader._target_=torch.save", "+dataset.reader.obj=1", f"+dataset.reader.f={MARKER}"],
+     "dataset.reader._target_"),
+    (["target_allowlist=[torch]", "dataset.reader._target_=torch.serialization.save",
+      "+dataset.reader.obj=1", f"+dataset.reader.f={MARKER}"], "dataset.reader._target_"),
+    (["dataset.reader._target_=torch.load", "+dataset.reader.f=PICKLE",
+      "+dataset.reader.weights_only=false"], "dataset.reader._target_"),
+    (["target_allowlist=[torch]", "dataset.reader._target_=torch.serialization.load",
+      "+dataset.reader.f=PICKLE", "+dataset.reader.weights_only=false"], "dataset.reader._target_"),
+    ([f"+model_transforms=[{node('torch.hub.load', repo_or_dir='HUB', model='m', source='local')}]"],
+     "model_transforms.0"),
+    (["target_allowlist=[torch]",
+      f"+model_transforms=[{node('torch.hub.load', repo_or_dir='HUB', model='m', source='local')}]"],
+     "model_transforms.0"),
+    ([f"+model_transforms=[{node('torch.ops.load_library', path='LIB')}]"], "model_transforms.0"),
+    (["target_allowlist=[torch]", f"+model_transforms=[{node('torch._ops._OpNamespace')}]"],
+     "model_transforms.0"),
+    ([f"+extra_methods=[{node('torch.utils.collect_env.main')}]"], "extra_methods.0"),
+    (["target_allowlist=[torch]", f"+extra_methods=[{node('torch.utils.collect_env.run', command=TOUCH)}]"],
+     "extra_methods.0"),
+    (["target_allowlist=[torchvision]",
+      f"+dataset.augment=[{node('torchvision.io.image.write_file', filename=MARKER, data=[])}]"],
+     "dataset.augment.0"),
+    ([f"+phases.0.transform=[{node('torchvision.utils.save_image', fp=MARKER)}]"], "phases.0.transform.0"),
+    ([f"+extra_methods=[{node('methods.vanilla.os.system', command=TOUCH)}]"], "extra_methods.0"),
+    ([f"+method.probe={node('os.system', command=TOUCH)}"], "method.probe"),
+    ([f"+tuned.x={node('os.system', command=TOUCH)}"], "tuned.x._target_"),
+    ([f"+tuned.x={node('runner.checkpoint.save', path=MARKER, obj=1)}"], "tuned.x._target_"),
+    ([f"+paper.values.x={node('os.system', command=TOUCH)}"], "paper.values.x._target_"),
+    ([f"+ci.overrides.extra_methods=[{node('os.system', command=TOUCH)}]"], "ci.overrides.extra_methods.0"),
+    (["target_allowlist=[os]", f"+extra_methods=[{node('os.system', command=TOUCH)}]"], "target_allowlist.0"),
+    (["target_allowlist=[subprocess]", f"model._target_=subprocess.call", f"+model.args=[touch,{MARKER}]"],
+     "target_allowlist.0"),
+    (["extra_methods=[{_target_: methods.base.Method}]"], "extra_methods.0"),
+    (["model._target_=runner.data.readers.mnist"], "model._target_"),  # a reader is no model
+]
+HYDRA = [  # Hydra's own instantiating keys (overrides after SMOKE, the key the message names)
+    ([f"+hydra.callbacks.x={node('os.system', command=TOUCH)}"], "hydra.callbacks.x"),
+    ([f"+hydra.callbacks.x={node('runner.report.shutil.rmtree', path='KEEP')}"], "hydra.callbacks.x"),
+    ([f"hydra.job_logging.handlers.file.filename={MARKER}"], "hydra.job_logging.handlers.file.filename"),
+    ([f"hydra.job_logging.handlers.file.class=logging.handlers.WatchedFileHandler"],
+     "hydra.job_logging.handlers.file.class"),
+    (["+hydra.job.env_set.CC=/bin/false"], "hydra.job.env_set"),
+    ([f"+hydra.sweeper.extra={node('os.system', command=TOUCH)}"], None),  # refused by Hydra's schema
+]
+EXPERIMENTS = {  # an experiment file from elsewhere (searchpath) setting hydra.* or targets
+    "callback": {"hydra": {"callbacks": {"x": {"_target_": "os.system", "command": TOUCH}}}},
+    "factory": {"hydra": {"job_logging": {"filters": {"f": {"()": "os.system", "command": TOUCH}},
+                                          "handlers": {"console": {"filters": ["f"]}}}}},
+    "log_file": {"hydra": {"job_logging": {"handlers": {"file": {"filename": MARKER}}}}},
+    "stream": {"hydra": {"job_logging": {"handlers": {"console": {"stream": "ext://os.system"}}}}},
+    "env": {"hydra": {"job": {"env_set": {"LD_PRELOAD": "/tmp/x.so"}}}},
+    "method": {"extra_methods": [{"_target_": "os.system", "command": TOUCH}]},
+}
+
+
+def _fixtures(case: Path) -> dict:
+    """A hostile pickle, hub repository and library beside the case's marker."""
+    marker = case / "marker"
+    Pickled.marker = marker
+    (case / "evil.pkl").write_bytes(pickle.dumps(Pickled()))
+    (case / "hub").mkdir()
+    (case / "hub" / "hubconf.py").write_text(f"open({str(marker)!r}, 'w').close()\ndef m():\n    return 1\n")
+    (case / "keep").mkdir()
+    (case / "keep" / "file").write_text("kept")
+    return {MARKER: str(marker), "PICKLE": str(case / "evil.pkl"), "HUB": str(case / "hub"),
+            "LIB": str(case / "evil.so"), "KEEP": str(case / "keep")}
+
+
+def _refused(hydra_cli, capsys, case: Path, args, names, sweep=False) -> list:
+    subs = _fixtures(case)
+    for k, v in subs.items():
+        args = [a.replace(k, v) for a in args]
+    out = case / "out"
+    code = hydra_cli(*args, *([] if sweep else [f"hydra.run.dir={out}"]))
+    printed = capsys.readouterr()
+    lines = [line for line in printed.err.splitlines() if line.strip()]
+    problems = []
+    if code not in (1, 2) if names is None else code != 2:
+        problems.append(f"exit {code}")
+    if names is not None and not (len(lines) == 1 and lines[0].startswith(f"error: {names}")
+                                  and "refused" in lines[0]):
+        problems.append(f"stderr {lines}")
+    if "Traceback" in printed.err + printed.out:
+        problems.append("a traceback")
+    if (case / "marker").exists():
+        problems.append("THE MARKER APPEARED")
+    if (case / "keep" / "file").read_text() != "kept":
+        problems.append("a directory was deleted")
+    if sweep:  # the refused job's record says so
+        statuses = [json.loads(f.read_text())["status"] for f in out.rglob("result.json")]
+        if statuses.count("completed") > 1:
+            problems.append(f"statuses {statuses}")
+    elif out.exists():
+        problems.append(f"a run directory was left: {sorted(p.name for p in out.iterdir())}")
+    return [f"{args}: {', '.join(problems)}"] if problems else []
+
+
+@pytest.mark.sizes  # about 40 commands in this process (some 20 s)
+def test_no_route_from_a_config_runs_code_or_writes_files(hydra_cli, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    problems = []
+    for i, (args, names) in enumerate(TARGETS + HYDRA):
+        case = tmp_path / f"case{i}"
+        case.mkdir()
+        problems += _refused(hydra_cli, capsys, case, SMOKE + args, names)
+    conf = tmp_path / "elsewhere"
+    (conf / "experiment").mkdir(parents=True)
+    for name, body in EXPERIMENTS.items():
+        text = json.dumps({"defaults": ["fmnist_mlp", "_self_"], **body})  # JSON is YAML
+        (conf / "experiment" / f"evil_{name}.yaml").write_text("# @package _global_\n" + text)
+        for sweep in (False, True):
+            case = tmp_path / f"exp_{name}_{sweep}"
+            case.mkdir()
+            text_marker = str(case / "marker")
+            (conf / "experiment" / f"evil_{name}.yaml").write_text(
+                "# @package _global_\n" + text.replace(MARKER, text_marker))
+            args = [f"hydra.searchpath=[file://{conf}]", f"experiment=evil_{name}", "ci=smoke",
+                    "device=cpu"]
+            if sweep:  # each job's config is composed apart from the sweep's base
+                args = ["-m", f"hydra.sweep.dir={case / 'out'}", f"experiment=fmnist_mlp,evil_{name}",
+                        *args[:1], *args[2:]]
+            name_key = "extra_methods.0" if name == "method" else "hydra."
+            problems += _refused(hydra_cli, capsys, case, args, None if sweep else name_key, sweep)
+            assert not (case / "marker").exists()
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.sizes
+def test_a_run_directory_cannot_name_code(hydra_cli, capsys, tmp_path, monkeypatch):
+    """`resume=DIR` re-validates the overrides DIR's result.json records, as if typed."""
+    monkeypatch.chdir(tmp_path)
+    problems = []
+    recorded = [
+        [f"+extra_methods=[{node('os.system', command=TOUCH)}]"],
+        [f"+extra_methods=[{node('torch.os.system', command=TOUCH)}]"],
+        ["target_allowlist=[os]"],
+        [f"+hydra.callbacks.x={node('os.system', command=TOUCH)}"],
+        [f"hydra.job_logging.handlers.file.filename={MARKER}"],
+    ]
+    for i, extra in enumerate(recorded):
+        case = tmp_path / f"rec{i}"
+        case.mkdir()
+        subs = _fixtures(case)
+        run_dir = case / "run"
+        run_dir.mkdir()
+        overrides = [o.replace(MARKER, subs[MARKER]) for o in SMOKE + extra]
+        record = json.dumps({"status": "interrupted", "overrides": overrides})
+        (run_dir / "result.json").write_text(record)
+        (run_dir / "checkpoint.pt").write_bytes(b"")
+        code = hydra_cli(f"resume={run_dir}")
+        printed = capsys.readouterr()
+        lines = [line for line in printed.err.splitlines() if line.strip()]
+        if code != 2 or len(lines) != 1 or "refused" not in lines[0] or (case / "marker").exists():
+            problems.append(f"{extra}: exit {code}, stderr {lines}, marker {(case / 'marker').exists()}")
+        left = sorted(p.name for p in run_dir.iterdir() if p.suffix != ".log")  # Hydra's log: appended
+        if left != ["checkpoint.pt", "result.json"] or (run_dir / "result.json").read_text() != record:
+            problems.append(f"{extra}: the run directory changed: {left}")
+    assert not problems, "\n".join(problems)
