@@ -18,7 +18,7 @@ from hydra.core.plugins import Plugins
 from omegaconf import DictConfig, OmegaConf
 
 from runner import config as schema
-from runner import distributed, extras, hydra_keys, options, rundir
+from runner import distributed, extras, hydra_keys, options, rundir, targets
 from runner.errors import ConfigError, DatasetMissing, DownloadFailed, Interrupted, RunnerError
 from runner.report import format_table, table_from_results
 from runner.training.lifecycle import run
@@ -164,6 +164,9 @@ class Composed(Callback):
 
     def on_multirun_start(self, config, **kwargs) -> None:
         composed()
+
+
+targets.register("callback", Composed)  # conf/config.yaml's hydra.callbacks may name it
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
