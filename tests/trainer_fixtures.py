@@ -31,7 +31,9 @@ BITS = torch.tensor([[(k >> b) & 1 for b in (2, 1, 0)] for k in range(8)], dtype
 PERFECT = 2 * BITS - 1  # (8 classes, 3 inputs)
 
 
-BASE = ["experiment=fmnist_mlp", f"target_allowlist=[{__name__}]", "dataset=reinit_synthetic", "dataset.reader.dim=3", "dataset.shape=[3]",
+# the modules whose test components (readers, transforms, methods) the configs name
+ALLOWED = [__name__, "test_best_epoch", "test_build", "test_loop", "test_recording", "test_phase_data"]
+BASE = ["experiment=fmnist_mlp", f"target_allowlist=[{','.join(ALLOWED)}]", "dataset=reinit_synthetic", "dataset.reader.dim=3", "dataset.shape=[3]",
         "dataset.reader.n_train=64", "dataset.reader.n_test=32", "model=mlp", "model.hidden=[]",
         "model.bias=false", "method=vanilla", "train.batch_size=16", "train.val_fraction=0.25",
         "train.epochs=10", "device=cpu", "threads=1", "progress=false"]

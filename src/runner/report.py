@@ -33,6 +33,7 @@ from typing import Dict, List, Optional, Tuple
 
 import pandas as pd
 from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 
 from runner.results import RESULT_FILE, load_results
 from runner.tables import (IGNORED, LEAD, NOT_DONE, STATS, Layout, base_method,  # noqa: F401
@@ -307,7 +308,7 @@ class AggregateOnMultirunEnd(Callback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         self.ended = True
-        if config.hydra.sweeper.get("dry"):  # hydra.sweeper.dry=true: nothing ran
+        if OmegaConf.select(config, "hydra.sweeper.dry", default=False):  # dry: nothing ran
             return
         if not sweep_table(Path(config.hydra.sweep.dir), getattr(self, "jobs", None)):
             raise SystemExit(1)

@@ -167,7 +167,7 @@ def test_default_run_downloads_into_data_root(compose_cfg, tmp_path, monkeypatch
     monkeypatch.setattr(FakeMNIST, "fail", False)
     monkeypatch.setattr(torchvision.datasets, "MNIST", FakeMNIST)
     cfg = compose_cfg(["dataset=mnist", f"data_root={tmp_path}/data"])
-    a = instantiate(cfg.dataset.reader, "dataset.reader")
+    a = instantiate(cfg.dataset.reader, "dataset.reader", "reader")
     assert a.y_train.tolist() == [0, 1, 2] and Path(a.source).is_relative_to(tmp_path / "data" / "mnist")
 
 

@@ -176,7 +176,7 @@ def test_fisher_score_by_hand():
 def test_probe_and_intervention_in_a_run(run_cfg, tmp_path):
     result = run_cfg(["experiment=fmnist_blur_to_sharp", "ci=smoke", "ci.width=1", "device=cpu",  # full width
                       "method=dirac_reset", "method.lr=0.0123",
-                      "method.gamma=0.5", "train.epochs=2", "train.max_epochs=2",
+                      "method.gamma=0.5", "train.max_epochs=2", "train.eval_every=1",
                       "extra_methods.0.every_epoch=true", "extra_methods.0.fisher_samples=32"])
     assert result["status"] == "completed", result.get("error")
     first, second = result["phases"]
@@ -191,7 +191,7 @@ def test_probe_and_intervention_in_a_run(run_cfg, tmp_path):
         v["weights"] for v in second["frozen_layers"].values())
     assert "frozen_weights" not in second  # it held the total, not a count of frozen weights
     run_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
-    metrics = pd.read_csv(run_dir / "metrics.csv")
+    metrics = pd.read_csv(run_dir / "metrics.csv", comment="#")
     lrs = metrics[metrics.phase == 1]["lr"].tolist()
     assert lrs == pytest.approx([0.0123, 0.0123 * 0.5])
     assert "frozen_filters" in metrics.columns

@@ -162,8 +162,11 @@ def test_flops_figure_of_an_lth_run(run_cfg, tmp_path, capsys):
     phases = r["phases"]
     assert set(phases[0]["layer_density"].values()) == {1.0}  # round 1: dense
     costs = ip.run_costs(r)
-    kept = sum(c.entries * phases[1]["layer_density"][c.name] for c in costs)
-    assert math.isclose(1 - kept / sum(c.entries for c in costs), phases[1]["sparsity"])
+    pruned = [c for c in costs if not c.name.startswith("head.")]  # LTH keeps the output layer
+    assert len(pruned) == len(costs) - 1
+    assert all(phases[1]["layer_density"][c.name] == 1.0 for c in costs if c not in pruned)
+    kept = sum(c.entries * phases[1]["layer_density"][c.name] for c in pruned)
+    assert math.isclose(1 - kept / sum(c.entries for c in pruned), phases[1]["sparsity"])
     dense, sparse = ip.network_flops(costs, phases[1]["layer_density"])
     capsys.readouterr()
     assert ip.main(["flops", d, "--out", str(tmp_path / "f.png")]) == 0

@@ -25,6 +25,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from runner import ci
+
 
 @dataclass
 class SweeperConf:
@@ -89,10 +91,10 @@ class ExperimentSweeper(BasicSweeper):
         total = sum(len(jobs) for _, jobs, _ in plan)
         parts = []
         for name, jobs, cfg in plan:
-            level = OmegaConf.select(cfg, "ci.level", default="none")
+            level = ci.level_of(cfg)
             minutes = OmegaConf.select(cfg, "hydra.sweeper.run_minutes", default=None)
             on = OmegaConf.select(cfg, "hydra.sweeper.run_on", default="")
-            if level != "none":
+            if level:
                 cost = f"test level ci={level}"
             elif minutes is None:
                 cost = "no cost estimate in the experiment file"
