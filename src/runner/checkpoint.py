@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from runner.errors import ConfigError, RunnerError
-from runner.tables import run_identity
+from runner.identity import run_identity
 from runner.results import METRICS_FILE, RESULT_FILE, write_atomic, write_json_atomic
 
 log = logging.getLogger("runner")

@@ -6,25 +6,23 @@ nodes are free-form `_target_` configs (their keys are checked by struct mode, t
 constructor they name).
 
 Ranges live here too, beside each field (`valid(default, rule)`): `validate(cfg)` checks every
-field against its rule, every number in the config for finiteness, the free-form methods'
-`lambda` / `fraction` options, and the combinations of `runner.checks`, before anything is built.
+field against its rule, every number in the config for finiteness, the methods' options and
+`tuned` (`runner.method_checks`), and the combinations of `runner.checks`, before anything is built.
 A failure is one `ConfigError` line naming the key, the value and the valid range.
 
 `prepare(cfg)` is the config a run trains: its test level written into ordinary options
 (`runner.ci.apply`), then validated; every run, sweep job and resumed run goes through it.
 """
 import difflib
-import functools
 import math
-import re
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from runner import ci, extras, options, targets
+from runner import ci, extras, targets
 from runner.errors import ConfigError
 
 from runner.ranges import NON_NEGATIVE, POSITIVE, OneOf, Range, at_least  # noqa: F401 (re-exported)
@@ -237,7 +235,7 @@ def register() -> None:
 
 
 # -- validation -----------------------------------------------------------------------------------
-def _fail(key: str, value: Any, rule) -> ConfigError:
+def invalid(key: str, value: Any, rule) -> ConfigError:
     shown = "null" if value is None else repr(value)
     return ConfigError(f"{key}={shown} is invalid; valid: {rule}")
 
@@ -249,7 +247,7 @@ def _check_fields(schema, node, prefix: str) -> None:
         if rule is not None and value is not None:
             for v in (value if isinstance(value, ListConfig) else [value]):
                 if not rule.ok(v):
-                    raise _fail(key, v, rule)
+                    raise invalid(key, v, rule)
         if value is None:
             continue
         if is_dataclass(f.type):
@@ -307,85 +305,10 @@ def check_targets(cfg: DictConfig) -> Dict[str, Any]:
     return resolved
 
 
-def check_method(node: Any, where: str) -> None:
-    """A method node's keys are options of its constructor, each inside the range annotated
-    beside the parameter (`Annotated[float, NON_NEGATIVE]`, runner.options)."""
-    if not isinstance(node, dict) or "_target_" not in node:
-        return
-    try:
-        params = options.parameters(options.target_callable(str(node["_target_"])))
-    except Exception:  # not importable: instantiate names it
-        return
-    for k, v in node.items():
-        if k == "_target_":
-            continue
-        k = options.option_name(k)  # `lam` is `lambda`, as instantiate passes it
-        if k not in params and not options.takes_any(options.target_callable(str(node["_target_"]))):
-            near = difflib.get_close_matches(k, list(params), n=1)
-            hint = f" (did you mean {where}.{near[0]}?)" if near else ""
-            raise ConfigError(f"{where}.{k} is not an option of {node['_target_']}{hint}; valid: "
-                              f"{', '.join(params)}")
-        rule = params.get(k, (None, None))[1]
-        if rule is not None and v is not None and not rule.ok(v):
-            raise _fail(f"{where}.{k}", v, rule)
-
-
-def _tuned_reads(node: Any, found: set) -> set:
-    """The first keys after `tuned.` in every string of `node` (interpolations, report keys)."""
-    if isinstance(node, dict):
-        for v in node.values():
-            _tuned_reads(v, found)
-    elif isinstance(node, list):
-        for v in node:
-            _tuned_reads(v, found)
-    elif isinstance(node, str):
-        found.update(re.findall(r"\btuned\.(\w+)", node))
-    return found
-
-
-@functools.lru_cache(maxsize=1)
-def _conf_tuned_reads() -> frozenset:
-    """The `tuned` keys that any file of conf/ reads."""
-    from runner.app import conf_dir
-    return frozenset(_tuned_reads([p.read_text() for p in conf_dir().rglob("*.yaml")], set()))
-
-
-def check_tuned(cfg: DictConfig, resolved: Dict[str, Any]) -> None:
-    """`tuned` holds a method's options under its name (`tuned.l2.lambda`: an option of the
-    constructor conf/method/l2.yaml names; applied when that method runs, under the command
-    line's `method.lambda=...`) and knobs the config reads (`${tuned.rounds}`, a method config's
-    `${oc.select:tuned.q,0.9}`, `report.rows: [tuned.setting]`). Any other key is refused: one
-    line naming it and the valid ones. A knob that some file of conf/ reads passes too (a base's
-    knob that an experiment built on it does not use)."""
-    methods = options.method_configs()
-    plain = OmegaConf.to_container(cfg, resolve=False)
-    reads = _tuned_reads({k: v for k, v in plain.items() if k != "tuned"}, set())
-    reads |= _conf_tuned_reads()  # knobs of the methods and bases an experiment may use
-    for key, value in (resolved.get("tuned") or {}).items():
-        key = str(key)
-        if key in methods:
-            valid = list(options.options(key))
-            if not isinstance(value, dict):
-                raise ConfigError(f"tuned.{key}={value!r} is invalid: tuned.{key} holds options of "
-                                  f"method {key} (tuned.{key}.OPTION); valid: {', '.join(valid)}")
-            for option in value:
-                if option not in valid:
-                    near = difflib.get_close_matches(str(option), valid, n=1)
-                    hint = f" (did you mean tuned.{key}.{near[0]}?)" if near else ""
-                    raise ConfigError(f"tuned.{key}.{option} is not an option of method {key}{hint}; "
-                                      f"valid: {', '.join(valid)}")
-        elif key not in reads:
-            known = sorted(reads - set(methods))
-            near = difflib.get_close_matches(key, list(methods) + known, n=1)
-            hint = f" (did you mean tuned.{near[0]}?)" if near else ""
-            raise ConfigError(f"tuned.{key} is unknown{hint}; valid: a method's name with its "
-                              f"options (tuned.METHOD.OPTION) or a key the config reads "
-                              f"({', '.join(known) or 'none'})")
-
-
 def validate(cfg: DictConfig) -> None:
     """Raise `ConfigError` (one line) at the first option outside its valid values."""
     from runner.checks import check_combinations, check_datasets
+    from runner.method_checks import check_method, check_tuned
 
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:  # a base (conf/family_*.yaml) leaves a value to each experiment

@@ -36,9 +36,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from runner.results import RESULT_FILE, load_results
-from runner.tables import (IGNORED, LEAD, NOT_DONE, STATS, Layout, base_method,  # noqa: F401
-                           cell_keys, deduplicate, group_runs, key_value, metric_value, not_done,
-                           paper_order, run_identity, table_from_results)
+from runner.identity import IGNORED, deduplicate, run_identity  # noqa: F401
+from runner.tables import (LEAD, NOT_DONE, STATS, Layout, base_method,  # noqa: F401
+                           cell_keys, group_runs, key_value, metric_value, not_done,
+                           paper_order, table_from_results)
 from runner.targets import register
 
 FORMATS = ("markdown", "csv", "latex")

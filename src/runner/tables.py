@@ -8,17 +8,16 @@ a method's own options appear in its label (`l2 (lambda=0.001)`) when they vary 
 runs or differ from the experiment's `tuned` values."""
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
+from runner.identity import IGNORED, deduplicate
 from runner.results import is_dead
 
 LEAD = ("experiment", "method")  # config-group choices shown first in every table
-IGNORED = {"seed", "device", "progress", "data_root", "threads", "logger", "resume"}  # swept keys that do not define a cell
 # config nodes that describe a run or its table rather than what it computes
 NOT_CELL = IGNORED | {"name", "description", "report", "paper", "distributed", "target_allowlist"}
 NOT_DONE = ["diverged", "failed", "interrupted", "unfinished", "dead"]  # counted per cell
@@ -284,44 +283,6 @@ class Layout:
     @property
     def keys(self) -> List[str]:
         return self.rows + self.cols
-
-
-def _without_root(value: Any, root: Any) -> Any:
-    """`value` with the data directory `root` at the start of its paths written as `${data_root}`."""
-    if isinstance(value, dict):
-        return {k: _without_root(v, root) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_without_root(v, root) for v in value]
-    if isinstance(root, str) and root and isinstance(value, str) and \
-            (value == root or value.startswith(root.rstrip("/") + "/")):
-        return "${data_root}" + value[len(root.rstrip("/")):]
-    return value
-
-
-def run_identity(result: Dict[str, Any]) -> str:
-    """What makes two runs the same run: the group choices and the resolved config (seed
-    included) without the execution settings (nor the data directory inside paths), or, without
-    a config, the command line."""
-    cfg = result.get("config")
-    choices = {k: v for k, v in (result.get("choices") or {}).items() if k not in IGNORED}
-    if cfg:
-        kept = {k: v for k, v in cfg.items() if k not in IGNORED - {"seed"}}
-        return json.dumps([choices, _without_root(kept, cfg.get("data_root")),
-                           result.get("seed", cfg.get("seed"))], sort_keys=True, default=str)
-    overrides = sorted(o for o in result.get("overrides", [])
-                       if o.lstrip("+~").split("=")[0].split(".")[0] not in IGNORED - {"seed"})
-    return json.dumps([choices, overrides, result.get("seed")], default=str)
-
-
-def deduplicate(results: List[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], int]:
-    """One result per (config, seed): a completed run over any other, else the later one."""
-    chosen: Dict[str, Dict[str, Any]] = {}
-    for r in results:
-        key = run_identity(r)
-        old = chosen.get(key)
-        if old is None or not (old.get("status") == "completed" and r.get("status") != "completed"):
-            chosen[key] = r
-    return list(chosen.values()), len(results) - len(chosen)
 
 
 def metric_value(result: Dict[str, Any], metric: str) -> Optional[float]:

@@ -138,7 +138,7 @@ def check_tree(node: Any, allowlist: Sequence[str], path: str = "") -> None:
         if "_target_" in node:
             kind = slot_kind(path) or "any"
             obj = resolve(node["_target_"], path or "(top level)", kind, allowlist)
-            if kind not in ("any", "method"):  # a method's options: runner.config.check_method
+            if kind not in ("any", "method"):  # a method's options: runner.method_checks.check_method
                 _check_arguments(obj, node, path)
             for k in node:
                 if k != "_target_" and str(k).startswith("_") and str(k).endswith("_"):

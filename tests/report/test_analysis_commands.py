@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from runner import plots
-from runner.analysis import reinit, swr, zilly_figures
+from runner.analysis import reinit, reinit_stats, swr, zilly_figures
 from runner.analysis.common import completed
 
 FROZEN_PROBE = {"_target_": "methods.frozen_probe.FrozenProbe", "every_epoch": False}
@@ -137,13 +137,13 @@ def test_table3_and_tree_without_arguments_read_the_paper(tmp_path, capsys, monk
 
 
 def test_tree_leaves_name_the_methods_that_won_their_cells():
-    tree, names = reinit.decision_tree(reinit.paper_table2())
-    labels = reinit.node_labels(tree, names)
+    tree, names = reinit_stats.decision_tree(reinit_stats.paper_table2())
+    labels = reinit_stats.node_labels(tree, names)
     t = tree.tree_
     for i, label in enumerate(labels):
         counts = [int(part.rsplit(" ", 1)[1]) for part in
                   label.split("\n")[1].strip("()").split(": ")[-1].split(", ")]
         assert sum(counts) == t.n_node_samples[i]  # every cell of the node is named
         if t.children_left[i] == -1:
-            assert label.startswith("best: ") and label.split("\n")[0][6:].lower() in reinit.METHODS
+            assert label.startswith("best: ") and label.split("\n")[0][6:].lower() in reinit_stats.METHODS
     assert labels[0].startswith("arch \u2260 vgg16?")  # the paper's first split

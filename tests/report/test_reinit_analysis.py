@@ -3,8 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from runner.analysis.reinit import (best_methods, decision_tree, format_table2, holm,
-                                    paper_table2, sign_test, table3)
+from runner.analysis.reinit_stats import (best_methods, decision_tree, format_table2, holm,
+                                          paper_table2, sign_test, table3)
 
 
 def test_paper_table2_is_complete():

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from runner.analysis.reinit import decision_tree, holm, paper_table2, sign_test, table3
+from runner.analysis.reinit_stats import decision_tree, holm, paper_table2, sign_test, table3
 
 
 def bonferroni(pvalues, alpha=0.05):

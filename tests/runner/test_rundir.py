@@ -83,7 +83,7 @@ def test_only_where_and_how_it_runs_may_change_on_resume(tmp_path, extra, ok):
 
 def test_where_the_data_lie_and_the_tracker_do_not_make_another_run():
     """Resume may point `data_root` elsewhere and pick another logger: the same run."""
-    from runner.tables import run_identity
+    from runner.identity import run_identity
     config = {"seed": 0, "data_root": "/a/data", "logger": {"name": "csv"},
               "dataset": {"reader": {"root": "/a/data/mnist"}, "name": "mnist"}}
     moved = {**config, "data_root": "/b", "logger": {"name": "wandb"},

@@ -18,7 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from runner.tables import cell_keys, deduplicate  # noqa: E402
+from runner.identity import deduplicate  # noqa: E402
+from runner.tables import cell_keys  # noqa: E402
 from runner.results import METRICS_FILE, load_results  # noqa: E402
 
 
