@@ -214,7 +214,8 @@ def hydra_message(text: str) -> str:
     lines = [line.strip() for line in text.splitlines()
              if line.strip() and not line.startswith(_HYDRA_NOISE)
              and not line.strip().startswith(_HYDRA_NOISE[:5])]
-    return "; ".join(lines) or "the command line was refused"
+    message = "; ".join(lines) or "the command line was refused"
+    return message[len("error: "):] if message.startswith("error: ") else message
 
 
 def config_groups() -> Dict[str, List[str]]:
@@ -228,6 +229,8 @@ def unknown_group_option(args: List[str]) -> Optional[str]:
     a did-you-mean and the valid choices; None when every option exists."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    if any(a.lstrip("+").startswith("hydra.searchpath") for a in args):
+        return None  # other config folders join the groups: Hydra checks the options
     groups = config_groups()
     try:
         parsed = OverridesParser.create().parse_overrides([a for a in args if "=" in a and not a.startswith("-")])

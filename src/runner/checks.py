@@ -110,15 +110,20 @@ def check_shadowed(cfg, overrides) -> None:
         return
     phases = OmegaConf.to_container(cfg.phases, resolve=False)
 
-    def resolved(path: str):
-        return OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(cfg, path)}),
-                                      resolve=True)["v"]
+    def resolved(path: str):  # None where it does not resolve (validation names it)
+        try:
+            return OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(cfg, path)}),
+                                          resolve=True)["v"]
+        except Exception:
+            return None
 
     for key in sorted(typed & set(PHASE_SETS)):
         field, value = PHASE_SETS[key], resolved(key)
+        if value is None:
+            continue
         own = [(i, resolved(f"phases.{i}.{field}")) for i, p in enumerate(phases)
                if p.get(field) is not None and p[field] != "${" + key + "}"]
-        own = [(i, v) for i, v in own if v != value  # a phase value typed too is meant
+        own = [(i, v) for i, v in own if v is not None and v != value  # typed too: meant
                and not typed & {"phases", f"phases.{i}", f"phases.{i}.{field}"}]
         if own:
             which = ", ".join(f"phases.{i}.{field}={v}".replace(" ", "") for i, v in own)

@@ -253,7 +253,13 @@ def run_runner(command, args, sweeps, hydra_cli, tmp_path, capsys):
             compose("config", overrides=overrides + SMOKE)
     GlobalHydra.instance().clear()
     out = tmp_path / "out"
-    code = hydra_cli(*argv, *SMOKE, f"hydra.run.dir={out}", f"hydra.sweep.dir={out}")
+    flags = []  # Hydra's flags last: argparse takes overrides in one run of positionals
+    for flag, n in (("--cfg", 2), ("--help", 1)):
+        if flag in argv:
+            i = argv.index(flag)
+            flags += argv[i:i + n]
+            argv = argv[:i] + argv[i + n:]
+    code = hydra_cli(*argv, *SMOKE, f"hydra.run.dir={out}", f"hydra.sweep.dir={out}", *flags)
     assert code == 0, capsys.readouterr().err[-3000:]
     if "--cfg" in args or "--help" in args:
         printed = capsys.readouterr().out

@@ -14,6 +14,7 @@ from torch import nn
 from conftest import context
 from hydra.core.global_hydra import GlobalHydra
 from runner import app
+from methods.base import Method
 from methods.lth import LTH
 from runner.context import Phase
 from runner.models.base import Network
@@ -112,20 +113,18 @@ def test_the_trainer_starts_round_two_at_the_rewind_step_of_its_schedule(run_cfg
     assert rows[4:] == [(1, 1, 15, 0.1), (1, 2, 18, 0.1), (1, 3, 21, 0.01), (1, 4, 24, 0.001)]
 
 
-class CrashAt:
+class CrashAt(Method):
     """A stacked method that raises once, after training step `step` of this process."""
 
     crashed = False
 
-    def __new__(cls, step: int):
-        from methods.base import Method
+    def __init__(self, step: int):
+        self.step = step
 
-        class Crash(Method):
-            def after_step(self, ctx):
-                if ctx.step == step and not CrashAt.crashed:
-                    CrashAt.crashed = True
-                    raise RuntimeError("injected fault")
-        return Crash()
+    def after_step(self, ctx):
+        if ctx.step == self.step and not CrashAt.crashed:
+            CrashAt.crashed = True
+            raise RuntimeError("injected fault")
 
 
 def outcome(run_dir: Path):
