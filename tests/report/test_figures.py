@@ -123,6 +123,7 @@ def test_the_gallery_draws_every_figure_titled_worded_and_legible(tmp_path, monk
         checked.append(str(out))
         return save(fig, out)
     for module in ("runner.analysis.common", "runner.plots", "runner.analysis.reinit",
+                   "runner.analysis.reinit_stats",
                    "runner.analysis.swr", "runner.analysis.zilly_figures",
                    "runner.analysis.freezenet", "runner.analysis.cops",
                    "runner.analysis.interspace"):
