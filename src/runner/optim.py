@@ -23,11 +23,14 @@ def group_decay(kind: str, cfg: OptimConfig, weight_decay: float) -> float:
 
 
 def param_groups(model: nn.Module, cfg: OptimConfig, weight_decay: float) -> List[dict]:
-    """Weights, biases and normalization parameters as groups with their own weight decay."""
-    groups = {"weights": [], "biases": [], "norm": []}
+    """Weights, biases and normalization parameters as groups with their own weight decay; one
+    group ("all") when biases and norm parameters have no lambda of their own, so that a step
+    visits one group (the same arithmetic: every update is per parameter)."""
+    groups = {"weights": [], "biases": [], "norm": [], "all": []}
+    own = cfg.weight_decay_bias is not None or cfg.weight_decay_norm is not None
     for _, p, kind in parameters(model):
         if p.requires_grad:
-            groups[kind].append(p)
+            groups[kind if own else "all"].append(p)
     return [{"params": ps, "weight_decay": group_decay(k, cfg, weight_decay), "kind": k}
             for k, ps in groups.items() if ps]
 

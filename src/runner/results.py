@@ -36,6 +36,7 @@ os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK  # what open() gives a new file; mkstemp's own is 0600
 HEARTBEAT_S = 60.0  # a live run rewrites its heartbeat this often ...
 DEAD_AFTER_S = 10 * HEARTBEAT_S  # ... so a `running` run silent this long is dead
+PHASE_WRITE_S = 10.0  # a phase end rewrites result.json once this long has passed since the last write
 ROW_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")  # per epoch
 COLUMNS = ["phase", "phase_name", "epoch", "step", "lr", *ROW_METRICS, "weight_norm", "seconds"]
 
@@ -218,6 +219,7 @@ class RunRecorder(Recorder):
             if self.result["status"] == "running":
                 self.result["heartbeat"] = time.time()
             write_json_atomic(self.dir / RESULT_FILE, self.result)
+            self.written = time.monotonic()
 
     def update(self, **fields: Any) -> None:
         with self._lock:
@@ -260,9 +262,13 @@ class RunRecorder(Recorder):
             self.tracker.epoch(self.rows, row)
 
     def phase(self, summary: Dict[str, Any]) -> None:
+        """A phase's summary, written at once when PHASE_WRITE_S passed since the last write
+        (otherwise with the next write: runs of many short phases spend no time on records that
+        the next second replaces; a checkpoint holds the phases of its own)."""
         with self._lock:
             self.result["phases"].append(summary)
-        self.write()
+        if time.monotonic() - self.written >= PHASE_WRITE_S:
+            self.write()
 
     def finish(self, status: str, **fields: Any) -> Dict[str, Any]:
         """The final status, written even when closing metrics.csv fails (a full disk): the run

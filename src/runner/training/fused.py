@@ -171,6 +171,7 @@ class FusedTrainer:
         self.optimizers: List[Any] = []  # each member's optimizer the fused one was built from
         self.diverged: Dict[int, Diverged] = {}
         self.x_cache = None
+        self.selected = None  # (training members, every, weight, indices): `selection`
 
     def live(self) -> List[int]:
         return [k for k in range(len(self.members)) if k not in self.diverged]
@@ -305,17 +306,14 @@ class FusedTrainer:
         for k in training:
             if not members[k].ctx.model.training:
                 members[k].ctx.model.train()
-        weight = torch.zeros(K, device=self.device)
-        weight[training] = 1.0
+        every, weight, idx = self.selection(training)
         its = {k: iter(batches(members[k].ctx.data.train, lead.batch_size, members[k].parts.order_gen,
                                limit=members[k].parts.opts.max_batches)) for k in training}
-        stats = torch.zeros(len(training), 4, device=self.device)
         first = [members[k].loop.diverge_ref is None and not members[k].loop.pending
                  for k in training]
-        n = 0
+        zeros = weight.new_zeros(len(training))
+        loss_sum, correct, first_loss, n = None, zeros, zeros, 0
         model, parts = self.stacked.models[0], members[training[0]].parts  # member 0's modules
-        idx = torch.tensor(training, device=self.device)
-        every = len(training) == K
         penalties = members[0].parts.methods.by_hook["loss_term"]
         while True:
             got = {k: next(its[k], None) for k in training}
@@ -328,8 +326,11 @@ class FusedTrainer:
             x, y = self.batch(training, got)
             with parts.autocast():
                 out = self.stacked.forward(model, x)
-                losses = parts.loss_fn(out.flatten(0, 1), y.flatten(), reduction="none")
-                losses = losses.view(K, -1).mean(1)
+                if parts.opts.loss == "cross_entropy":  # classes as dim 1: 2-4x faster on a CPU
+                    losses = parts.loss_fn(out.transpose(1, 2), y, reduction="none").mean(1)
+                else:
+                    losses = parts.loss_fn(out.flatten(0, 1), y.flatten(), reduction="none")
+                    losses = losses.view(K, -1).mean(1)
             total = losses.sum() if every else (losses * weight).sum()
             for m in penalties:  # member 0's, over every member's stacked parameters
                 total = total + m.penalty([self.stacked.leaf[id(t)] for t in m.tensors])
@@ -341,16 +342,26 @@ class FusedTrainer:
             b = y.shape[1]
             mine = losses.detach().float()
             mine = mine if every else mine[idx]
-            stats[:, 0] += mine * b
+            loss_sum = mine * b if loss_sum is None else loss_sum + mine * b
             if evaluate:
                 right = (out.argmax(2) == y).sum(1)
-                stats[:, 1] += right if every else right[idx]
+                correct = correct + (right if every else right[idx])
             if any(first):
-                stats[:, 3] = torch.where(torch.tensor(first, device=self.device), mine, stats[:, 3])
+                first_loss = torch.where(torch.tensor(first, device=self.device), mine, first_loss)
                 first = [False] * len(training)
             n += b
-        stats[:, 2] = n
-        return stats
+        return torch.stack([zeros if loss_sum is None else loss_sum, correct,
+                            zeros + n, first_loss], 1)
+
+    def selection(self, training: List[int]) -> tuple:
+        """(every member trains, the loss weights [K], the training members' indices), kept
+        while the training members stay the same."""
+        if self.selected is None or self.selected[0] != training:
+            weight = torch.zeros(len(self.members), device=self.device)
+            weight[training] = 1.0
+            self.selected = (list(training), len(training) == len(self.members), weight,
+                             torch.tensor(training, device=self.device))
+        return self.selected[1:]
 
 
 def run(cfg: DictConfig, out_dir, base: Dict[str, Any], overrides: List[str], job: int,

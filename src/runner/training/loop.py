@@ -21,6 +21,8 @@ class Loop:
         self.parts = parts
         self.diverge_ref = None
         self.pending = []  # (epoch, stats on the device) of the epochs not yet evaluated
+        self.zero = torch.zeros((), device=parts.device)
+        self.counts: Dict[int, torch.Tensor] = {}  # an epoch's sample count as a device scalar
 
     def state_dict(self) -> Dict[str, Any]:
         return {"diverge_ref": self.diverge_ref}
@@ -93,11 +95,10 @@ class Loop:
         ctx = p.ctx
         if not ctx.model.training:  # evaluate() leaves it in train mode; methods' choices stay
             ctx.model.train()
-        stats = torch.zeros(4, device=p.device)
         epoch_batches = (p.dist.batches if p.dist else batches)(
             ctx.data.train, batch_size, p.order_gen, limit=limit)
         first = self.diverge_ref is None and not self.pending
-        n = 0
+        loss_sum, correct, first_loss, n = None, self.zero, self.zero, 0
         for xb, yb in batch_bar(epoch_batches, len(ctx.data.train), batch_size, limit,  # logs.py
                                 p.progress):
             if schedule is not None:
@@ -106,15 +107,21 @@ class Loop:
                     g["lr"] = lr
             loss, out = self.train_step(xb, yb)
             loss = loss.detach().float()
-            stats[0] += loss * len(yb)
+            part = loss * len(yb)
+            loss_sum = part if loss_sum is None else loss_sum + part
             if accuracy:
-                stats[1] += (out.argmax(1) == yb).sum()
+                correct = correct + (out.argmax(1) == yb).sum()
             n += len(yb)
             if first:
-                stats[3] = loss
-                first = False
-        stats[2] = n
-        return stats
+                first_loss, first = loss, False
+        return torch.stack([self.zero if loss_sum is None else loss_sum, correct, self.count(n),
+                            first_loss])
+
+    def count(self, n: int) -> torch.Tensor:
+        """`n` as a float device scalar (kept: an epoch's count rarely changes)."""
+        if n not in self.counts:
+            self.counts[n] = torch.tensor(float(n), device=self.zero.device)
+        return self.counts[n]
 
     def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step through the methods' hooks and the masks; (loss, outputs)."""
