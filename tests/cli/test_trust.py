@@ -193,3 +193,35 @@ def test_a_run_directory_cannot_name_code(hydra_cli, capsys, tmp_path, monkeypat
         if left != ["checkpoint.pt", "result.json"] or (run_dir / "result.json").read_text() != record:
             problems.append(f"{extra}: the run directory changed: {left}")
     assert not problems, "\n".join(problems)
+
+
+def _files(run_dir: Path) -> dict:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and p.suffix != ".log"}
+
+
+@pytest.mark.sizes
+def test_a_new_run_in_an_existing_runs_directory_changes_nothing(tmp_path):
+    """`hydra.run.dir=` (or a sweep job's directory) naming an existing run: refused before Hydra
+    rewrites its `.hydra/` record; a refused run leaves no empty `outputs/runs/NAME/` behind."""
+    from conftest import run_cli
+
+    done = tmp_path / "done"
+    assert run_cli(*SMOKE, f"hydra.run.dir={done}", cwd=tmp_path).returncode == 0
+    before = _files(done)
+    assert {".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "result.json"} <= set(before)
+    attempts = [
+        [*SMOKE, "seed=1", f"hydra.run.dir={done}"],
+        [*SMOKE, "resume=auto", "optim.lr=0.5", f"hydra.run.dir={done}"],
+        ["-m", *SMOKE, "seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.sweep.subdir={done}"],
+    ]
+    for args in attempts:
+        out = run_cli(*args, cwd=tmp_path)
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        assert out.returncode == 2, (args, out.stderr[-2000:])
+        assert len(lines) == 1 and f"{done} already holds a run" in lines[0], (args, lines)
+        assert "Traceback" not in out.stdout + out.stderr
+        assert _files(done) == before, args
+    out = run_cli(*SMOKE, "train.epochs=0", cwd=tmp_path)  # refused after Hydra made its directory
+    assert out.returncode == 2 and len(out.stderr.splitlines()) == 1, out.stderr
+    assert not (tmp_path / "outputs").exists()

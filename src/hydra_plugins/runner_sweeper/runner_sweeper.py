@@ -117,12 +117,38 @@ class ExperimentSweeper(BasicSweeper):
             self.config.hydra.sweep.dir = str(sweep_dir)
             self.config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{sweep_dir}'")
 
+    def check_job_dirs(self, plan) -> None:
+        """No job starts in a directory that holds another run or that a running process owns
+        (Hydra would rewrite its `.hydra/` record before the job could refuse): one line, exit 2,
+        before anything is written."""
+        from runner.errors import ConfigError
+        from runner.rundir import check_new
+
+        sweep_dir, num = Path(str(self.config.hydra.sweep.dir)), 0
+        for _, jobs, cfg in plan:
+            subdir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False).get("subdir")
+            for job in jobs:
+                if subdir == "${hydra.job.num}":
+                    job_dir = sweep_dir / str(num)
+                else:  # the job's own config says where (as the launcher resolves it)
+                    job_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(job))
+                    with open_dict(job_cfg):
+                        job_cfg.hydra.job.num, job_cfg.hydra.job.id = num, num
+                    job_dir = Path(str(job_cfg.hydra.sweep.dir)) / str(job_cfg.hydra.sweep.subdir)
+                try:
+                    check_new(job_dir)
+                except ConfigError as e:
+                    print(f"error: job {num}: {e}", file=sys.stderr)
+                    raise SystemExit(2) from None
+                num += 1
+
     def sweep(self, arguments: List[str]) -> Any:
         plan = self.plan(arguments)
         self.announce(plan)
         if self.dry:
             return []
         self.pin_directory(plan)
+        self.check_job_dirs(plan)
         jobs = [job for _, experiment_jobs, _ in plan for job in experiment_jobs]
         self.overrides = list(self.split_overrides_to_chunks(jobs, self.max_batch_size))
         self.params = {}  # already in the jobs' overrides
