@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 from runner.errors import ConfigError
-from runner.results import METRICS_FILE, RESULT_FILE, orphans
+from runner.results import METRICS_FILE, RESULT_FILE, orphans, write_json_atomic
 
 # where and how a resumed run goes on; not `threads`: on the CPU a convolution's result depends on
 # the thread count (swr_gen_cifar10_cnn: threads=1 and 4 differ), so a resumed run keeps its own
@@ -111,3 +111,21 @@ def owned(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def settle_dead(root: Path, why: str) -> int:
+    """Runs below `root` whose record says `running` though no process owns their directory (a
+    killed worker): recorded `interrupted`, with `why` as their error. Returns how many."""
+    settled = 0
+    for f in sorted(Path(root).rglob(RESULT_FILE)):
+        try:
+            with owned(f.parent):
+                record = json.loads(f.read_text())
+                if not isinstance(record, dict) or record.get("status") != "running":
+                    continue
+                record.update(status="interrupted", error=why)
+                write_json_atomic(f, record)
+                settled += 1
+        except (ConfigError, OSError, ValueError):  # its owner lives, or the record is not readable
+            continue
+    return settled

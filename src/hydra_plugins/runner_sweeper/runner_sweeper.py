@@ -154,6 +154,21 @@ class ExperimentSweeper(BasicSweeper):
         self.params = {}  # already in the jobs' overrides
         return self.launch_batches()
 
+    def launch_failed(self, e: Exception) -> None:
+        """The launcher stopped (joblib: a worker process was killed): one line; the runs that its
+        dead workers left `running` are recorded `interrupted`; the sweep then ends with its table
+        (the callback `runner.report.AggregateOnMultirunEnd` counts what did not complete)."""
+        from runner.rundir import settle_dead
+
+        text = " ".join(str(e).split())
+        codes = text.find("The exit codes of the workers are")
+        cause = f"a worker process died ({text[codes + 4:].split('Detailed')[0].strip()})" \
+            if codes >= 0 else f"{type(e).__name__}: {text[:200]}"
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        settled = settle_dead(sweep_dir, f"its process ended without recording a result: {cause}")
+        print(f"error: the sweep stopped: {cause}; {settled} run(s) it left running recorded "
+              f"interrupted (continue one with python -m runner resume=DIR)", file=sys.stderr)
+
     def launch_batches(self) -> Any:
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -162,7 +177,11 @@ class ExperimentSweeper(BasicSweeper):
         while not self.is_done():
             batch = self.get_job_batch()
             self.validate_batch_is_legal(batch)
-            results = self.launcher.launch(batch, initial_job_idx=first)
+            try:
+                results = self.launcher.launch(batch, initial_job_idx=first)
+            except Exception as e:  # not a job's error (jobs record theirs): a worker died
+                self.launch_failed(e)
+                break
             for r in results:
                 _ = r.return_value  # raises where a job raised
             first += len(batch)
