@@ -95,6 +95,7 @@ VALUES = [  # refused before a run directory exists: exit 2
     (["phases.0.repeat=9223372036854775808"], ["phases.0.repeat=9223372036854775808", "64-bit"]),
     (["train.eval_batch_size=-9223372036854775809"], ["train.eval_batch_size=-9223372036854775809"]),
     (["+extra_methods=[{_target_: methods.l2.L2, _recursive_: false}]"], ["_recursive_ is refused"]),
+    (["dataset=imagenet_stream", "dataset.stream.size=128"], ["dataset.stream.size=128", "[3, 224, 224]"]),
 ]
 
 
