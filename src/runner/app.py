@@ -155,16 +155,22 @@ _new_dirs: List[Path] = []  # the folders above a new run's directory that Hydra
 def check_run_dir(config: DictConfig) -> None:
     """A new run (not `resume=DIR`) whose directory holds another run, or is owned by a running
     process, is refused before Hydra's `run_job` writes its `.hydra/` record and log there: one
-    line and exit status 2. Notes the folders above it that do not exist yet."""
+    line and exit status 2; so is `resume=DIR` with another `hydra.run.dir`. Notes the folders
+    above a new run's directory that do not exist yet."""
     _new_dirs.clear()
-    if config.resume not in (None, "auto") or distributed.rank() != 0:
+    if distributed.rank() != 0:
         return
     try:
         out_dir = Path(str(OmegaConf.select(config, "hydra.run.dir"))).absolute()
     except Exception:  # unresolvable: Hydra reports it
         return
-    _new_dirs.extend(p for p in out_dir.parents if not p.exists())
     try:
+        if config.resume not in (None, "auto"):
+            if out_dir.resolve() != Path(str(config.resume)).resolve():
+                raise ConfigError(f"resume={config.resume} continues the run in its own directory; "
+                                  f"drop hydra.run.dir={OmegaConf.select(config, 'hydra.run.dir')}")
+            return
+        _new_dirs.extend(p for p in out_dir.parents if not p.exists())
         rundir.check_new(out_dir)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -219,12 +219,15 @@ def test_a_new_run_in_an_existing_runs_directory_changes_nothing(tmp_path):
         [*SMOKE, "seed=1", f"hydra.run.dir={done}"],
         [*SMOKE, "resume=auto", "optim.lr=0.5", f"hydra.run.dir={done}"],
         ["-m", *SMOKE, "seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.sweep.subdir={done}"],
+        [f"resume={tmp_path / 'other'}", f"hydra.run.dir={done}"],  # a resume writes only its own
     ]
+    (tmp_path / "other").mkdir()
     for args in attempts:
         out = run_cli(*args, cwd=tmp_path)
         lines = [line for line in out.stderr.splitlines() if line.strip()]
         assert out.returncode == 2, (args, out.stderr[-2000:])
-        assert len(lines) == 1 and f"{done} already holds a run" in lines[0], (args, lines)
+        assert len(lines) == 1 and (f"{done} already holds a run" in lines[0]
+                                    or f"drop hydra.run.dir={done}" in lines[0]), (args, lines)
         assert "Traceback" not in out.stdout + out.stderr
         assert _files(done) == before, args
     out = run_cli(*SMOKE, "train.epochs=0", cwd=tmp_path)  # refused after Hydra made its directory
