@@ -96,6 +96,9 @@ def fail(single: bool, code: int, message: str, run_dir: Optional[Path] = None) 
             handler.handle(record)
     if run_dir is not None and not any((run_dir / f).exists() for f in rundir.RUN_FILES):
         shutil.rmtree(run_dir, ignore_errors=True)  # only Hydra's record of a run never started
+        for parent in _new_dirs:  # and the empty folders Hydra made for it (outputs/runs/NAME)
+            with contextlib.suppress(OSError):
+                parent.rmdir()
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
 
@@ -106,7 +109,7 @@ def execute(cfg: DictConfig, out_dir: Path, overrides: List[str], choices: Dict[
     errors are one line on stderr and an exit status: 2 for a bad config (the directory Hydra
     made for it is removed), 1 for a failed or diverged run, 128 + signal when interrupted. A
     sweep job's result.json records its status and the sweep goes on, except after a signal."""
-    fresh_dir = out_dir if cfg.resume is None else None  # Hydra made it for this command
+    fresh_dir = out_dir if cfg.resume in (None, "auto") else None  # Hydra made it for this command
     try:
         if not single and cfg.resume not in (None, "auto"):
             raise ConfigError(f"resume={cfg.resume} continues one run; a sweep takes resume=auto")
@@ -146,6 +149,32 @@ def execute(cfg: DictConfig, out_dir: Path, overrides: List[str], choices: Dict[
 
 
 _started = []  # Hydra composed the command line (a run or a sweep started)
+_new_dirs: List[Path] = []  # the folders above a new run's directory that Hydra is to make
+
+
+def check_run_dir(config: DictConfig) -> None:
+    """A new run (not `resume=DIR`) whose directory holds another run, or is owned by a running
+    process, is refused before Hydra's `run_job` writes its `.hydra/` record and log there: one
+    line and exit status 2; so is `resume=DIR` with another `hydra.run.dir`. Notes the folders
+    above a new run's directory that do not exist yet."""
+    _new_dirs.clear()
+    if distributed.rank() != 0:
+        return
+    try:
+        out_dir = Path(str(OmegaConf.select(config, "hydra.run.dir"))).absolute()
+    except Exception:  # unresolvable: Hydra reports it
+        return
+    try:
+        if config.resume not in (None, "auto"):
+            if out_dir.resolve() != Path(str(config.resume)).resolve():
+                raise ConfigError(f"resume={config.resume} continues the run in its own directory; "
+                                  f"drop hydra.run.dir={OmegaConf.select(config, 'hydra.run.dir')}")
+            return
+        _new_dirs.extend(p for p in out_dir.parents if not p.exists())
+        rundir.check_new(out_dir)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
 
 
 def composed() -> None:
@@ -161,6 +190,7 @@ class Composed(Callback):
 
     def on_run_start(self, config, **kwargs) -> None:
         composed()
+        check_run_dir(config)
 
     def on_multirun_start(self, config, **kwargs) -> None:
         composed()

@@ -87,6 +87,10 @@ def check_datasets(cfg) -> None:
                 isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)):
             raise ConfigError(f"{where}.shape={list(shape)} is invalid; valid: sizes >= 1, "
                               f"e.g. [1, 28, 28]")
+        size = OmegaConf.select(ds, "stream.size", default=None)  # streamed: RGB size x size crops
+        if size is not None and shape is not None and list(shape) != [3, size, size]:
+            raise ConfigError(f"{where}.stream.size={size} makes images of shape [3, {size}, {size}], "
+                              f"but {where}.shape={list(shape)}; set them to agree")
 
 
 def check_combinations(cfg) -> None:

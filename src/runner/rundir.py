@@ -5,7 +5,8 @@
 name). A record that cannot be read, or that records overrides of Hydra's own keys, is one line
 and nothing in DIR changes. While a process runs in a directory it holds an exclusive lock on it
 (`flock`), so a second process (a second resume, a new run pointed at it) is refused; a new run
-is refused in a directory that holds another run's record. The owner removes the temporary files
+is refused in a directory that holds another run's record, before Hydra writes anything there
+(`check_new`). The owner removes the temporary files
 a killed writer left.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 from runner.errors import ConfigError
-from runner.results import METRICS_FILE, RESULT_FILE, orphans
+from runner.results import METRICS_FILE, RESULT_FILE, orphans, write_json_atomic
 
 # where and how a resumed run goes on; not `threads`: on the CPU a convolution's result depends on
 # the thread count (swr_gen_cifar10_cnn: threads=1 and 4 differ), so a resumed run keeps its own
@@ -77,6 +78,26 @@ def check_fresh(out_dir: Path) -> None:
                           f"a new directory (continue that one with resume={out_dir})")
 
 
+def _lock(fd: int, run_dir: Path) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise ConfigError(f"{run_dir} is in use by another process of the runner; wait for "
+                          f"it to end (or stop it) and try again") from None
+
+
+def check_new(out_dir: Path) -> None:
+    """Before anything is written in `out_dir` for a new run (Hydra's `.hydra/` record, a log):
+    it holds no other run and no process owns it. Nothing in it changes."""
+    check_fresh(out_dir)
+    if out_dir.is_dir():
+        fd = os.open(out_dir, os.O_RDONLY)
+        try:
+            _lock(fd, out_dir)
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
 def owned(run_dir: Path) -> Iterator[None]:
     """Hold `run_dir` exclusively while the body runs; another holder is refused (ConfigError).
@@ -84,13 +105,27 @@ def owned(run_dir: Path) -> Iterator[None]:
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir, os.O_RDONLY)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise ConfigError(f"{run_dir} is in use by another process of the runner; wait for "
-                              f"it to end (or stop it) and try again") from None
+        _lock(fd, run_dir)
         for tmp in orphans(run_dir):  # no other process writes here now
             tmp.unlink(missing_ok=True)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def settle_dead(root: Path, why: str) -> int:
+    """Runs below `root` whose record says `running` though no process owns their directory (a
+    killed worker): recorded `interrupted`, with `why` as their error. Returns how many."""
+    settled = 0
+    for f in sorted(Path(root).rglob(RESULT_FILE)):
+        try:
+            with owned(f.parent):
+                record = json.loads(f.read_text())
+                if not isinstance(record, dict) or record.get("status") != "running":
+                    continue
+                record.update(status="interrupted", error=why)
+                write_json_atomic(f, record)
+                settled += 1
+        except (ConfigError, OSError, ValueError):  # its owner lives, or the record is not readable
+            continue
+    return settled

@@ -16,7 +16,7 @@ import inspect
 import re
 import sys
 from functools import lru_cache
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 from runner.errors import ConfigError
 
@@ -60,14 +60,15 @@ def slot_kind(path: str) -> Optional[str]:
 
 
 @lru_cache(maxsize=1)
-def _entry_points() -> Dict[str, str]:
-    """{dotted target: kind} of the installed entry points `KIND.NAME = module:object`."""
+def _entry_points() -> Dict[str, FrozenSet[str]]:
+    """{dotted target: its kinds} of the installed entry points `KIND.NAME = module:object`."""
     from importlib.metadata import entry_points
-    out = {}
+    out: Dict[str, FrozenSet[str]] = {}
     for ep in entry_points(group=ENTRY_POINTS):
         kind = ep.name.split(".")[0]
         if kind in KINDS:
-            out[ep.value.replace(":", ".").strip()] = kind
+            target = ep.value.replace(":", ".").strip()
+            out[target] = out.get(target, frozenset()) | {kind}
     return out
 
 
@@ -112,7 +113,7 @@ def resolve(target: Any, where: str, kind: str, allowlist: Sequence[str] = ()) -
     if not isinstance(target, str) or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", target):
         raise refuse("not a dotted path module.object")
     module_name, name = target.rsplit(".", 1)
-    from_entry_point = _entry_points().get(target) == kind
+    from_entry_point = kind in _entry_points().get(target, ())
     if not from_entry_point:
         check_allowlist(allowlist)
         if not _within(module_name, _allowed_modules(allowlist)):

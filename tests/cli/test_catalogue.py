@@ -95,6 +95,7 @@ VALUES = [  # refused before a run directory exists: exit 2
     (["phases.0.repeat=9223372036854775808"], ["phases.0.repeat=9223372036854775808", "64-bit"]),
     (["train.eval_batch_size=-9223372036854775809"], ["train.eval_batch_size=-9223372036854775809"]),
     (["+extra_methods=[{_target_: methods.l2.L2, _recursive_: false}]"], ["_recursive_ is refused"]),
+    (["dataset=imagenet_stream", "dataset.stream.size=128"], ["dataset.stream.size=128", "[3, 224, 224]"]),
 ]
 
 
@@ -261,6 +262,42 @@ def test_an_interrupted_sweep_ends_with_its_table(tmp_path):
     assert "without a result" in err and "Traceback" not in err
     statuses = [r["status"] for r in load_results([sweep])]
     assert 1 <= statuses.count("completed") < 40 and "running" not in statuses
+
+
+@pytest.mark.e2e
+def test_a_killed_joblib_worker_still_ends_the_sweep_with_its_table(tmp_path):
+    """SIGKILL to the worker running a job of a joblib sweep: one line on the cause, the table
+    counting what did not complete, the killed run recorded `interrupted`, exit status 1."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "runner", *SWEEP, "seed=range(4)", "train.epochs=30",
+                             "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                             f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline, killed = time.monotonic() + 240, None
+    while killed is None:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        for f in sweep.rglob("result.json"):
+            record = json.loads(f.read_text())
+            if record["status"] == "running" and record["pid"] != proc.pid:
+                os.kill(record["pid"], signal.SIGKILL)
+                killed = f
+        time.sleep(0.02)
+    out, err = proc.communicate(timeout=240)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
+    assert len(lines) == 2 and "a worker process died" in lines[0] and "SIGKILL" in lines[0], lines
+    assert "not every job completed (" in lines[1] and "interrupted" in lines[1], lines
+    assert (sweep / "table.md").exists() and "table written to" in out
+    record = json.loads(killed.read_text())
+    assert record["status"] == "interrupted" and "SIGKILL" in record["error"]
+    assert "running" not in [r["status"] for r in load_results([sweep])]
 
 
 @pytest.mark.sizes

@@ -1,13 +1,18 @@
 """Every route from a config to running code or writing a file is refused: `_target_`s of every
 slot (torch's own loaders and writers included), Hydra's instantiating keys, experiment files
 from elsewhere and the overrides a run directory records. Each case would create a marker file;
-it must not appear, and the command ends with one line and exit status 2, leaving no run."""
+it must not appear, and the command ends with one line and exit status 2, leaving no run. An
+existing run's directory is never written by a new run; entry points keep their objects' kinds."""
 import json
+import os
 import pickle
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from runner.targets import ENTRY_POINTS
 
 SMOKE = ["experiment=fmnist_mlp", "ci=smoke", "device=cpu", "threads=1"]
 MARKER = "MARKER"  # replaced by the case's marker path
@@ -193,3 +198,133 @@ def test_a_run_directory_cannot_name_code(hydra_cli, capsys, tmp_path, monkeypat
         if left != ["checkpoint.pt", "result.json"] or (run_dir / "result.json").read_text() != record:
             problems.append(f"{extra}: the run directory changed: {left}")
     assert not problems, "\n".join(problems)
+
+
+def _files(run_dir: Path) -> dict:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and p.suffix != ".log"}
+
+
+@pytest.mark.sizes
+def test_a_new_run_in_an_existing_runs_directory_changes_nothing(tmp_path):
+    """`hydra.run.dir=` (or a sweep job's directory) naming an existing run: refused before Hydra
+    rewrites its `.hydra/` record; a refused run leaves no empty `outputs/runs/NAME/` behind."""
+    from conftest import run_cli
+
+    done = tmp_path / "done"
+    assert run_cli(*SMOKE, f"hydra.run.dir={done}", cwd=tmp_path).returncode == 0
+    before = _files(done)
+    assert {".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "result.json"} <= set(before)
+    attempts = [
+        [*SMOKE, "seed=1", f"hydra.run.dir={done}"],
+        [*SMOKE, "resume=auto", "optim.lr=0.5", f"hydra.run.dir={done}"],
+        ["-m", *SMOKE, "seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.sweep.subdir={done}"],
+        [f"resume={tmp_path / 'other'}", f"hydra.run.dir={done}"],  # a resume writes only its own
+    ]
+    (tmp_path / "other").mkdir()
+    for args in attempts:
+        out = run_cli(*args, cwd=tmp_path)
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        assert out.returncode == 2, (args, out.stderr[-2000:])
+        assert len(lines) == 1 and (f"{done} already holds a run" in lines[0]
+                                    or f"drop hydra.run.dir={done}" in lines[0]), (args, lines)
+        assert "Traceback" not in out.stdout + out.stderr
+        assert _files(done) == before, args
+    out = run_cli(*SMOKE, "train.epochs=0", cwd=tmp_path)  # refused after Hydra made its directory
+    assert out.returncode == 2 and len(out.stderr.splitlines()) == 1, out.stderr
+    assert not (tmp_path / "outputs").exists()
+
+# A user's own components enter by an installed entry point of the group `plasticity_runner`: a
+# distribution written here (a module and its `*.dist-info/`) on PYTHONPATH. The entry point admits
+# its module; the object must still be of the slot's kind (a `Method` subclass, a registered model).
+MODULE = '''
+from methods.base import Method
+from runner.models.mlp import mlp
+from runner.targets import register
+
+
+class Mine(Method):
+    name = "mine"
+
+    def on_epoch_end(self, ctx):
+        return {"mine_ran": 1.0}
+
+
+def tiny(in_shape, num_classes, **options):
+    return mlp(in_shape, num_classes, hidden=[8])
+
+
+def loose(in_shape, num_classes, **options):  # never registered as a model
+    return mlp(in_shape, num_classes, hidden=[8])
+
+
+register("model", tiny)
+'''
+ENTRY = {"method.mine": "userext:Mine", "model.tiny": "userext:tiny",
+         "method.net": "userext:tiny",  # a model declared a method
+         "model.method": "userext:Mine",  # a method declared a model
+         "model.loose": "userext:loose",  # declared, never registered
+         "method.shell": "os:system"}
+
+
+def distribution(where: Path, with_entry_points: bool = True) -> Path:
+    where.mkdir()
+    (where / "userext.py").write_text(MODULE)
+    if with_entry_points:
+        info = where / "userext-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: userext\nVersion: 0.1\n")
+        (info / "entry_points.txt").write_text(
+            f"[{ENTRY_POINTS}]\n" + "".join(f"{k} = {v}\n" for k, v in ENTRY.items()))
+    return where
+
+
+def runner(path: Path, cwd: Path, *args):
+    """`python -m runner` with `path` on PYTHONPATH."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(path), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "runner", *SMOKE, "progress=false", *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.sizes  # five commands in subprocesses
+def test_components_of_an_installed_entry_point_run_and_keep_their_kinds(tmp_path):
+    dist = distribution(tmp_path / "dist")
+    out = runner(dist, tmp_path, "method._target_=userext.Mine", "model._target_=userext.tiny",
+                 f"hydra.run.dir={tmp_path / 'run'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert record["status"] == "completed"
+    assert record["config"]["method"]["_target_"] == "userext.Mine"
+    assert record["config"]["model"]["_target_"] == "userext.tiny"
+    metrics = (tmp_path / "run" / "metrics.csv").read_text()
+    header = next(line for line in metrics.splitlines() if not line.startswith("#"))
+    assert "mine_ran" in header.split(","), header  # its hook ran
+    refused = [  # (override, slot, why)
+        ("method._target_=userext.tiny", "method", "a component of another kind"),
+        ("model._target_=userext.Mine", "model", "a component of another kind"),
+        ("model._target_=userext.loose", "model", "a component of another kind"),
+        ("method._target_=os.system", "method", "not a callable defined in os"),
+    ]
+    problems = []
+    for i, (override, slot, why) in enumerate(refused):
+        run_dir = tmp_path / f"refused{i}"
+        out = runner(dist, tmp_path, override, f"hydra.run.dir={run_dir}")
+        lines = out.stderr.strip().splitlines()
+        target = override.split("=", 1)[1]
+        expected = f"error: {slot}._target_='{target}' is refused: "
+        if out.returncode != 2 or len(lines) != 1 or not lines[0].startswith(expected) \
+                or why not in lines[0] or f"allowed at {slot}: " not in lines[0] \
+                or "Traceback" in out.stdout + out.stderr or run_dir.exists():
+            problems.append(f"{override}: exit {out.returncode}, stderr {lines}")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.sizes
+def test_the_same_module_without_its_entry_points_is_refused(tmp_path):
+    plain = distribution(tmp_path / "plain", with_entry_points=False)
+    out = runner(plain, tmp_path, "method._target_=userext.Mine", f"hydra.run.dir={tmp_path / 'run'}")
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr[-3000:]
+    assert lines[0].startswith("error: method._target_='userext.Mine' is refused: its module is "
+                               "outside the allowed ones")
+    assert not (tmp_path / "run").exists()

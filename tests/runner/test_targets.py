@@ -69,7 +69,7 @@ def test_allowed_targets_are_the_objects_themselves():
 
 
 def test_an_entry_point_admits_its_component_for_its_kind_only(monkeypatch):
-    monkeypatch.setattr(targets, "_entry_points", lambda: {"test_targets.reader": "reader"})
+    monkeypatch.setattr(targets, "_entry_points", lambda: {"test_targets.reader": {"reader"}})
     assert targets.resolve("test_targets.reader", "dataset.reader", "reader") is reader
     with pytest.raises(ConfigError, match="outside the allowed"):
         targets.resolve("test_targets.reader", "model", "model")

@@ -117,16 +117,57 @@ class ExperimentSweeper(BasicSweeper):
             self.config.hydra.sweep.dir = str(sweep_dir)
             self.config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{sweep_dir}'")
 
+    def check_job_dirs(self, plan) -> None:
+        """No job starts in a directory that holds another run or that a running process owns
+        (Hydra would rewrite its `.hydra/` record before the job could refuse): one line, exit 2,
+        before anything is written."""
+        from runner.errors import ConfigError
+        from runner.rundir import check_new
+
+        sweep_dir, num = Path(str(self.config.hydra.sweep.dir)), 0
+        for _, jobs, cfg in plan:
+            subdir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False).get("subdir")
+            for job in jobs:
+                if subdir == "${hydra.job.num}":
+                    job_dir = sweep_dir / str(num)
+                else:  # the job's own config says where (as the launcher resolves it)
+                    job_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(job))
+                    with open_dict(job_cfg):
+                        job_cfg.hydra.job.num, job_cfg.hydra.job.id = num, num
+                    job_dir = Path(str(job_cfg.hydra.sweep.dir)) / str(job_cfg.hydra.sweep.subdir)
+                try:
+                    check_new(job_dir)
+                except ConfigError as e:
+                    print(f"error: job {num}: {e}", file=sys.stderr)
+                    raise SystemExit(2) from None
+                num += 1
+
     def sweep(self, arguments: List[str]) -> Any:
         plan = self.plan(arguments)
         self.announce(plan)
         if self.dry:
             return []
         self.pin_directory(plan)
+        self.check_job_dirs(plan)
         jobs = [job for _, experiment_jobs, _ in plan for job in experiment_jobs]
         self.overrides = list(self.split_overrides_to_chunks(jobs, self.max_batch_size))
         self.params = {}  # already in the jobs' overrides
         return self.launch_batches()
+
+    def launch_failed(self, e: Exception) -> None:
+        """The launcher stopped (joblib: a worker process was killed): one line; the runs that its
+        dead workers left `running` are recorded `interrupted`; the sweep then ends with its table
+        (the callback `runner.report.AggregateOnMultirunEnd` counts what did not complete)."""
+        from runner.rundir import settle_dead
+
+        text = " ".join(str(e).split())
+        codes = text.find("The exit codes of the workers are")
+        cause = f"a worker process died ({text[codes + 4:].split('Detailed')[0].strip()})" \
+            if codes >= 0 else f"{type(e).__name__}: {text[:200]}"
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        settled = settle_dead(sweep_dir, f"its process ended without recording a result: {cause}")
+        print(f"error: the sweep stopped: {cause}; {settled} run(s) it left running recorded "
+              f"interrupted (continue one with python -m runner resume=DIR)", file=sys.stderr)
 
     def launch_batches(self) -> Any:
         sweep_dir = Path(self.config.hydra.sweep.dir)
@@ -136,7 +177,11 @@ class ExperimentSweeper(BasicSweeper):
         while not self.is_done():
             batch = self.get_job_batch()
             self.validate_batch_is_legal(batch)
-            results = self.launcher.launch(batch, initial_job_idx=first)
+            try:
+                results = self.launcher.launch(batch, initial_job_idx=first)
+            except Exception as e:  # not a job's error (jobs record theirs): a worker died
+                self.launch_failed(e)
+                break
             for r in results:
                 _ = r.return_value  # raises where a job raised
             first += len(batch)

@@ -42,6 +42,11 @@ def load_images(paths: Sequence[Path], size: Optional[int], channels: int = 3) -
 
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         arrays = list(pool.map(load, paths))
+    odd = next((i for i, a in enumerate(arrays) if a.shape != arrays[0].shape), None)
+    if odd is not None:  # size=None: each file keeps its own size
+        raise DataError(f"{paths[odd]} holds an image of shape {arrays[odd].shape}, {paths[0]} one "
+                        f"of shape {arrays[0].shape}; images of different sizes need the reader's "
+                        f"size option")
     return torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros(0, channels, size or 0,
                                                                          size or 0, dtype=torch.uint8)
 
@@ -81,7 +86,7 @@ def image_folder(name: str, root: str, train: str = "train", test: str = "test",
     sub-directory names of the training tree (the test tree must use the same names)."""
     (ftr, ytr), (fte, yte) = folder_tree(name, root, train, test)
     return Arrays(load_images(ftr, size, channels), ytr, load_images(fte, size, channels), yte,
-                  source=str(Path(root)))
+                  source=str(Path(root)), files=(str(ftr[0]), str(fte[0])))
 
 
 def tiny_imagenet(root: str, size: Optional[int] = 64) -> Arrays:
@@ -109,8 +114,11 @@ def tiny_imagenet(root: str, size: Optional[int] = 64) -> Arrays:
             fname, wnid = line.split("\t")[:2]
             fte.append(base / "val" / "images" / fname)
             yte.append(index[wnid])
+    if not ftr or not fte:
+        raise DataError(f"Tiny ImageNet: {base} holds no {'training' if not ftr else 'validation'} "
+                        f"images (train/<wnid>/images/*.JPEG, val/images/ with val_annotations.txt)")
     return Arrays(load_images(ftr, size), torch.tensor(ytr), load_images(fte, size),
-                  torch.tensor(yte), source=str(base))
+                  torch.tensor(yte), source=str(base), files=(str(ftr[0]), str(fte[0])))
 
 
 register("reader", image_folder, tiny_imagenet)  # config slots of this kind may name them (runner.targets)

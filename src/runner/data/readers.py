@@ -82,7 +82,7 @@ def idx_dataset(name: str, dirs: List[Path], prefixes=("train", "t10k"), how: st
             raise DataError(f"{name}: {fx} holds {len(x)} images but {fy} {len(y)} labels; "
                             f"the files do not belong together")
     return Arrays(xtr.unsqueeze(1), ytr.long(), xte.unsqueeze(1), yte.long(),
-                  source=str(files[0].parent))
+                  source=str(files[0].parent), files=(str(files[0]), str(files[2])))
 
 
 DOWNLOAD_HINT = ", or pass dataset.reader.download=true to fetch it with torchvision"
@@ -183,7 +183,7 @@ def emnist_letters(root: str, download: bool = False) -> Arrays:
                    ("emnist-letters-train", "emnist-letters-test"), how)
     a = with_download(read, download, partial(torchvision_download, "EMNIST", r, split="letters"))
     return Arrays(a.x_train.transpose(2, 3).contiguous(), a.y_train - 1,
-                  a.x_test.transpose(2, 3).contiguous(), a.y_test - 1)
+                  a.x_test.transpose(2, 3).contiguous(), a.y_test - 1, source=a.source, files=a.files)
 
 
 def _cifar_batches(files: List[Path], label_key: bytes):
@@ -211,7 +211,8 @@ def _cifar(name: str, tv_class: str, folder: str, train: List[str], test: List[s
         for d in dirs:
             if all((d / f).exists() for f in train + test):
                 return Arrays(*_cifar_batches([d / f for f in train], label_key),
-                              *_cifar_batches([d / f for f in test], label_key), source=str(d))
+                              *_cifar_batches([d / f for f in test], label_key), source=str(d),
+                              files=(str(d / train[0]), str(d / test[0])))
         raise DatasetMissing(name, dirs, how_to_provide(f"the python-version batches "
                                                         f"{folder}/ ({', '.join(train + test)})", r))
     return with_download(read, download, partial(torchvision_download, tv_class, r))
@@ -254,13 +255,16 @@ def svhn(root: str, download: bool = False, extra: bool = False) -> Arrays:
             raise corrupt(f, e) from None
         if len(x) != len(y):
             raise DataError(f"{f} holds {len(x)} images but {len(y)} labels")
-        return x, y, f.parent
+        return x, y, f
 
     def read():
-        (xtr, ytr, where), (xte, yte, _), *more = [load(p) for p in parts]
+        (xtr, ytr, ftr), (xte, yte, fte), *more = [load(p) for p in parts]
         if more:
+            if more[0][0].shape[1:] != xtr.shape[1:]:
+                raise DataError(f"{more[0][2]} holds images of shape {tuple(more[0][0].shape[1:])}, "
+                                f"{ftr} of shape {tuple(xtr.shape[1:])}; provide the right file")
             xtr, ytr = torch.cat([xtr, more[0][0]]), torch.cat([ytr, more[0][1]])
-        return Arrays(xtr, ytr, xte, yte, source=str(where))
+        return Arrays(xtr, ytr, xte, yte, source=str(ftr.parent), files=(str(ftr), str(fte)))
 
     splits = [{"split": p} for p in parts]
     return with_download(read, download, partial(torchvision_download, "SVHN", r / "svhn", splits))

@@ -23,6 +23,22 @@ class Arrays:
     x_test: torch.Tensor
     y_test: torch.Tensor
     source: Optional[str] = None  # the directory or file read (recorded in result.json)
+    files: Optional[Tuple[str, str]] = None  # the file (first image) read for each part's images
+
+
+def check_shape(arrays: Arrays, shape: Sequence[int], name: str) -> None:
+    """Every sample has the shape the dataset declares (`shape`); else a `DataError` naming the
+    file read, the shape found and the shape expected."""
+    from runner.errors import DataError
+
+    expected = tuple(int(s) for s in shape)
+    for i, part in enumerate(("train", "test")):
+        found = tuple(getattr(arrays, f"x_{part}").shape[1:])
+        if found != expected:
+            where = arrays.files[i] if arrays.files else arrays.source or f"{name}'s reader"
+            raise DataError(f"{where} holds {part} images of shape {found}, but {name} declares "
+                            f"shape {list(expected)}; provide the right files, or set the "
+                            f"dataset's shape (and reader options) to match")
 
 
 @dataclass

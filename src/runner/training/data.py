@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 
 from runner.context import Phase
 from runner.data.stream import stream_splits
-from runner.data.tensors import Arrays, Pipeline, Splits, split_train_val, subset_indices
+from runner.data.tensors import (Arrays, Pipeline, Splits, check_shape, split_train_val,
+                                 subset_indices)
 from runner.errors import ConfigError, DataError, RunnerError
 from runner.instantiate import instantiate
 from runner.results import Recorder
@@ -69,6 +70,7 @@ def read_ahead(cfg) -> None:
             arrays = instantiate(ds.reader, "dataset.reader", "reader", cfg.target_allowlist)
             if arrays.source is not None:
                 check_labels(arrays, ds.num_classes, ds.get("name", "dataset"))
+                check_shape(arrays, ds.shape, ds.get("name", "dataset"))
                 ARRAYS.put(reader, arrays)
 
 
@@ -110,6 +112,7 @@ class DataStager:
         if arrays is None:
             arrays = instantiate(ds.reader, "dataset.reader", "reader", self.parts.cfg.target_allowlist)
             check_labels(arrays, ds.num_classes, ds.get("name", "dataset"))
+            check_shape(arrays, ds.shape, ds.get("name", "dataset"))
             if arrays.source is not None:
                 ARRAYS.put(key, arrays)
         if arrays.source is not None:
