@@ -5,7 +5,7 @@ Each member is a whole Trainer of its own config (`seed` = its seed): its model,
 generators, recorder, early stopping and divergence checks. Only the training step is shared:
 every trained parameter is stacked into one leaf tensor [K, ...] that the members' parameters
 alias (a method writing a member's weights at a phase start writes its slice), the forward pass
-runs on the stacked tensors (a Linear as one batched matmul; other modules vmapped), the loss is
+runs on the stacked tensors (runner.training.stacked), the loss is
 the sum of the members' losses (so each slice gets its member's gradient), and one optimizer
 of the members' kind steps the stacked leaves (elementwise, as each member's would).
 
@@ -26,26 +26,17 @@ from typing import Any, Dict, List, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
-from torch.nn.utils import parametrize
 
-from methods.reinit_common import Standardize
 from runner import checkpoint
 from runner.data.tensors import batches
-from runner.errors import ConfigError, Diverged, Interrupted, RunnerError
+from runner.errors import ConfigError, Diverged, Interrupted
 from runner.logs import environment, log_start
 from runner.models import params
-from runner.models.base import Network
 from runner.results import RunRecorder
 from runner.train import Trainer
+from runner.training.stacked import Stacked, check_fusable, refuse
 
 log = logging.getLogger("runner")
-ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Identity)
-STEP_HOOKS = ("loss_term", "before_step", "after_step")
-
-
-def refuse(why: str) -> None:
-    raise RunnerError(f"train.fused_seeds: {why}; run the seeds separately (train.fused_seeds=1)")
 
 
 def member_configs(cfg: DictConfig) -> List[DictConfig]:
@@ -72,91 +63,6 @@ def member_overrides(overrides: List[str], seed: int) -> List[str]:
     """A member's command line as its separate run's: `seed=` its seed, no `train.fused_seeds`."""
     keep = [o for o in overrides if o.lstrip("+~").partition("=")[0] not in ("seed", "train.fused_seeds")]
     return keep + [f"seed={seed}"]
-
-
-class Stacked:
-    """The members' trained parameters as leaves [K, ...] (which the members' parameters
-    alias), their buffers stacked, and the batched forward pass over member 0's modules."""
-
-    def __init__(self, models: List[nn.Module]):
-        self.models = models
-        named = [dict(m.named_parameters()) for m in models]
-        self.leaf: Dict[int, torch.Tensor] = {}  # id(member 0's parameter) -> its stacked leaf
-        with torch.no_grad():
-            for name, p0 in named[0].items():
-                leaf = torch.stack([n[name].detach() for n in named]).requires_grad_(True)
-                for k, n in enumerate(named):
-                    n[name].data = leaf.detach()[k]
-                self.leaf[id(p0)] = leaf
-        self.buffers: Dict[int, Dict[str, torch.Tensor]] = {}
-
-    def covers(self, model: nn.Module) -> bool:
-        return {id(p) for p in model.parameters()} == set(self.leaf)
-
-    def stack_buffers(self) -> None:
-        """Each module's buffers over the members (at a phase start: methods may reset them)."""
-        mods = [dict(m.named_modules()) for m in self.models]
-        self.buffers = {}
-        for name, mod in mods[0].items():
-            own = dict(mod.named_buffers(recurse=False))
-            if own:
-                self.buffers[id(mod)] = {b: torch.stack([dict(m[name].named_buffers(recurse=False))[b]
-                                                         for m in mods]) for b in own}
-
-    def forward(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """`module` applied to a batch per member, x [K, B, ...]."""
-        if isinstance(module, Network):
-            for block in module.blocks:
-                x = self.forward(block, x)
-            return self.forward(module.head, x)
-        if isinstance(module, nn.Sequential):
-            for m in module:
-                x = self.forward(m, x)
-            return x
-        if isinstance(module, nn.Linear):
-            w = self.leaf[id(module.weight)]
-            if module.bias is None:
-                return torch.bmm(x, w.transpose(1, 2))
-            return torch.baddbmm(self.leaf[id(module.bias)].unsqueeze(1), x, w.transpose(1, 2))
-        if isinstance(module, nn.Flatten):
-            return x.flatten(module.start_dim + 1, module.end_dim if module.end_dim < 0 else module.end_dim + 1)
-        if isinstance(module, ELEMENTWISE):
-            return module(x)
-        if isinstance(module, Standardize):  # LW's inserted normalization: scalars per member
-            b = self.buffers[id(module)]
-            shape = (-1,) + (1,) * (x.dim() - 1)
-            return (x - b["mean"].view(shape)) / b["std"].view(shape)
-        params = {n: self.leaf[id(p)] for n, p in module.named_parameters()}
-        buffers = {n: b for n, b in self.buffers.get(id(module), {}).items()}
-        if any(b for m in module.modules() if m is not module for b in m.buffers(recurse=False)):
-            refuse(f"{type(module).__name__} holds modules with buffers, which are not fused")
-        from torch.func import functional_call, vmap  # imported on first use: seconds
-        return vmap(lambda p, b, xi: functional_call(module, {**p, **b}, (xi,)))(params, buffers, x)
-
-
-def fused_penalty(m) -> bool:
-    """A loss term that is a sum over the parameters it reads (L2's `penalty` over `tensors`):
-    over the stacked leaves it is the sum of the members' terms."""
-    return callable(getattr(m, "penalty", None)) and isinstance(getattr(m, "tensors", None), list)
-
-
-def check_fusable(trainer: Trainer, where: str) -> None:
-    """A member that a fused step would train differently from its separate run is refused."""
-    for hook in STEP_HOOKS:
-        for m in trainer.parts.methods.by_hook[hook]:
-            if not (hook == "loss_term" and fused_penalty(m)):
-                refuse(f"method {m.name} acts in every training step ({hook}) and cannot be fused")
-    if trainer.ctx.phase_start_step:
-        refuse(f"a phase starting at step {trainer.ctx.phase_start_step} is not fused")
-    if len(trainer.ctx.masks):
-        refuse(f"masks ({', '.join(trainer.ctx.masks.names())}) are not fused ({where})")
-    for name, mod in trainer.ctx.model.named_modules():
-        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-            refuse(f"batch norm ({name}) keeps running statistics, which are not fused")
-        if parametrize.is_parametrized(mod):
-            refuse(f"parametrized weights ({name}) are not fused")
-        if isinstance(mod, nn.Dropout) and mod.p > 0:
-            refuse(f"dropout ({name}) draws from the global generator, which is not fused")
 
 
 class FusedTrainer:
@@ -210,6 +116,7 @@ class FusedTrainer:
             self.stacked = Stacked(models)
             self.optimizers = []
         self.stacked.stack_buffers()
+        self.stacked.plan()
         opts = [self.members[k].ctx.optimizer for k in self.live()]
         if self.optimizers != opts:
             lead = opts[0]
@@ -313,7 +220,7 @@ class FusedTrainer:
                  for k in training]
         zeros = weight.new_zeros(len(training))
         loss_sum, correct, first_loss, n = None, zeros, zeros, 0
-        model, parts = self.stacked.models[0], members[training[0]].parts  # member 0's modules
+        parts = members[training[0]].parts
         penalties = members[0].parts.methods.by_hook["loss_term"]
         while True:
             got = {k: next(its[k], None) for k in training}
@@ -325,7 +232,7 @@ class FusedTrainer:
                     g["lr"] = lr
             x, y = self.batch(training, got)
             with parts.autocast():
-                out = self.stacked.forward(model, x)
+                out = self.stacked(x)
                 if parts.opts.loss == "cross_entropy":  # classes as dim 1: 2-4x faster on a CPU
                     losses = parts.loss_fn(out.transpose(1, 2), y, reduction="none").mean(1)
                 else:
