@@ -155,6 +155,8 @@ def batches(split: Split, batch_size: Optional[int], gen: Optional[torch.Generat
     (runner.data.stream) gives its own batches."""
     if hasattr(split, "batches"):
         return split.batches(batch_size, gen, shuffle, limit)
+    if 0 < len(split) <= (batch_size or len(split)) and limit != 0:
+        return ((split.x, split.y),)
     return _slices(split, batch_size, gen, shuffle, limit)
 
 
