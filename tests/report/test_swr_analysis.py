@@ -10,6 +10,8 @@ from runner.context import Phase
 from runner.data.tensors import Splits
 from torch import nn
 
+from methods import balancedness as bal
+from methods.scale_once import ScaleOnce
 from runner.analysis import swr as analysis
 from runner.data.tensors import Split
 from runner.models.base import Network
@@ -22,7 +24,7 @@ def test_balancedness_of_one_hidden_unit_by_hand():
     with torch.no_grad():
         model.blocks[0][0].weight.fill_(4.0)
         model.head.weight.fill_(1.0)
-    assert analysis.balancedness(model) == pytest.approx(math.sqrt(17 / 8), rel=1e-6)
+    assert bal.balancedness(model) == pytest.approx(math.sqrt(17 / 8), rel=1e-6)
 
 
 def test_balancing_keeps_the_function_and_is_invariant_to_unit_rescaling():
@@ -31,22 +33,22 @@ def test_balancing_keeps_the_function_and_is_invariant_to_unit_rescaling():
     x = torch.randn(16, 6)
     with torch.no_grad():
         reference = model(x)
-    balanced = analysis.balance(model)
+    balanced = bal.balance(model)
     copy = mlp([6], 3, hidden=[5, 4])
     with torch.no_grad():
-        for m, layer in zip(analysis.linear_chain(copy), balanced):
+        for m, layer in zip(bal.linear_chain(copy), balanced):
             m.weight.copy_(layer["w"])
             m.bias.copy_(layer["b"])
         assert torch.allclose(copy(x), reference, atol=1e-5)
-    assert analysis.balancedness(copy) == pytest.approx(1.0, abs=1e-6)
+    assert bal.balancedness(copy) == pytest.approx(1.0, abs=1e-6)
     with torch.no_grad():  # unit 0 of the first layer x 10, its outgoing weights / 10: same function
-        first, second = analysis.linear_chain(model)[:2]
+        first, second = bal.linear_chain(model)[:2]
         first.weight[0] *= 10
         first.bias[0] *= 10
         second.weight[:, 0] /= 10
         assert torch.allclose(model(x), reference, atol=1e-5)
-    assert analysis.balancedness(model) > 1.5
-    assert analysis.total(analysis.balance(model), 2) == pytest.approx(analysis.total(balanced, 2), rel=1e-6)
+    assert bal.balancedness(model) > 1.5
+    assert bal.total(bal.balance(model), 2) == pytest.approx(bal.total(balanced, 2), rel=1e-6)
 
 
 @pytest.mark.parametrize("proportional", [True, False])
@@ -62,7 +64,7 @@ def test_scale_once_with_and_without_proportionality(proportional):
         labels = torch.cat([model(b) for b in x.split(16)]).argmax(1)
     ctx = context(model, Splits(Split(x[:0], x[:0]), Split(x[:0], x[:0]), Split(x, labels)),
                   eval_batch_size=16, phase=Phase(1, 0, "second", None))
-    probe = analysis.ScaleOnce(factor=0.5, proportional=proportional)
+    probe = ScaleOnce(factor=0.5, proportional=proportional)
     probe.on_phase_start(ctx)
     with torch.no_grad():
         after = model(x)
@@ -75,7 +77,7 @@ def test_scale_once_with_and_without_proportionality(proportional):
 
 def test_figures_from_smoke_runs(run_cfg, tmp_path):
     common = ["ci=smoke", "device=cpu"]
-    probe = "extra_methods=[{_target_:runner.analysis.swr.BalancednessProbe}]"
+    probe = "extra_methods=[{_target_:methods.balancedness.BalancednessProbe}]"
     gen = [run_cfg(["experiment=swr_gen_fmnist_mlp", f"method={m}", probe, *common])
            for m in ("vanilla", "swr")]
     assert all(r["status"] == "completed" for r in gen)

@@ -62,7 +62,7 @@ def test_refused_targets_name_the_slot_and_what_it_allows(target, kind, allow, w
 
 def test_allowed_targets_are_the_objects_themselves():
     assert targets.resolve("methods.vanilla.Vanilla", "method", "method").__name__ == "Vanilla"
-    assert targets.resolve("runner.analysis.swr.ScaleOnce", "method", "method").__name__ == "ScaleOnce"
+    assert targets.resolve("methods.scale_once.ScaleOnce", "method", "method").__name__ == "ScaleOnce"
     assert targets.resolve("test_targets.Mine", "m", "method", ["test_targets"]) is Mine
     assert targets.resolve("test_targets.reader", "r", "reader", ["test_targets"]) is reader
     assert targets.resolve("test_targets.reader", "tuned.x", "any", ["test_targets"]) is reader

@@ -142,7 +142,7 @@ def how_to_record(metric: str, run: dict) -> str:
         return ("rerun with extra_methods=[{_target_:methods.frozen_probe.FrozenProbe,"
                 f"{option.replace('=', ':')}}}]")
     if metric == "balancedness":
-        return ("rerun with extra_methods=[{_target_:runner.analysis.swr.BalancednessProbe}] "
+        return ("rerun with extra_methods=[{_target_:methods.balancedness.BalancednessProbe}] "
                 "(as experiment=swr_fig5_cifar10_mlp does)")
     if metric.startswith(("grad_abs_", "grad_norm_lr")):
         return ("a run of a pruning-at-initialization method (method=snip, grasp, synflow, "

@@ -13,129 +13,18 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Optional
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
-from methods.base import Method  # noqa: E402
-from methods.swr import chain_starts, layer_slots, rescale_, rescale_layers  # noqa: E402
 from runner.analysis.common import (AnalysisError, cli, completed, experiments,  # noqa: E402
                                     figure_path, legend_outside, metrics, percent, save, titled,
                                     value)
 from runner.plots import draw  # noqa: E402
-
-
-# -- balancedness (Appendix C.1) ---------------------------------------------------------------
-def linear_chain(model: nn.Module) -> List[nn.Linear]:
-    """The Linear layers of an MLP in order; other parametrized layers are not supported."""
-    layers = [m for m in model.modules() if next(m.parameters(False), None) is not None]
-    if not all(isinstance(m, nn.Linear) for m in layers):
-        raise ValueError("balancedness is defined here for MLPs of Linear layers (with ReLU)")
-    return layers
-
-
-def _mass(w: torch.Tensor, p: float, dim: int) -> torch.Tensor:
-    return w.abs().pow(p).sum(dim)
-
-
-@torch.no_grad()
-def balance(model: nn.Module, p: float = 2.0, iters: int = 1000, tol: float = 1e-10
-            ) -> List[Dict[str, torch.Tensor]]:
-    """The MLP's parameters rescaled per hidden unit to the minimal entry-wise l_p norm.
-
-    Multiplying a ReLU unit's incoming weights and bias by a > 0 and its outgoing weights by 1/a
-    keeps the function. The sum of |theta|^p is convex in log a; block coordinate descent (one
-    layer of units at a time, each in closed form a^(2p) = out / in, the multiplicative update
-    of Saul 2023 for p = q) reaches the global minimum. Returns copies; the model is unchanged.
-    """
-    layers = [{"w": m.weight.detach().double().clone(),
-               "b": None if m.bias is None else m.bias.detach().double().clone()}
-              for m in linear_chain(model)]
-    prev = total(layers, p)
-    for _ in range(iters):
-        for cur, nxt in zip(layers[:-1], layers[1:]):
-            inc = _mass(cur["w"], p, 1) + (0 if cur["b"] is None else cur["b"].abs().pow(p))
-            out = _mass(nxt["w"], p, 0)
-            a = torch.where((inc > 0) & (out > 0), (out / inc).pow(1 / (2 * p)),
-                            torch.ones_like(inc))
-            cur["w"] *= a[:, None]
-            if cur["b"] is not None:
-                cur["b"] *= a
-            nxt["w"] /= a[None, :]
-        now = total(layers, p)
-        if prev - now <= tol * prev:
-            break
-        prev = now
-    return layers
-
-
-def total(layers: List[Dict[str, torch.Tensor]], p: float) -> float:
-    """Sum of |theta|^p over weights and biases."""
-    return float(sum(_mass(l["w"].flatten(), p, 0) + (0 if l["b"] is None else _mass(l["b"], p, 0))
-                     for l in layers))
-
-
-@torch.no_grad()
-def balancedness(model: nn.Module, p: float = 2.0) -> float:
-    """||theta||_p / min over function-preserving unit rescalings of ||theta||_p (>= 1; 1 = balanced)."""
-    current = [{"w": m.weight.double(), "b": None if m.bias is None else m.bias.double()}
-               for m in linear_chain(model)]
-    return (total(current, p) / total(balance(model, p), p)) ** (1 / p)
-
-
-class BalancednessProbe(Method):
-    """Adds `balancedness` to every epoch's row of metrics.csv (stack it as an extra method)."""
-
-    name = "balancedness"
-
-    def __init__(self, p: float = 2.0):
-        self.p = float(p)
-
-    def on_epoch_end(self, ctx) -> Dict[str, float]:
-        return {"balancedness": balancedness(ctx.model, self.p)}
-
-
-# -- Figure 1: one rescaling with and without proportionality ------------------------------------
-class ScaleOnce(Method):
-    """At the start of phase `at_phase`, every layer's weight is multiplied by `factor`; biases by
-    the cumulative product (Theorem 1, `proportional`) or by `factor` alone (not proportional).
-    Records the test accuracy right after scaling as `test_acc_after_scaling` of that phase."""
-
-    name = "scale_once"
-
-    def __init__(self, factor: float = 0.5, proportional: bool = True, at_phase: int = 1):
-        self.factor, self.proportional, self.at_phase = float(factor), proportional, at_phase
-        self.after = None
-
-    @torch.no_grad()
-    def on_phase_start(self, ctx) -> None:
-        if ctx.phase_index != self.at_phase:
-            return
-        layers = rescale_layers(ctx.model)
-        c = torch.full((len(layers),), self.factor, device=ctx.device)
-        starts = chain_starts([norm for _, norm in layers]).to(ctx.device)
-        rescale_(*layer_slots(ctx.model, layers), c, starts, self.proportional)
-        self.after = test_accuracy(ctx)
-
-    def on_phase_end(self, ctx) -> Dict[str, float]:
-        return {"test_acc_after_scaling": self.after} if ctx.phase_index == self.at_phase else {}
-
-    def state_dict(self):
-        return {"after": self.after}
-
-    def load_state_dict(self, state, ctx) -> None:
-        self.after = state["after"]
-
-
-@torch.no_grad()
-def test_accuracy(ctx) -> float:
-    return float(ctx.evaluate(ctx.data.test)[1])
 
 
 # -- figures -------------------------------------------------------------------------------------
