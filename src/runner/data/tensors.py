@@ -47,7 +47,7 @@ class Split:
     y: torch.Tensor
 
     def __len__(self) -> int:
-        return len(self.y)
+        return self.y.shape[0]
 
     def take(self, idx: torch.Tensor) -> "Split":
         return Split(self.x[idx], self.y[idx])
@@ -155,7 +155,8 @@ def batches(split: Split, batch_size: Optional[int], gen: Optional[torch.Generat
     (runner.data.stream) gives its own batches."""
     if hasattr(split, "batches"):
         return split.batches(batch_size, gen, shuffle, limit)
-    if 0 < len(split) <= (batch_size or len(split)) and limit != 0:
+    n = len(split)
+    if 0 < n <= (batch_size or n) and limit != 0:
         return ((split.x, split.y),)
     return _slices(split, batch_size, gen, shuffle, limit)
 

@@ -106,12 +106,11 @@ class Loop:
                 for g in ctx.optimizer.param_groups:
                     g["lr"] = lr
             loss, out = self.train_step(xb, yb)
-            loss = loss.detach().float()
-            part = loss * len(yb)
-            loss_sum = part if loss_sum is None else loss_sum + part
+            loss, b = loss.detach().float(), yb.shape[0]
+            loss_sum = loss * b if loss_sum is None else loss_sum + loss * b
             if accuracy:
                 correct = correct + (out.argmax(1) == yb).sum()
-            n += len(yb)
+            n += b
             if first:
                 first_loss, first = loss, False
         return torch.stack([self.zero if loss_sum is None else loss_sum, correct, self.count(n),
