@@ -156,10 +156,11 @@ class FusedTrainer:
             self.copy_hyper(training[0])
             t0 = time.perf_counter()
             stats = self.train_epoch(training, lead, evaluate)
+            evals = self.evaluations(training) if evaluate else {}
             for i, k in enumerate(training):
                 t = self.members[k]
                 try:
-                    row = t.loop.close(phase, epoch, evaluate, stats[i], t0)
+                    row = t.loop.close(phase, epoch, evaluate, stats[i], t0, evals.get(k))
                 except Diverged as e:
                     self.diverged[k] = e
                     log.warning("seed %s diverged: %s", t.cfg.seed, e)
@@ -174,6 +175,44 @@ class FusedTrainer:
             t = self.members[k]
             sts[k].best.restore(t.ctx.model)
             self.as_member(k, lambda t=t, k=k: t.end_phase(phase, sts[k].best))
+
+    @torch.no_grad()
+    def evaluations(self, training: List[int]) -> Dict[int, tuple]:
+        """Each training member's ([val loss, accuracy], [test loss, accuracy]) as its
+        `RunContext.evaluate` gives them, from one batched forward pass per eval batch; {} (each
+        member evaluates its own) unless the members' splits are in memory and of one size."""
+        ts = {k: self.members[k] for k in training}
+        t0 = ts[training[0]]
+        ctx, opts, K = t0.ctx, t0.parts.opts, len(self.members)
+        out: Dict[int, list] = {k: [] for k in training}
+        for name in ("val", "test"):
+            splits = {k: getattr(t.ctx.data, name) for k, t in ts.items()}
+            if any(hasattr(s, "batches") for s in splits.values()) or len({len(s) for s in splits.values()}) > 1:
+                return {}
+            n = len(splits[training[0]])
+            if opts.max_eval_batches is not None:
+                n = min(n, opts.max_eval_batches * ctx.eval_batch_size)
+            if n == 0 or (name == "test" and not opts.eval_test):
+                for k in training:
+                    out[k].append(torch.full((2,), float("nan"), device=self.device))
+                continue
+            lead = splits[training[0]]  # the batch of a member not training
+            y = torch.stack([splits.get(k, lead).y[:n] for k in range(K)])
+            parts, size = [], ctx.eval_batch_size
+            for i in range(0, n, size):
+                xs = {k: ts[k].ctx.pipeline(splits[k].x[i:i + size], False, None) for k in training}
+                with t0.parts.autocast():
+                    parts.append(self.stacked(torch.stack([xs.get(k, xs[training[0]])
+                                                           for k in range(K)])).float())
+            logits = torch.cat(parts, 1)
+            if opts.loss == "cross_entropy":
+                loss = t0.parts.loss_fn(logits.transpose(1, 2), y, reduction="none").mean(1)
+            else:
+                loss = torch.stack([t0.parts.loss_fn(logits[k], y[k]) for k in range(K)])
+            acc = (logits.argmax(2) == y).float().mean(1)
+            for k in training:
+                out[k].append(torch.stack([loss[k], acc[k]]))
+        return {k: tuple(v) for k, v in out.items()}
 
     def freeze(self, k: int) -> Dict[str, Any]:
         """Member k stopped early: its slices of the weights and the optimizer state, kept to be

@@ -42,9 +42,10 @@ class Loop:
         return self.close(phase, epoch, evaluate, stats, t0)
 
     def close(self, phase: Phase, epoch: int, evaluate: bool, stats: torch.Tensor,
-              t0: float) -> Optional[Dict[str, Any]]:
+              t0: float, evals: Optional[tuple] = None) -> Optional[Dict[str, Any]]:
         """A trained epoch's statistics (`train_epoch`'s tensor): kept on the device, or, when
-        `evaluate`, read with the pending ones and the evaluation into the epoch's row."""
+        `evaluate`, read with the pending ones and the evaluation (`evals`: the [loss,
+        accuracy] of validation and test where already computed) into the epoch's row."""
         p = self.parts
         ctx, opts = p.ctx, p.opts
         if p.dist:  # every epoch: the ranks check the same losses for divergence
@@ -53,9 +54,12 @@ class Loop:
             self.pending.append((epoch, stats))
             return None
         lr = ctx.optimizer.param_groups[0]["lr"]  # a per-iteration schedule's last
-        nan = torch.full((2,), math.nan, device=p.device)
-        val = torch.stack(ctx.evaluate(ctx.data.val, opts.max_eval_batches))
-        test = torch.stack(ctx.evaluate(ctx.data.test, opts.max_eval_batches)) if opts.eval_test else nan
+        if evals is not None:
+            val, test = evals
+        else:
+            val = torch.stack(ctx.evaluate(ctx.data.val, opts.max_eval_batches))
+            test = (torch.stack(ctx.evaluate(ctx.data.test, opts.max_eval_batches)) if opts.eval_test
+                    else torch.full((2,), math.nan, device=p.device))
         (loss_sum, correct, n, first_loss, val_loss, val_acc, test_loss, test_acc, norm, nonzero,
          trained) = self.flush(phase, [stats, val.float(), test.float(), self.weight_stats()])
         self.check_epoch([loss_sum, correct, n, first_loss], phase, epoch)
