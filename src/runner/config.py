@@ -334,8 +334,9 @@ def prepare(cfg: DictConfig) -> DictConfig:
     written into ordinary options (`runner.ci.apply`; a copy as it is without one), validated."""
     from runner.checks import check_datasets
 
-    check_targets(cfg)  # what the config names, also where a test level replaces it
-    check_datasets(cfg)
+    if cfg.ci.level != "none":  # what the config names, also where a test level replaces it
+        check_targets(cfg)
+        check_datasets(cfg)
     cfg = ci.apply(cfg)
     validate(cfg)
     return cfg

@@ -35,6 +35,9 @@ class ArraysCache:
         while len(self.entries) > self.size:
             self.entries.popitem(last=False)
 
+    def pop(self, key: str) -> None:
+        self.entries.pop(key, None)
+
     def clear(self) -> None:
         self.entries.clear()
 
@@ -68,10 +71,9 @@ def read_ahead(cfg) -> None:
         reader = OmegaConf.to_yaml(ds.reader, resolve=True)
         if ARRAYS.get(reader) is None:
             arrays = instantiate(ds.reader, "dataset.reader", "reader", cfg.target_allowlist)
-            if arrays.source is not None:
-                check_labels(arrays, ds.num_classes, ds.get("name", "dataset"))
-                check_shape(arrays, ds.shape, ds.get("name", "dataset"))
-                ARRAYS.put(reader, arrays)
+            check_labels(arrays, ds.num_classes, ds.get("name", "dataset"))
+            check_shape(arrays, ds.shape, ds.get("name", "dataset"))
+            ARRAYS.put(reader, arrays)  # generated arrays: for this run only (`DataStager.arrays`)
 
 
 def check_split_sizes(splits: Splits, phase: Phase, val_fraction: float, available: int) -> None:
@@ -106,9 +108,12 @@ class DataStager:
 
     def arrays(self, ds) -> Arrays:
         """The reader's arrays; those read from files (`source` set) are kept for the next run
-        of the same reader options, generated ones (synthetic data) are drawn again."""
+        of the same reader options, generated ones (synthetic data) are drawn again: those that
+        `read_ahead` drew for this run are taken out of the cache."""
         key = OmegaConf.to_yaml(ds.reader, resolve=True)  # interpolated options (seed) count
         arrays = ARRAYS.get(key)
+        if arrays is not None and arrays.source is None:
+            ARRAYS.pop(key)
         if arrays is None:
             arrays = instantiate(ds.reader, "dataset.reader", "reader", self.parts.cfg.target_allowlist)
             check_labels(arrays, ds.num_classes, ds.get("name", "dataset"))
