@@ -8,7 +8,9 @@ of the sweep's values. A sweep over several experiments (`experiment=a,b`) runs 
 declared sweep. Before anything runs, the sweeper prints the number of runs and the cost the
 experiment estimates (`hydra.sweeper.run_minutes` on `hydra.sweeper.run_on`);
 `hydra.sweeper.dry=true` stops there. All jobs share one directory,
-`outputs/multirun/<experiment>/<time>_<id>/` (several experiments: their names joined by `+`).
+`outputs/multirun/<experiment>/<time>_<id>/` (several experiments: their names joined by `+`),
+whose `multirun.yaml` keeps the plan (`hydra.sweeper.plan`): the tables count its jobs that left
+no result and order their rows and columns as it runs the swept values.
 """
 
 import importlib
@@ -26,6 +28,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from runner import ci
+from runner.results import SWEEP_FILE
 
 
 @dataclass
@@ -36,6 +39,7 @@ class SweeperConf:
     run_minutes: Optional[float] = None  # the experiment's estimate of one run, in minutes ...
     run_on: str = ""  # ... on this hardware ("one CPU thread", "one GPU")
     dry: bool = False  # true: print the number of runs and the cost, run nothing
+    plan: Optional[Dict[str, Any]] = None  # not an option: what the sweeper runs (`record`)
 
 
 def register() -> None:
@@ -59,7 +63,8 @@ def duration(minutes: float) -> str:
 
 class ExperimentSweeper(BasicSweeper):
     def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None,
-                 run_minutes: Optional[float] = None, run_on: str = "", dry: bool = False) -> None:
+                 run_minutes: Optional[float] = None, run_on: str = "", dry: bool = False,
+                 plan: Optional[Dict[str, Any]] = None) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.dry = dry  # the cost is read from each experiment's config (`announce`)
 
@@ -117,6 +122,20 @@ class ExperimentSweeper(BasicSweeper):
             self.config.hydra.sweep.dir = str(sweep_dir)
             self.config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{sweep_dir}'")
 
+    def record(self, jobs: List[List[str]]) -> None:
+        """The plan, in the config the callbacks share (`runner.report`): `jobs`, how many jobs
+        it makes, and `order`, the values of each key swept over several, in the order they run."""
+        order: Dict[str, List[str]] = {}
+        for job in jobs:
+            for override in job:
+                key, _, value = override.lstrip("+~").partition("=")
+                values = order.setdefault(key, [])
+                if value not in values:
+                    values.append(value)
+        with open_dict(self.config):  # (replaces whatever a command line put there)
+            self.config.hydra.sweeper.plan = {
+                "jobs": len(jobs), "order": {k: v for k, v in order.items() if len(v) > 1}}
+
     def sweep(self, arguments: List[str]) -> Any:
         plan = self.plan(arguments)
         self.announce(plan)
@@ -124,6 +143,7 @@ class ExperimentSweeper(BasicSweeper):
             return []
         self.pin_directory(plan)
         jobs = [job for _, experiment_jobs, _ in plan for job in experiment_jobs]
+        self.record(jobs)
         self.overrides = list(self.split_overrides_to_chunks(jobs, self.max_batch_size))
         self.params = {}  # already in the jobs' overrides
         return self.launch_batches()
@@ -131,7 +151,7 @@ class ExperimentSweeper(BasicSweeper):
     def launch_batches(self) -> Any:
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        OmegaConf.save(self.config, sweep_dir / SWEEP_FILE)
         returns, first = [], 0
         while not self.is_done():
             batch = self.get_job_batch()
