@@ -192,10 +192,10 @@ class _Table:
         out = []
         for title, m, fn in blocks:
             cells = self.cells_of(m, fn)
-            frame = pd.DataFrame([self.shown_all(self.row_keys, rt) + [cells.get((rt, ct), "") for ct in cols_t]
-                                  for rt in rows_t],
-                                 columns=self.row_keys + [" / ".join(self.shown_all(self.col_keys, t))
-                                                          for t in cols_t])
+            heads = [" / ".join(self.shown_all(self.col_keys, ct)) for ct in cols_t]
+            frame = pd.DataFrame([self.shown_all(self.row_keys, rt) + [cells.get((rt, ct), "")
+                                                                       for ct in cols_t]
+                                  for rt in rows_t], columns=self.row_keys + heads)
             out.append(Grid(title, frame, self.row_keys))
         return out
 
@@ -208,7 +208,8 @@ class _Table:
             if m == self.main and self.has_delta:
                 columns["Δ"] = self.cells_of(m, lambda r: _delta_text(r, self.lay))
         rows_t = self.ordered(self.row_keys)
-        frame = pd.DataFrame([self.shown_all(self.row_keys, rt) + [c.get((rt, ()), "") for c in columns.values()]
+        frame = pd.DataFrame([self.shown_all(self.row_keys, rt) + [c.get((rt, ()), "")
+                                                                   for c in columns.values()]
                               for rt in rows_t],
                              columns=self.row_keys + list(columns))
         return Grid("", frame, self.row_keys)

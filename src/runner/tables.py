@@ -287,7 +287,7 @@ class Layout:
     digits: int = 4
     at: str = "end"
     caption: str = ""
-    orders: Dict[str, List[str]] = field(default_factory=dict)  # the sweep's order, then the paper's
+    orders: Dict[str, List[str]] = field(default_factory=dict)  # the sweep's, then the paper's
     level: str = ""  # the runs' test levels (ci=smoke, ci=sizes), "" for real runs
     tuned: List[str] = field(default_factory=list)  # `method option=value` of the tuned methods
     labels: Dict[str, str] = field(default_factory=dict)  # method: its name in tables
@@ -304,8 +304,8 @@ class Layout:
         sources = list(dict.fromkeys(c.get("paper", {}).get("source", "") for c in configs))
         levels = ", ".join(dict.fromkeys(lv for lv in map(run_level, results) if lv))
         swept = swept_order(results)
-        orders = {k: swept.get(k, []) + [v for v in paper_order(paper, k) if v not in swept.get(k, [])]
-                  for k in rows + cols}
+        orders = {k: swept.get(k, []) + [v for v in paper_order(paper, k)
+                                         if v not in swept.get(k, [])] for k in rows + cols}
         return cls(rows, cols, float(report.get("scale", 1.0)), int(report.get("digits", 4)), at,
                    "; ".join(s for s in sources if s), orders, levels, tuned_values(results),
                    method_labels(results))

@@ -95,7 +95,8 @@ def test_a_table_follows_the_sweeps_order_under_the_methods_labels(tmp_path, cap
         (sweep / str(i) / "result.json").write_text(json.dumps({
             "status": "completed", "name": "t", "seed": 0, "overrides": [],
             "choices": {"experiment": "t", "method": method}, "summary": {"test_acc": i / 10},
-            "config": {"seed": 0, "optim": {"weight_decay": wd}, "method": {"_target_": method, **label},
+            "config": {"seed": 0, "optim": {"weight_decay": wd},
+                       "method": {"_target_": method, **label},
                        "report": {"rows": ["optim.weight_decay"], "cols": ["method"]}}}))
     assert report_main([str(sweep)]) == 0
     rows = [[c.strip() for c in line.strip("|").split("|")]
@@ -133,8 +134,8 @@ def test_an_interrupted_sweep_counts_the_jobs_of_its_declared_plan(tmp_path):
     from runner.results import load_results
     sweep = tmp_path / "sweep"
     proc = subprocess.Popen([sys.executable, "-m", "runner", "-m", "experiment=reinit_table5",
-                             *SMOKE, "seed=0,1", "progress=false", f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, text=True,
+                             *SMOKE, "seed=0,1", "progress=false", f"hydra.sweep.dir={sweep}"],
+                            cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             # as at a terminal, also where the tests run as a background job
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

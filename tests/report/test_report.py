@@ -134,5 +134,5 @@ def test_blur_to_sharp_table_shows_frozen_filters_of_their_total(run_cfg, tmp_pa
     rows = md_rows(format_table(table_from_results(load_results([tmp_path]))))
     assert rows[0] == ["method", "test_acc", "start_frozen_filters (mean ± std / total)",
                        "frozen_filters (mean ± std / total)"]
-    assert [r[0] for r in rows[1:]] == ["Vanilla", "dirac_reset"]  # conf/method/vanilla.yaml's label
+    assert [r[0] for r in rows[1:]] == ["Vanilla", "dirac_reset"]  # vanilla.yaml's label
     assert all(r[2].endswith(" / 132") and r[3].endswith(" / 132") for r in rows[1:])
