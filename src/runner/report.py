@@ -8,8 +8,9 @@ table is printed and written as `table.md`, `table.csv` and `table.tex` in the s
 
 An experiment declares its layout under `report:`: `rows` and `cols` are config keys or group
 choices (Reinitialization Table 1: rows [dataset.alpha], cols [method]). Their values come in the
-order the sweep ran them (its plan, `runner.tables.swept_order`), then in the order of
-`paper.values` where the key indexes it, then in the order of the runs; a method under its
+order the experiment's sweep declares them (`runner.tables.swept_order`), then in the order of
+`paper.values` where the key indexes it, then in the order of the runs, whatever the command's
+order; a method under its
 YAML's `label` (the CSV keeps ids). Each cell reads
 `ours ± std (paper)`, and a grid of Δ = ours − paper follows (not for test-level runs, which
 the header names). Cells come from each run's resolved config (`runner.tables.cell_keys`): keys

@@ -71,9 +71,9 @@ def paper_order(paper: Dict[str, Any], key: str) -> List[str]:
 
 
 def swept_order(results: Sequence[Dict[str, Any]]) -> Dict[str, List[str]]:
-    """Each swept key's values in the order the runs' sweeps ran them (the plans their sweep
-    directories keep: the experiment's declared sweep, as the command line narrowed or extended
-    it), merged over the sweeps in the order found."""
+    """Each swept key's values in the order the runs' experiments declare them (their sweep's
+    `hydra.sweeper.params`, which the plan in the sweep directory keeps), merged over the sweeps
+    in the order found."""
     out: Dict[str, List[str]] = {}
     for sweep in dict.fromkeys(str(Path(r["_dir"]).parent) for r in results if r.get("_dir")):
         for key, values in (sweep_plan(sweep).get("order") or {}).items():

@@ -118,7 +118,7 @@ def test_reinit_table1_sweep_prints_the_papers_layout(tmp_path):
     text = (tmp_path / "sweep" / "table.md").read_text()
     assert "Test level ci=smoke" in text and "Δ = ours − paper" not in text  # no Δ at a test level
     rows = md_rows(text)
-    assert rows[0] == ["dataset.alpha", "bl", "lw"]
+    assert rows[0] == ["dataset.alpha", "BL", "LW"]  # the methods' labels
     assert [r[0] for r in rows[1:]] == ["0.5", "2.0"]
     assert rows[1][1].endswith(" (20.3)") and " ± " in rows[1][1]
     assert rows[2][2].endswith(" (99.8)")

@@ -10,7 +10,7 @@ experiment estimates (`hydra.sweeper.run_minutes` on `hydra.sweeper.run_on`);
 `hydra.sweeper.dry=true` stops there. All jobs share one directory,
 `outputs/multirun/<experiment>/<time>_<id>/` (several experiments: their names joined by `+`),
 whose `multirun.yaml` keeps the plan (`hydra.sweeper.plan`): the tables count its jobs that left
-no result and order their rows and columns as it runs the swept values.
+no result and order their rows and columns as the experiments declare the swept values.
 """
 
 import importlib
@@ -122,19 +122,23 @@ class ExperimentSweeper(BasicSweeper):
             self.config.hydra.sweep.dir = str(sweep_dir)
             self.config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{sweep_dir}'")
 
-    def record(self, jobs: List[List[str]]) -> None:
+    def record(self, plan) -> None:
         """The plan, in the config the callbacks share (`runner.report`): `jobs`, how many jobs
-        it makes, and `order`, the values of each key swept over several, in the order they run."""
+        it makes, and `order`, the values of each key that an experiment declares a sweep over,
+        in the order it declares them (the command line's order does not count)."""
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         order: Dict[str, List[str]] = {}
-        for job in jobs:
-            for override in job:
-                key, _, value = override.lstrip("+~").partition("=")
-                values = order.setdefault(key, [])
-                if value not in values:
-                    values.append(value)
+        for _, _, cfg in plan:
+            for key, value in (OmegaConf.select(cfg, "hydra.sweeper.params") or {}).items():
+                values = order.setdefault(str(key), [])
+                for job in self.split_arguments(parser.parse_overrides([f"{key}={value}"]), None)[0]:
+                    one = job[0].partition("=")[2]
+                    if one not in values:
+                        values.append(one)
         with open_dict(self.config):  # (replaces whatever a command line put there)
             self.config.hydra.sweeper.plan = {
-                "jobs": len(jobs), "order": {k: v for k, v in order.items() if len(v) > 1}}
+                "jobs": sum(len(jobs) for _, jobs, _ in plan),
+                "order": {k: v for k, v in order.items() if len(v) > 1}}
 
     def sweep(self, arguments: List[str]) -> Any:
         plan = self.plan(arguments)
@@ -142,8 +146,8 @@ class ExperimentSweeper(BasicSweeper):
         if self.dry:
             return []
         self.pin_directory(plan)
+        self.record(plan)
         jobs = [job for _, experiment_jobs, _ in plan for job in experiment_jobs]
-        self.record(jobs)
         self.overrides = list(self.split_overrides_to_chunks(jobs, self.max_batch_size))
         self.params = {}  # already in the jobs' overrides
         return self.launch_batches()
