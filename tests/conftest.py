@@ -89,6 +89,37 @@ def run_cfg(tmp_path):
     GlobalHydra.instance().clear()
 
 
+def run_composed(overrides, out_dir) -> dict:
+    """`runner.app.compose_and_run` with Hydra's global state cleared before and after."""
+    GlobalHydra.instance().clear()
+    try:
+        return compose_and_run(list(overrides), out_dir)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def in_process(args, out: Path) -> int:
+    """`python -m runner ARGS` as the app runs it (runner.app.execute) on a config composed by
+    Hydra's compose API, in this process; returns the exit status."""
+    from omegaconf import OmegaConf
+
+    from runner.app import execute, job_choices
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose("config", overrides=list(args), return_hydra_config=True)
+            choices = job_choices(cfg.hydra.runtime.choices)
+            plain = OmegaConf.to_container(cfg)
+            plain.pop("hydra")
+            out.mkdir(parents=True, exist_ok=True)  # as Hydra makes it
+            execute(OmegaConf.create(plain), out, list(args), choices, single=True)
+    except SystemExit as e:
+        return 0 if e.code is None else e.code if isinstance(e.code, int) else 1
+    finally:
+        GlobalHydra.instance().clear()
+    return 0
+
+
 @pytest.fixture
 def hydra_cli(monkeypatch):
     """Run an entry point (default: `runner.app.cli`) in-process with a command line; returns its

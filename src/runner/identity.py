@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Tuple
 
+from runner.options import LABEL
+
 IGNORED = {"seed", "device", "progress", "data_root", "threads", "logger", "resume"}  # swept keys that do not define a cell
 
 
@@ -28,6 +30,8 @@ def run_identity(result: Dict[str, Any]) -> str:
     choices = {k: v for k, v in (result.get("choices") or {}).items() if k not in IGNORED}
     if cfg:
         kept = {k: v for k, v in cfg.items() if k not in IGNORED - {"seed"}}
+        if isinstance(kept.get("method"), dict):  # a method's label names it, nothing more
+            kept["method"] = {k: v for k, v in kept["method"].items() if k != LABEL}
         return json.dumps([choices, _without_root(kept, cfg.get("data_root")),
                            result.get("seed", cfg.get("seed"))], sort_keys=True, default=str)
     overrides = sorted(o for o in result.get("overrides", [])

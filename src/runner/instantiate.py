@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import torch
 from omegaconf import OmegaConf
 
-from runner import targets
+from runner import options, targets
 from runner.errors import RunnerError
 
 
@@ -19,6 +19,8 @@ def instantiate(node, where: str, kind: str, allowlist: Sequence[str] = ()) -> A
     """
     kwargs = OmegaConf.to_container(node, resolve=True) if not isinstance(node, dict) else dict(node)
     target = kwargs.pop("_target_", None)
+    if kind == "method":
+        kwargs.pop(options.LABEL, None)  # the table's name for it
     if target is None:
         raise RunnerError(f"{where} has no _target_ (keys: {sorted(kwargs)})")
     fn = targets.resolve(target, where, kind, allowlist)

@@ -24,7 +24,7 @@ def check_method(node: Any, where: str) -> None:
     except Exception:  # not importable: instantiate names it
         return
     for k, v in node.items():
-        if k == "_target_":
+        if k in ("_target_", options.LABEL):
             continue
         k = options.option_name(k)  # `lam` is `lambda`, as instantiate passes it
         if k not in params and not options.takes_any(options.target_callable(str(node["_target_"]))):

@@ -27,6 +27,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 GROUP = "method_options"
+LABEL = "label"  # a method YAML's name for tables (`BL`, `S&P`): not an option, not part of a run
 
 
 def option_name(param: str) -> str:
@@ -151,7 +152,7 @@ def options(choice: str) -> Dict[str, Tuple[Any, Any]]:
 def node(choice: str) -> Dict[str, Any]:
     """The generated config of method choice `choice` (see the module's docstring)."""
     target, written = method_configs()[choice]
-    unknown = sorted(set(written) - set(options(choice)))
+    unknown = sorted(set(written) - set(options(choice)) - {LABEL})
     if unknown:
         raise ValueError(f"conf/method/{choice}.yaml sets {', '.join(unknown)}, which {target} "
                          f"does not take; its options: {', '.join(options(choice))}")

@@ -8,7 +8,10 @@ table is printed and written as `table.md`, `table.csv` and `table.tex` in the s
 
 An experiment declares its layout under `report:`: `rows` and `cols` are config keys or group
 choices (Reinitialization Table 1: rows [dataset.alpha], cols [method]). Their values come in the
-order of `paper.values` where the key indexes it, else in the order of the runs. Each cell reads
+order the experiment's sweep declares them (`runner.tables.swept_order`), then in the order of
+`paper.values` where the key indexes it, then in the order of the runs, whatever the command's
+order; a method under its
+YAML's `label` (the CSV keeps ids). Each cell reads
 `ours ± std (paper)`, and a grid of Δ = ours − paper follows (not for test-level runs, which
 the header names). Cells come from each run's resolved config (`runner.tables.cell_keys`): keys
 outside the layout whose resolved values vary between runs become further rows, a method's
@@ -39,7 +42,7 @@ from runner.results import RESULT_FILE, load_results
 from runner.identity import IGNORED, deduplicate, run_identity  # noqa: F401
 from runner.tables import (LEAD, NOT_DONE, STATS, Layout, base_method,  # noqa: F401
                            cell_keys, group_runs, key_value, metric_value, not_done,
-                           paper_order, table_from_results)
+                           paper_order, same_value, table_from_results)
 from runner.targets import register
 
 FORMATS = ("markdown", "csv", "latex")
@@ -82,10 +85,17 @@ class Grid:
 
 
 def _positions(values: List[str], order: List[str]) -> Dict[str, Tuple[int, int]]:
-    """Each value's place: its method's (or its own) in `order`, then first appearance."""
+    """Each value's place: its method's (or its own) in `order` (`0.0` is `0`'s place), then
+    first appearance."""
     values = list(dict.fromkeys(values))
-    bases = list(order) + [b for b in dict.fromkeys(map(base_method, values)) if b not in order]
-    return {v: (bases.index(base_method(v)), i) for i, v in enumerate(values)}
+    bases = list(order)
+
+    def place(base: str) -> int:
+        found = next((i for i, o in enumerate(bases) if same_value(base, o)), None)
+        if found is None:
+            bases.append(base)
+        return len(bases) - 1 if found is None else found
+    return {v: (place(base_method(v)), i) for i, v in enumerate(values)}
 
 
 class _Table:
@@ -128,13 +138,22 @@ class _Table:
         if self.lay.level:
             head.append(f"Test level ci={self.lay.level}: shrunk runs that check the code, not "
                         "the paper's numbers; no Δ against the paper")
-        same = [f"{k}={self.cells[k].iloc[0]}" for k in self.constant if self.cells[k].iloc[0] != ""]
+        same = [f"{k}={self.shown(k, self.cells[k].iloc[0])}" for k in self.constant
+                if self.cells[k].iloc[0] != ""]
         if same:
             head.append("Same in every run: " + ", ".join(same))
         if self.lay.tuned:
             head.append("Methods at the experiment's tuned values unless their label says "
                         "otherwise: " + "; ".join(self.lay.tuned))
         return head
+
+    def shown(self, key: str, value: str) -> str:
+        """A value as printed: a method under its label (`BL`, `L2 (lambda=0.001)`)."""
+        base = base_method(value) if key == "method" else ""
+        return self.lay.labels[base] + value[len(base):] if base in self.lay.labels else value
+
+    def shown_all(self, keys: List[str], values: Tuple[str, ...]) -> List[str]:
+        return [self.shown(k, v) for k, v in zip(keys, values)]
 
     def ordered(self, keys: List[str]) -> List[Tuple[str, ...]]:
         """The distinct values of `keys`: in the paper's order where a layout is declared."""
@@ -174,8 +193,10 @@ class _Table:
         out = []
         for title, m, fn in blocks:
             cells = self.cells_of(m, fn)
-            frame = pd.DataFrame([list(rt) + [cells.get((rt, ct), "") for ct in cols_t] for rt in rows_t],
-                                 columns=self.row_keys + [" / ".join(t) for t in cols_t])
+            heads = [" / ".join(self.shown_all(self.col_keys, ct)) for ct in cols_t]
+            frame = pd.DataFrame([self.shown_all(self.row_keys, rt) + [cells.get((rt, ct), "")
+                                                                       for ct in cols_t]
+                                  for rt in rows_t], columns=self.row_keys + heads)
             out.append(Grid(title, frame, self.row_keys))
         return out
 
@@ -188,7 +209,9 @@ class _Table:
             if m == self.main and self.has_delta:
                 columns["Δ"] = self.cells_of(m, lambda r: _delta_text(r, self.lay))
         rows_t = self.ordered(self.row_keys)
-        frame = pd.DataFrame([list(rt) + [c.get((rt, ()), "") for c in columns.values()] for rt in rows_t],
+        frame = pd.DataFrame([self.shown_all(self.row_keys, rt) + [c.get((rt, ()), "")
+                                                                   for c in columns.values()]
+                              for rt in rows_t],
                              columns=self.row_keys + list(columns))
         return Grid("", frame, self.row_keys)
 
@@ -255,17 +278,6 @@ def write_tables(df: pd.DataFrame, prefix: Path, metric: Optional[str] = None) -
     return text
 
 
-def sweep_size(task_overrides: List[str]) -> Optional[int]:
-    """How many jobs a sweep's command line makes (Hydra's basic sweeper), None if unknown."""
-    try:
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-        parsed = OverridesParser.create().parse_overrides(list(task_overrides))
-        return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
-    except Exception:
-        return None
-
-
 def sweep_table(sweep: Path, jobs: Optional[int]) -> bool:
     """Print and write the sweep's table with what did not complete; True when every job of the
     sweep completed (and at least one ran)."""
@@ -297,21 +309,27 @@ class AggregateOnMultirunEnd(Callback):
             print(f"error: {self.sweep} already holds runs; a new sweep needs a new directory "
                   f"(add resume=auto to reuse their results)", file=sys.stderr)
             raise SystemExit(2)
-        self.jobs = sweep_size(config.hydra.overrides.task)
+        self.config = config  # the sweeper records its plan in it (hydra.sweeper.plan)
         self.ended = False
         atexit.register(self._at_exit)
+
+    def planned(self) -> Optional[int]:
+        """How many jobs the sweeper's plan makes (the experiments' declared sweeps merged with
+        the command line's), None before it planned or with another sweeper."""
+        config = getattr(self, "config", None)
+        return OmegaConf.select(config, "hydra.sweeper.plan.jobs", default=None) if config else None
 
     def _at_exit(self) -> None:
         if not self.ended and self.sweep.is_dir() and \
                 next(self.sweep.rglob(RESULT_FILE), None) is not None:
             self.ended = True  # the sweep stopped early: the table of what ran all the same
-            sweep_table(self.sweep, self.jobs)
+            sweep_table(self.sweep, self.planned())
 
     def on_multirun_end(self, config, **kwargs) -> None:
         self.ended = True
         if OmegaConf.select(config, "hydra.sweeper.dry", default=False):  # dry: nothing ran
             return
-        if not sweep_table(Path(config.hydra.sweep.dir), getattr(self, "jobs", None)):
+        if not sweep_table(Path(config.hydra.sweep.dir), self.planned()):
             raise SystemExit(1)
 
 

@@ -31,6 +31,7 @@ from runner.loggers import open_tracker
 log = logging.getLogger("runner")
 
 METRICS_FILE, RESULT_FILE = "metrics.csv", "result.json"
+SWEEP_FILE = "multirun.yaml"  # a sweep's config, with the sweeper's plan under hydra.sweeper.plan
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK  # what open() gives a new file; mkstemp's own is 0600
@@ -308,6 +309,19 @@ def _numbers(value: Any) -> Any:
     if isinstance(value, list):
         return [_numbers(v) for v in value]
     return value
+
+
+def sweep_plan(sweep_dir) -> Dict[str, Any]:
+    """The plan the sweeper recorded in a sweep directory (`jobs`: how many jobs it makes;
+    `order`: each swept key's values in the order they run); empty where none was recorded."""
+    import yaml  # omegaconf's dependency
+    try:
+        with open(Path(sweep_dir) / SWEEP_FILE) as f:
+            cfg = yaml.safe_load(f)
+        plan = cfg["hydra"]["sweeper"]["plan"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return {}
+    return plan if isinstance(plan, dict) else {}
 
 
 def load_results(paths) -> List[Dict[str, Any]]:

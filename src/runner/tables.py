@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
 from runner.identity import IGNORED, deduplicate
-from runner.results import is_dead
+from runner.options import LABEL
+from runner.results import is_dead, sweep_plan
 
 LEAD = ("experiment", "method")  # config-group choices shown first in every table
 # config nodes that describe a run or its table rather than what it computes
@@ -68,6 +70,18 @@ def paper_order(paper: Dict[str, Any], key: str) -> List[str]:
     return order
 
 
+def swept_order(results: Sequence[Dict[str, Any]]) -> Dict[str, List[str]]:
+    """Each swept key's values in the order the runs' experiments declare them (their sweep's
+    `hydra.sweeper.params`, which the plan in the sweep directory keeps), merged over the sweeps
+    in the order found."""
+    out: Dict[str, List[str]] = {}
+    for sweep in dict.fromkeys(str(Path(r["_dir"]).parent) for r in results if r.get("_dir")):
+        for key, values in (sweep_plan(sweep).get("order") or {}).items():
+            merged = out.setdefault(str(key), [])
+            merged += [str(v) for v in values if str(v) not in merged]
+    return out
+
+
 def _flatten(out: Dict[str, str], prefix: str, node: Any) -> None:
     if isinstance(node, dict):
         for k, v in node.items():
@@ -90,7 +104,8 @@ def resolved_values(result: Dict[str, Any]) -> Dict[str, str]:
     return out
 
 
-def _same(a: str, b: Any) -> bool:
+def same_value(a: str, b: Any) -> bool:
+    """Equal as numbers where both are numbers (`0` and `0.0`), else as strings."""
     x, y = _number(a), _number(b)
     return x == y if not (math.isnan(x) or math.isnan(y)) else a == str(b)
 
@@ -114,9 +129,9 @@ def method_options(result: Dict[str, Any], shown: Sequence[str] = ()) -> Dict[st
     tuned = tuned if isinstance(tuned, dict) else {}
     out = {}
     for k, v in own.items():
-        if k == "_target_" or isinstance(v, (dict, list)):
+        if k in ("_target_", LABEL) or isinstance(v, (dict, list)):
             continue
-        if k in shown or (k in tuned and not _same(str(v), tuned[k])):
+        if k in shown or (k in tuned and not same_value(str(v), tuned[k])):
             out[k] = str(v)
     return out
 
@@ -124,6 +139,16 @@ def method_options(result: Dict[str, Any], shown: Sequence[str] = ()) -> Dict[st
 def method_label(method: str, options: Dict[str, str]) -> str:
     """`l2 (lambda=0.001)`: a method with the options it ran with where they matter."""
     return method + (" (" + ", ".join(f"{k}={v}" for k, v in options.items()) + ")" if options else "")
+
+
+def method_labels(results: Sequence[Dict[str, Any]]) -> Dict[str, str]:
+    """{method: its name in tables}: the `label` of its YAML (conf/method/), where it has one."""
+    out = {}
+    for r in results:
+        node = (r.get("config") or {}).get("method")
+        if isinstance(node, dict) and node.get(LABEL):
+            out.setdefault(str(r.get("choices", {}).get("method", "")), str(node[LABEL]))
+    return out
 
 
 def base_method(label: str) -> str:
@@ -240,7 +265,8 @@ def tuned_values(results: Sequence[Dict[str, Any]]) -> List[str]:
         tuned = ((r.get("config") or {}).get("tuned") or {}).get(method)
         if not isinstance(tuned, dict) or not tuned:
             continue
-        text = method + " " + ", ".join(f"{k}={v}" for k, v in tuned.items())
+        name = method_labels([r]).get(method, method)
+        text = name + " " + ", ".join(f"{k}={v}" for k, v in tuned.items())
         exps = found.setdefault(method, {}).setdefault(text, [])
         exp = str(r.get("choices", {}).get("experiment", ""))
         if exp not in exps:
@@ -261,9 +287,10 @@ class Layout:
     digits: int = 4
     at: str = "end"
     caption: str = ""
-    orders: Dict[str, List[str]] = field(default_factory=dict)
+    orders: Dict[str, List[str]] = field(default_factory=dict)  # the sweep's, then the paper's
     level: str = ""  # the runs' test levels (ci=smoke, ci=sizes), "" for real runs
     tuned: List[str] = field(default_factory=list)  # `method option=value` of the tuned methods
+    labels: Dict[str, str] = field(default_factory=dict)  # method: its name in tables
 
     @classmethod
     def of(cls, results: List[Dict[str, Any]]) -> "Layout":
@@ -276,9 +303,12 @@ class Layout:
         at = report.get("at") or ("best" if (cfg.get("train") or {}).get("restore_best") else "end")
         sources = list(dict.fromkeys(c.get("paper", {}).get("source", "") for c in configs))
         levels = ", ".join(dict.fromkeys(lv for lv in map(run_level, results) if lv))
+        swept = swept_order(results)
+        orders = {k: swept.get(k, []) + [v for v in paper_order(paper, k)
+                                         if v not in swept.get(k, [])] for k in rows + cols}
         return cls(rows, cols, float(report.get("scale", 1.0)), int(report.get("digits", 4)), at,
-                   "; ".join(s for s in sources if s),
-                   {k: paper_order(paper, k) for k in rows + cols}, levels, tuned_values(results))
+                   "; ".join(s for s in sources if s), orders, levels, tuned_values(results),
+                   method_labels(results))
 
     @property
     def keys(self) -> List[str]:

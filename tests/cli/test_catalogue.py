@@ -5,12 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf
 
-from conftest import CONF
-from runner.app import execute, job_choices
+from conftest import in_process
 from runner.results import load_results
 
 SMOKE = ["experiment=fmnist_mlp", "ci=smoke", "device=cpu", "threads=1"]
@@ -97,25 +93,6 @@ VALUES = [  # refused before a run directory exists: exit 2
     (["+extra_methods=[{_target_: methods.l2.L2, _recursive_: false}]"], ["_recursive_ is refused"]),
     (["dataset=imagenet_stream", "dataset.stream.size=128"], ["dataset.stream.size=128", "[3, 224, 224]"]),
 ]
-
-
-def in_process(args, out: Path) -> int:
-    """`python -m runner ARGS` as the app runs it (runner.app.execute) on a config composed by
-    Hydra's compose API, in this process; returns the exit status."""
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose("config", overrides=list(args), return_hydra_config=True)
-            choices = job_choices(cfg.hydra.runtime.choices)
-            plain = OmegaConf.to_container(cfg)
-            plain.pop("hydra")
-            out.mkdir(parents=True, exist_ok=True)  # as Hydra makes it
-            execute(OmegaConf.create(plain), out, list(args), choices, single=True)
-    except SystemExit as e:
-        return 0 if e.code is None else e.code if isinstance(e.code, int) else 1
-    finally:
-        GlobalHydra.instance().clear()
-    return 0
 
 
 def check(case: Path, args, expect, code, printed, keep_dir=None) -> list:

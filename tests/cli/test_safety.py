@@ -14,12 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf
 
-from conftest import CONF
-from runner.app import execute, job_choices
+from conftest import in_process
 from runner.errors import ConfigError
 from runner.report import table_from_results
 from runner.results import RunRecorder, is_dead, load_results
@@ -143,24 +139,6 @@ CASES = [  # (arguments after SMOKE, substrings of the one error line)
      ["Fashion-MNIST not found", "NOWHERE"]),
     (["resume=NOWHERE"], ["resume=NOWHERE", "no result.json"]),
 ]
-
-
-def in_process(args, out: Path) -> int:
-    """`python -m runner ARGS` as the app runs it (runner.app.execute) on a config composed by
-    Hydra's compose API, in this process; returns the exit status."""
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose("config", overrides=list(args), return_hydra_config=True)
-            choices = job_choices(cfg.hydra.runtime.choices)
-            plain = OmegaConf.to_container(cfg)
-            plain.pop("hydra")
-            execute(OmegaConf.create(plain), out, list(args), choices, single=True)
-    except SystemExit as e:
-        return 0 if e.code is None else e.code if isinstance(e.code, int) else 1
-    finally:
-        GlobalHydra.instance().clear()
-    return 0
 
 
 @pytest.mark.sizes  # 62 configs through the app (about 12 s): CI's second stage

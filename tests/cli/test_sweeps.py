@@ -78,3 +78,77 @@ def test_report_over_many_sweeps_prints_one_table_per_experiment(tmp_path, capsy
     assert report_main([str(root), "--format", "csv"]) == 0
     csv = capsys.readouterr().out
     assert len(csv.strip().splitlines()) == 5 and "## " not in csv  # one header, four cells
+
+
+def test_a_table_follows_the_sweeps_order_under_the_methods_labels(tmp_path, capsys):
+    """Columns and rows in the order the sweep's plan declares them (not the runs' directories',
+    not alphabetical; `0.0` takes `0`'s place), methods under their YAML's label; the CSV keeps
+    ids."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    order = {"method": ["bl", "rescale", "lw"], "optim.weight_decay": ["0.1", "0"]}
+    (sweep / "multirun.yaml").write_text(json.dumps({"hydra": {"sweeper": {"plan": {
+        "jobs": 6, "order": order}}}}))  # JSON is YAML
+    runs = [(m, wd) for m in ("lw", "bl", "rescale") for wd in (0.0, 0.1)]
+    for i, (method, wd) in enumerate(runs):
+        label = {"lw": {"label": "LW"}, "bl": {"label": "BL"}}.get(method, {})
+        (sweep / str(i)).mkdir()
+        (sweep / str(i) / "result.json").write_text(json.dumps({
+            "status": "completed", "name": "t", "seed": 0, "overrides": [],
+            "choices": {"experiment": "t", "method": method}, "summary": {"test_acc": i / 10},
+            "config": {"seed": 0, "optim": {"weight_decay": wd},
+                       "method": {"_target_": method, **label},
+                       "report": {"rows": ["optim.weight_decay"], "cols": ["method"]}}}))
+    assert report_main([str(sweep)]) == 0
+    rows = [[c.strip() for c in line.strip("|").split("|")]
+            for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows == [["optim.weight_decay", "BL", "rescale", "LW"],
+                    ["0.1", "0.3000", "0.5000", "0.1000"], ["0.0", "0.2000", "0.4000", "0.0000"]]
+    assert report_main([str(sweep), "--format", "csv"]) == 0
+    csv = capsys.readouterr().out.strip().splitlines()
+    assert csv[0].startswith("experiment,method,") and [line.split(",")[1] for line in csv[1:]] == \
+        ["lw", "lw", "bl", "bl", "rescale", "rescale"]
+
+
+@pytest.mark.sizes  # three smoke runs through the app: CI's second stage
+def test_reinit_table5_prints_the_papers_columns(hydra_cli, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert hydra_cli("-m", "experiment=reinit_table5", *SMOKE, "seed=0", "optim.weight_decay=0",
+                     "method=lw,bl,rescale", "hydra.sweep.dir=sweep") == 0  # declared: bl,rescale,lw
+    header = next(line for line in (tmp_path / "sweep" / "table.md").read_text().splitlines()
+                  if line.startswith("| "))
+    assert [c.strip() for c in header.strip("|").split("|")] == ["optim.weight_decay", "BL",
+                                                                   "Rescaling", "LW"]
+
+
+@pytest.mark.sizes
+def test_an_interrupted_sweep_counts_the_jobs_of_its_declared_plan(tmp_path):
+    """Ctrl-C in the third of 36 jobs: Table 5's declared methods and weight decays (3 x 6) for the
+    command line's two seeds; every job of the plan without a result is counted."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from runner.results import load_results
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "-m", "experiment=reinit_table5",
+                             *SMOKE, "seed=0,1", "progress=false", f"hydra.sweep.dir={sweep}"],
+                            cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            # as at a terminal, also where the tests run as a background job
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 240
+        while not (sweep / "2" / "result.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    missing = re.search(r"(\d+) without a result", err)
+    assert missing and int(missing.group(1)) == 36 - len(load_results([sweep])), err[-2000:]

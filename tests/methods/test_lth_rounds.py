@@ -11,9 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import context
-from hydra.core.global_hydra import GlobalHydra
-from runner import app
+from conftest import context, run_composed
 from methods.base import Method
 from methods.lth import LTH
 from runner.context import Phase
@@ -134,14 +132,6 @@ def outcome(run_dir: Path):
     return r["status"], r["phases"], r["summary"], rows
 
 
-def compose_and_run(overrides, out_dir):
-    GlobalHydra.instance().clear()
-    try:
-        return app.compose_and_run(overrides, out_dir)
-    finally:
-        GlobalHydra.instance().clear()
-
-
 @pytest.mark.e2e
 def test_a_round_killed_after_its_started_epoch_resumes_bitwise(tmp_path):
     """Round 2 starts at step 4 of its schedule (epoch 2, one step in); a fault after step 16
@@ -153,9 +143,9 @@ def test_a_round_killed_after_its_started_epoch_resumes_bitwise(tmp_path):
               "target_allowlist=[test_lth_rounds]", "threads=1"]
     crash = "extra_methods=[{_target_: test_lth_rounds.CrashAt, step: %d}]"
     ref, run_dir = tmp_path / "ref", tmp_path / "run"
-    assert compose_and_run(common + [crash % 10**9], ref)["status"] == "completed"
+    assert run_composed(common + [crash % 10**9], ref)["status"] == "completed"
     CrashAt.crashed = False
     with pytest.raises(RuntimeError, match="injected fault"):
-        compose_and_run(common + [crash % 16], run_dir)
-    compose_and_run(common + [crash % 16, f"resume={run_dir}"], run_dir)
+        run_composed(common + [crash % 16], run_dir)
+    run_composed(common + [crash % 16, f"resume={run_dir}"], run_dir)
     assert outcome(run_dir)[1:] == outcome(ref)[1:]

@@ -118,7 +118,7 @@ def test_reinit_table1_sweep_prints_the_papers_layout(tmp_path):
     text = (tmp_path / "sweep" / "table.md").read_text()
     assert "Test level ci=smoke" in text and "Δ = ours − paper" not in text  # no Δ at a test level
     rows = md_rows(text)
-    assert rows[0] == ["dataset.alpha", "bl", "lw"]
+    assert rows[0] == ["dataset.alpha", "BL", "LW"]  # the methods' labels
     assert [r[0] for r in rows[1:]] == ["0.5", "2.0"]
     assert rows[1][1].endswith(" (20.3)") and " ± " in rows[1][1]
     assert rows[2][2].endswith(" (99.8)")
@@ -134,5 +134,5 @@ def test_blur_to_sharp_table_shows_frozen_filters_of_their_total(run_cfg, tmp_pa
     rows = md_rows(format_table(table_from_results(load_results([tmp_path]))))
     assert rows[0] == ["method", "test_acc", "start_frozen_filters (mean ± std / total)",
                        "frozen_filters (mean ± std / total)"]
-    assert [r[0] for r in rows[1:]] == ["vanilla", "dirac_reset"]
+    assert [r[0] for r in rows[1:]] == ["Vanilla", "dirac_reset"]  # vanilla.yaml's label
     assert all(r[2].endswith(" / 132") and r[3].endswith(" / 132") for r in rows[1:])

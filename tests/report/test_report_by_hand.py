@@ -229,6 +229,9 @@ def test_the_same_config_and_seed_is_one_run_whatever_the_command_line_said():
              "status": "completed", "config": {"lr": 0.1, "device": "cuda", "seed": 0}}
     other_seed = {**again, "config": {"lr": 0.1, "device": "cuda", "seed": 1}}
     assert deduplicate([first, again, other_seed]) == ([again, other_seed], 1)
+    plain = {**again, "config": {**again["config"], "method": {"_target_": "m"}}}
+    named = {**again, "config": {**again["config"], "method": {"_target_": "m", "label": "M"}}}
+    assert deduplicate([plain, named]) == ([named], 1)  # a label names the method, nothing more
     # without a config: the command line less the execution settings, the seed kept
     a = {"overrides": ["seed=0", "device=cpu", "+data_root=/a", "logger.project=p", "lr=1"]}
     b = {"overrides": ["lr=1", "seed=0", "device=cuda", "+data_root=/b", "logger.project=q"]}

@@ -126,7 +126,7 @@ def test_report_over_two_real_sweeps(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     rows = md(out.stdout)
     assert rows[0] == ["method", "test_acc"]
-    assert [r[0] for r in rows[1:]] == ["vanilla", "l2 (lambda=1e-05)", "l2 (lambda=0.001)"]
+    assert [r[0] for r in rows[1:]] == ["Vanilla", "L2 (lambda=1e-05)", "L2 (lambda=0.001)"]
     assert "ours: mean ± std over 2 seeds" in out.stdout and "Test level ci=smoke" in out.stdout
     assert "2 duplicate run(s) of the same config and seed skipped" in out.stdout
 

@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hydra.core.global_hydra import GlobalHydra
-
+from conftest import run_composed
 from methods.base import Method
-from runner import app, checkpoint
+from runner import checkpoint
 from runner.results import load_results
 from trainer_fixtures import BASE, Compiled, script
 
@@ -171,26 +170,18 @@ MASKED = ["experiment=fmnist_mlp", "ci=smoke", "ci.checkpoints=true", "device=cp
           "train.checkpoint_every=1", "target_allowlist=[test_resume]"]
 
 
-def compose_and_run(overrides, out_dir):
-    GlobalHydra.instance().clear()
-    try:
-        return app.compose_and_run(overrides, out_dir)
-    finally:
-        GlobalHydra.instance().clear()
-
-
 def test_masked_adam_run_resumes_bitwise_after_a_failure(tmp_path, caplog):
     """Masks (frozen entries), Adam's moments and a phase's own lr survive a restart."""
     ref, run_dir = tmp_path / "ref", tmp_path / "run"
     crash = "extra_methods=[{_target_: test_resume.CrashOnce, step: %d}]"
-    assert compose_and_run(MASKED + [crash % 10**9], ref)["status"] == "completed"
+    assert run_composed(MASKED + [crash % 10**9], ref)["status"] == "completed"
     CrashOnce.crashed = False
     with pytest.raises(RuntimeError, match="injected fault"):
-        compose_and_run(MASKED + [crash % 14], run_dir)
+        run_composed(MASKED + [crash % 14], run_dir)
     assert json.loads((run_dir / "result.json").read_text())["status"] == "failed"
     CrashOnce.steps = 0
     with caplog.at_level(logging.INFO, logger="runner"):
-        resumed = compose_and_run(MASKED + [crash % 14, f"resume={run_dir}"], run_dir)
+        resumed = run_composed(MASKED + [crash % 14, f"resume={run_dir}"], run_dir)
     assert CrashOnce.steps == 6  # from the checkpoint after step 12 (phase b, epoch 1) to step 18
     assert resumed["resumed_from"] == str(run_dir)
     assert f"resuming fmnist_mlp from {run_dir} (phase 1)" in [r.getMessage() for r in caplog.records]

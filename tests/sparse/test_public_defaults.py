@@ -14,6 +14,7 @@ from conftest import context, run_cli
 from methods.cops import Cops
 from methods.prune_init import PruneAtInit
 from methods.set import SET
+from runner.instantiate import instantiate
 from runner.models.transforms import filter_basis, prunable
 from runner.sparse.keep import layer_counts
 
@@ -64,8 +65,8 @@ def test_the_other_readings_stay_options(compose_cfg):
     cfg = compose_cfg(["experiment=wimmer_table5_2", "method.fraction=0.3", "method.stop=0.75",
                        "method.fraction_end=0", "method.rounding=round",
                        "method.erk_shapes=stored"])
-    assert SET(**{k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items()
-                  if k != "_target_"}).rounding == "round"
+    set_ = instantiate(cfg.method, "method", "method")
+    assert isinstance(set_, SET) and set_.rounding == "round"
     cfg = compose_cfg(["experiment=wimmer_lth_cifar10", "method.continue_schedule=false",
                        "method.rewind_buffers=false", "method.prune_head=true"])
     assert (cfg.method.continue_schedule, cfg.method.rewind_buffers, cfg.method.prune_head) == \

@@ -8,7 +8,9 @@ of the sweep's values. A sweep over several experiments (`experiment=a,b`) runs 
 declared sweep. Before anything runs, the sweeper prints the number of runs and the cost the
 experiment estimates (`hydra.sweeper.run_minutes` on `hydra.sweeper.run_on`);
 `hydra.sweeper.dry=true` stops there. All jobs share one directory,
-`outputs/multirun/<experiment>/<time>_<id>/` (several experiments: their names joined by `+`).
+`outputs/multirun/<experiment>/<time>_<id>/` (several experiments: their names joined by `+`),
+whose `multirun.yaml` keeps the plan (`hydra.sweeper.plan`): the tables count its jobs that left
+no result and order their rows and columns as the experiments declare the swept values.
 """
 
 import importlib
@@ -26,6 +28,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from runner import ci
+from runner.results import SWEEP_FILE
 
 
 @dataclass
@@ -36,6 +39,7 @@ class SweeperConf:
     run_minutes: Optional[float] = None  # the experiment's estimate of one run, in minutes ...
     run_on: str = ""  # ... on this hardware ("one CPU thread", "one GPU")
     dry: bool = False  # true: print the number of runs and the cost, run nothing
+    plan: Optional[Dict[str, Any]] = None  # not an option: what the sweeper runs (`record`)
 
 
 def register() -> None:
@@ -59,7 +63,8 @@ def duration(minutes: float) -> str:
 
 class ExperimentSweeper(BasicSweeper):
     def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None,
-                 run_minutes: Optional[float] = None, run_on: str = "", dry: bool = False) -> None:
+                 run_minutes: Optional[float] = None, run_on: str = "", dry: bool = False,
+                 plan: Optional[Dict[str, Any]] = None) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.dry = dry  # the cost is read from each experiment's config (`announce`)
 
@@ -142,6 +147,24 @@ class ExperimentSweeper(BasicSweeper):
                     raise SystemExit(2) from None
                 num += 1
 
+    def record(self, plan) -> None:
+        """The plan, in the config the callbacks share (`runner.report`): `jobs`, how many jobs
+        it makes, and `order`, the values of each key that an experiment declares a sweep over,
+        in the order it declares them (the command line's order does not count)."""
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        order: Dict[str, List[str]] = {}
+        for _, _, cfg in plan:
+            for key, value in (OmegaConf.select(cfg, "hydra.sweeper.params") or {}).items():
+                values = order.setdefault(str(key), [])
+                for job in self.split_arguments(parser.parse_overrides([f"{key}={value}"]), None)[0]:
+                    one = job[0].partition("=")[2]
+                    if one not in values:
+                        values.append(one)
+        with open_dict(self.config):  # (replaces whatever a command line put there)
+            self.config.hydra.sweeper.plan = {
+                "jobs": sum(len(jobs) for _, jobs, _ in plan),
+                "order": {k: v for k, v in order.items() if len(v) > 1}}
+
     def sweep(self, arguments: List[str]) -> Any:
         plan = self.plan(arguments)
         self.announce(plan)
@@ -149,6 +172,7 @@ class ExperimentSweeper(BasicSweeper):
             return []
         self.pin_directory(plan)
         self.check_job_dirs(plan)
+        self.record(plan)
         jobs = [job for _, experiment_jobs, _ in plan for job in experiment_jobs]
         self.overrides = list(self.split_overrides_to_chunks(jobs, self.max_batch_size))
         self.params = {}  # already in the jobs' overrides
@@ -172,7 +196,7 @@ class ExperimentSweeper(BasicSweeper):
     def launch_batches(self) -> Any:
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        OmegaConf.save(self.config, sweep_dir / SWEEP_FILE)
         returns, first = [], 0
         while not self.is_done():
             batch = self.get_job_batch()
