@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import pandas as pd
 
 from runner.identity import IGNORED, deduplicate
-from runner.options import LABEL
+from runner.options import LABEL, method_configs
 from runner.results import is_dead, sweep_plan
 
 LEAD = ("experiment", "method")  # config-group choices shown first in every table
@@ -121,7 +121,8 @@ def _scope(result: Dict[str, Any], key: str) -> Tuple[str, ...]:
 
 def method_options(result: Dict[str, Any], shown: Sequence[str] = ()) -> Dict[str, str]:
     """The run's method options that differ from the experiment's `tuned` values for its
-    method, plus the options named in `shown`."""
+    method, plus the options named in `shown`; its `_target_` where that is not the one of its
+    method's YAML (`method._target_=mylab.Mine`)."""
     cfg = result.get("config") or {}
     method = str(result.get("choices", {}).get("method", ""))
     own = cfg.get("method") if isinstance(cfg.get("method"), dict) else {}
@@ -129,7 +130,12 @@ def method_options(result: Dict[str, Any], shown: Sequence[str] = ()) -> Dict[st
     tuned = tuned if isinstance(tuned, dict) else {}
     out = {}
     for k, v in own.items():
-        if k in ("_target_", LABEL) or isinstance(v, (dict, list)):
+        if k == "_target_":  # beside the YAML's own target; where there is none, if it varies
+            default = method_configs().get(method, (None,))[0]
+            if (v != default) if default is not None else (k in shown):
+                out[k] = str(v)
+            continue
+        if k == LABEL or isinstance(v, (dict, list)):
             continue
         if k in shown or (k in tuned and not same_value(str(v), tuned[k])):
             out[k] = str(v)

@@ -9,6 +9,7 @@ import pytest
 from conftest import run_cli
 from runner import plots
 from runner.analysis import common
+from runner.options import method_configs
 
 TUNED = {"l2": {"lambda": 1e-4}}
 
@@ -16,7 +17,7 @@ TUNED = {"l2": {"lambda": 1e-4}}
 def fake_run(d, method, seed, alpha, lam=None, acc=0.5, epochs=4, level="none"):
     """A completed run directory: result.json with its resolved config, and metrics.csv."""
     d.mkdir(parents=True)
-    node = {"_target_": f"methods.{method}.X", **({"lambda": lam} if lam is not None else {})}
+    node = {"_target_": method_configs()[method][0], **({"lambda": lam} if lam is not None else {})}
     config = {"seed": seed, "method": node, "tuned": TUNED, "dataset": {"alpha": alpha},
               "ci": {"level": level}, "report": {"scale": 100}, "paper": {"source": "P, Fig. 1"}}
     result = {"status": "completed", "seed": seed, "config": config,

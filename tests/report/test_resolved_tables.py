@@ -8,15 +8,17 @@ import pytest
 
 from conftest import run_cli
 from runner.analysis.reinit import ablation
+from runner.options import method_configs
 from runner.report import format_table, main as report_main, table_from_results
 from runner.tables import cell_keys, group_runs
 
 TUNED = {"l2": {"lambda": 1e-4}, "swr": {"lambda": 1e-3}, "classifier": "head"}
 
 
-def run(method, seed, acc, lam=None, typed=(), level="none", paper=None, experiment="e"):
+def run(method, seed, acc, lam=None, typed=(), level="none", paper=None, experiment="e",
+        target=None):
     """A run as result.json holds it: group choices, typed overrides, the resolved config."""
-    node = {"_target_": f"methods.{method}.X", "params": "all"}
+    node = {"_target_": target or method_configs()[method][0], "params": "all"}
     if lam is not None:
         node["lambda"] = lam
     config = {"seed": seed, "device": "cpu", "method": node, "tuned": TUNED,
@@ -53,6 +55,16 @@ def test_two_sweeps_give_one_row_per_resolved_config_with_its_lambda():
     assert "Methods at the experiment's tuned values unless their label says otherwise: " \
            "l2 lambda=0.0001" in head
     assert text.endswith("3 duplicate run(s) of the same config and seed skipped")
+
+
+def test_a_method_of_another_target_is_a_cell_of_its_own_named_by_it():
+    """`method=vanilla method._target_=mylab.Mine`: not merged with vanilla's runs, nor named
+    vanilla alone."""
+    runs = [run("vanilla", s, 0.5) for s in range(2)] + [
+        run("vanilla", s, 0.9, target="mylab.Mine", typed=["method._target_=mylab.Mine"])
+        for s in range(2)]
+    assert list(table_from_results(runs)["method"]) == ["vanilla", "vanilla (_target_=mylab.Mine)"]
+    assert list(table_from_results(runs[2:])["method"]) == ["vanilla (_target_=mylab.Mine)"]
 
 
 def test_a_method_off_its_tuned_value_says_so_and_loses_the_papers_value():
