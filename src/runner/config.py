@@ -334,7 +334,7 @@ def prepare(cfg: DictConfig) -> DictConfig:
     written into ordinary options (`runner.ci.apply`; a copy as it is without one), validated."""
     from runner.checks import check_datasets
 
-    if cfg.ci.level != "none":  # what the config names, also where a test level replaces it
+    if ci.level_of(cfg):  # what the config names, also where a test level replaces it
         check_targets(cfg)
         check_datasets(cfg)
     cfg = ci.apply(cfg)
