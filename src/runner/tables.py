@@ -128,18 +128,11 @@ def method_options(result: Dict[str, Any], shown: Sequence[str] = ()) -> Dict[st
     own = cfg.get("method") if isinstance(cfg.get("method"), dict) else {}
     tuned = (cfg.get("tuned") or {}).get(method)
     tuned = tuned if isinstance(tuned, dict) else {}
-    out = {}
-    for k, v in own.items():
-        if k == "_target_":  # beside the YAML's own target; where there is none, if it varies
-            default = method_configs().get(method, (None,))[0]
-            if (v != default) if default is not None else (k in shown):
-                out[k] = str(v)
-            continue
-        if k == LABEL or isinstance(v, (dict, list)):
-            continue
-        if k in shown or (k in tuned and not same_value(str(v), tuned[k])):
-            out[k] = str(v)
-    return out
+    default = method_configs().get(method, (None,))[0]  # None: a choice not in conf/method/
+    target = {"_target_": str(own["_target_"])} if own.get("_target_") not in (default, None) else {}
+    return {**target, **{k: str(v) for k, v in own.items() if k not in ("_target_", LABEL)
+                         and not isinstance(v, (dict, list))
+                         and (k in shown or (k in tuned and not same_value(str(v), tuned[k])))}}
 
 
 def method_label(method: str, options: Dict[str, str]) -> str:
