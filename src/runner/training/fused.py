@@ -34,7 +34,7 @@ from runner.logs import environment, log_start
 from runner.models import params
 from runner.results import RunRecorder
 from runner.train import Trainer
-from runner.training.stacked import Stacked, check_fusable, refuse
+from runner.training.stacked import Stacked, check_fusable
 
 log = logging.getLogger("runner")
 
