@@ -9,7 +9,8 @@ built trainer: data, methods' hooks, the rounds, evaluations; nothing written);
 the reference trains a fresh model of the same architecture on the same 256 examples with plain
 full-batch SGD for as many steps, with no method. Both run on one thread (`--device cuda`: on
 the GPU, synchronized before each clock reading); timings are interleaved and the medians
-compared (ratio runner / reference, 1.00 = no overhead).
+compared (ratio runner / reference, 1.00 = no overhead); on a machine whose speed drifts, the
+median of each repeat's own ratio is the steadier figure.
 """
 import argparse
 import statistics
@@ -83,6 +84,9 @@ def main() -> None:
     print(f"runner run: median {m:.3f} s  (all: {', '.join(f'{t:.3f}' for t in run)})")
     print(f"its training (Trainer.fit): median {f:.3f} s  (all: {', '.join(f'{t:.3f}' for t in inside)})")
     print(f"ratio runner/bare loop: {m / r:.3f} (whole run), {f / r:.3f} (training)")
+    pairs = statistics.median(b / a for a, b in zip(ref, run))
+    print(f"median of the {a.repeats} repeats' own ratios (each run against the bare loop just "
+          f"before it): {pairs:.3f} (whole run)")
 
 
 if __name__ == "__main__":

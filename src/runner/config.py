@@ -292,13 +292,37 @@ def _check_known_keys(schema, node, prefix: str) -> None:
                 _check_known_keys(typing.get_args(f.type)[0], item, f"{prefix}{f.name}.{i}.")
 
 
+def _missing(node: Any, key: str = ""):
+    """The keys of the values left `???` in plain containers."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _missing(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _missing(v, f"{key}.{i}")
+    elif node == "???":
+        yield key
+
+
+def check_missing(node: Dict[str, Any]) -> None:
+    """Every value of the config `node` (plain containers) is set: a base, conf/family_*.yaml,
+    leaves some `???` to each experiment."""
+    missing = sorted(_missing(node))
+    if missing:
+        raise ConfigError(f"{missing[0]} is not set (??? in the experiment's base); set it in the "
+                          f"experiment file or on the command line")
+
+
 def check_targets(cfg: DictConfig) -> Dict[str, Any]:
-    """The resolved config, after checking that every `_target_` in it sits in a slot and names a
-    callable of that slot's kind (`runner.targets`; nothing else is ever imported)."""
+    """The resolved config, after checking that every value is set and every `_target_` in it
+    sits in a slot and names a callable of that slot's kind (`runner.targets`; nothing else is
+    ever imported)."""
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
     except Exception as e:  # an interpolation that does not resolve
+        check_missing(OmegaConf.to_container(cfg))  # the clearer cause where a value is unset
         raise ConfigError(" ".join(str(e).split())) from None
+    check_missing(resolved)
     allowlist = resolved.get("target_allowlist") or []
     targets.check_allowlist(allowlist)
     targets.check_tree(resolved, allowlist)
@@ -310,10 +334,6 @@ def validate(cfg: DictConfig) -> None:
     from runner.checks import check_combinations, check_datasets
     from runner.method_checks import check_method, check_tuned
 
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:  # a base (conf/family_*.yaml) leaves a value to each experiment
-        raise ConfigError(f"{missing[0]} is not set (??? in the experiment's base); set it in the "
-                          f"experiment file or on the command line")
     resolved = check_targets(cfg)
     _check_known_keys(RunnerConfig, cfg, "")
     _check_fields(RunnerConfig, cfg, "")

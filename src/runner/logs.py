@@ -69,9 +69,10 @@ def epoch_line(phase: str, epoch: int, epochs: int, row: Dict[str, Any]) -> str:
 def batch_bar(it: Iterable, n: int, batch_size: Optional[int], limit: Optional[int],
               progress: Optional[bool]) -> Iterable:
     """The batches of one epoch, behind a bar that shows once the epoch has run
-    BATCH_BAR_DELAY_S seconds; `progress` as the run's option (None: only on a terminal)."""
-    if progress is False or (progress is None and not sys.stderr.isatty()):
-        return it
+    BATCH_BAR_DELAY_S seconds (none for a one-batch epoch); `progress` as the run's option
+    (None: only on a terminal)."""
     total = math.ceil(n / (batch_size or n or 1))
-    return tqdm(it, total=total if limit is None else min(total, limit), desc="batches", unit="batch",
-                leave=False, delay=BATCH_BAR_DELAY_S)
+    total = total if limit is None else min(total, limit)
+    if total <= 1 or progress is False or (progress is None and not sys.stderr.isatty()):
+        return it
+    return tqdm(it, total=total, desc="batches", unit="batch", leave=False, delay=BATCH_BAR_DELAY_S)

@@ -81,3 +81,7 @@ def test_a_value_left_unset_is_one_line_before_the_run(compose_cfg):
     cfg.tuned.dirac_reset.lr = "???"
     with pytest.raises(ConfigError, match=r"^tuned\.dirac_reset\.lr is not set \(\?\?\? in the "):
         validate(cfg)
+    cfg = compose_cfg(["experiment=reinit_table1"])
+    cfg.dataset.alpha = "???"  # which the reader's alpha interpolates
+    with pytest.raises(ConfigError, match=r"^dataset\.alpha is not set \(\?\?\? in the "):
+        validate(cfg)

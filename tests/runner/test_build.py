@@ -19,7 +19,7 @@ from runner.instantiate import instantiate
 from runner.results import RunRecorder
 from runner.targets import register
 from runner.train import Trainer
-from runner.training.build import expand_phases, mse_one_hot, resolve_device
+from runner.training.build import cross_entropy, expand_phases, mse_one_hot, resolve_device
 from trainer_fixtures import BASE, Compiled, base_cfg, make_phase, trainer, with_  # noqa: F401
 
 
@@ -202,6 +202,18 @@ def test_the_loss_options(base_cfg, tmp_path):
         0.8 * (lse - 2) + 0.2 * (lse - 2 / 3))
     with pytest.raises(RunnerError, match=r"^train\.label_smoothing needs train\.loss=cross_entropy$"):
         Trainer(with_(base_cfg, train__label_smoothing=0.2, train__loss="mse"), rec)
+
+
+@pytest.mark.parametrize("classes", [2, 10, 16, 100])
+def test_the_cross_entropy_is_torchs_in_either_layout(classes):
+    """Evaluation outputs of few classes go in as [1, C, N]: the same values and shapes."""
+    g = torch.Generator().manual_seed(0)
+    out, y = torch.randn(300, classes, generator=g), torch.randint(classes, (300,), generator=g)
+    for kw in ({}, {"reduction": "none"}, {"reduction": "sum"}, {"label_smoothing": 0.1}):
+        want = torch.nn.functional.cross_entropy(out, y, **kw)
+        for given in (out, out.clone().requires_grad_()):
+            got = cross_entropy(given, y, **kw)
+            assert got.shape == want.shape and torch.allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
 def scaled_by(k):

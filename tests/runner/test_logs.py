@@ -68,6 +68,7 @@ def test_batch_bar_counts_the_batches_of_an_epoch():
     bar = logs.batch_bar(iter(range(5)), 37, 8, None, True)
     assert bar.total == 5 and list(bar) == list(range(5))
     assert logs.batch_bar(iter(range(2)), 37, 8, 2, True).total == 2
-    assert logs.batch_bar(iter(range(1)), 37, None, None, True).total == 1  # full batch
     it = iter(range(3))
     assert logs.batch_bar(it, 37, 8, None, False) is it
+    full = iter(range(1))
+    assert logs.batch_bar(full, 37, None, None, True) is full  # one batch: no bar

@@ -45,7 +45,7 @@ def indexed_trainer(trainer, n=12):
 def test_an_epoch_draws_its_order_from_the_order_generator_and_stops_at_the_limit(trainer):
     seen = indexed_trainer(trainer)
     trainer.parts.order_gen.manual_seed(5)
-    stats = trainer.loop.train_epoch(3, None)
+    stats = trainer.loop.train_epoch(3, None).tensor(trainer.loop.zero)
     first = [list(b) for b in seen]
     assert len(first) == 4 and sorted(sum(first, [])) == list(range(12)) and stats[2] == 12
     seen.clear()
@@ -55,7 +55,7 @@ def test_an_epoch_draws_its_order_from_the_order_generator_and_stops_at_the_limi
     assert seen == first
     seen.clear()
     trainer.parts.order_gen.manual_seed(6)
-    stats = trainer.loop.train_epoch(3, 2)
+    stats = trainer.loop.train_epoch(3, 2).tensor(trainer.loop.zero)
     assert len(seen) == 2 and seen != first[:2] and stats[2] == 6 and trainer.ctx.step == 10
 
 
@@ -111,7 +111,7 @@ def test_training_accuracy_counts_each_samples_class(trainer):
         g["lr"] = 0.0
     with torch.no_grad():
         trainer.ctx.model.head[1].weight.copy_(3 * PERFECT)  # every sample right
-    stats = trainer.loop.train_epoch(16, None)
+    stats = trainer.loop.train_epoch(16, None).tensor(trainer.loop.zero)
     assert stats[1].item() == stats[2].item() == 48
 
 

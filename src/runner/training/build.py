@@ -29,7 +29,17 @@ def mse_one_hot(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> 
     return err.mean() if reduction == "mean" else err.sum()
 
 
-LOSSES = {"cross_entropy": F.cross_entropy, "mse": mse_one_hot}
+def cross_entropy(out: torch.Tensor, y: torch.Tensor, **kw) -> torch.Tensor:
+    """`F.cross_entropy`. Outputs [N, C] of fewer than 16 classes on a CPU, outside autograd
+    (an evaluation), go in as [1, C, N]: the same loss, and log_softmax then vectorizes along N
+    (10,000 x 8 outputs: 1.5 ms against 0.17 ms; torch 2.14, one thread of a 2-core x86 CPU)."""
+    if not out.requires_grad and out.dim() == 2 and out.shape[1] < 16 and out.device.type == "cpu":
+        loss = F.cross_entropy(out.T.unsqueeze(0), y.unsqueeze(0), **kw)
+        return loss.squeeze(0) if loss.dim() else loss
+    return F.cross_entropy(out, y, **kw)
+
+
+LOSSES = {"cross_entropy": cross_entropy, "mse": mse_one_hot}
 
 
 def resolve_device(name: str, job: int = 0) -> torch.device:
@@ -94,7 +104,7 @@ def loss_function(opts):
         return fn
     if opts.loss != "cross_entropy":
         raise RunnerError("train.label_smoothing needs train.loss=cross_entropy")
-    return functools.partial(F.cross_entropy, label_smoothing=opts.label_smoothing)
+    return functools.partial(cross_entropy, label_smoothing=opts.label_smoothing)
 
 
 class Parts:

@@ -22,7 +22,6 @@ class Loop:
         self.diverge_ref = None
         self.pending = []  # (epoch, stats on the device) of the epochs not yet evaluated
         self.zero = torch.zeros((), device=parts.device)
-        self.counts: Dict[int, torch.Tensor] = {}  # an epoch's sample count as a device scalar
 
     def state_dict(self) -> Dict[str, Any]:
         return {"diverge_ref": self.diverge_ref}
@@ -41,17 +40,19 @@ class Loop:
                                  schedule, start, evaluate)
         return self.close(phase, epoch, evaluate, stats, t0)
 
-    def close(self, phase: Phase, epoch: int, evaluate: bool, stats: torch.Tensor,
-              t0: float, evals: Optional[tuple] = None) -> Optional[Dict[str, Any]]:
-        """A trained epoch's statistics (`train_epoch`'s tensor): kept on the device, or, when
+    def close(self, phase: Phase, epoch: int, evaluate: bool, stats, t0: float,
+              evals: Optional[tuple] = None) -> Optional[Dict[str, Any]]:
+        """A trained epoch's statistics (`train_epoch`'s EpochStats, or a device tensor [loss
+        sum, correct, samples, first batch loss]): kept on the device, or, when
         `evaluate`, read with the pending ones and the evaluation (`evals`: the [loss,
         accuracy] of validation and test where already computed) into the epoch's row."""
         p = self.parts
         ctx, opts = p.ctx, p.opts
         if p.dist:  # every epoch: the ranks check the same losses for divergence
+            stats = stats if torch.is_tensor(stats) else stats.tensor(self.zero)
             p.dist.all_reduce(stats[:3])  # loss sum, correct, samples over the ranks
+        self.pending.append((epoch, stats))
         if not evaluate:
-            self.pending.append((epoch, stats))
             return None
         lr = ctx.optimizer.param_groups[0]["lr"]  # a per-iteration schedule's last
         if evals is not None:
@@ -60,9 +61,8 @@ class Loop:
             val = torch.stack(ctx.evaluate(ctx.data.val, opts.max_eval_batches))
             test = (torch.stack(ctx.evaluate(ctx.data.test, opts.max_eval_batches)) if opts.eval_test
                     else torch.full((2,), math.nan, device=p.device))
-        (loss_sum, correct, n, first_loss, val_loss, val_acc, test_loss, test_acc, norm, nonzero,
-         trained) = self.flush(phase, [stats, val.float(), test.float(), self.weight_stats()])
-        self.check_epoch([loss_sum, correct, n, first_loss], phase, epoch)
+        (loss_sum, correct, n, _), (val_loss, val_acc, test_loss, test_acc, norm, nonzero, trained) = \
+            self.flush(phase, [val.float(), test.float(), self.weight_stats()])
         row = {"phase": phase.index, "phase_name": phase.name, "epoch": epoch + 1,
                "step": ctx.step, "lr": lr, "train_loss": loss_sum / max(n, 1),
                "train_acc": correct / max(n, 1), "val_loss": val_loss, "val_acc": val_acc,
@@ -72,16 +72,25 @@ class Loop:
         row.update(p.methods.collect("on_epoch_end", ctx))
         return row
 
-    def flush(self, phase: Phase, more=()) -> list:
+    def flush(self, phase: Phase, more=()) -> Tuple[Optional[list], list]:
         """Read the pending epochs' statistics and the tensors `more` in one host sync, check
-        those epochs for divergence in order, and return the values of `more`."""
+        those epochs for divergence in order; the last epoch's [loss sum, correct, samples,
+        first batch loss] (None: no epoch was pending) and the values of `more`."""
         earlier, self.pending = self.pending, []
         if not earlier and not more:
-            return []
-        values = torch.cat([*(s for _, s in earlier), *more]).tolist()
-        for i, (e, _) in enumerate(earlier):
-            self.check_epoch(values[4 * i:4 * i + 4], phase, e)
-        return values[4 * len(earlier):]
+            return None, []
+        kept = [t for _, s in earlier if not torch.is_tensor(s) for t in s.tensors()]
+        vectors = [s for _, s in earlier if torch.is_tensor(s)] + list(more)
+        parts = [torch.stack(kept), *vectors] if kept else vectors
+        values = torch.cat(parts).tolist() if parts else []
+        i, j, stats = 0, len(kept), None
+        for e, s in earlier:
+            if torch.is_tensor(s):
+                stats, j = values[j:j + 4], j + 4
+            else:
+                stats, i = s.read(values, i)
+            self.check_epoch(stats, phase, e)
+        return stats, values[j:]
 
     def check_epoch(self, stats, phase: Phase, epoch: int) -> None:
         """Divergence of one epoch from its [loss sum, correct, samples, first batch loss]."""
@@ -90,9 +99,8 @@ class Loop:
         self.check_divergence(stats[0] / max(stats[2], 1), phase, epoch)
 
     def train_epoch(self, batch_size, limit, schedule=None, start=0,
-                    accuracy: bool = True) -> torch.Tensor:
-        """One epoch; returns the device tensor [loss sum, correct, samples, first batch loss]
-        (no host sync; the last entry only in the run's first epoch; `correct` only with
+                    accuracy: bool = True) -> "EpochStats":
+        """One epoch; its statistics stay on the device (`correct` counted only with
         `accuracy`). A per-iteration `schedule` sets the lr before every step (`start`: the
         phase's first step)."""
         p = self.parts
@@ -101,8 +109,7 @@ class Loop:
             ctx.model.train()
         epoch_batches = (p.dist.batches if p.dist else batches)(
             ctx.data.train, batch_size, p.order_gen, limit=limit)
-        first = self.diverge_ref is None and not self.pending
-        loss_sum, correct, first_loss, n = None, self.zero, self.zero, 0
+        stats = EpochStats(self.diverge_ref is None and not self.pending)
         for xb, yb in batch_bar(epoch_batches, len(ctx.data.train), batch_size, limit,  # logs.py
                                 p.progress):
             if schedule is not None:
@@ -110,21 +117,8 @@ class Loop:
                 for g in ctx.optimizer.param_groups:
                     g["lr"] = lr
             loss, out = self.train_step(xb, yb)
-            loss, b = loss.detach().float(), yb.shape[0]
-            loss_sum = loss * b if loss_sum is None else loss_sum + loss * b
-            if accuracy:
-                correct = correct + (out.argmax(1) == yb).sum()
-            n += b
-            if first:
-                first_loss, first = loss, False
-        return torch.stack([self.zero if loss_sum is None else loss_sum, correct, self.count(n),
-                            first_loss])
-
-    def count(self, n: int) -> torch.Tensor:
-        """`n` as a float device scalar (kept: an epoch's count rarely changes)."""
-        if n not in self.counts:
-            self.counts[n] = torch.tensor(float(n), device=self.zero.device)
-        return self.counts[n]
+            stats.add(loss.detach().float(), yb.shape[0], (out.argmax(1) == yb).sum() if accuracy else None)
+        return stats
 
     def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step through the methods' hooks and the masks; (loss, outputs)."""
@@ -184,3 +178,45 @@ class Loop:
         if factor is not None and ref is not None and ref > 0 and train_loss > factor * ref:
             raise Diverged(f"training loss {train_loss:.4g} {where} exceeds train.diverge_factor="
                            f"{factor:g} times the first batch's loss {ref:.4g}")
+
+
+class EpochStats:
+    """An epoch's training loss, correct predictions and samples, as device tensors kept
+    unreduced: a one-batch epoch adds no device operation, a longer one two a batch."""
+    __slots__ = ("loss", "scale", "correct", "n", "first", "wants_first")
+
+    def __init__(self, wants_first: bool):
+        self.loss = self.scale = self.correct = self.first = None
+        self.n, self.wants_first = 0, wants_first  # the run's first epoch: its first batch loss
+
+    def add(self, loss: torch.Tensor, b: int, correct: Optional[torch.Tensor]) -> None:
+        if self.loss is None:  # the loss sum is loss x scale (None: the loss is the sum)
+            self.loss, self.scale = loss, b
+            if self.wants_first:
+                self.first = loss
+        else:
+            total = self.loss if self.scale is None else self.loss * self.scale
+            self.loss, self.scale = total + loss * b, None
+        if correct is not None:
+            self.correct = correct if self.correct is None else self.correct + correct
+        self.n += b
+
+    def tensors(self) -> list:
+        """The kept scalars, in the order `read` takes them."""
+        return [t for t in (self.loss, self.correct, self.first) if t is not None]
+
+    def read(self, values: list, i: int) -> Tuple[list, int]:
+        """[loss sum, correct, samples, first batch loss] from `values[i:]` (as `tensors` gave
+        them); and the index after them."""
+        out = [0.0, 0.0, float(self.n), 0.0]
+        for k, t in ((0, self.loss), (1, self.correct), (3, self.first)):
+            if t is not None:
+                out[k], i = values[i], i + 1
+        out[0] *= self.scale or 1
+        return out, i
+
+    def tensor(self, zero: torch.Tensor) -> torch.Tensor:
+        """The four statistics as one device tensor (for an all-reduce over ranks)."""
+        return torch.stack([zero if self.loss is None else self.loss * (self.scale or 1),
+                            zero if self.correct is None else self.correct.to(zero.dtype),
+                            zero + self.n, zero if self.first is None else self.first])
