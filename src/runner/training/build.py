@@ -3,8 +3,10 @@ model in its RunContext, methods, phases, loss and the trainer's random generato
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import os
+import platform
 import random
 from types import SimpleNamespace
 from typing import Dict, List, Optional
@@ -40,6 +42,7 @@ def cross_entropy(out: torch.Tensor, y: torch.Tensor, **kw) -> torch.Tensor:
 
 
 LOSSES = {"cross_entropy": cross_entropy, "mse": mse_one_hot}
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
 def resolve_device(name: str, job: int = 0) -> torch.device:
@@ -77,6 +80,19 @@ def set_determinism(deterministic: bool, device: torch.device) -> None:
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
     torch.backends.cuda.matmul.allow_tf32 = not deterministic
     torch.backends.cudnn.allow_tf32 = not deterministic
+
+
+@functools.lru_cache(maxsize=None)
+def keep_freed_memory() -> None:
+    """On glibc, keep freed memory for the next allocation (once per process). By default glibc
+    maps every block of 128 KB or more afresh and hands the top of the heap back to the system,
+    so each step's and evaluation's large temporaries fault their pages in anew (a fused
+    `reinit_table1` job: 600,000 page faults against 255,000, its evaluations 35 % slower)."""
+    if platform.libc_ver()[0] != "glibc":
+        return
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's largest
+    libc.mallopt(M_TRIM_THRESHOLD, 256 * 2**20)
 
 
 def capped(value: Optional[int], cap: Optional[int]) -> Optional[int]:
@@ -123,6 +139,8 @@ class Parts:
         if device is None:
             device = self.dist.device if self.dist else resolve_device(cfg.device, job)
         self.device = device
+        if device.type == "cpu":
+            keep_freed_memory()
         set_determinism(self.opts.deterministic, self.device)
         seed_everything(cfg.seed)
         self.amp = PRECISIONS[self.opts.precision]

@@ -77,6 +77,7 @@ class FusedTrainer:
         self.optimizers: List[Any] = []  # each member's optimizer the fused one was built from
         self.diverged: Dict[int, Diverged] = {}
         self.x_cache = None
+        self.eval_cache: Dict[str, tuple] = {}  # split name -> (key, splits, inputs, labels)
         self.selected = None  # (training members, every, weight, indices): `selection`
 
     def live(self) -> List[int]:
@@ -155,7 +156,7 @@ class FusedTrainer:
             evaluate = [self.members[k].set_epoch(sts[k], epoch) for k in training][0]
             self.copy_hyper(training[0])
             t0 = time.perf_counter()
-            stats = self.train_epoch(training, lead, evaluate)
+            stats = self.train_epoch(training, lead, evaluate).unbind(0)
             evals = self.evaluations(training) if evaluate else {}
             for i, k in enumerate(training):
                 t = self.members[k]
@@ -196,15 +197,9 @@ class FusedTrainer:
                 for k in training:
                     out[k].append(torch.full((2,), float("nan"), device=self.device))
                 continue
-            lead = splits[training[0]]  # the batch of a member not training
-            y = torch.stack([splits.get(k, lead).y[:n] for k in range(K)])
-            parts, size = [], ctx.eval_batch_size
-            for i in range(0, n, size):
-                xs = {k: ts[k].ctx.pipeline(splits[k].x[i:i + size], False, None) for k in training}
-                with t0.parts.autocast():
-                    parts.append(self.stacked(torch.stack([xs.get(k, xs[training[0]])
-                                                           for k in range(K)])).float())
-            logits = torch.cat(parts, 1)
+            xs, y = self.eval_inputs(name, training, splits, n)
+            with t0.parts.autocast():
+                logits = torch.cat([self.stacked(x).float() for x in xs], 1)
             if opts.loss == "cross_entropy":
                 loss = t0.parts.loss_fn(logits.transpose(1, 2), y, reduction="none").mean(1)
             else:
@@ -213,6 +208,25 @@ class FusedTrainer:
             for k in training:
                 out[k].append(torch.stack([loss[k], acc[k]]))
         return {k: tuple(v) for k, v in out.items()}
+
+    def eval_inputs(self, name: str, training: List[int], splits: Dict[int, Any], n: int) -> tuple:
+        """The first `n` samples of the members' splits `name` as eval batches stacked
+        [K, b, ...] (a member not training gets `training[0]`'s) and their labels [K, n]; kept
+        for the next evaluations of the same splits where they fit `train.cache_mb`."""
+        lead, K = splits[training[0]], len(self.members)
+        given = [splits.get(k, lead) for k in range(K)]
+        kept = self.eval_cache.get(name)
+        if kept is not None and kept[0] == (training, n) and all(a is b for a, b in zip(kept[1], given)):
+            return kept[2], kept[3]
+        t0 = self.members[training[0]]
+        size = t0.ctx.eval_batch_size
+        pipes = [self.members[k if k in splits else training[0]].ctx.pipeline for k in range(K)]
+        xs = [torch.stack([pipe(s.x[i:i + size], False, None) for pipe, s in zip(pipes, given)])
+              for i in range(0, n, size)]
+        y = torch.stack([s.y[:n] for s in given])
+        if sum(x.numel() * x.element_size() for x in xs) <= t0.parts.opts.cache_mb * 2 ** 20:
+            self.eval_cache[name] = ((list(training), n), given, xs, y)
+        return xs, y
 
     def freeze(self, k: int) -> Dict[str, Any]:
         """Member k stopped early: its slices of the weights and the optimizer state, kept to be
