@@ -7,7 +7,8 @@ The runner's side is timed twice: a whole run as `python -m runner` trains it
 steps, evaluations, metrics.csv, result.json), and the training inside it (`Trainer.fit` of a
 built trainer: data, methods' hooks, the rounds, evaluations; nothing written);
 the reference trains a fresh model of the same architecture on the same 256 examples with plain
-full-batch SGD for as many steps, with no method. Both run on one thread (`--device cuda`: on
+full-batch SGD for as many steps, with no method (`--method lw` adds a second reference: the
+same loop with LW's inserted normalizations). Both run on one thread (`--device cuda`: on
 the GPU, synchronized before each clock reading); timings are interleaved and the medians
 compared (ratio runner / reference, 1.00 = no overhead); on a machine whose speed drifts, the
 median of each repeat's own ratio is the steadier figure.
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
 from benchmarks_common import machine
+from methods.reinit_common import Standardize
 from runner.app import conf_dir
 from runner.config import prepare
 from runner.results import MemoryRecorder
@@ -56,6 +58,23 @@ def main() -> None:
             loss.backward()
             opt.step()
 
+    def reference_lw():
+        """The bare loop with LW's inserted normalizations (after block 1 from round 1, after
+        block 2 from round N + 1, as `tuned.lw` places them): the arithmetic LW adds to each
+        step; its per-round rescaling, calibration and fresh draws are left out."""
+        model = ctx.build_model(0)
+        n = cfg.tuned.lw.n * cfg.train.epochs
+        opt = None
+        for step in range(steps):
+            if step in (0, n):
+                i = step // n
+                model.blocks[i] = torch.nn.Sequential(model.blocks[i], Standardize())
+                opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
     def runner():
         with tempfile.TemporaryDirectory() as d:
             lifecycle.run(cfg, d)
@@ -70,9 +89,11 @@ def main() -> None:
         return time.perf_counter() - t0
 
     reference(), runner()  # warm-up
-    ref, run, inside = [], [], []
+    ref, run, inside, ref_lw = [], [], [], []
     for _ in range(a.repeats):
         ref.append(timed(reference))
+        if a.method == "lw":
+            ref_lw.append(timed(reference_lw))
         run.append(timed(runner))
         t = Trainer(prepare(cfg), MemoryRecorder())
         inside.append(timed(t.fit))
@@ -84,6 +105,10 @@ def main() -> None:
     print(f"runner run: median {m:.3f} s  (all: {', '.join(f'{t:.3f}' for t in run)})")
     print(f"its training (Trainer.fit): median {f:.3f} s  (all: {', '.join(f'{t:.3f}' for t in inside)})")
     print(f"ratio runner/bare loop: {m / r:.3f} (whole run), {f / r:.3f} (training)")
+    if ref_lw:
+        r_lw = statistics.median(ref_lw)
+        print(f"bare loop with LW's normalizations: median {r_lw:.3f} s; ratio runner/it: "
+              f"{m / r_lw:.3f} (whole run), {f / r_lw:.3f} (training)")
     pairs = statistics.median(b / a for a, b in zip(ref, run))
     print(f"median of the {a.repeats} repeats' own ratios (each run against the bare loop just "
           f"before it): {pairs:.3f} (whole run)")
