@@ -123,3 +123,29 @@ def test_a_fused_run_does_not_resume(compose_cfg, tmp_path):
 def test_masks_are_refused_naming_them(tmp_path):
     with pytest.raises(RunnerError, match=r"^train.fused_seeds: masks \(.*weight.*\) are not fused"):
         compose_and_run(SHORT + ["method=random_mask", "train.fused_seeds=2"], tmp_path)
+
+
+def test_stacked_eval_inputs_are_kept_for_the_same_splits_and_pipelines_only():
+    from types import SimpleNamespace as NS
+    from runner.data.tensors import Split
+    from runner.training.fused import FusedTrainer
+
+    def member(pipe, cache_mb=1):
+        return NS(ctx=NS(pipeline=pipe, eval_batch_size=4),
+                  parts=NS(device=torch.device("cpu"), opts=NS(cache_mb=cache_mb)))
+
+    double = lambda x, train, gen: 2 * x  # noqa: E731
+    splits = {k: Split(torch.full((6, 3), float(k + 1)), torch.full((6,), k)) for k in (0, 1)}
+    fused = FusedTrainer([member(double), member(double)], [])
+    xs, y = fused.eval_inputs("test", [0, 1], splits, 6)
+    assert [tuple(x.shape) for x in xs] == [(2, 4, 3), (2, 2, 3)] and y.tolist() == [[0] * 6, [1] * 6]
+    assert torch.equal(xs[1][1], torch.full((2, 3), 4.0))  # member 1's last two samples, doubled
+    assert fused.eval_inputs("test", [0, 1], splits, 6)[0] is xs  # kept
+    fused.members[1].ctx.pipeline = lambda x, train, gen: 3 * x  # a phase's new pipeline
+    assert torch.equal(fused.eval_inputs("test", [0, 1], splits, 6)[0][1][1], torch.full((2, 3), 6.0))
+    splits[0] = Split(splits[0].x.clone(), splits[0].y)  # a phase's new split
+    assert fused.eval_inputs("test", [0, 1], splits, 6)[0] is not xs
+    only0 = fused.eval_inputs("test", [0], {0: splits[0]}, 6)[0]  # member 1 stopped: 0's batch
+    assert torch.equal(only0[0][1], only0[0][0])
+    small = FusedTrainer([member(double, 0), member(double, 0)], [])  # train.cache_mb=0
+    assert small.eval_inputs("test", [0, 1], splits, 6)[0] is not small.eval_inputs("test", [0, 1], splits, 6)[0]

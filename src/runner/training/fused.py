@@ -77,7 +77,7 @@ class FusedTrainer:
         self.optimizers: List[Any] = []  # each member's optimizer the fused one was built from
         self.diverged: Dict[int, Diverged] = {}
         self.x_cache = None
-        self.eval_cache: Dict[str, tuple] = {}  # split name -> (key, splits, inputs, labels)
+        self.eval_cache: Dict[str, tuple] = {}  # split name -> (key, splits and pipelines, inputs, labels)
         self.selected = None  # (training members, every, weight, indices): `selection`
 
     def live(self) -> List[int]:
@@ -215,17 +215,18 @@ class FusedTrainer:
         for the next evaluations of the same splits where they fit `train.cache_mb`."""
         lead, K = splits[training[0]], len(self.members)
         given = [splits.get(k, lead) for k in range(K)]
-        kept = self.eval_cache.get(name)
-        if kept is not None and kept[0] == (training, n) and all(a is b for a, b in zip(kept[1], given)):
+        pipes = [self.members[k if k in splits else training[0]].ctx.pipeline for k in range(K)]
+        kept = self.eval_cache.get(name)  # the same split and pipeline objects: the same inputs
+        if kept is not None and kept[0] == (training, n) and all(
+                a is b for a, b in zip(kept[1], given + pipes)):
             return kept[2], kept[3]
         t0 = self.members[training[0]]
         size = t0.ctx.eval_batch_size
-        pipes = [self.members[k if k in splits else training[0]].ctx.pipeline for k in range(K)]
         xs = [torch.stack([pipe(s.x[i:i + size], False, None) for pipe, s in zip(pipes, given)])
               for i in range(0, n, size)]
         y = torch.stack([s.y[:n] for s in given])
         if sum(x.numel() * x.element_size() for x in xs) <= t0.parts.opts.cache_mb * 2 ** 20:
-            self.eval_cache[name] = ((list(training), n), given, xs, y)
+            self.eval_cache[name] = ((list(training), n), given + pipes, xs, y)
         return xs, y
 
     def freeze(self, k: int) -> Dict[str, Any]:

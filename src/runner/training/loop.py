@@ -117,7 +117,8 @@ class Loop:
                 for g in ctx.optimizer.param_groups:
                     g["lr"] = lr
             loss, out = self.train_step(xb, yb)
-            stats.add(loss.detach().float(), yb.shape[0], (out.argmax(1) == yb).sum() if accuracy else None)
+            right = (out.argmax(1) == yb).sum() if accuracy else None
+            stats.add(loss.detach().float(), yb.shape[0], right)
         return stats
 
     def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
