@@ -313,16 +313,20 @@ def check_missing(node: Dict[str, Any]) -> None:
                           f"experiment file or on the command line")
 
 
-def check_targets(cfg: DictConfig) -> Dict[str, Any]:
-    """The resolved config, after checking that every value is set and every `_target_` in it
-    sits in a slot and names a callable of that slot's kind (`runner.targets`; nothing else is
-    ever imported)."""
+def resolve(cfg: DictConfig) -> Dict[str, Any]:
+    """The config as plain containers, interpolations resolved (one line where one does not)."""
     try:
-        resolved = OmegaConf.to_container(cfg, resolve=True)
+        return OmegaConf.to_container(cfg, resolve=True)
     except Exception as e:  # an interpolation that does not resolve
         check_missing(OmegaConf.to_container(cfg))  # the clearer cause where a value is unset
         raise ConfigError(" ".join(str(e).split())) from None
-    check_missing(resolved)
+
+
+def check_targets(cfg: DictConfig, resolved: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The resolved config (`resolved` where given), after checking that every `_target_` in it
+    sits in a slot and names a callable of that slot's kind (`runner.targets`; nothing else is
+    ever imported)."""
+    resolved = resolve(cfg) if resolved is None else resolved
     allowlist = resolved.get("target_allowlist") or []
     targets.check_allowlist(allowlist)
     targets.check_tree(resolved, allowlist)
@@ -334,7 +338,9 @@ def validate(cfg: DictConfig) -> None:
     from runner.checks import check_combinations, check_datasets
     from runner.method_checks import check_method, check_tuned
 
-    resolved = check_targets(cfg)
+    resolved = resolve(cfg)
+    check_missing(resolved)
+    check_targets(cfg, resolved)
     _check_known_keys(RunnerConfig, cfg, "")
     _check_fields(RunnerConfig, cfg, "")
     _check_finite(resolved, "")

@@ -238,10 +238,10 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 10)
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator")
 def test_freed_memory_is_kept_for_the_next_allocation():
     """Without it, glibc hands the freed top of the heap back and every cycle faults its pages
-    in again (about 6,400 page faults a cycle here)."""
+    in again (about 6,400 page faults a cycle with torch 2.14, 600 with torch 2.11; none kept)."""
     faults = {how: int(subprocess.run([sys.executable, "-c", FAULTS, how], capture_output=True,
                                       text=True, check=True).stdout) for how in ("default", "kept")}
-    assert faults["default"] > 1000 and faults["kept"] < 100, faults
+    assert faults["kept"] < 20 < faults["default"] / 5, faults
 
 
 def scaled_by(k):

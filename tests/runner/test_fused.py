@@ -131,8 +131,8 @@ def test_stacked_eval_inputs_are_kept_for_the_same_splits_and_pipelines_only():
     from runner.training.fused import FusedTrainer
 
     def member(pipe, cache_mb=1):
-        return NS(ctx=NS(pipeline=pipe, eval_batch_size=4),
-                  parts=NS(device=torch.device("cpu"), opts=NS(cache_mb=cache_mb)))
+        return NS(ctx=NS(pipeline=pipe, eval_batch_size=4), parts=NS(device=torch.device("cpu")),
+                  data=NS(cache_bytes=lambda: cache_mb * 2**20))
 
     double = lambda x, train, gen: 2 * x  # noqa: E731
     splits = {k: Split(torch.full((6, 3), float(k + 1)), torch.full((6,), k)) for k in (0, 1)}
@@ -148,4 +148,6 @@ def test_stacked_eval_inputs_are_kept_for_the_same_splits_and_pipelines_only():
     only0 = fused.eval_inputs("test", [0], {0: splits[0]}, 6)[0]  # member 1 stopped: 0's batch
     assert torch.equal(only0[0][1], only0[0][0])
     small = FusedTrainer([member(double, 0), member(double, 0)], [])  # train.cache_mb=0
-    assert small.eval_inputs("test", [0, 1], splits, 6)[0] is not small.eval_inputs("test", [0, 1], splits, 6)[0]
+    made = small.eval_inputs("test", [0, 1], splits, 6)[0]
+    assert not isinstance(made, list) and not small.eval_cache  # one batch at a time, none kept
+    assert torch.equal(torch.cat(list(made), 1), torch.stack([2 * splits[0].x, 2 * splits[1].x]))

@@ -19,6 +19,7 @@ equal its separate run's up to the batched matmul's float rounding (tests/runner
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import time
 from pathlib import Path
@@ -104,6 +105,7 @@ class FusedTrainer:
             check_fusable(t, "setup")
         for phase in self.members[0].parts.phases:
             self.run_phase(phase)
+        self.eval_cache.clear()
         for t in self.members:
             t.data.release()
 
@@ -211,22 +213,29 @@ class FusedTrainer:
 
     def eval_inputs(self, name: str, training: List[int], splits: Dict[int, Any], n: int) -> tuple:
         """The first `n` samples of the members' splits `name` as eval batches stacked
-        [K, b, ...] (a member not training gets `training[0]`'s) and their labels [K, n]; kept
-        for the next evaluations of the same splits where they fit `train.cache_mb`."""
+        [K, b, ...] (a member not training gets `training[0]`'s; an iterable) and their labels
+        [K, n]. The batches are kept for the next evaluations of the same split and pipeline
+        objects where they fit the data's memory budget (`train.cache_mb`), else made one at a
+        time."""
         lead, K = splits[training[0]], len(self.members)
         given = [splits.get(k, lead) for k in range(K)]
         pipes = [self.members[k if k in splits else training[0]].ctx.pipeline for k in range(K)]
-        kept = self.eval_cache.get(name)  # the same split and pipeline objects: the same inputs
+        kept = self.eval_cache.pop(name, None)  # a miss frees the old inputs first
         if kept is not None and kept[0] == (training, n) and all(
                 a is b for a, b in zip(kept[1], given + pipes)):
+            self.eval_cache[name] = kept
             return kept[2], kept[3]
         t0 = self.members[training[0]]
         size = t0.ctx.eval_batch_size
-        xs = [torch.stack([pipe(s.x[i:i + size], False, None) for pipe, s in zip(pipes, given)])
-              for i in range(0, n, size)]
-        y = torch.stack([s.y[:n] for s in given])
-        if sum(x.numel() * x.element_size() for x in xs) <= t0.parts.opts.cache_mb * 2 ** 20:
-            self.eval_cache[name] = ((list(training), n), given + pipes, xs, y)
+
+        def batch(i: int) -> torch.Tensor:
+            return torch.stack([pipe(s.x[i:i + size], False, None) for pipe, s in zip(pipes, given)])
+
+        y, first = torch.stack([s.y[:n] for s in given]), batch(0)
+        if first.numel() * first.element_size() * n / first.shape[1] > t0.data.cache_bytes():
+            return itertools.chain([first], map(batch, range(size, n, size))), y
+        xs = [first, *map(batch, range(size, n, size))]
+        self.eval_cache[name] = ((list(training), n), given + pipes, xs, y)
         return xs, y
 
     def freeze(self, k: int) -> Dict[str, Any]:
