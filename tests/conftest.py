@@ -1,8 +1,10 @@
 import functools
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -52,6 +54,16 @@ def run_cli(*args, cwd, module="runner"):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
+
+
+def interrupt_when(proc: subprocess.Popen, marker: Path, timeout: float = 240) -> tuple:
+    """Ctrl-C to `proc` once `marker` exists (a sweep job's result.json); its (stdout, stderr)."""
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    return proc.communicate(timeout=timeout)
 
 
 @pytest.fixture(scope="module")

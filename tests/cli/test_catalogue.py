@@ -218,22 +218,16 @@ SWEEP = ["-m", "experiment=fmnist_mlp", "ci=smoke", "device=cpu", "threads=1", "
 def test_an_interrupted_sweep_ends_with_its_table(tmp_path):
     """Ctrl-C after the first job: the table of what ran, counting the jobs without a result."""
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
+    from conftest import interrupt_when
     sweep = tmp_path / "sweep"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "runner", *SWEEP, "seed=range(40)",
                              f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    while not (sweep / "1" / "result.json").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=240)
+    out, err = interrupt_when(proc, sweep / "1" / "result.json")
     assert proc.returncode == 130, err[-2000:]
     assert (sweep / "table.md").exists() and "table written to" in out
     assert "without a result" in err and "Traceback" not in err

@@ -131,8 +131,8 @@ def test_an_interrupted_sweep_counts_the_jobs_of_its_declared_plan(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
+    from conftest import interrupt_when
     from runner.results import load_results
     sweep = tmp_path / "sweep"
     proc = subprocess.Popen([sys.executable, "-m", "runner", "-m", "experiment=reinit_table5",
@@ -142,12 +142,7 @@ def test_an_interrupted_sweep_counts_the_jobs_of_its_declared_plan(tmp_path):
                             # as at a terminal, also where the tests run as a background job
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        deadline = time.monotonic() + 240
-        while not (sweep / "2" / "result.json").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=240)
+        out, err = interrupt_when(proc, sweep / "2" / "result.json")
     finally:
         proc.kill()
     assert proc.returncode == 130, err[-2000:]
